@@ -1,0 +1,7 @@
+"""`python -m logitsdump`."""
+
+import sys
+
+from logitsdump.cli import main
+
+sys.exit(main())

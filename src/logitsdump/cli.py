@@ -1,0 +1,155 @@
+"""The `logitsdump` command line: argparse tree, one-line errors, exit codes.
+
+Only parsing and calling live here. Each subcommand builds a config and calls a
+library function; heavy libraries (torch, transformers) are imported inside
+those functions, so `logitsdump --help` stays fast.
+Exit codes: 0 success, 1 runtime failure, 2 usage error (as msit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from logitsdump import __version__
+from logitsdump.errors import EXIT_FAILURE, UserError
+from logitsdump.logs import LEVELS, get_logger, setup_logging
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int > 0, found {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an int > 0, found {value}")
+    return value
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    """The shared `-l/--log-level` flag (msit's levels)."""
+    parser.add_argument(
+        "-l", "--log-level", default="info", choices=LEVELS, help="log level (default: info)"
+    )
+
+
+def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """A modeltest-style flag accepted both as `--a_b` and `--a-b`."""
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+# ---- eval -------------------------------------------------------------------------------------
+
+
+def _add_eval_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="modeltest-compatible accuracy run (also re-infers bad cases for `dump`)",
+        description="Evaluate a causal LM on a modeltest task; flags and files as MindIE-LLM's modeltest.",
+    )
+    add_flag(parser, "model_config_path", required=True, help="model YAML file")
+    add_flag(parser, "task_config_path", required=True, help="task YAML file")
+    add_flag(parser, "batch_size", type=positive_int, default=1, help="queries per batch (default 1)")
+    add_flag(parser, "tp", type=positive_int, default=1, help="tensor-parallel degree, used in file names")
+    add_flag(parser, "output_dir", default="", help="root of results/, debug/, data/ (default: .)")
+    add_flag(parser, "lcoc_disable", action="store_true", help="NPU kernel switch: accepted, ignored elsewhere")
+    add_flag(parser, "save_debug_enable", action="store_true", help="write the per-case debug CSV")
+    add_flag(
+        parser,
+        "device",
+        default="auto",
+        help="our extension: auto (CUDA, else NPU, else CPU), cpu, cuda, cuda:N, npu, npu:N",
+    )
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from logitsdump.runner.evaluate import EvalOptions, run_eval
+
+    options = EvalOptions(
+        model_config_path=args.model_config_path,
+        task_config_path=args.task_config_path,
+        batch_size=args.batch_size,
+        tp=args.tp,
+        output_dir=args.output_dir,
+        save_debug=args.save_debug_enable,
+        device=args.device,
+    )
+    run_eval(options)
+    return 0
+
+
+# ---- examples ---------------------------------------------------------------------------------
+
+
+def _add_examples_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "examples",
+        help="copy the embedded tiny model, sample datasets and YAML files into a folder",
+    )
+    parser.add_argument("directory", help="destination folder (created; must be empty if it exists)")
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_examples)
+
+
+def _run_examples(args: argparse.Namespace) -> int:
+    from logitsdump.demo.assets import copy_examples
+
+    folder = copy_examples(args.directory)
+    print(f"examples written to {folder}")
+    print(f"try: logitsdump eval --model_config_path {folder}/configs/model/tiny_llama_fp32.yaml "
+          f"--task_config_path {folder}/configs/task/boolq.yaml --output_dir {folder}/outputs "
+          "--save_debug_enable")
+    return 0
+
+
+# ---- the tree ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logitsdump",
+        description="Tell a cross-device precision bug from numerical noise: eval, bcanalyze, dump, "
+        "compare, report (msit/modeltest compatible).",
+    )
+    parser.add_argument("--version", action="version", version=f"logitsdump {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_eval_parser(subparsers)
+    _add_examples_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    level = getattr(args, "log_level", "info")
+    setup_logging(level)
+    try:
+        return handler(args)
+    except UserError as err:
+        if level == "debug":
+            get_logger().exception("error")
+        print(f"logitsdump {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"logitsdump {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

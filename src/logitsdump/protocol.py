@@ -1,0 +1,171 @@
+"""The logits-dump protocol: the environment variables between `dump` and the runner.
+
+This module is the only home of these names and of their encoding. The dump
+side builds a new environment for the child with `child_environment`; the
+runner side (ours, or a real modeltest) reads them. modeltest reads the first
+three; the `LOGITSDUMP_*` ones are our extensions, which modeltest ignores.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from logitsdump.errors import ConfigError
+
+#: `True` (a Python literal) turns the dump on. modeltest crashes on `true`; we accept both.
+ENV_DUMP_ENABLED = "BAD_CASE_LOGITS_DUMP"
+#: How many generated tokens to dump per case: an int > 0.
+ENV_TOKEN_MAX_LENGTH = "LOGITS_DUMP_TOKEN_MAX_LENGTH"
+#: Python repr of the list of global row indices (or of five lists for humanevalx).
+ENV_BAD_CASE_LIST = "BAD_CASE_LIST"
+
+#: Our extension: a file holding the BAD_CASE_LIST text, used instead of the variable
+#: when the list is too long for one environment string (Linux caps it at 128 KiB).
+ENV_BAD_CASE_LIST_FILE = "LOGITSDUMP_BAD_CASE_LIST_FILE"
+#: Our extension: `1` keeps the cases already complete in the logits folder (`dump --resume`).
+ENV_RESUME = "LOGITSDUMP_RESUME"
+#: Our extension: `1` saves logits as float32 instead of the model's dtype.
+ENV_LOGITS_FP32 = "LOGITSDUMP_LOGITS_FP32"
+
+#: The five HumanEval-X key prefixes, in the order of BAD_CASE_LIST's five lists.
+HUMANEVALX_PREFIXES = ("CPP", "Go", "Java", "JavaScript", "Python")
+#: modeltest refuses lists of this many elements or more.
+MAX_LIST_LENGTH = 100_000
+#: Linux's MAX_ARG_STRLEN: one `NAME=value` environment string must be shorter.
+MAX_ENV_STRING_BYTES = 128 * 1024
+
+
+@dataclass(frozen=True)
+class DumpRequest:
+    """What the runner must dump.
+
+    `indices` is a sorted tuple of global row indices, or for humanevalx five such
+    tuples (one per language of `HUMANEVALX_PREFIXES`).
+    """
+
+    token_max_length: int
+    indices: tuple[int, ...] | tuple[tuple[int, ...], ...]
+    resume: bool = False
+    logits_fp32: bool = False
+
+    @property
+    def per_language(self) -> bool:
+        """True for the five-list HumanEval-X form."""
+        return bool(self.indices) and isinstance(self.indices[0], tuple)
+
+    def list_literal(self) -> str:
+        """BAD_CASE_LIST exactly as msit writes it (Python repr of lists)."""
+        if self.per_language:
+            return repr([list(group) for group in self.indices])
+        return repr(list(self.indices))
+
+
+def child_environment(
+    base: Mapping[str, str], request: DumpRequest, *, list_file: Path | None = None
+) -> dict[str, str]:
+    """A new environment for the child: `base` plus the protocol variables.
+
+    With `list_file`, the list goes in that file (our runner reads it) and
+    BAD_CASE_LIST is not set. `base` is never modified.
+    """
+    env = dict(base)
+    for name in (ENV_BAD_CASE_LIST, ENV_BAD_CASE_LIST_FILE, ENV_RESUME, ENV_LOGITS_FP32):
+        env.pop(name, None)
+    env[ENV_DUMP_ENABLED] = "True"
+    env[ENV_TOKEN_MAX_LENGTH] = str(request.token_max_length)
+    if list_file is None:
+        env[ENV_BAD_CASE_LIST] = request.list_literal()
+    else:
+        env[ENV_BAD_CASE_LIST_FILE] = str(list_file)
+    if request.resume:
+        env[ENV_RESUME] = "1"
+    if request.logits_fp32:
+        env[ENV_LOGITS_FP32] = "1"
+    return env
+
+
+def list_fits_environment(request: DumpRequest) -> bool:
+    """Whether BAD_CASE_LIST fits in one environment string (else E2BIG at exec)."""
+    size = len(ENV_BAD_CASE_LIST) + 1 + len(request.list_literal().encode()) + 1
+    return size < MAX_ENV_STRING_BYTES
+
+
+def dump_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether BAD_CASE_LOGITS_DUMP asks for a dump (`True`/`true`/`1`)."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(ENV_DUMP_ENABLED, "").strip()
+    if value in {"", "False", "false", "0"}:
+        return False
+    if value in {"True", "true", "1"}:
+        return True
+    raise ConfigError(f"{ENV_DUMP_ENABLED} must be True or False, found {value!r}")
+
+
+def read_request(environ: Mapping[str, str] | None = None) -> DumpRequest | None:
+    """Read the protocol variables (runner side); None when no dump is asked for.
+
+    Raises ConfigError with a one-line message for any malformed value.
+    """
+    environ = os.environ if environ is None else environ
+    if not dump_enabled(environ):
+        return None
+    raw_length = environ.get(ENV_TOKEN_MAX_LENGTH, "").strip()
+    try:
+        token_max_length = int(raw_length)
+    except ValueError:
+        raise ConfigError(f"{ENV_TOKEN_MAX_LENGTH} must be an int > 0, found {raw_length!r}") from None
+    if token_max_length <= 0:
+        raise ConfigError(f"{ENV_TOKEN_MAX_LENGTH} must be an int > 0, found {token_max_length}")
+    list_file = environ.get(ENV_BAD_CASE_LIST_FILE)
+    if list_file:
+        try:
+            text = Path(list_file).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read {ENV_BAD_CASE_LIST_FILE}={list_file}: {err.strerror}") from None
+        source = f"{ENV_BAD_CASE_LIST_FILE} ({list_file})"
+    else:
+        text = environ.get(ENV_BAD_CASE_LIST, "")
+        source = ENV_BAD_CASE_LIST
+    return DumpRequest(
+        token_max_length=token_max_length,
+        indices=parse_case_list(text, source),
+        resume=environ.get(ENV_RESUME, "") == "1",
+        logits_fp32=environ.get(ENV_LOGITS_FP32, "") == "1",
+    )
+
+
+def parse_case_list(text: str, source: str = ENV_BAD_CASE_LIST) -> tuple[int, ...] | tuple[tuple[int, ...], ...]:
+    """Parse a BAD_CASE_LIST literal: a list of ints, or a list of five lists of ints.
+
+    Returns sorted, de-duplicated tuples. Negative indices are kept here (the
+    runner reports them as out of range). Raises ConfigError on anything else.
+    """
+    if not text.strip():
+        raise ConfigError(f"{source} is empty: expected a list such as [1, 2, 5]")
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ConfigError(f"{source} is not a Python list literal: {text[:60]!r}") from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{source} must be a list, found {type(value).__name__}")
+    if len(value) >= MAX_LIST_LENGTH:
+        raise ConfigError(f"{source} has {len(value)} elements; at most {MAX_LIST_LENGTH - 1} are allowed")
+    if value and all(isinstance(item, list) for item in value):
+        if len(value) != len(HUMANEVALX_PREFIXES):
+            raise ConfigError(
+                f"{source}: a list of lists must have {len(HUMANEVALX_PREFIXES)} lists "
+                f"({', '.join(HUMANEVALX_PREFIXES)}), found {len(value)}"
+            )
+        return tuple(_int_tuple(group, source) for group in value)
+    return _int_tuple(value, source)
+
+
+def _int_tuple(items: list, source: str) -> tuple[int, ...]:
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(f"{source} must hold ints only, found {item!r}")
+    return tuple(sorted(set(items)))

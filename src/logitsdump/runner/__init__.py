@@ -1,0 +1,1 @@
+"""The modeltest-compatible accuracy runner behind `logitsdump eval`."""

@@ -1,0 +1,84 @@
+"""What every task provides: its cases, and how to judge one generation.
+
+A task module defines one class per `task_name` satisfying `Task`, and the
+registry (`tasks/__init__.py`) maps the name to it. The evaluation loop only
+talks to this interface, so adding a task never touches the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from logitsdump.runner.config import TaskConfig
+
+
+@dataclass(frozen=True)
+class Case:
+    """One dataset row, ready to infer.
+
+    `index` is the 0-based global row index across sub-datasets in
+    subject_mapping order (per language for humanevalx): the number the
+    bad-case list refers to and the `{key}` of logits file names. `key` is the
+    debug-CSV key: `str(index)`, or `HumanEval/3`, `CPP/12`, ...
+    """
+
+    index: int
+    subject: str
+    key: str
+    query: str
+    reference: Any
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The model's answer to one case: token ids, text and the first step's raw logits."""
+
+    input_ids: tuple[int, ...]
+    output_ids: tuple[int, ...]
+    text: str
+    first_logits: Any = None  # torch.Tensor [vocab], float32, for need_logits judging
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The verdict on one case, as the debug CSV shows it."""
+
+    passed: bool | None  # None: could not be judged (e.g. a missing toolchain)
+    test_result: Any
+    golden_result: Any
+
+
+class Tokenizer(Protocol):
+    """The part of a tokenizer a task may use when judging."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+class Task(Protocol):
+    """One modeltest task (`task_name`)."""
+
+    #: `Correct`/`Wrong` for MMLU and C-Eval; `True`/`False` for the others.
+    pass_labels: tuple[str, str]
+    #: True for pass_k tasks, which also write `..._bad_case_debug_info.csv`.
+    writes_bad_case_csv: bool
+
+    def load_cases(self, config: TaskConfig, dataset_root: Path) -> list[Case]:
+        """All rows of all sub-datasets, in global-index order. Raise DataError on bad files."""
+        ...
+
+    def judge(self, case: Case, generation: Generation, tokenizer: Tokenizer) -> Judgement:
+        """Judge one generation."""
+        ...
+
+
+def pass_label(task: Task, passed: bool | None) -> str:
+    """The `pass` cell of the debug CSV."""
+    if passed is None:
+        return "NotJudged"
+    return task.pass_labels[0] if passed else task.pass_labels[1]

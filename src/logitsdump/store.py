@@ -1,0 +1,184 @@
+"""The logits files: their names, how they are written, and the manifest beside them.
+
+The only home of the file-name pattern `logits_{subject}_{key}_{t}.pth`
+(modeltest's, which msit's `logitscmp` parses) and of the manifest format.
+Writing needs torch; name handling and the manifest do not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from logitsdump.errors import FileFormatError
+from logitsdump.fsutil import atomic_open, safe_component
+
+LOGITS_PREFIX = "logits_"
+LOGITS_SUFFIX = ".pth"
+SAFETENSORS_SUFFIX = ".safetensors"
+#: One JSON line per dumped case, beside the logits files.
+MANIFEST_NAME = "manifest.jsonl"
+#: Token id -> text for the model's vocabulary, beside the manifest (for reports).
+VOCAB_NAME = "vocab.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+#: The HumanEval-X language tags that msit's parser recognises in a file name.
+LANGUAGE_TAGS = ("cpp", "go", "java", "js", "python")
+
+
+def subject_token(subject: str) -> str:
+    """The subject part of a file name: modeltest replaces '/' by '_'; we also drop odd characters."""
+    return safe_component(subject.replace("/", "_").replace("\\", "_"))
+
+
+def logits_file_name(subject: str, key: int | str, token_index: int) -> str:
+    """`logits_{subject}_{key}_{t}.pth`, t = 0 for the first generated token."""
+    if token_index < 0:
+        raise ValueError(f"token index must be >= 0, got {token_index}")
+    return f"{LOGITS_PREFIX}{subject_token(subject)}_{safe_component(str(key))}_{token_index}{LOGITS_SUFFIX}"
+
+
+def parse_logits_file_name(name: str) -> tuple[int | str, int]:
+    """(key, token_id) of a logits file name, by msit's rule.
+
+    Split the stem on `_`; if a part is a HumanEval-X language tag, key is
+    `"{lang}/{second-to-last all-digit part}"`; otherwise key is the int of the
+    second-to-last part. token_id is the last (all-digit) part.
+    Raises FileFormatError with the reason when the name does not fit.
+    """
+    stem = name
+    for suffix in (LOGITS_SUFFIX, SAFETENSORS_SUFFIX):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    parts = stem.split("_")
+    digit_parts = [p for p in parts if p.isascii() and p.isdigit()]
+    language = next((p for p in parts if p in LANGUAGE_TAGS), None)
+    if language is not None:
+        if len(digit_parts) < 2:
+            raise FileFormatError(f"parse_error:expected <num>_<token> at the end of {name!r}")
+        return f"{language}/{int(digit_parts[-2])}", int(digit_parts[-1])
+    if len(parts) < 2 or not _is_int(parts[-1]) or not _is_int(parts[-2]):
+        raise FileFormatError(f"parse_error:expected <key>_<token> at the end of {name!r}")
+    return int(parts[-2]), int(parts[-1])
+
+
+def _is_int(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def save_logits(path: str | os.PathLike[str], logits: Any) -> None:
+    """Save one step's logits, a CPU tensor of shape [1, vocab], atomically.
+
+    The tensor is cloned so the file holds only its own storage.
+    """
+    import torch
+
+    tensor = logits.detach().to("cpu")
+    if tensor.dim() == 1:
+        tensor = tensor.unsqueeze(0)
+    with atomic_open(path, "wb") as handle:
+        torch.save(tensor.contiguous().clone(), handle)
+
+
+@dataclass(frozen=True)
+class CaseManifest:
+    """One dumped case: what `compare` and `report` need to explain it without the dataset."""
+
+    task: str
+    subject: str
+    key: int | str
+    index: int
+    files: tuple[str, ...]
+    input_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    output_tokens: tuple[str, ...]
+    output_text: str
+    query: str
+    prompt_sha256: str
+    model_name: str
+    model_path: str
+    dtype: str
+    logits_dtype: str
+    vocab_size: int
+    device: str
+    logits_kind: str = "raw"
+    versions: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("files", "input_token_ids", "output_token_ids", "output_tokens"):
+            data[name] = list(data[name])
+        data["versions"] = dict(self.versions)
+        data["extra"] = dict(self.extra)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseManifest:
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        for name in ("files", "input_token_ids", "output_token_ids", "output_tokens"):
+            values[name] = tuple(values.get(name, ()))
+        return cls(**values)
+
+
+def append_manifest(folder: str | os.PathLike[str], record: CaseManifest) -> None:
+    """Append one case to the folder's manifest, flushed to disk.
+
+    Called only after all of the case's files are in place, so a case listed
+    in the manifest is complete. A line cut short by a crash is skipped on read.
+    """
+    line = json.dumps(record.to_dict(), ensure_ascii=False, sort_keys=True) + "\n"
+    path = Path(folder) / MANIFEST_NAME
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> list[CaseManifest]:
+    """The complete case records of a folder's manifest (none when there is no manifest)."""
+    return list(_iter_manifest(Path(folder) / MANIFEST_NAME))
+
+
+def _iter_manifest(path: Path) -> Iterator[CaseManifest]:
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                return  # cut short by a crash: that case is not complete
+            try:
+                yield CaseManifest.from_dict(json.loads(line))
+            except (ValueError, TypeError):
+                continue
+
+
+def rewrite_manifest(folder: str | os.PathLike[str], records: Iterable[CaseManifest]) -> None:
+    """Replace the manifest with `records` (e.g. sorted, after a resume), atomically."""
+    path = Path(folder) / MANIFEST_NAME
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        for record in records:
+            handle.write(json.dumps(record.to_dict(), ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def write_vocab(folder: str | os.PathLike[str], tokens: Sequence[str]) -> None:
+    """Write the vocabulary (token id -> text, as a JSON list) beside the manifest."""
+    with atomic_open(Path(folder) / VOCAB_NAME, "w", encoding="utf-8", newline="") as handle:
+        json.dump(list(tokens), handle, ensure_ascii=False)
+
+
+def read_vocab(folder: str | os.PathLike[str]) -> list[str] | None:
+    """The vocabulary written by `write_vocab`, or None when absent or unreadable."""
+    path = Path(folder) / VOCAB_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [str(t) for t in data] if isinstance(data, list) else None
