@@ -87,6 +87,89 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bcanalyze --------------------------------------------------------------------------------
+
+
+def _add_bcanalyze_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bcanalyze",
+        help="find the bad cases: cases whose pass/fail differs between golden and test debug CSVs",
+        description="msit llm bcanalyze: compare two result CSVs (key + pass/passed columns) and write "
+        "msit_bad_case_result_<timestamp>.csv with the cases whose verdict differs.",
+    )
+    parser.add_argument("-gp", "--golden-path", required=True, help="golden environment's result CSV")
+    parser.add_argument("-mp", "--my-path", required=True, help="test environment's result CSV")
+    parser.add_argument(
+        "-o",
+        "--output-dir",
+        default=None,
+        help="our addition: output folder (default: ./msit_bad_case/analyzer, as msit)",
+    )
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_bcanalyze)
+
+
+def _run_bcanalyze(args: argparse.Namespace) -> int:
+    from logitsdump.badcase import DEFAULT_ANALYZER_DIR, BcanalyzeOptions, analyze
+
+    options = BcanalyzeOptions(args.golden_path, args.my_path, args.output_dir or DEFAULT_ANALYZER_DIR)
+    result = analyze(options)
+    if result.output_path is None:
+        print(f"no bad cases: the {result.compared} cases in both files have the same verdict")
+    else:
+        print(f"{result.bad_cases} bad case(s) of {result.compared} compared: {result.output_path}")
+    return 0
+
+
+# ---- dump -------------------------------------------------------------------------------------
+
+
+def _add_dump_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "dump",
+        aliases=["logitsdump"],
+        help="re-run only the bad cases with a runner (modeltest or logitsdump eval) and dump their logits",
+        description="msit llm logitsdump: run the command with BAD_CASE_LOGITS_DUMP=True, "
+        "LOGITS_DUMP_TOKEN_MAX_LENGTH=N and BAD_CASE_LIST=<keys of the bad-case CSV>. The command is "
+        "split on white space (no shell) and must start with modeltest, torchrun or logitsdump.",
+    )
+    parser.add_argument(
+        "-e", "--exec", dest="exec_command", required=True, help='runner command, e.g. "modeltest --model_config_path ..."'
+    )
+    parser.add_argument("-bcr", "--bad-case-result", required=True, help="bad-case CSV (from bcanalyze)")
+    parser.add_argument(
+        "-tr",
+        "--token-range",
+        type=positive_int,
+        default=1,
+        help="dump the logits of the first N generated tokens (default 1)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="our addition: keep cases already complete in the logits folder"
+    )
+    parser.add_argument(
+        "--logits-fp32", action="store_true", help="our addition: save logits as float32 (our runner only)"
+    )
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_dump)
+
+
+def _run_dump(args: argparse.Namespace) -> int:
+    from logitsdump.dump import DumpOptions, run_dump
+
+    options = DumpOptions(
+        exec_command=args.exec_command,
+        bad_case_csv=args.bad_case_result,
+        token_range=args.token_range,
+        resume=args.resume,
+        logits_fp32=args.logits_fp32,
+    )
+    result = run_dump(options)
+    for line in result.summary_lines():
+        print(line, flush=True)
+    return 0
+
+
 # ---- examples ---------------------------------------------------------------------------------
 
 
@@ -101,7 +184,7 @@ def _add_examples_parser(subparsers) -> None:
 
 
 def _run_examples(args: argparse.Namespace) -> int:
-    from logitsdump.demo.assets import copy_examples
+    from logitsdump.demo.examples import copy_examples
 
     folder = copy_examples(args.directory)
     print(f"examples written to {folder}")
@@ -123,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"logitsdump {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_eval_parser(subparsers)
+    _add_bcanalyze_parser(subparsers)
+    _add_dump_parser(subparsers)
     _add_examples_parser(subparsers)
     return parser
 

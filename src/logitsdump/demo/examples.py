@@ -1,0 +1,42 @@
+"""Where the embedded model, datasets and YAML files live, and copying them for a user."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from logitsdump.errors import UserError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+TINY_MODEL = ASSETS / "model" / "tiny_llama"
+DATASETS = ASSETS / "datasets"
+MODEL_CONFIGS = ASSETS / "configs" / "model"
+TASK_CONFIGS = ASSETS / "configs" / "task"
+
+
+def model_config(dtype: str = "fp32") -> Path:
+    """The shipped model YAML for the tiny Llama in `dtype` (fp32, bf16 or fp16)."""
+    return MODEL_CONFIGS / f"tiny_llama_{dtype}.yaml"
+
+
+def task_config(task_name: str) -> Path:
+    """The shipped task YAML for `task_name`."""
+    return TASK_CONFIGS / f"{task_name}.yaml"
+
+
+def shipped_task_names() -> list[str]:
+    return sorted(p.stem for p in TASK_CONFIGS.glob("*.yaml"))
+
+
+def copy_examples(destination: str | Path) -> Path:
+    """Copy model, datasets and configs into `destination` (new or empty); return it.
+
+    The YAML files use paths relative to their own folder, so the copy runs as is.
+    """
+    target = Path(destination)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} exists and is not an empty folder: choose a new folder")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("model", "datasets", "configs"):
+        shutil.copytree(ASSETS / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return target.resolve()

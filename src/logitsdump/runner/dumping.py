@@ -1,0 +1,140 @@
+"""The runner side of the logits dump: which cases to re-infer, and writing their files.
+
+The file names and the manifest format belong to `store`; the folder to
+`outputs.OutputLayout.logits_dir`; the environment protocol to `protocol`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from logitsdump import store
+from logitsdump.logs import get_logger
+from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
+from logitsdump.runner.tasks.base import Case
+
+log = get_logger("dump")
+
+
+def select_cases(cases: Sequence[Case], request: DumpRequest) -> list[Case]:
+    """The rows whose index is in the request, in dataset order; warn about indices that match no row.
+
+    The five-list form selects per HumanEval-X language (by the key's prefix).
+    """
+    if request.per_language:
+        wanted = {
+            prefix: set(group) for prefix, group in zip(HUMANEVALX_PREFIXES, request.indices, strict=True)
+        }
+        chosen = [c for c in cases if c.index in wanted.get(c.key.split("/")[0], set())]
+        for prefix, group in wanted.items():
+            present = {c.index for c in cases if c.key.split("/")[0] == prefix}
+            _warn_missing(sorted(group - present), f"{prefix} ")
+        return chosen
+    wanted_flat = set(request.indices)
+    chosen = [c for c in cases if c.index in wanted_flat]
+    _warn_missing(sorted(wanted_flat - {c.index for c in cases}), "")
+    return chosen
+
+
+def _warn_missing(missing: list[int], what: str) -> None:
+    if missing:
+        shown = ", ".join(str(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        log.warning("%d %sbad-case indices match no dataset row and were ignored: %s", len(missing), what, shown)
+
+
+def prompt_sha256(query: str) -> str:
+    return hashlib.sha256(query.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class DumpContext:
+    """What every case record of one dump shares."""
+
+    task: str
+    model_name: str
+    model_path: str
+    dtype: str
+    vocab_size: int
+    device: str
+    versions: dict[str, str]
+
+
+class LogitsWriter:
+    """Writes each dumped case's logits files, then its manifest line."""
+
+    def __init__(self, folder: Path, request: DumpRequest, context: DumpContext) -> None:
+        self.folder = folder
+        self.request = request
+        self.context = context
+        self.complete: set[tuple[str, int]] = set()
+
+    def prepare(self, vocab: Sequence[str]) -> None:
+        """Clear the folder (modeltest does), or with resume keep the complete cases."""
+        if self.request.resume and self.folder.is_dir():
+            records = store.read_manifest(self.folder)
+            kept = [r for r in records if all((self.folder / f).is_file() for f in r.files)]
+            self.complete = {(r.subject, r.index) for r in kept}
+            store.rewrite_manifest(self.folder, kept)
+            for stale in self.folder.glob(".*.tmp"):
+                stale.unlink()
+            log.info("resume: %d cases already complete in %s", len(kept), self.folder)
+        else:
+            if self.folder.exists():
+                shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        store.write_vocab(self.folder, vocab)
+
+    def is_complete(self, case: Case) -> bool:
+        return (case.subject, case.index) in self.complete
+
+    def save(
+        self,
+        case: Case,
+        step_logits: Sequence[Any],
+        input_ids: Sequence[int],
+        output_ids: Sequence[int],
+        output_tokens: Sequence[str],
+        output_text: str,
+    ) -> list[str]:
+        """Write the case's files (one per step, at most N), then append its manifest line."""
+        steps = step_logits[: self.request.token_max_length]
+        names = []
+        for t, logits in enumerate(steps):
+            name = store.logits_file_name(case.subject, case.index, t)
+            store.save_logits(self.folder / name, logits.float() if self.request.logits_fp32 else logits)
+            names.append(name)
+        logits_dtype = str(steps[0].float().dtype if self.request.logits_fp32 else steps[0].dtype) if steps else ""
+        record = store.CaseManifest(
+            task=self.context.task,
+            subject=case.subject,
+            key=case.key,
+            index=case.index,
+            files=tuple(names),
+            input_token_ids=tuple(int(i) for i in input_ids),
+            output_token_ids=tuple(int(i) for i in output_ids),
+            output_tokens=tuple(output_tokens),
+            output_text=output_text,
+            query=case.query,
+            prompt_sha256=prompt_sha256(case.query),
+            model_name=self.context.model_name,
+            model_path=self.context.model_path,
+            dtype=self.context.dtype,
+            logits_dtype=logits_dtype.replace("torch.", ""),
+            vocab_size=self.context.vocab_size,
+            device=self.context.device,
+            logits_kind="raw",
+            versions=self.context.versions,
+        )
+        store.append_manifest(self.folder, record)
+        return names
+
+    def finish(self) -> list[store.CaseManifest]:
+        """Rewrite the manifest in (subject, index) order; return its records."""
+        records = sorted(store.read_manifest(self.folder), key=lambda r: (r.subject, r.index))
+        store.rewrite_manifest(self.folder, records)
+        return records

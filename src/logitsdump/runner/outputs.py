@@ -1,0 +1,173 @@
+"""modeltest's output layout and the files of an evaluation.
+
+The only home of the folder layout:
+    {output_dir}/results/{dev}/precision_test/{task}/{dtype}/{model}/  result file, infer results
+    {output_dir}/debug/{dev}/precision_test/{task}/{dtype}/{model}/    debug CSVs
+    {output_dir}/data/{dev}/precision_test/{task}/{dtype}/{model}/logits/   logits files + manifest
+Names from YAML files are made safe as single path components, so nothing
+can be written outside `output_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from logitsdump.csvsafe import write_csv
+from logitsdump.fsutil import atomic_open, safe_component
+
+DEBUG_COLUMNS = ("key", "queries", "input_token_ids", "output_token_ids", "test_result", "golden_result", "pass")
+BAD_CASE_COLUMNS = ("key", "passed")
+RESULT_COLUMNS = ("subject", "total", "correct", "not_judged", "accuracy")
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where one evaluation writes (modeltest §5)."""
+
+    output_dir: Path
+    device_label: str  # GPU / NPU / CPU
+    task_name: str
+    data_type: str
+    model_name: str
+    model_type: str
+    batch_size: int
+    tp: int
+
+    def _base(self, area: str) -> Path:
+        return (
+            self.output_dir / area / safe_component(self.device_label) / "precision_test"
+            / safe_component(self.task_name) / safe_component(self.data_type) / safe_component(self.model_name or "model")
+        )
+
+    @property
+    def results_dir(self) -> Path:
+        return self._base("results")
+
+    @property
+    def debug_dir(self) -> Path:
+        return self._base("debug")
+
+    @property
+    def logits_dir(self) -> Path:
+        return self._base("data") / "logits"
+
+    @property
+    def stem(self) -> str:
+        """`{task}_{model_type}_batch{bs}_tp{tp}`, modeltest's file-name stem."""
+        return safe_component(f"{self.task_name}_{self.model_type}_batch{self.batch_size}_tp{self.tp}")
+
+    @property
+    def result_file(self) -> Path:
+        return self.results_dir / f"{self.stem}_result.csv"
+
+    @property
+    def infer_results_file(self) -> Path:
+        return self.results_dir / f"{self.stem}_infer_results.jsonl"
+
+    @property
+    def debug_file(self) -> Path:
+        return self.debug_dir / f"{self.stem}_debug_info.csv"
+
+    @property
+    def bad_case_file(self) -> Path:
+        return self.debug_dir / f"{self.stem}_bad_case_debug_info.csv"
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """One evaluated case, as the output files show it."""
+
+    key: str
+    subject: str
+    query: str
+    input_token_ids: tuple[int, ...]
+    output_token_ids: tuple[int, ...]
+    output_text: str
+    test_result: Any
+    golden_result: Any
+    passed: bool | None
+    pass_label: str
+
+
+@dataclass(frozen=True)
+class SubjectScore:
+    subject: str
+    total: int
+    correct: int
+    not_judged: int
+
+    @property
+    def accuracy(self) -> float:
+        judged = self.total - self.not_judged
+        return self.correct / judged if judged else 0.0
+
+
+def subject_scores(outcomes: Sequence[CaseOutcome], subjects: Iterable[str]) -> list[SubjectScore]:
+    """Accuracy per sub-dataset in subject_mapping order, plus a `total` row."""
+    rows = []
+    for subject in [*subjects, None]:
+        chosen = [o for o in outcomes if subject is None or o.subject == subject]
+        if subject is not None and not chosen:
+            continue
+        rows.append(
+            SubjectScore(
+                subject="total" if subject is None else subject,
+                total=len(chosen),
+                correct=sum(1 for o in chosen if o.passed),
+                not_judged=sum(1 for o in chosen if o.passed is None),
+            )
+        )
+    return rows
+
+
+def write_debug_csv(layout: OutputLayout, outcomes: Sequence[CaseOutcome]) -> Path:
+    """The seven-column debug CSV (lists as Python repr)."""
+    rows = [
+        (o.key, o.query, repr(list(o.input_token_ids)), repr(list(o.output_token_ids)),
+         o.test_result, o.golden_result, o.pass_label)
+        for o in outcomes
+    ]
+    write_csv(layout.debug_file, DEBUG_COLUMNS, rows)
+    return layout.debug_file
+
+
+def write_bad_case_csv(layout: OutputLayout, outcomes: Sequence[CaseOutcome]) -> Path:
+    """pass_k tasks: `key,passed` for every case (keys like `HumanEval/3`)."""
+    write_csv(layout.bad_case_file, BAD_CASE_COLUMNS, [(o.key, o.pass_label) for o in outcomes])
+    return layout.bad_case_file
+
+
+def write_result_file(layout: OutputLayout, scores: Sequence[SubjectScore]) -> Path:
+    """Accuracy per sub-dataset and in total."""
+    rows = [(s.subject, s.total, s.correct, s.not_judged, f"{s.accuracy:.4f}") for s in scores]
+    write_csv(layout.result_file, RESULT_COLUMNS, rows)
+    return layout.result_file
+
+
+def write_infer_results(layout: OutputLayout, outcomes: Sequence[CaseOutcome]) -> Path:
+    """One JSON line per case: key, subject, query, generated text, verdict."""
+    with atomic_open(layout.infer_results_file, "w", encoding="utf-8", newline="") as handle:
+        for o in outcomes:
+            record = {"key": o.key, "subject": o.subject, "query": o.query, "output": o.output_text,
+                      "test_result": _jsonable(o.test_result), "golden_result": _jsonable(o.golden_result),
+                      "pass": o.pass_label}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return layout.infer_results_file
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def format_score_table(task_name: str, scores: Sequence[SubjectScore]) -> str:
+    """A plain text table of accuracy per sub-dataset, for the terminal."""
+    width = max([len("subject"), *(len(s.subject) for s in scores)])
+    lines = [f"{task_name}: accuracy per sub-dataset", f"{'subject':<{width}}  {'cases':>5}  {'correct':>7}  accuracy"]
+    for s in scores:
+        note = f"  ({s.not_judged} not judged)" if s.not_judged else ""
+        lines.append(f"{s.subject:<{width}}  {s.total:>5}  {s.correct:>7}  {s.accuracy:8.2%}{note}")
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""Build the embedded tiny Llama (weights, config, byte-level tokenizer) from a seed.
+
+    python tools/make_tiny_model.py [--out src/logitsdump/demo/assets/model/tiny_llama]
+
+The weights come from numpy's seeded generator, not from transformers' init
+code, so they are the same whatever the library versions. The init std (0.3)
+is large on purpose: fp32 and bf16 runs of this model then pick different
+greedy tokens on a good share of cases, as two real devices do. The lm_head rows
+of answer-like tokens (A-D, digits, space, 'yes'/'no' letters) are scaled up so
+the model often answers in the tasks' formats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+SEED = 20261128
+INIT_STD = 0.3
+ANSWER_SCALE = 2.0
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2; bytes follow at 3..258
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": len(SPECIAL_TOKENS) + 256,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "hidden_act": "silu",
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "float32",
+}
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (ByteLevel pre-tokenizer)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+
+
+def build_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    hidden, inter = CONFIG["hidden_size"], CONFIG["intermediate_size"]
+    heads, kv_heads, head_dim = CONFIG["num_attention_heads"], CONFIG["num_key_value_heads"], CONFIG["head_dim"]
+    vocab = CONFIG["vocab_size"]
+
+    def normal(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * INIT_STD).astype(np.float32)
+
+    weights = {"model.embed_tokens.weight": normal(vocab, hidden)}
+    for layer in range(CONFIG["num_hidden_layers"]):
+        prefix = f"model.layers.{layer}."
+        weights[prefix + "self_attn.q_proj.weight"] = normal(heads * head_dim, hidden)
+        weights[prefix + "self_attn.k_proj.weight"] = normal(kv_heads * head_dim, hidden)
+        weights[prefix + "self_attn.v_proj.weight"] = normal(kv_heads * head_dim, hidden)
+        weights[prefix + "self_attn.o_proj.weight"] = normal(hidden, heads * head_dim)
+        weights[prefix + "mlp.gate_proj.weight"] = normal(inter, hidden)
+        weights[prefix + "mlp.up_proj.weight"] = normal(inter, hidden)
+        weights[prefix + "mlp.down_proj.weight"] = normal(hidden, inter)
+        weights[prefix + "input_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
+        weights[prefix + "post_attention_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
+    weights["model.norm.weight"] = np.ones(hidden, dtype=np.float32)
+    lm_head = normal(vocab, hidden)
+    answer_bytes = b"ABCD0123456789 yesno\n"
+    for byte in set(answer_bytes):
+        lm_head[len(SPECIAL_TOKENS) + byte] *= ANSWER_SCALE
+    weights["lm_head.weight"] = lm_head
+    return weights
+
+
+def build_tokenizer_json() -> dict:
+    table = byte_to_unicode()
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for byte in range(256):
+        vocab[table[byte]] = len(SPECIAL_TOKENS) + byte
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
+            for i, tok in enumerate(SPECIAL_TOKENS)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                          "use_regex": False},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+        },
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": vocab, "merges": []},
+    }
+
+
+def main() -> None:
+    from safetensors.numpy import save_file
+
+    default_out = Path(__file__).resolve().parents[1] / "src/logitsdump/demo/assets/model/tiny_llama"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=default_out)
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    weights = build_weights(np.random.default_rng(SEED))
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "model.safetensors").chmod(0o644)
+    (out / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": False}, indent=2) + "\n"
+    )
+    (out / "tokenizer.json").write_text(json.dumps(build_tokenizer_json(), ensure_ascii=False) + "\n")
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "add_bos_token": True,
+        "model_max_length": CONFIG["max_position_embeddings"],
+        "padding_side": "left",
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, indent=2) + "\n"
+    )
+    size = sum(w.nbytes for w in weights.values())
+    print(f"wrote {out} ({size / 1024:.0f} KiB of weights, {len(weights)} tensors)")
+
+
+if __name__ == "__main__":
+    main()
