@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from logitsdump.demo import examples  # noqa: E402
+from logitsdump.demo import examples
 
 PROTOCOL_VARS = (
     "BAD_CASE_LOGITS_DUMP",

@@ -51,3 +51,13 @@ def test_ensure_writable_dir(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="not a folder"):
         fsutil.ensure_writable_dir(tmp_path / "file")
+
+
+def test_control_characters_survive_a_round_trip():
+    import csv
+    import io
+
+    cells = ["a\rb", "c\nd", 'q"uote', "x,y", "\x1c\x02", "", " sp "]
+    text = csvsafe.rows_to_csv_text([f"c{i}" for i in range(len(cells))], [cells])
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[1] == cells

@@ -5,9 +5,13 @@
 The weights come from numpy's seeded generator, not from transformers' init
 code, so they are the same whatever the library versions. The init std (0.3)
 is large on purpose: fp32 and bf16 runs of this model then pick different
-greedy tokens on a good share of cases, as two real devices do. The lm_head rows
-of answer-like tokens (A-D, digits, space, 'yes'/'no' letters) are scaled up so
-the model often answers in the tasks' formats.
+greedy tokens on a good share of cases, as two real devices do.
+
+The lm_head rows of three groups of answer tokens (the letters A-D; 's' and 'o',
+the last bytes of "yes" and "no" that BoolQ compares; the digits) are one shared,
+scaled-up vector each plus a small individual part. The group is then often
+chosen, and the choice inside it is a near-tie that the rounding of the weights
+to bf16 can flip, like the near-ties that separate two real devices.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import numpy as np
 
 SEED = 20261128
 INIT_STD = 0.3
-ANSWER_SCALE = 2.0
+ANSWER_GROUPS = (b"ABCD", b"so", b"0123456789")
+ANSWER_SCALE = 3.0  # the group vector's std, in units of INIT_STD
+ANSWER_SPREAD = 0.01  # the individual part's std, in units of INIT_STD
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2; bytes follow at 3..258
 CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -86,9 +92,10 @@ def build_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
         weights[prefix + "post_attention_layernorm.weight"] = np.ones(hidden, dtype=np.float32)
     weights["model.norm.weight"] = np.ones(hidden, dtype=np.float32)
     lm_head = normal(vocab, hidden)
-    answer_bytes = b"ABCD0123456789 yesno\n"
-    for byte in set(answer_bytes):
-        lm_head[len(SPECIAL_TOKENS) + byte] *= ANSWER_SCALE
+    for group in ANSWER_GROUPS:
+        shared = normal(hidden) * ANSWER_SCALE
+        for byte in group:
+            lm_head[len(SPECIAL_TOKENS) + byte] = shared + normal(hidden) * ANSWER_SPREAD
     weights["lm_head.weight"] = lm_head
     return weights
 

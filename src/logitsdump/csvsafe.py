@@ -7,8 +7,6 @@ that parses as a float (e.g. `-0.5`) is left alone.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -29,15 +27,27 @@ def neutralise(value: Any) -> Any:
     return value
 
 
+def format_cell(value: Any) -> str:
+    """One CSV cell: quoted when it holds a comma, quote, LF or CR (Python's csv module,
+    with LF line ends, would leave a lone CR unquoted and readers would split the row)."""
+    text = "" if value is None else str(neutralise(value))
+    if any(ch in text for ch in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def format_row(values: Iterable[Any]) -> str:
+    """One CSV line, LF-terminated."""
+    return ",".join(format_cell(v) for v in values) + "\n"
+
+
 def rows_to_csv_text(header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> str:
     """Render rows (sequences or dicts keyed by header) as CSV text with LF line ends."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([neutralise(h) for h in header])
+    lines = [format_row(header)]
     for row in rows:
-        values = [row.get(h, "") for h in header] if isinstance(row, Mapping) else list(row)
-        writer.writerow([neutralise(v) for v in values])
-    return buffer.getvalue()
+        values = [row.get(h, "") for h in header] if isinstance(row, Mapping) else row
+        lines.append(format_row(values))
+    return "".join(lines)
 
 
 def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable) -> None:

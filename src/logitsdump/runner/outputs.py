@@ -40,7 +40,8 @@ class OutputLayout:
     def _base(self, area: str) -> Path:
         return (
             self.output_dir / area / safe_component(self.device_label) / "precision_test"
-            / safe_component(self.task_name) / safe_component(self.data_type) / safe_component(self.model_name or "model")
+            / safe_component(self.task_name) / safe_component(self.data_type)
+            / safe_component(self.model_name or "model")
         )
 
     @property

@@ -1,0 +1,80 @@
+"""`logitsdump eval` end to end on the embedded tiny model (real model, real files)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from logitsdump.demo import examples
+from logitsdump.runner.evaluate import EvalOptions, run_eval
+from logitsdump.runner.outputs import DEBUG_COLUMNS
+
+TASKS = examples.shipped_task_names()
+
+
+def evaluate(tmp_path: Path, task: str, dtype: str = "fp32", batch_size: int = 1):
+    options = EvalOptions(
+        model_config_path=str(examples.model_config(dtype)),
+        task_config_path=str(examples.task_config(task)),
+        batch_size=batch_size,
+        output_dir=str(tmp_path),
+        save_debug=True,
+        device="cpu",
+    )
+    return run_eval(options)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_every_task_is_shipped():
+    assert set(TASKS) >= {
+        "boolq", "gsm8k", "mmlu_few_shots", "mmlu_zero_shot", "ceval_few_shots", "ceval_zero_shot", "humaneval",
+    }
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_full_evaluation_writes_modeltest_files(tmp_path, task):
+    result = evaluate(tmp_path, task)
+    base = Path("CPU/precision_test") / task / "fp32" / "tiny_llama"
+    debug = tmp_path / "debug" / base / f"{task}_pa_batch1_tp1_debug_info.csv"
+    assert debug == result.layout.debug_file and debug.is_file()
+    assert (tmp_path / "results" / base / f"{task}_pa_batch1_tp1_result.csv").is_file()
+    rows = read_csv(debug)
+    assert tuple(rows[0]) == DEBUG_COLUMNS
+    assert len(rows) == len(result.outcomes) >= 5
+    for row in rows:
+        assert row["input_token_ids"].startswith("[") and row["output_token_ids"].startswith("[")
+    if task == "humaneval":
+        bad = read_csv(result.layout.bad_case_file)
+        assert [r["key"] for r in bad] == [f"HumanEval/{i}" for i in range(len(bad))]
+        assert {r["passed"] for r in bad} <= {"True", "False"}
+    else:
+        assert [r["key"] for r in rows] == [str(i) for i in range(len(rows))]
+    total = read_csv(result.layout.result_file)[-1]
+    assert total["subject"] == "total" and int(total["total"]) == len(rows)
+
+
+def test_fp32_and_bf16_disagree_on_some_cases(tmp_path):
+    differing = 0
+    for task in ("boolq", "mmlu_few_shots", "gsm8k"):
+        golden = evaluate(tmp_path / "fp32", task, "fp32").outcomes
+        test = evaluate(tmp_path / "bf16", task, "bf16").outcomes
+        assert [o.key for o in golden] == [o.key for o in test]
+        differing += sum(g.pass_label != t.pass_label for g, t in zip(golden, test, strict=True))
+    assert differing > 0
+
+
+def test_batches_match_single_queries(tmp_path):
+    single = evaluate(tmp_path / "bs1", "mmlu_zero_shot", batch_size=1)
+    batched = evaluate(tmp_path / "bs4", "mmlu_zero_shot", batch_size=4)
+    assert batched.layout.debug_file.name == "mmlu_zero_shot_pa_batch4_tp1_debug_info.csv"
+    assert [o.key for o in single.outcomes] == [o.key for o in batched.outcomes]
+    assert [o.input_token_ids for o in single.outcomes] == [o.input_token_ids for o in batched.outcomes]
+    same = sum(a.output_token_ids == b.output_token_ids for a, b in zip(single.outcomes, batched.outcomes, strict=True))
+    # left padding changes matmul shapes, which may flip a near-tie in fp32; the rest must agree
+    assert same >= 0.8 * len(single.outcomes)
