@@ -134,7 +134,11 @@ def _add_dump_parser(subparsers) -> None:
         "split on white space (no shell) and must start with modeltest, torchrun or logitsdump.",
     )
     parser.add_argument(
-        "-e", "--exec", dest="exec_command", required=True, help='runner command, e.g. "modeltest --model_config_path ..."'
+        "-e",
+        "--exec",
+        dest="exec_command",
+        required=True,
+        help='runner command, e.g. "modeltest --model_config_path ..."',
     )
     parser.add_argument("-bcr", "--bad-case-result", required=True, help="bad-case CSV (from bcanalyze)")
     parser.add_argument(
@@ -167,6 +171,79 @@ def _run_dump(args: argparse.Namespace) -> int:
     result = run_dump(options)
     for line in result.summary_lines():
         print(line, flush=True)
+    return 0
+
+
+# ---- compare ----------------------------------------------------------------------------------
+
+
+def _number_at_least(low: float, high: float | None = None) -> Callable[[str], float]:
+    """argparse type: a finite float in [low, high] (high None: no upper bound)."""
+    span = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {span}, found {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (
+            high is not None and value > high
+        ):
+            raise argparse.ArgumentTypeError(f"expected a number {span}, found {text}")
+        return value
+
+    return parse
+
+
+def _add_compare_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        aliases=["logitscmp"],
+        help="compare two folders of logits files token by token (msit logitscmp) and judge each case",
+        description="Pair the .pth/.safetensors files of two folders by name, write msit's per-token CSV "
+        "and a per-case verdict (identical, consistent, tie-flip, divergent, incomplete).",
+    )
+    parser.add_argument("-gp", "--golden-path", required=True, help="folder of the golden logits files")
+    parser.add_argument("-mp", "--my-path", required=True, help="folder of the logits files to check")
+    parser.add_argument("-cs", "--cosine-similarity", type=_number_at_least(-1.0, 1.0), default=0.999,
+                        help="pass when cosine similarity > this, in [-1, 1] (default 0.999)")
+    parser.add_argument("-kl", "--kl-divergence", type=_number_at_least(0.0), default=0.0001,
+                        help="pass when KL divergence < this, >= 0 (default 0.0001)")
+    parser.add_argument("-l1", "--l1-norm", type=_number_at_least(-1.0), default=0.01,
+                        help="pass when |relative L1 difference| < this, >= -1 (default 0.01)")
+    parser.add_argument("-d", "--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+                        help="dtype whose ULP the max-logit test uses (default fp16)")
+    parser.add_argument("-o", "--output", default="./output", help="output folder (default ./output)")
+    parser.add_argument("--topk", type=positive_int, default=10, help="k of the top-k overlap (default 10)")
+    parser.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
+                        help="a first argmax change is a tie-flip when golden's top-1 logit leads the "
+                        "test's choice by at most this (logits; default 0.1)")
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from logitsdump.compare.run import CompareOptions, run_compare
+    from logitsdump.compare.verdict import DEFAULT_TIE_TOLERANCE
+
+    options = CompareOptions(
+        golden_path=args.golden_path,
+        my_path=args.my_path,
+        output_dir=args.output,
+        cosine=args.cosine_similarity,
+        kl=args.kl_divergence,
+        l1=args.l1_norm,
+        dtype=args.dtype,
+        topk=args.topk,
+        tie_tolerance=DEFAULT_TIE_TOLERANCE if args.tie_tolerance is None else args.tie_tolerance,
+    )
+    summary = run_compare(options)
+    verdicts = ", ".join(f"{name} {count}" for name, count in summary.verdicts.items())
+    print(f"rows: {summary.rows} (passed {summary.passed}, failed {summary.failed}, NA {summary.na})")
+    print(f"cases: {len(summary.cases)} ({verdicts})")
+    print(f"results: {summary.csv_path}")
+    print(f"cases:   {summary.cases_csv_path}")
+    print(f"         {summary.cases_json_path}")
     return 0
 
 
@@ -208,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(subparsers)
     _add_bcanalyze_parser(subparsers)
     _add_dump_parser(subparsers)
+    _add_compare_parser(subparsers)
     _add_examples_parser(subparsers)
     return parser
 

@@ -1,0 +1,404 @@
+"""Result CSVs: reading them, finding bad cases (`bcanalyze`) and turning keys into a dump request.
+
+Pure csv-module code (no pandas, no torch). Files read here are modeltest debug CSVs
+(`key,queries,input_token_ids,output_token_ids,test_result,golden_result,pass`), the older
+harness's timestamped debug CSVs (same columns), pass_k `..._bad_case_debug_info.csv` files
+(`key,passed`) and our own / msit's `msit_bad_case_result_<ts>.csv`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from logitsdump.csvsafe import write_csv
+from logitsdump.errors import DataError
+from logitsdump.fsutil import ensure_writable_dir
+from logitsdump.logs import get_logger
+from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
+
+#: msit's output folder for bcanalyze, relative to the current directory.
+DEFAULT_ANALYZER_DIR = os.path.join("msit_bad_case", "analyzer")
+#: msit's output file prefix; the name is `<prefix><YYYYmmddHHMMSS>.csv`.
+RESULT_PREFIX = "msit_bad_case_result_"
+#: How many keys a warning names before "...".
+SHOWN_KEYS = 5
+
+_TRUE = {"true", "correct", "1", "1.0"}
+_FALSE = {"false", "wrong", "0", "0.0"}
+_INT_KEY = re.compile(r"-?[0-9]{1,18}")  # bounded: int() refuses very long digit strings
+_PREFIXED_KEY = re.compile(r"([^/]+)/(-?[0-9]{1,18})")
+_HUMANEVAL = "HumanEval"
+
+log = get_logger("badcase")
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One data row: its line number (1-based, as an editor shows it) and its cells by column."""
+
+    line: int
+    cells: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """A result CSV read whole. `pass` is renamed `passed`; `passed` is normalised (`true`/`false`)."""
+
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[ResultRow, ...]
+
+
+def normalise_passed(value: str) -> str:
+    """msit's rule, widened: lower-case; correct/1 -> true, wrong/0 -> false; other text kept lower-cased."""
+    text = value.strip().lower()
+    if text in _TRUE:
+        return "true"
+    if text in _FALSE:
+        return "false"
+    return text
+
+
+def canonical_key(value: str) -> str:
+    """A key as compared: stripped; an int key without leading zeros or `+`."""
+    text = value.strip()
+    if _INT_KEY.fullmatch(text):
+        return str(int(text))
+    return text
+
+
+def check_csv_path(path: str | os.PathLike[str]) -> Path:
+    """An existing, non-empty `.csv` file, else a one-line DataError."""
+    csv_path = Path(path)
+    if csv_path.suffix.lower() != ".csv":
+        raise DataError(f"{csv_path} is not a .csv file: give the CSV written by eval/modeltest or bcanalyze")
+    if not csv_path.exists():
+        raise DataError(f"{csv_path} does not exist")
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path} is not a file")
+    if csv_path.stat().st_size == 0:
+        raise DataError(f"{csv_path} is empty (0 bytes): expected a CSV with a header line")
+    return csv_path
+
+
+@contextlib.contextmanager
+def _rows(path: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
+    """(header, iterator of (line, cells)) of a CSV; blank lines skipped; errors as DataError."""
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long queries (LongBench) exceed 128 KiB
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            try:
+                header = next(reader, None)
+            except (csv.Error, UnicodeDecodeError) as err:
+                raise DataError(f"{path}: cannot read the header line: {err}") from None
+            if header is None or not any(cell.strip() for cell in header):
+                raise DataError(f"{path} has no header line")
+
+            def body() -> Iterator[tuple[int, list[str]]]:
+                try:
+                    for cells in reader:
+                        if cells and any(cells):
+                            yield reader.line_num, cells
+                except (csv.Error, UnicodeDecodeError) as err:
+                    raise DataError(f"{path}: line {reader.line_num + 1} is not valid CSV: {err}") from None
+
+            yield [cell.strip() for cell in header], body()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def read_result_csv(path: str | os.PathLike[str]) -> ResultTable:
+    """Read a result CSV; require `key` and `pass`/`passed` (DataError naming the file otherwise)."""
+    csv_path = check_csv_path(path)
+    with _rows(csv_path) as (header, body):
+        columns = ["passed" if name == "pass" and "passed" not in header else name for name in header]
+        missing = [name for name in ("key", "passed") if name not in columns]
+        if missing:
+            raise DataError(
+                f"{csv_path} has no {' or '.join(repr(m) for m in missing)} column "
+                f"(found: {', '.join(header)}); expected a debug CSV with key and pass/passed"
+            )
+        rows = []
+        for line, cells in body:
+            values = dict(zip(columns, cells, strict=False))
+            for name in columns[len(cells) :]:
+                values[name] = ""
+            values["passed"] = normalise_passed(values["passed"])
+            rows.append(ResultRow(line, values))
+    return ResultTable(csv_path, tuple(columns), tuple(rows))
+
+
+# ---- bcanalyze ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BcanalyzeOptions:
+    """Inputs of `analyze`: golden and test result CSVs, and the output folder."""
+
+    golden_path: str
+    test_path: str
+    output_dir: str = DEFAULT_ANALYZER_DIR
+
+
+@dataclass(frozen=True)
+class BcanalyzeResult:
+    """What `analyze` found. `output_path` is None when there was no difference."""
+
+    output_path: Path | None
+    bad_cases: int
+    compared: int
+    warnings: tuple[str, ...]
+
+
+def bcanalyze(
+    golden_csv: str | os.PathLike[str],
+    test_csv: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str] = DEFAULT_ANALYZER_DIR,
+) -> Path | None:
+    """Write the bad cases of `test_csv` against `golden_csv`; return the file (None: no difference)."""
+    return analyze(BcanalyzeOptions(str(golden_csv), str(test_csv), str(output_dir))).output_path
+
+
+def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
+    """msit's bcanalyze (msit-cli.md §2) without its bugs; warnings are logged and returned."""
+    golden = read_result_csv(options.golden_path)
+    test = read_result_csv(options.test_path)
+    warnings: list[str] = []
+
+    join = ["key"]
+    if "queries" in golden.columns:
+        if "queries" in test.columns:
+            join.append("queries")
+        else:
+            warnings.append(f"{test.path} has no 'queries' column: matching rows on 'key' only")
+    with_ids = "input_token_ids" in golden.columns and "output_token_ids" in golden.columns
+    header = ["key"] + (["queries"] if "queries" in golden.columns else [])
+    compared = ["input_token_ids", "output_token_ids", "passed"] if with_ids else ["passed"]
+    for name in compared:
+        header += [f"{name}_golden", f"{name}_test"]
+
+    golden_index = _index(golden, join, warnings)
+    test_index = _index(test, join, warnings)
+    missing = [ident for ident in golden_index if ident not in test_index]
+    extra = [ident for ident in test_index if ident not in golden_index]
+    if missing:
+        warnings.append(
+            f"{len(missing)} golden case(s) not found in {test.path}, "
+            f"e.g. keys {_first(k for k, *_ in missing)}"
+        )
+    if extra:
+        warnings.append(
+            f"{len(extra)} test case(s) not found in {golden.path}, e.g. keys {_first(k for k, *_ in extra)}"
+        )
+
+    out_rows: list[list[str]] = []
+    unjudged: list[str] = []
+    count = 0
+    for ident, golden_row in golden_index.items():
+        test_row = test_index.get(ident)
+        if test_row is None:
+            continue
+        count += 1
+        g_cells, t_cells = golden_row.cells, test_row.cells
+        if not g_cells["passed"] or not t_cells["passed"]:
+            unjudged.append(ident[0])
+            continue
+        if g_cells["passed"] == t_cells["passed"]:
+            continue
+        row = [g_cells["key"].strip()] + ([g_cells["queries"]] if "queries" in golden.columns else [])
+        for name in compared:
+            row += [g_cells.get(name, ""), t_cells.get(name, "")]
+        out_rows.append(row)
+    if unjudged:
+        warnings.append(
+            f"{len(unjudged)} case(s) have an empty pass/passed cell, e.g. keys {_first(unjudged)}"
+        )
+
+    for message in warnings:
+        log.warning(message)
+    if not out_rows:
+        log.warning("no difference between the golden and the test results: no file written")
+        return BcanalyzeResult(None, 0, count, tuple(warnings))
+    folder = ensure_writable_dir(options.output_dir)
+    path = unique_path(folder, f"{RESULT_PREFIX}{timestamp()}", ".csv")
+    write_csv(path, header, out_rows)
+    log.debug("%d bad case(s) of %d compared written to %s", len(out_rows), count, path)
+    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings))
+
+
+def _index(table: ResultTable, join: Sequence[str], warnings: list[str]) -> dict[tuple[str, ...], ResultRow]:
+    """First row per join identity; empty keys and duplicates reported in `warnings`."""
+    index: dict[tuple[str, ...], ResultRow] = {}
+    duplicates: list[str] = []
+    empty: list[str] = []
+    for row in table.rows:
+        key = canonical_key(row.cells["key"])
+        if not key:
+            empty.append(str(row.line))
+            continue
+        ident = (key, *(row.cells.get(name, "") for name in join[1:]))
+        if ident in index:
+            duplicates.append(key)
+        else:
+            index[ident] = row
+    if empty:
+        warnings.append(
+            f"{table.path}: {len(empty)} row(s) with an empty key skipped, on lines {_first(empty)}"
+        )
+    if duplicates:
+        warnings.append(
+            f"{table.path}: {len(duplicates)} duplicated key(s), only the first row of each is used: "
+            f"{_first(duplicates)}"
+        )
+    return index
+
+
+def timestamp(now: datetime | None = None) -> str:
+    """`YYYYmmddHHMMSS` in local time (msit's file-name stamp)."""
+    return (now or datetime.now()).strftime("%Y%m%d%H%M%S")
+
+
+def unique_path(folder: Path, stem: str, suffix: str) -> Path:
+    """`folder/stem+suffix`, or `stem_1`, `stem_2`, ... when it exists: never overwrite."""
+    path = folder / f"{stem}{suffix}"
+    number = 0
+    while path.exists():
+        number += 1
+        path = folder / f"{stem}_{number}{suffix}"
+    return path
+
+
+def _first(items) -> str:
+    items = list(items)
+    shown = ", ".join(items[:SHOWN_KEYS])
+    return shown + (", ..." if len(items) > SHOWN_KEYS else "")
+
+
+# ---- bad-case CSV -> dump request ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadCaseKeys:
+    """The parsed `key` column: msit's BAD_CASE_LIST indices, and the keys seen more than once."""
+
+    indices: tuple[int, ...] | tuple[tuple[int, ...], ...]
+    duplicates: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        """Number of distinct cases."""
+        if self.indices and isinstance(self.indices[0], tuple):
+            return sum(len(group) for group in self.indices)
+        return len(self.indices)
+
+
+def read_keys(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """(line, key text) of every data row of a bad-case CSV; DataError on a missing column or empty cell."""
+    csv_path = check_csv_path(path)
+    keys: list[tuple[int, str]] = []
+    with _rows(csv_path) as (header, body):
+        if "key" not in header:
+            raise DataError(f"{csv_path} has no 'key' column (found: {', '.join(header)})")
+        column = header.index("key")
+        for line, cells in body:
+            text = cells[column].strip() if column < len(cells) else ""
+            if not text:
+                raise DataError(f"{csv_path}: empty key cell on line {line}")
+            keys.append((line, text))
+    if not keys:
+        raise DataError(f"{csv_path} has a header but no bad cases: nothing to dump")
+    return keys
+
+
+def parse_keys(keys: Sequence[tuple[int, str]], source: str = "the bad-case CSV") -> BadCaseKeys:
+    """msit's rule (msit-cli.md §3.2): all ints -> one list; `HumanEval/N` -> ints;
+    `CPP|Go|Java|JavaScript|Python/N` -> five lists. Anything else raises DataError."""
+    if not keys:
+        raise DataError(f"{source} has no bad cases: nothing to dump")
+    ints: dict[int, None] = {}
+    humaneval: dict[int, None] = {}
+    per_language: list[dict[int, None]] = [{} for _ in HUMANEVALX_PREFIXES]
+    first_of_kind: dict[str, tuple[int, str]] = {}
+    duplicates: list[str] = []
+    prefixes = {p.lower(): i for i, p in enumerate(HUMANEVALX_PREFIXES)}
+    for line, raw in keys:
+        text = raw.strip()
+        if _INT_KEY.fullmatch(text):
+            kind, number, target = "int", int(text), ints
+        else:
+            match = _PREFIXED_KEY.fullmatch(text)
+            if match is None:
+                raise DataError(_unknown_key(source, line, text))
+            prefix, number = match.group(1), int(match.group(2))
+            if prefix.lower() == _HUMANEVAL.lower():
+                kind, target = "HumanEval", humaneval
+            elif prefix.lower() in prefixes:
+                kind, target = "HumanEval-X", per_language[prefixes[prefix.lower()]]
+            else:
+                raise DataError(_unknown_key(source, line, text))
+        if number < 0:
+            raise DataError(f"{source}: negative key {text!r} on line {line}: keys are 0-based row indices")
+        first_of_kind.setdefault(kind, (line, text))
+        if len(first_of_kind) > 1:
+            raise DataError(_mixed(source, first_of_kind))
+        if number in target:
+            duplicates.append(text)
+        target[number] = None
+    if "HumanEval-X" in first_of_kind:
+        indices: tuple = tuple(tuple(sorted(group)) for group in per_language)
+    else:
+        indices = tuple(sorted(ints if "int" in first_of_kind else humaneval))
+    return BadCaseKeys(indices, tuple(duplicates))
+
+
+def _unknown_key(source: str, line: int, text: str) -> str:
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return (
+        f"{source}: key {shown!r} on line {line} is not a row index: expected an int >= 0, HumanEval/N or "
+        f"{'|'.join(HUMANEVALX_PREFIXES)}/N (keys like subject_N from the old harness cannot be dumped: "
+        "re-run eval and analyse its debug CSV)"
+    )
+
+
+def _mixed(source: str, first_of_kind: dict[str, tuple[int, str]]) -> str:
+    (kind_a, (line_a, key_a)), (kind_b, (line_b, key_b)) = list(first_of_kind.items())[:2]
+    what = (
+        "HumanEval and HumanEval-X" if {kind_a, kind_b} == {"HumanEval", "HumanEval-X"} else "int and string"
+    )
+    return (
+        f"{source} mixes {what} keys ({key_a!r} on line {line_a}, {key_b!r} on line {line_b}): "
+        "use one bad-case CSV per task"
+    )
+
+
+def read_bad_case_request(
+    path: str | os.PathLike[str],
+    token_max_length: int = 1,
+    *,
+    resume: bool = False,
+    logits_fp32: bool = False,
+) -> DumpRequest:
+    """The DumpRequest for a bad-case CSV (duplicated keys logged as a warning)."""
+    keys = parse_keys(read_keys(path), source=str(path))
+    if keys.duplicates:
+        log.warning(
+            "%s: %d duplicated key(s) dumped once: %s", path, len(keys.duplicates), _first(keys.duplicates)
+        )
+    return DumpRequest(
+        token_max_length=token_max_length, indices=keys.indices, resume=resume, logits_fp32=logits_fp32
+    )

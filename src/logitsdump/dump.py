@@ -1,0 +1,173 @@
+"""The `dump` stage: bad-case CSV -> dump request -> child runner -> the logits folders it wrote.
+
+The runner (ours or modeltest) writes `{output_dir}/data/{DEV}/precision_test/{task}/{dtype}/{model}/logits/`.
+We find those folders by looking for `logits` folders under `<output_dir>/data` (output_dir taken
+from the child's `--output_dir`/`--output-dir`, default the current directory) that changed
+since the launch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from logitsdump.badcase import read_bad_case_request
+from logitsdump.errors import DataError, UsageError
+from logitsdump.launch import launch, validate_command
+from logitsdump.logs import get_logger
+from logitsdump.protocol import MAX_LIST_LENGTH, DumpRequest
+from logitsdump.store import LOGITS_SUFFIX, MANIFEST_NAME, parse_logits_file_name, read_manifest
+
+LOGITS_FOLDER = "logits"
+#: How deep under `<output_dir>/data` a logits folder may be (DEV/precision_test/task/dtype/model/logits).
+MAX_DEPTH = 8
+#: File-system time stamps can be coarse: folders changed this long before the launch still count.
+MTIME_SLACK_SECONDS = 2.0
+
+log = get_logger("dump")
+
+
+@dataclass(frozen=True)
+class DumpOptions:
+    """Inputs of `run_dump` (msit's `logitsdump` flags plus our `resume` and `logits_fp32`)."""
+
+    exec_command: str
+    bad_case_csv: str
+    token_range: int = 1
+    resume: bool = False
+    logits_fp32: bool = False
+
+
+@dataclass(frozen=True)
+class DumpFolder:
+    """One logits folder written by the child: cases (manifest lines, else keys in file names) and files."""
+
+    path: Path
+    cases: int
+    files: int
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    """What `run_dump` asked for and what the child wrote."""
+
+    requested: int
+    folders: tuple[DumpFolder, ...]
+
+    @property
+    def cases(self) -> int:
+        return sum(folder.cases for folder in self.folders)
+
+    @property
+    def files(self) -> int:
+        return sum(folder.files for folder in self.folders)
+
+    def summary_lines(self) -> list[str]:
+        """The lines printed on stdout after the run."""
+        lines = [f"logits folder: {f.path} ({f.cases} cases, {f.files} files)" for f in self.folders]
+        lines.append(f"dumped {self.cases} of {self.requested} bad cases, {self.files} logits files")
+        return lines
+
+
+def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None) -> DumpResult:
+    """Read the bad-case CSV, run the child command with the dump protocol, report what it wrote."""
+    if options.token_range <= 0:
+        raise UsageError(f"--token-range must be an int > 0, found {options.token_range}")
+    env = dict(os.environ if base_env is None else base_env)
+    command = validate_command(options.exec_command, path=env.get("PATH", os.defpath))
+    request = read_bad_case_request(
+        options.bad_case_csv,
+        options.token_range,
+        resume=options.resume,
+        logits_fp32=options.logits_fp32,
+    )
+    _check_list_length(request, options.bad_case_csv)
+    requested = _count(request)
+    root = Path(os.path.abspath(output_dir_of(command.argv) or os.getcwd()))
+    log.info(
+        "dumping %d bad case(s), %d token(s) each, with: %s",
+        requested,
+        request.token_max_length,
+        " ".join(command.argv),
+    )
+    started = time.time()
+    launch(command.argv, request, base_env=env)
+    folders = tuple(find_logits_folders(root, since=started - MTIME_SLACK_SECONDS))
+    result = DumpResult(requested, folders)
+    if not folders:
+        log.warning("no logits folder was written under %s (looked for data/.../logits/)", root / "data")
+    elif result.cases < requested:
+        log.warning(
+            "only %d of %d bad cases were dumped: see the child's output for the cases that failed",
+            result.cases,
+            requested,
+        )
+    return result
+
+
+def output_dir_of(argv: Sequence[str]) -> str:
+    """The value of `--output_dir`/`--output-dir` in the child's argv ('' when absent)."""
+    value = ""
+    for i, word in enumerate(argv):
+        for flag in ("--output_dir", "--output-dir"):
+            if word == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif word.startswith(flag + "="):
+                value = word[len(flag) + 1 :]
+    return value
+
+
+def find_logits_folders(root: Path, since: float) -> list[DumpFolder]:
+    """`logits` folders under `root/data` whose folder or manifest changed at or after `since`, sorted."""
+    data = root / "data"
+    found: list[DumpFolder] = []
+    base_depth = len(data.parts)
+    for folder, dirs, files in os.walk(data):
+        here = Path(folder)
+        if len(here.parts) - base_depth >= MAX_DEPTH:
+            dirs.clear()
+        if here.name != LOGITS_FOLDER or not _changed_since(here, since):
+            continue
+        dirs.clear()
+        pth = [name for name in files if name.endswith(LOGITS_SUFFIX)]
+        manifest = read_manifest(here) if MANIFEST_NAME in files else []
+        found.append(DumpFolder(here, len(manifest) if manifest else _keys_in_names(pth), len(pth)))
+    return sorted(found, key=lambda f: str(f.path))
+
+
+def _changed_since(folder: Path, since: float) -> bool:
+    for path in (folder, folder / MANIFEST_NAME):
+        try:
+            if path.stat().st_mtime >= since:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _keys_in_names(names: Sequence[str]) -> int:
+    keys = set()
+    for name in names:
+        try:
+            keys.add(parse_logits_file_name(name)[0])
+        except DataError:
+            continue
+    return len(keys)
+
+
+def _count(request: DumpRequest) -> int:
+    if request.per_language:
+        return sum(len(group) for group in request.indices)  # type: ignore[arg-type]
+    return len(request.indices)
+
+
+def _check_list_length(request: DumpRequest, source: str) -> None:
+    groups = request.indices if request.per_language else (request.indices,)
+    longest = max(len(group) for group in groups)  # type: ignore[arg-type]
+    if longest >= MAX_LIST_LENGTH:
+        raise DataError(
+            f"{source} has {longest} bad cases; modeltest takes fewer than {MAX_LIST_LENGTH}: split the CSV"
+        )

@@ -1,0 +1,237 @@
+"""Validating and running the child command of `dump`.
+
+The command is split on white space and never run through a shell (as msit). The child gets a
+new environment (os.environ is never modified), inherits stdout/stderr (live output), and runs
+in its own session: SIGINT/SIGTERM received by us are forwarded to its whole process group,
+which is killed after a grace period, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from logitsdump.errors import LaunchError, UsageError
+from logitsdump.logs import get_logger
+from logitsdump.protocol import ENV_BAD_CASE_LIST, DumpRequest, child_environment, list_fits_environment
+
+#: First words accepted (basename): modeltest's console scripts, torchrun, and our own runner.
+ALLOWED_PROGRAMS = ("modeltest", "model_test", "model-test", "torchrun", "logitsdump")
+#: Characters that only mean something to a shell; refused because no shell runs the command.
+UNSAFE_CHARACTERS = frozenset(";|&$`<>\\!(){}*?'\"~")
+#: Seconds between forwarding SIGINT/SIGTERM and killing the child's process group.
+GRACE_SECONDS = 5.0
+
+log = get_logger("launch")
+
+
+class Interrupted(LaunchError):
+    """We received SIGINT/SIGTERM while the child ran (exit status 128 + signal number)."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name}: the child command and its processes were stopped", exit_code=128 + signum
+        )
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class Command:
+    """A validated child command: argv, the executable found on PATH, and whether it is our runner."""
+
+    argv: tuple[str, ...]
+    executable: str
+    is_logitsdump: bool
+
+
+def split_command(command: str) -> list[str]:
+    """Split on white space; refuse shell syntax (UsageError, exit 2) and an empty command (exit 1)."""
+    unsafe = sorted({c for c in command if c in UNSAFE_CHARACTERS})
+    if unsafe:
+        shown = " ".join(repr(c) for c in unsafe)
+        raise UsageError(
+            f"unsafe character(s) {shown} in the command: it is run without a shell, so "
+            "; | & $ ` < > \\ ! ( ) { } * ? ' \" ~ are refused (set variables and redirections outside dump)"
+        )
+    argv = command.split()
+    if not argv:
+        raise LaunchError('the command to run is empty: give e.g. -e "modeltest --model_config_path ..."')
+    return argv
+
+
+def validate_command(command: str | Sequence[str], path: str | None = None) -> Command:
+    """Check the command: safe, starts with an allowed program, and that program exists on `path`."""
+    argv = split_command(command) if isinstance(command, str) else split_command(" ".join(command))
+    program = os.path.basename(argv[0])
+    if program not in ALLOWED_PROGRAMS:
+        raise LaunchError(f"the command must start with torchrun, modeltest or logitsdump, found {argv[0]!r}")
+    executable = shutil.which(argv[0], path=path)
+    if executable is None:
+        raise LaunchError(f"command not found on PATH: {argv[0]}")
+    is_ours = program == "logitsdump" or (
+        program == "torchrun" and any(os.path.basename(word) == "logitsdump" for word in argv[1:])
+    )
+    return Command(tuple(argv), executable, is_ours)
+
+
+def launch(
+    command: str | Sequence[str],
+    request: DumpRequest,
+    *,
+    base_env: Mapping[str, str] | None = None,
+    grace_seconds: float = GRACE_SECONDS,
+) -> None:
+    """Run `command` with the dump protocol's environment; return when it succeeded.
+
+    Raises LaunchError (child failed, not found, list too long), UsageError (unsafe command)
+    or Interrupted (we got SIGINT/SIGTERM). os.environ is never modified.
+    """
+    base = dict(os.environ if base_env is None else base_env)
+    cmd = validate_command(command, path=base.get("PATH", os.defpath))
+    with _list_file(cmd, request) as list_file:
+        env = child_environment(base, request, list_file=list_file)
+        run_child(cmd, env, grace_seconds=grace_seconds)
+
+
+@contextlib.contextmanager
+def _list_file(cmd: Command, request: DumpRequest) -> Iterator[Path | None]:
+    """None when BAD_CASE_LIST fits the environment; else a temporary file (our runner only)."""
+    if list_fits_environment(request):
+        yield None
+        return
+    size_kib = len(request.list_literal().encode()) / 1024
+    if not cmd.is_logitsdump:
+        raise LaunchError(
+            f"{ENV_BAD_CASE_LIST} is {size_kib:.0f} KiB, too long for one environment variable "
+            "(Linux limit 128 KiB): modeltest could not start (E2BIG). Split the bad-case CSV into "
+            "smaller files and run dump once per file"
+        )
+    fd, name = tempfile.mkstemp(prefix="logitsdump-bad-case-list-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(request.list_literal())
+        log.info("%s is %.0f KiB: passed to the runner in %s", ENV_BAD_CASE_LIST, size_kib, name)
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def run_child(cmd: Command, env: Mapping[str, str], *, grace_seconds: float = GRACE_SECONDS) -> None:
+    """Run the child in its own session with inherited stdout/stderr; see `launch`."""
+    received: list[int] = []
+    process: subprocess.Popen | None = None
+
+    def on_signal(signum: int, _frame) -> None:
+        received.append(signum)
+        if process is not None:
+            _signal_group(process.pid, signal.SIGKILL if len(received) > 1 else signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            process = subprocess.Popen(
+                list(cmd.argv), executable=cmd.executable, env=dict(env), start_new_session=True
+            )
+        except OSError as err:
+            if err.errno == errno.E2BIG:
+                raise LaunchError(
+                    "the command and its environment are too large to start (E2BIG): split the bad-case CSV"
+                ) from None
+            raise LaunchError(f"cannot start {cmd.argv[0]}: {err.strerror or err}") from None
+        if received:
+            _signal_group(process.pid, received[0])
+        returncode = _wait(process, received, grace_seconds)
+        _stop_group(process.pid, received, grace_seconds)
+    finally:
+        if process is not None and process.poll() is None:  # an unexpected error: leave nothing running
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise Interrupted(received[0])
+    if returncode < 0:
+        raise LaunchError(f"the child command was killed by signal {_signal_name(-returncode)}")
+    if returncode != 0:
+        raise LaunchError(f"the child command exited with status {returncode}")
+
+
+def _wait(process: subprocess.Popen, received: list[int], grace_seconds: float) -> int:
+    """Wait for the child; after a forwarded signal, SIGKILL its group when the grace period ends."""
+    first_signal_at: float | None = None
+    while True:
+        try:
+            return process.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
+        if received and first_signal_at is None:
+            first_signal_at = time.monotonic()
+        if first_signal_at is not None and time.monotonic() - first_signal_at > grace_seconds:
+            log.warning("the child did not stop within %.0f s: killing its process group", grace_seconds)
+            _signal_group(process.pid, signal.SIGKILL)
+            first_signal_at = float("inf")
+
+
+def _stop_group(pgid: int, received: list[int], grace_seconds: float) -> None:
+    """After the child exited: stop what is left of its process group (TERM, grace, KILL)."""
+    if not _group_alive(pgid):
+        return
+    if not received:
+        log.warning("the child command left processes running: stopping them")
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.05)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies waiting to be reaped do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
