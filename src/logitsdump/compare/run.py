@@ -1,0 +1,363 @@
+"""The compare driver: pair the files, measure each pair, judge each case, write the results.
+
+Files are read by a small thread pool with a bounded number of pairs in
+flight, so memory stays flat in the number of files; rows come back in msit's
+order. Outputs, in `<output_dir>` (checked writable before any work):
+- `logits_cmp_res_<ts>.csv`: msit's ten columns, then ours;
+- `logits_cmp_cases_<ts>.csv` and `.json`: one verdict per case.
+Names are never reused: `_1`, `_2`, ... are added when a file exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitsdump import __version__
+from logitsdump.compare.metrics import (
+    DTYPES,
+    Thresholds,
+    Workspace,
+    bitwise_equal,
+    check_pair,
+    pair_metrics,
+)
+from logitsdump.compare.pairing import FilePair, pair_files
+from logitsdump.compare.verdict import DEFAULT_TIE_TOLERANCE, VERDICTS, CaseVerdict, RowResult, judge_cases
+from logitsdump.csvsafe import write_csv
+from logitsdump.errors import DataError, FileFormatError, UsageError
+from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
+from logitsdump.logs import get_logger
+from logitsdump.store import CaseManifest, read_manifest, read_vocab
+from logitsdump.tensorio import ReadBuffer, load_logits
+
+#: msit's columns, in msit's order.
+MSIT_COLUMNS = (
+    "file_name", "key", "token_id", "cosine_similarity", "kl_divergence", "l1_norm",
+    "ulp_max_diff", "ulp", "passed", "cmp_fail_reason",
+)
+#: Our columns, after msit's.
+EXTRA_COLUMNS = ("max_abs_diff", "golden_top1", "my_top1", "top1_match", "topk_overlap", "golden_margin")
+CSV_COLUMNS = MSIT_COLUMNS + EXTRA_COLUMNS
+CASE_COLUMNS = (
+    "subject", "key", "verdict", "passed", "tokens_total", "tokens_compared", "tokens_judged",
+    "first_diff_token", "golden_token", "my_token", "golden_token_text", "my_token_text",
+    "flip_margin", "worst_cosine", "worst_kl", "reason",
+)
+CASES_SCHEMA_VERSION = 1
+NA = "NA"
+
+_log = get_logger("compare")
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """What `logitsdump compare` (msit `logitscmp`) needs."""
+
+    golden_path: str | os.PathLike[str]
+    my_path: str | os.PathLike[str]
+    output_dir: str | os.PathLike[str] = "./output"
+    cosine: float = 0.999
+    kl: float = 0.0001
+    l1: float = 0.01
+    dtype: str = "fp16"
+    topk: int = 10
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE
+    #: Reader threads; None: the CPU count, at most 8.
+    workers: int | None = None
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(cosine=self.cosine, kl=self.kl, l1=self.l1, dtype=self.dtype)
+
+    def validate(self) -> None:
+        """Raise UsageError (exit 2) for a value out of range, as msit checks its flags."""
+        if not (-1.0 <= self.cosine <= 1.0):
+            raise UsageError(f"-cs/--cosine-similarity must be in [-1, 1], found {self.cosine}")
+        if not (self.kl >= 0.0 and math.isfinite(self.kl)):
+            raise UsageError(f"-kl/--kl-divergence must be a finite number >= 0, found {self.kl}")
+        if not (self.l1 >= -1.0 and math.isfinite(self.l1)):
+            raise UsageError(f"-l1/--l1-norm must be a finite number >= -1, found {self.l1}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"-d/--dtype must be one of {', '.join(DTYPES)}, found {self.dtype!r}")
+        if self.topk < 1:
+            raise UsageError(f"--topk must be >= 1, found {self.topk}")
+        if not (self.tie_tolerance >= 0.0 and math.isfinite(self.tie_tolerance)):
+            raise UsageError(f"--tie-tolerance must be a finite number >= 0, found {self.tie_tolerance}")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"workers must be >= 1, found {self.workers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "golden_path": str(self.golden_path),
+            "my_path": str(self.my_path),
+            "output_dir": str(self.output_dir),
+            "cosine_similarity": self.cosine,
+            "kl_divergence": self.kl,
+            "l1_norm": self.l1,
+            "dtype": self.dtype,
+            "topk": self.topk,
+            "tie_tolerance": self.tie_tolerance,
+        }
+
+
+@dataclass(frozen=True)
+class CompareSummary:
+    """What a compare run produced: output paths, row counts, verdict counts, the cases."""
+
+    csv_path: Path
+    cases_csv_path: Path
+    cases_json_path: Path
+    rows: int
+    compared: int
+    passed: int
+    failed: int
+    na: int
+    parse_errors: int
+    #: verdict -> number of cases, every verdict present (0 when none).
+    verdicts: Mapping[str, int]
+    cases: tuple[CaseVerdict, ...] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "csv_path": str(self.csv_path),
+            "cases_csv_path": str(self.cases_csv_path),
+            "cases_json_path": str(self.cases_json_path),
+            "rows": self.rows,
+            "compared": self.compared,
+            "passed": self.passed,
+            "failed": self.failed,
+            "na": self.na,
+            "parse_errors": self.parse_errors,
+            "verdicts": dict(self.verdicts),
+        }
+
+
+def run_compare(options: CompareOptions, *, now: datetime | None = None) -> CompareSummary:
+    """Compare two folders of logits files and write the CSVs and the case JSON."""
+    options.validate()
+    golden_dir, my_dir = _input_dir(options.golden_path, "-gp/--golden-path"), _input_dir(
+        options.my_path, "-mp/--my-path"
+    )
+    out_dir = ensure_writable_dir(options.output_dir)
+    pairs = pair_files(golden_dir, my_dir)
+    _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
+    rows = list(_measure_all(pairs, options))
+    cases = judge_cases(rows, options.tie_tolerance)
+    texts = _Texts(golden_dir, my_dir)
+    stamp = (now or datetime.now()).strftime("%Y%m%d%H%M%S")
+    csv_path, cases_csv, cases_json = _free_names(out_dir, stamp)
+    write_csv(csv_path, CSV_COLUMNS, (_csv_row(row) for row in rows))
+    write_csv(cases_csv, CASE_COLUMNS, (_case_row(case, texts) for case in cases))
+    counts = {v: 0 for v in VERDICTS}
+    for case in cases:
+        counts[case.verdict] += 1
+    summary = CompareSummary(
+        csv_path=csv_path,
+        cases_csv_path=cases_csv,
+        cases_json_path=cases_json,
+        rows=len(rows),
+        compared=sum(1 for r in rows if r.metrics is not None),
+        passed=sum(1 for r in rows if r.metrics is not None and r.metrics.passed),
+        failed=sum(1 for r in rows if r.metrics is not None and not r.metrics.passed),
+        na=sum(1 for r in rows if r.metrics is None),
+        parse_errors=sum(1 for r in rows if r.pair.key is None),
+        verdicts=counts,
+        cases=tuple(cases),
+    )
+    document = _cases_document(summary, options, texts, stamp)
+    atomic_write_text(cases_json, json.dumps(document, ensure_ascii=False, indent=1, allow_nan=False) + "\n")
+    _log.info("wrote %s", csv_path)
+    return summary
+
+
+def _input_dir(path: str | os.PathLike[str], flag: str) -> Path:
+    folder = Path(path)
+    if not folder.exists():
+        raise DataError(f"{flag}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise DataError(f"{flag}: {folder} is not a folder")
+    return folder
+
+
+def _free_names(out_dir: Path, stamp: str) -> tuple[Path, Path, Path]:
+    """The three output paths for `stamp`, with `_N` added until none of them exists."""
+    for n in range(10_000):
+        tag = stamp if n == 0 else f"{stamp}_{n}"
+        paths = (
+            out_dir / f"logits_cmp_res_{tag}.csv",
+            out_dir / f"logits_cmp_cases_{tag}.csv",
+            out_dir / f"logits_cmp_cases_{tag}.json",
+        )
+        if not any(p.exists() for p in paths):
+            return paths
+    raise DataError(f"too many result files for {stamp} in {out_dir}")
+
+
+# ---- measuring --------------------------------------------------------------------------------
+
+
+def _measure_all(pairs: Sequence[FilePair], options: CompareOptions) -> Iterator[RowResult]:
+    """Rows in the order of `pairs`; at most 2 x workers pairs are in memory at once."""
+    workers = options.workers or min(8, os.cpu_count() or 1)
+    thresholds = options.thresholds()
+    scratch = _Scratch()
+    if workers == 1:
+        for pair in pairs:
+            yield measure_pair(pair, thresholds, options.topk, scratch)
+        return
+    pending: deque[Future[RowResult]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logitscmp") as pool:
+        for pair in pairs:
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(measure_pair, pair, thresholds, options.topk, scratch))
+        while pending:
+            yield pending.popleft().result()
+
+
+class _Scratch(threading.local):
+    """Per-thread read buffers and metric workspace: no large allocation per pair."""
+
+    def __init__(self) -> None:
+        self.golden = ReadBuffer()
+        self.mine = ReadBuffer()
+        self.workspace = Workspace()
+
+
+def measure_pair(
+    pair: FilePair, thresholds: Thresholds, topk: int, scratch: _Scratch | None = None
+) -> RowResult:
+    """Load one pair and measure it; problems become the row's reason, never an exception."""
+    if pair.problem or pair.golden is None or pair.mine is None:
+        return RowResult(pair, None, pair.problem, unavailable=True)
+    scratch = scratch or _Scratch()
+    golden, golden_error = _load(pair.golden, scratch.golden)
+    mine, my_error = _load(pair.mine, scratch.mine)
+    if golden is None or mine is None:
+        reasons = [f"golden_data unreadable: {golden_error}."] if golden_error else []
+        reasons += [f"my_data unreadable: {my_error}."] if my_error else []
+        return RowResult(pair, None, " ".join(reasons), unavailable=True)
+    problem = check_pair(golden, mine)
+    if problem:
+        same = bitwise_equal(golden, mine)
+        return RowResult(pair, None, problem, same_values=same)
+    metrics = pair_metrics(golden, mine, thresholds, topk, scratch.workspace)
+    return RowResult(pair, metrics, "", same_values=metrics.identical)
+
+
+def _load(path: Path, buffer: ReadBuffer) -> tuple[np.ndarray | None, str]:
+    try:
+        return load_logits(path, buffer=buffer), ""
+    except FileFormatError as err:
+        return None, str(err)
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def _csv_row(row: RowResult) -> list[Any]:
+    pair = row.pair
+    keyed = not (pair.problem or pair.key is None)
+    key = str(pair.key) if keyed else NA
+    token = pair.token_id if keyed else NA
+    m = row.metrics
+    if m is None:
+        return [pair.file_name, key, token, *([NA] * 6), row.reason, *([NA] * len(EXTRA_COLUMNS))]
+    kl = "0" if m.kl_divergence == 0.0 else _num(m.kl_divergence)  # msit's max(0, kl) prints 0
+    return [
+        pair.file_name, key, token, _num(m.cosine_similarity), kl, _num(m.l1_norm),
+        _num(m.ulp_max_diff), _num(m.ulp), str(m.passed), "",
+        _num(m.max_abs_diff), m.golden_top1, m.my_top1, str(m.top1_match), _num(m.topk_overlap),
+        _num(m.golden_margin),
+    ]
+
+
+class _Texts:
+    """Token texts (vocab.json) and case records (manifest.jsonl) of both folders, when present."""
+
+    def __init__(self, golden_dir: Path, my_dir: Path) -> None:
+        self.golden_vocab = read_vocab(golden_dir)
+        self.my_vocab = read_vocab(my_dir)
+        self.golden_cases = _by_file(read_manifest(golden_dir))
+        self.my_cases = _by_file(read_manifest(my_dir))
+
+    def token(self, token_id: int | None, *, golden: bool) -> str | None:
+        vocabs = (self.golden_vocab, self.my_vocab) if golden else (self.my_vocab, self.golden_vocab)
+        for vocab in vocabs:
+            if token_id is not None and vocab is not None and 0 <= token_id < len(vocab):
+                return vocab[token_id]
+        return None
+
+    def manifest(self, case: CaseVerdict, *, golden: bool) -> dict[str, Any] | None:
+        table = self.golden_cases if golden else self.my_cases
+        for row in case.rows:
+            record = table.get(row.pair.file_name)
+            if record is not None:
+                return _manifest_summary(record)
+        return None
+
+
+def _by_file(records: list[CaseManifest]) -> dict[str, CaseManifest]:
+    return {name: record for record in records for name in record.files}
+
+
+def _manifest_summary(record: CaseManifest) -> dict[str, Any]:
+    return {
+        "task": record.task,
+        "index": record.index,
+        "query": record.query,
+        "input_token_ids": list(record.input_token_ids),
+        "output_token_ids": list(record.output_token_ids),
+        "output_tokens": list(record.output_tokens),
+        "output_text": record.output_text,
+        "model_name": record.model_name,
+        "dtype": record.dtype,
+        "logits_dtype": record.logits_dtype,
+        "device": record.device,
+        "logits_kind": record.logits_kind,
+    }
+
+
+def _case_row(case: CaseVerdict, texts: _Texts) -> dict[str, Any]:
+    data = case.to_dict(with_rows=False)
+    data["key"] = str(case.key)
+    data["golden_token_text"] = texts.token(case.golden_token, golden=True)
+    data["my_token_text"] = texts.token(case.my_token, golden=False)
+    return {k: ("" if v is None else v) for k, v in data.items()}
+
+
+def _cases_document(summary: CompareSummary, options: CompareOptions, texts: _Texts, stamp: str) -> dict:
+    cases = []
+    for case in summary.cases:
+        data = case.to_dict()
+        data["golden_token_text"] = texts.token(case.golden_token, golden=True)
+        data["my_token_text"] = texts.token(case.my_token, golden=False)
+        for step in data["steps"]:
+            step["golden_top1_text"] = texts.token(step.get("golden_top1"), golden=True)
+            step["my_top1_text"] = texts.token(step.get("my_top1"), golden=False)
+        data["golden_manifest"] = texts.manifest(case, golden=True)
+        data["my_manifest"] = texts.manifest(case, golden=False)
+        cases.append(data)
+    return {
+        "schema_version": CASES_SCHEMA_VERSION,
+        "tool": f"logitsdump {__version__}",
+        "timestamp": stamp,
+        "options": options.to_dict(),
+        "summary": summary.to_dict(),
+        "cases": cases,
+    }

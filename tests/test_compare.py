@@ -1,0 +1,259 @@
+"""compare end to end on real files: pairing, msit's rows, verdicts, safety, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from logitsdump.compare import CompareOptions, run_compare
+from logitsdump.compare.pairing import case_subject, pair_files
+from logitsdump.compare.run import CSV_COLUMNS
+from logitsdump.errors import DataError, UsageError, UserError
+from logitsdump.store import CaseManifest, append_manifest, parse_logits_file_name, write_vocab
+
+NOW = datetime(2024, 5, 6, 7, 8, 9)
+V = 32
+
+
+def _save(folder: Path, name: str, values) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(torch.as_tensor(np.asarray(values)).reshape(1, -1), folder / name)
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def _base(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(V) * 2).astype(np.float32)
+
+
+def _run(tmp_path: Path, **kwargs):
+    options = CompareOptions(tmp_path / "golden", tmp_path / "mine", tmp_path / "out", **kwargs)
+    return run_compare(options, now=NOW)
+
+
+# ---- msit's example rows ----------------------------------------------------------------------
+
+
+def test_msit_example_rows_literally(tmp_path: Path) -> None:
+    golden, mine = tmp_path / "golden", tmp_path / "mine"
+    same = np.array([8.5, 1.0, -2.0], dtype=np.float16)
+    _save(golden, "logits_dev.jsonl_1352_0.pth", same)
+    _save(mine, "logits_dev.jsonl_1352_0.pth", same)
+    _save(golden, "logits_dev.jsonl_7_0.pth", [10.0, 7.0, -8.0, 7.0])
+    _save(mine, "logits_dev.jsonl_7_0.pth",
+          [9.3984375, 8.140565779930409, -9.687172859140897, 5.267613410131602])
+    _save(golden, "logits_dev.jsonl_20_0.pth", [1.0, 2.0])
+    _save(mine, "logits_dev.jsonl_20_0.pth", [1.0, float("nan")])
+    _save(golden, "logits_dev.jsonl_40_0.pth", [1.0, 2.0])
+    summary = _run(tmp_path)
+    rows = _read_csv(summary.csv_path)
+    assert tuple(rows[0]) == CSV_COLUMNS
+    msit = [",".join(row[:10]) for row in rows[1:]]
+    assert msit == [
+        "logits_dev.jsonl_7_0.pth,7,0,0.9863877285,0.1400146484375,0.015430923412590891,0.6015625,0.0078125,False,",
+        "logits_dev.jsonl_20_0.pth,20,0,NA,NA,NA,NA,NA,NA,my_data includes NAN or inf.",
+        "logits_dev.jsonl_1352_0.pth,1352,0,1.0,0,0.0,0.0,0.0078125,True,",
+        "logits_dev.jsonl_40_0.pth,NA,NA,NA,NA,NA,NA,NA,NA,only_in_golden_path",
+    ]
+    assert (summary.rows, summary.compared, summary.passed, summary.failed, summary.na) == (4, 2, 1, 1, 2)
+
+
+# ---- pairing ----------------------------------------------------------------------------------
+
+
+def test_pairing_order_and_problem_rows(tmp_path: Path) -> None:
+    golden, mine = tmp_path / "golden", tmp_path / "mine"
+    names = [
+        "logits_humanevalx_python_3_0.pth", "logits_humanevalx_cpp_10_1.pth", "logits_humanevalx_cpp_2_0.pth",
+        "logits_boolq_10_0.pth", "logits_boolq_2_1.pth", "logits_boolq_2_0.pth", "logits_bad.pth",
+    ]
+    for name in names:
+        _save(golden, name, _base())
+        _save(mine, name, _base())
+    _save(mine, "logits_boolq_1_0.pth", _base())
+    (golden / "notes.txt").write_text("x")
+    (golden / "logits_boolq_3_0.pth.bak").write_text("x")
+    pairs = pair_files(golden, mine)
+    assert [p.file_name for p in pairs] == [
+        "logits_boolq_2_0.pth", "logits_boolq_2_1.pth", "logits_boolq_10_0.pth",
+        "logits_humanevalx_cpp_2_0.pth", "logits_humanevalx_cpp_10_1.pth", "logits_humanevalx_python_3_0.pth",
+        "logits_bad.pth", "logits_boolq_1_0.pth",
+    ]
+    assert pairs[-2].problem.startswith("parse_error:")
+    assert pairs[-1].problem == "only_in_my_path"
+    assert pairs[3].key == "cpp/2" and pairs[3].subject == "humanevalx_cpp"
+
+
+def test_case_subject() -> None:
+    assert case_subject("logits_dev.jsonl_7_0.pth") == "dev.jsonl"
+    assert case_subject("logits_mmlu_high_school_physics_12_3.pth") == "mmlu_high_school_physics"
+    assert case_subject("logits_3_0.pth") == ""
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_name_parser_raises_only_user_errors(name: str) -> None:
+    try:
+        key, token = parse_logits_file_name(name)
+    except UserError:
+        return
+    assert isinstance(token, int) and isinstance(key, (int, str))
+
+
+# ---- verdicts ---------------------------------------------------------------------------------
+
+
+def _case(golden: Path, mine: Path, subject: str, key: int, steps: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    for t, (g, m) in enumerate(steps):
+        if g is not None:
+            _save(golden, f"logits_{subject}_{key}_{t}.pth", g)
+        if m is not None:
+            _save(mine, f"logits_{subject}_{key}_{t}.pth", m)
+
+
+def _verdict_dirs(tmp_path: Path) -> None:
+    golden, mine = tmp_path / "golden", tmp_path / "mine"
+    base = _base()
+    base[3] = 9.0  # a clear top-1
+    noisy = base + np.float32(1e-5)
+    tie = base.copy()
+    tie[5] = 8.95  # golden margin 0.05 between token 3 and token 5
+    tie_swapped = tie.copy()
+    tie_swapped[3], tie_swapped[5] = 8.95, 9.0
+    far = base.copy()
+    far[7] = 20.0  # test picks token 7, far behind token 3 in golden
+    _case(golden, mine, "task", 1, [(base, base), (base, base)])
+    _case(golden, mine, "task", 2, [(base, noisy), (base, noisy)])
+    _case(golden, mine, "task", 3, [(base, base), (tie, tie_swapped), (base, far)])
+    _case(golden, mine, "task", 4, [(base, noisy), (base, far)])
+    _case(golden, mine, "task", 5, [(base, 0.5 * base), (base, base)])
+    _case(golden, mine, "task", 6, [(base, base), (base, None), (base, base)])
+    _case(golden, mine, "task", 7, [(base, base), (base, base)])
+    (mine / "logits_task_7_1.pth").write_bytes(b"PK\x03\x04 not really")
+    _case(golden, mine, "task", 8, [(tie, tie_swapped), (base, None)])  # missing after the flip
+
+
+def test_verdicts(tmp_path: Path) -> None:
+    _verdict_dirs(tmp_path)
+    summary = _run(tmp_path)
+    verdicts = {case.key: case for case in summary.cases}
+    assert {k: v.verdict for k, v in verdicts.items()} == {
+        1: "identical", 2: "consistent", 3: "tie-flip", 4: "divergent", 5: "divergent",
+        6: "incomplete", 7: "incomplete", 8: "tie-flip",
+    }
+    tie = verdicts[3]
+    assert tie and tie.first_diff_token == 1 and tie.golden_token == 3 and tie.my_token == 5
+    assert tie.flip_margin == pytest.approx(0.05, abs=1e-5)
+    assert tie.tokens_judged == 2 and tie.tokens_total == 3
+    assert not verdicts[4] and verdicts[4].flip_margin > 1.0 and verdicts[4].my_token == 7
+    assert "fails the thresholds" in verdicts[5].reason
+    assert "unreadable" in verdicts[7].reason
+    assert dict(summary.verdicts) == {
+        "identical": 1, "consistent": 1, "tie-flip": 2, "divergent": 2, "incomplete": 2,
+    }
+    # a tighter tolerance turns the tie into a divergence
+    assert {c.key: c.verdict for c in _run(tmp_path, tie_tolerance=0.01).cases}[3] == "divergent"
+
+
+def test_case_outputs(tmp_path: Path) -> None:
+    _verdict_dirs(tmp_path)
+    golden = tmp_path / "golden"
+    write_vocab(golden, [f"tok{i}" for i in range(V)])
+    append_manifest(golden, CaseManifest(
+        task="boolq", subject="task", key=3, index=3,
+        files=("logits_task_3_0.pth", "logits_task_3_1.pth", "logits_task_3_2.pth"),
+        input_token_ids=(1, 2), output_token_ids=(3, 3, 3), output_tokens=("a", "b", "c"), output_text="abc",
+        query="q?", prompt_sha256="0" * 64, model_name="tiny", model_path="/m", dtype="fp32",
+        logits_dtype="float32", vocab_size=V, device="cpu",
+    ))
+    summary = _run(tmp_path)
+    document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
+    assert document["schema_version"] == 1
+    assert document["options"]["tie_tolerance"] == 0.1 and document["options"]["dtype"] == "fp16"
+    case = next(c for c in document["cases"] if c["key"] == 3)
+    assert case["verdict"] == "tie-flip" and case["passed"] is True
+    assert case["golden_token_text"] == "tok3" and case["my_token_text"] == "tok5"
+    assert case["golden_manifest"]["output_text"] == "abc" and case["my_manifest"] is None
+    assert [s["token_id"] for s in case["steps"]] == [0, 1, 2]
+    assert case["steps"][1]["my_top1_text"] == "tok5"
+    cases_csv = _read_csv(summary.cases_csv_path)
+    assert cases_csv[0][:3] == ["subject", "key", "verdict"]
+    assert len(cases_csv) == 1 + len(summary.cases)
+
+
+# ---- safety and robustness -------------------------------------------------------------------
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_code_is_not_run_and_the_run_goes_on(tmp_path: Path) -> None:
+    golden, mine = tmp_path / "golden", tmp_path / "mine"
+    marker = tmp_path / "marker"
+    _case(golden, mine, "t", 1, [(_base(), _base())])
+    _save(golden, "logits_t_2_0.pth", _base())
+    mine.mkdir(exist_ok=True)
+    torch.save(_Evil(marker), mine / "logits_t_2_0.pth")
+    torch.save(torch.zeros(2, V), golden / "logits_t_3_0.pth")  # 2-D: its own row
+    torch.save(torch.zeros(2, V), mine / "logits_t_3_0.pth")
+    summary = _run(tmp_path)
+    assert not marker.exists()
+    rows = {row[0]: row for row in _read_csv(summary.csv_path)[1:]}
+    assert rows["logits_t_1_0.pth"][8] == "True"
+    assert rows["logits_t_2_0.pth"][8] == "NA" and "my_data unreadable" in rows["logits_t_2_0.pth"][9]
+    assert "golden_data unreadable" in rows["logits_t_3_0.pth"][9]
+
+
+def test_formula_file_names_are_neutralised(tmp_path: Path) -> None:
+    _case(tmp_path / "golden", tmp_path / "mine", "=HYPERLINK(x)", 1, [(_base(), _base())])
+    _save(tmp_path / "golden", "=cmd_1;2_3_0.pth", _base())
+    summary = _run(tmp_path)
+    text = summary.csv_path.read_text(encoding="utf-8")
+    assert "\n=" not in text and "'=cmd_1;2_3_0.pth" in text
+
+
+def test_never_overwrites_and_is_deterministic(tmp_path: Path) -> None:
+    _verdict_dirs(tmp_path)
+    first = _run(tmp_path)
+    before = first.csv_path.read_bytes()
+    second = _run(tmp_path, workers=1)
+    assert second.csv_path != first.csv_path and second.csv_path.name.endswith("_1.csv")
+    assert first.csv_path.read_bytes() == before == second.csv_path.read_bytes()
+    assert first.cases_csv_path.read_bytes() == second.cases_csv_path.read_bytes()
+
+
+def test_output_problems_found_before_work(tmp_path: Path) -> None:
+    _verdict_dirs(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="not a folder"):
+        run_compare(CompareOptions(tmp_path / "golden", tmp_path / "mine", blocker))
+
+
+def test_input_and_option_errors(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError, match="does not exist"):
+        run_compare(CompareOptions(tmp_path / "nope", tmp_path / "mine", tmp_path / "out"))
+    for bad in ({"cosine": 1.5}, {"kl": -1.0}, {"l1": -2.0}, {"dtype": "int8"}, {"topk": 0},
+                {"tie_tolerance": -1.0}):
+        with pytest.raises(UsageError):
+            run_compare(CompareOptions(tmp_path / "mine", tmp_path / "mine", tmp_path / "out", **bad))
+    assert not (tmp_path / "out").exists()

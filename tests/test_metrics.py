@@ -1,0 +1,154 @@
+"""The metric functions: msit's formulas, our fixes of msit's bugs, and properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from logitsdump.compare import metrics as M
+
+TH = M.Thresholds()
+
+#: msit-cli.md §4, row `logits_dev.jsonl_7_0.pth`: tensors solved so that our float64 metrics
+#: give msit's printed values exactly (sum|g| = 32, max g - max m = 0.6015625, max m in [8, 16)).
+ROW7_G = np.array([10.0, 7.0, -8.0, 7.0])
+ROW7_M = np.array([9.3984375, 8.140565779930409, -9.687172859140897, 5.267613410131602])
+
+
+def test_msit_row_7_reproduced_value_for_value() -> None:
+    m = M.pair_metrics(ROW7_G, ROW7_M, TH)
+    assert m.cosine_similarity == 0.9863877285
+    assert m.kl_divergence == 0.1400146484375
+    assert m.l1_norm == 0.015430923412590891
+    assert m.ulp_max_diff == 0.6015625
+    assert m.ulp == 0.0078125
+    assert not m.passed and not m
+
+
+def test_msit_row_1352_identical() -> None:
+    g = np.array([8.5, 1.0, -2.0], dtype=np.float16)
+    m = M.pair_metrics(g, g.copy(), TH)
+    assert (m.cosine_similarity, m.kl_divergence, m.l1_norm, m.ulp_max_diff, m.ulp) == (1.0, 0.0, 0.0, 0.0, 0.0078125)
+    assert m.passed and m.identical and m.top1_match and m.topk_overlap == 1.0
+
+
+def test_formulas_on_hand_computed_tensors() -> None:
+    g, m = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    assert M.cosine_similarity(g, m) == 0.0
+    assert M.kl_divergence(g, m) == pytest.approx(math.tanh(0.5), abs=1e-15)  # p1 - p2 = (e-1)/(e+1)
+    assert M.l1_norm(g, m) == 0.0
+    assert M.max_abs_diff(g, m) == 1.0
+    assert M.l1_norm(np.array([1.0, -1.0]), np.array([3.0, 0.0])) == 0.5
+    assert M.cosine_similarity(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == 1.0
+    assert M.cosine_similarity(np.array([1.0, 0.0]), np.array([-1.0, 0.0])) == -1.0
+
+
+def test_zero_vectors() -> None:
+    zero = np.zeros(3)
+    assert M.cosine_similarity(zero, zero) == 1.0
+    assert M.cosine_similarity(zero, np.ones(3)) == 0.0
+    assert M.l1_norm(zero, zero) == 0.0
+    assert M.l1_norm(zero, np.ones(3)) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("top", "dtype", "expected"),
+    [(10.0, "fp16", 2.0**-7), (10.0, "bf16", 2.0**-4), (1.0, "fp32", 2.0**-23), (0.75, "fp16", 2.0**-11)],
+)
+def test_ulp_as_msit_for_positive_max(top: float, dtype: str, expected: float) -> None:
+    assert M.ulp(np.array([top, -1.0]), dtype) == expected
+
+
+def test_ulp_never_nan_for_negative_or_zero_max() -> None:
+    assert M.ulp(np.array([-3.0, -5.0]), "fp16") == 2.0**1 * 2.0**-10  # msit: NaN
+    assert M.ulp(np.array([0.0, -5.0]), "fp16") == 2.0**-24  # the dtype's spacing at 0
+    assert M.ulp(np.array([1e-30, -5.0]), "fp16") == 2.0**-24
+
+
+def test_identical_all_negative_and_zero_max_pass() -> None:
+    for g in (np.array([-3.0, -5.0, -4.0]), np.array([0.0, -5.0, -1.0])):
+        assert M.pair_metrics(g, g.copy(), TH).passed  # msit: NA or failed
+
+
+def test_identical_passes_even_with_strict_thresholds() -> None:
+    g = np.array([3.0, 1.0, 2.0], dtype=np.float32)
+    assert M.pair_metrics(g, g.copy(), M.Thresholds(cosine=1.0, kl=0.0, l1=-1.0)).passed
+
+
+def test_signed_l1_does_not_pass_alone() -> None:
+    g = np.linspace(-20.0, 20.0, 50)
+    m = 0.5 * g  # msit: l1 = -0.5 < 0.01 passes the L1 test
+    metrics = M.pair_metrics(g, m, M.Thresholds(cosine=0.0, kl=10.0, l1=0.01))
+    assert metrics.l1_norm == pytest.approx(-0.5)
+    assert not metrics.passed
+
+
+def test_top_k_and_margin() -> None:
+    x = np.array([1.0, 5.0, 5.0, 3.0, 4.5])
+    assert list(M.top_k(x, 3)) == [1, 2, 4]  # ties: lower index first
+    assert M.golden_margin(x) == 0.0
+    assert M.golden_margin(np.array([2.0, 3.5, 1.0])) == 1.5
+    assert M.topk_overlap(x, np.array([5.0, 1.0, 1.0, 4.0, 0.0]), 2) == 0.0
+
+
+def test_check_pair_messages_as_msit() -> None:
+    assert M.check_pair(np.zeros(3), np.zeros(4)) == "data shape doesn't match."
+    assert M.check_pair(np.array([np.nan]), np.array([np.inf])) == (
+        "golden_data includes NAN or inf. my_data includes NAN or inf."
+    )
+    assert M.check_pair(np.zeros(2), np.array([0.0, -np.inf])) == "my_data includes NAN or inf."
+
+
+def test_bitwise_equal() -> None:
+    assert not M.bitwise_equal(np.array([0.0]), np.array([-0.0]))
+    assert not M.bitwise_equal(np.zeros(2, np.float32), np.zeros(2, np.float64))
+    assert M.bitwise_equal(np.array([np.nan]), np.array([np.nan]))
+
+
+def test_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(1000).astype(np.float32) * 5
+    m = g + rng.standard_normal(1000).astype(np.float32) * 0.01
+    whole = M.pair_metrics(g, m, TH)
+    assert M.pair_metrics(g, m, TH) == whole  # deterministic
+    monkeypatch.setattr(M, "CHUNK", 64)
+    chunked = M.pair_metrics(g, m, TH)
+    assert chunked.cosine_similarity == pytest.approx(whole.cosine_similarity, abs=1e-10)
+    assert chunked.kl_divergence == pytest.approx(whole.kl_divergence, rel=1e-9, abs=1e-15)
+
+
+def test_kl_float64_for_identical_fp16() -> None:
+    g = np.random.default_rng(2).standard_normal(5000).astype(np.float16) * 8
+    m = g.copy()
+    m[0] = np.nextafter(m[0], np.float16(np.inf))
+    assert M.kl_divergence(g, m) < 1e-6  # msit (fp16 arithmetic) can exceed 1e-4
+
+
+finite = st.floats(-1e4, 1e4, allow_nan=False, width=32)
+vectors = st.integers(1, 300).flatmap(lambda n: st.tuples(
+    arrays(np.float32, n, elements=finite), arrays(np.float32, n, elements=finite)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(vectors)
+def test_properties(pair: tuple[np.ndarray, np.ndarray]) -> None:
+    g, m = pair
+    same = M.pair_metrics(g, g.copy(), TH)
+    assert same.passed and same.cosine_similarity == 1.0 and same.kl_divergence == 0.0
+    metrics = M.pair_metrics(g, m, TH)
+    assert -1.0 <= metrics.cosine_similarity <= 1.0
+    assert metrics.kl_divergence >= 0.0 and math.isfinite(metrics.kl_divergence)
+    assert math.isfinite(metrics.ulp) and metrics.ulp > 0
+    assert 0.0 <= metrics.topk_overlap <= 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.float32, st.integers(1, 2000), elements=st.integers(-3, 3).map(float)), st.integers(1, 20))
+def test_top_k_matches_a_stable_sort(x: np.ndarray, k: int) -> None:
+    expected = np.argsort(-x, kind="stable")[: min(k, x.size)]
+    assert list(M.top_k(x, k)) == list(expected)
