@@ -247,6 +247,28 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- demo -------------------------------------------------------------------------------------
+
+
+def _add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole flow on the embedded tiny model (fp32 = golden, bf16 = under test), offline, on the CPU",
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="new or empty folder for everything (default: ./logitsdump-demo/<time>)"
+    )
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from logitsdump.demo.run import DemoOptions, run_demo
+
+    run_demo(DemoOptions(workdir=args.workdir))
+    return 0
+
+
 # ---- examples ---------------------------------------------------------------------------------
 
 
@@ -286,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bcanalyze_parser(subparsers)
     _add_dump_parser(subparsers)
     _add_compare_parser(subparsers)
+    _add_demo_parser(subparsers)
     _add_examples_parser(subparsers)
     return parser
 
