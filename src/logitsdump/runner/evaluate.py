@@ -20,7 +20,7 @@ from logitsdump.logs import get_logger
 from logitsdump.runner import outputs
 from logitsdump.runner.config import load_model_config, load_task_config, resolve_dataset_root
 from logitsdump.runner.tasks import get_task
-from logitsdump.runner.tasks.base import Case, Generation, pass_label
+from logitsdump.runner.tasks.base import Case, Generation, is_forward_only, needs_tokenizer, pass_label, stop_length
 
 log = get_logger("eval")
 
@@ -64,9 +64,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _batches(items: Sequence[Case], size: int) -> Iterator[Sequence[Case]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batches(items: Sequence[Case], size: int, need_logits: bool = False) -> Iterator[Sequence[Case]]:
+    """Consecutive cases, `size` at most, never mixing forward-only and generated cases."""
+    batch: list[Case] = []
+    for case in items:
+        mode_changes = is_forward_only(case, need_logits) != is_forward_only(batch[0], need_logits) if batch else False
+        if batch and (len(batch) == size or mode_changes):
+            yield batch
+            batch = []
+        batch.append(case)
+    if batch:
+        yield batch
 
 
 def run_eval(options: EvalOptions) -> EvalResult:
@@ -77,17 +85,21 @@ def run_eval(options: EvalOptions) -> EvalResult:
     request = protocol.read_request()
     if request is not None and options.batch_size != 1:
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")
-    cases = task.load_cases(task_config, resolve_dataset_root(task_config))
-    if request is not None:
-        from logitsdump.runner.dumping import select_cases
-
-        cases = select_cases(cases, request)
-        log.info("dump: %d bad cases to re-infer, %d tokens each", len(cases), request.token_max_length)
+    dataset_root = resolve_dataset_root(task_config)
+    # data errors show before the model loads, except for tasks that build cases with its tokenizer
+    cases = [] if needs_tokenizer(task) else task.load_cases(task_config, dataset_root)
 
     from logitsdump.runner.backend import HFBackend, choose_device
 
     device = choose_device(options.device)
     backend = HFBackend(model_config, device)
+    if needs_tokenizer(task):
+        cases = task.load_cases(task_config, dataset_root, tokenizer=backend.tokenizer)
+    if request is not None:
+        from logitsdump.runner.dumping import select_cases
+
+        cases = select_cases(cases, request)
+        log.info("dump: %d bad cases to re-infer, %d tokens each", len(cases), request.token_max_length)
     layout = outputs.OutputLayout(
         output_dir=Path(options.output_dir or "."),
         device_label=device.label,
@@ -130,19 +142,22 @@ def _evaluate(options, task, task_config, cases, backend, layout, request) -> Ev
     skipped = 0
     progress = tqdm(total=len(cases), desc=task_config.task_name, unit="case", file=sys.stderr,
                     disable=None, dynamic_ncols=True)
-    for batch in _batches(cases, options.batch_size):
+    for batch in _batches(cases, options.batch_size, task_config.need_logits):
         if writer is not None and writer.is_complete(batch[0]):
             skipped += 1
             progress.update(1)
             continue
         encoded = [_fit_input(backend.encode(c.query), max_input, task_config.need_truncate_input) for c in batch]
-        if task_config.need_logits:
+        if is_forward_only(batch[0], task_config.need_logits):
             decoded = _forward_as_decoded(backend, encoded)
         else:
-            decoded = backend.greedy(encoded, task_config.requested_max_output_length, keep_steps)
+            limits = [c.max_new_tokens or task_config.requested_max_output_length for c in batch]
+            decoded = backend.greedy(encoded, max(limits), keep_steps)
+            decoded = [_cut(task, c, d, n, backend) for c, d, n in zip(batch, decoded, limits, strict=True)]
         for case, ids, result in zip(batch, encoded, decoded, strict=True):
             text = backend.decode(result.output_ids)
-            generation = Generation(tuple(ids), tuple(result.output_ids), text, result.first_logits)
+            scored = _continuation_logprobs(backend, ids, case.continuation_from)
+            generation = Generation(tuple(ids), tuple(result.output_ids), text, result.first_logits, scored)
             judgement = task.judge(case, generation, backend.tokenizer)
             outcomes.append(
                 outputs.CaseOutcome(
@@ -163,7 +178,8 @@ def _evaluate(options, task, task_config, cases, backend, layout, request) -> Ev
         records = writer.finish()
         log.info("dump: %d files for %d cases in %s (%d already complete)",
                  dumped_files, len(records), layout.logits_dir, skipped)
-    scores = outputs.subject_scores(outcomes, task_config.subjects)
+    subjects = dict.fromkeys([*task_config.subjects, *(o.subject for o in outcomes)])  # + run-time sub-datasets
+    scores = outputs.subject_scores(outcomes, list(subjects))
     outputs.write_result_file(layout, scores)
     outputs.write_infer_results(layout, outcomes)
     if options.save_debug:
@@ -185,6 +201,32 @@ def _forward_as_decoded(backend, encoded):
     for logits in backend.last_logits(encoded):
         results.append(Decoded([int(logits.argmax())], [logits], logits.float().clone()))
     return results
+
+
+def _cut(task, case, result, limit, backend):
+    """A row's decoding ended at its own token limit and at the task's stopping rule (the tokens
+    and logits before that point do not depend on the tokens after it)."""
+    from logitsdump.runner.backend import Decoded
+
+    ids = result.output_ids[:limit]
+    keep = stop_length(task, case, ids, backend.decode)
+    if keep == len(result.output_ids):
+        return result
+    return Decoded(ids[:keep], result.step_logits[:keep], result.first_logits)
+
+
+def _continuation_logprobs(backend, ids, prefix):
+    """log P(ids[k] | ids[:k]) for each query token after `prefix` (none when prefix is None)."""
+    if prefix is None:
+        return ()
+    import torch
+
+    start = min(max(len(backend.encode(prefix)), 1), len(ids))
+    if start >= len(ids):
+        return ()
+    logits = backend.last_logits([ids[:k] for k in range(start, len(ids))])
+    positions = range(start, len(ids))
+    return tuple(float(torch.log_softmax(row.float(), -1)[ids[k]]) for row, k in zip(logits, positions, strict=True))
 
 
 def _fit_input(ids: list[int], max_length: int, truncate: bool) -> list[int]:

@@ -1,4 +1,5 @@
-"""Running untrusted generated Python in a separate, limited process.
+"""Running untrusted generated code (Python, or a compiler and its program) in a separate,
+limited process.
 
 `run_python` writes the code to a fresh temporary folder and runs it with this
 interpreter in isolated mode (`-I`: no user site, no PYTHON* variables, no current
@@ -7,6 +8,9 @@ whole process group) and resource limits: address space, CPU seconds, file size 
 where the kernel enforces it for this user, the number of processes. The limits are set
 by a small bootstrap inside the child, not by `preexec_fn`, which is unsafe in a
 threaded parent such as a process running torch.
+
+`run_command` does the same for any program (g++, a compiled binary, go, javac/java, node):
+the same bootstrap sets the limits and then replaces itself with the program (`os.execv`).
 
 This is a guard against accidents (endless loops, memory hogs, stray files), not a
 security boundary: the code still runs as the current user, with network access.
@@ -51,6 +55,27 @@ path = sys.argv[5]
 sys.argv = [path]
 del resource, mem, cpu, fsize, nproc, cap
 runpy.run_path(path, run_name="__main__")
+"""
+
+
+_EXEC_BOOTSTRAP = """\
+import os, resource, sys
+mem, cpu, fsize, nproc = (int(v) for v in sys.argv[1:5])
+def cap(kind, value):
+    try:
+        soft, hard = resource.getrlimit(kind)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(kind, (value, value))
+    except (ValueError, OSError):
+        pass
+if mem >= 0:
+    cap(resource.RLIMIT_AS, mem)
+cap(resource.RLIMIT_CPU, cpu)
+cap(resource.RLIMIT_FSIZE, fsize)
+if nproc >= 0:
+    cap(resource.RLIMIT_NPROC, nproc)
+os.execv(sys.argv[5], sys.argv[5:])
 """
 
 
@@ -141,3 +166,51 @@ def run_python(
                 process.wait()
         duration = time.monotonic() - start
         return SandboxResult(returncode, timed_out, _tail(out_path), _tail(err_path), duration)
+
+
+def run_command(
+    argv: list[str],
+    cwd: str | Path,
+    timeout_s: float = 30.0,
+    *,
+    env: dict[str, str] | None = None,
+    memory_bytes: int | None = MEMORY_LIMIT,
+    file_size_bytes: int = FILE_SIZE_LIMIT,
+    max_processes: int | None = None,
+) -> SandboxResult:
+    """Run `argv` (its first element an absolute path) in `cwd`, in its own session, with the limits
+    of `run_python`; never raises for what the program does.
+
+    `memory_bytes=None` leaves the address space unlimited: runtimes that reserve large virtual
+    ranges up front (the JVM, Go, V8) fail under RLIMIT_AS, so their own flags cap the heap instead.
+    `env` is the child's whole environment (PATH, LANG, HOME and TMPDIR default to minimal values).
+    """
+    folder = Path(cwd)
+    child_env = {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": str(folder), "TMPDIR": str(folder)}
+    child_env.update(env or {})
+    args = [
+        sys.executable, "-I", "-B", "-c", _EXEC_BOOTSTRAP,
+        str(-1 if memory_bytes is None else memory_bytes), str(int(timeout_s) + 1), str(file_size_bytes),
+        str(-1 if max_processes is None else max_processes), *argv,
+    ]  # fmt: skip
+    out_path, err_path = folder / ".sandbox-stdout.txt", folder / ".sandbox-stderr.txt"
+    start = time.monotonic()
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            args, cwd=folder, env=child_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            start_new_session=True, close_fds=True,
+        )  # fmt: skip
+        timed_out = False
+        try:
+            returncode: int | None = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out, returncode = True, None
+        finally:
+            _kill_group(process)
+            process.wait()
+    duration = time.monotonic() - start
+    result = SandboxResult(returncode, timed_out, _tail(out_path), _tail(err_path), duration)
+    for path in (out_path, err_path):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return result

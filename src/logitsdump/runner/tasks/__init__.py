@@ -21,6 +21,12 @@ REGISTRY: dict[str, str] = {
     "ceval_few_shots": "ceval:CEvalFewShotTask",
     "ceval_zero_shot": "ceval:CEvalZeroShotTask",
     "humaneval": "humaneval:HumanEvalTask",
+    "humanevalx": "humanevalx:HumanEvalXTask",
+    "cmmlu": "cmmlu:CMMLUTask",
+    "needlebench": "needlebench:NeedleBenchTask",
+    "longbench": "longbench:LongBenchTask",
+    "longbench_e": "longbench:LongBenchETask",
+    "truthfulqa": "truthfulqa:TruthfulQATask",
 }
 
 

@@ -31,6 +31,15 @@ class Case:
     query: str
     reference: Any
     data: Mapping[str, Any] = field(default_factory=dict)
+    #: How many tokens to generate for this case; None: the task YAML's requested_max_output_length
+    #: (LongBench sets each sub-dataset's `maxlen`).
+    max_new_tokens: int | None = None
+    #: True: one forward pass, judged from the last logits; False: generate; None: the YAML's need_logits
+    #: (TruthfulQA mixes both; LongBench generates although modeltest's YAML says need_logits: true).
+    forward_only: bool | None = None
+    #: Forward-only cases: the query's prefix after which every token is scored; the judge then gets
+    #: the log-probability of each following query token in `Generation.continuation_logprobs`.
+    continuation_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,8 @@ class Generation:
     output_ids: tuple[int, ...]
     text: str
     first_logits: Any = None  # torch.Tensor [vocab], float32, for need_logits judging
+    #: log P(token | everything before it) for the query tokens after `Case.continuation_from`.
+    continuation_logprobs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,13 @@ class Tokenizer(Protocol):
 
 
 class Task(Protocol):
-    """One modeltest task (`task_name`)."""
+    """One modeltest task (`task_name`).
+
+    Optional members, read with the helpers below: `needs_tokenizer` (bool: `load_cases` then
+    receives the model's tokenizer as `tokenizer=`, and cases are loaded after the model) and
+    `finished(case, text) -> bool` (a stopping rule on the text generated so far, checked after
+    each token, as modeltest's code-completion stopping).
+    """
 
     #: `Correct`/`Wrong` for MMLU and C-Eval; `True`/`False` for the others.
     pass_labels: tuple[str, str]
@@ -82,3 +99,25 @@ def pass_label(task: Task, passed: bool | None) -> str:
     if passed is None:
         return "NotJudged"
     return task.pass_labels[0] if passed else task.pass_labels[1]
+
+
+def needs_tokenizer(task: Task) -> bool:
+    """Whether `task.load_cases` wants the model's tokenizer (NeedleBench, CMMLU)."""
+    return bool(getattr(task, "needs_tokenizer", False))
+
+
+def is_forward_only(case: Case, need_logits: bool) -> bool:
+    """Whether `case` is judged from one forward pass rather than a generation."""
+    return need_logits if case.forward_only is None else case.forward_only
+
+
+def stop_length(task: Task, case: Case, output_ids: Sequence[int], decode: Any) -> int:
+    """How many generated tokens to keep: up to and including the one after which the task's
+    optional `finished(case, text)` first holds (`decode` turns ids into text); all otherwise."""
+    finished = getattr(task, "finished", None)
+    if finished is None:
+        return len(output_ids)
+    for length in range(1, len(output_ids) + 1):
+        if finished(case, decode(output_ids[:length])):
+            return length
+    return len(output_ids)
