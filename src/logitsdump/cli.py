@@ -238,9 +238,9 @@ def _run_compare(args: argparse.Namespace) -> int:
         tie_tolerance=DEFAULT_TIE_TOLERANCE if args.tie_tolerance is None else args.tie_tolerance,
     )
     summary = run_compare(options)
-    verdicts = ", ".join(f"{name} {count}" for name, count in summary.verdicts.items())
-    print(f"rows: {summary.rows} (passed {summary.passed}, failed {summary.failed}, NA {summary.na})")
-    print(f"cases: {len(summary.cases)} ({verdicts})")
+    from logitsdump.report.terminal import print_summary
+
+    print_summary(summary)
     print(f"results: {summary.csv_path}")
     print(f"cases:   {summary.cases_csv_path}")
     print(f"         {summary.cases_json_path}")
@@ -266,6 +266,39 @@ def _run_demo(args: argparse.Namespace) -> int:
     from logitsdump.demo.run import DemoOptions, run_demo
 
     run_demo(DemoOptions(workdir=args.workdir))
+    return 0
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+
+def _add_report_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML page (and a terminal summary) of a compare run",
+        description="Read a compare output (its folder, whose newest run is taken, or its "
+        "logits_cmp_res_<ts>.csv / logits_cmp_cases_<ts>.json) and write one HTML file with no "
+        "network access: overview, sortable table of cases, and per case the aligned texts, plots "
+        "and top-k candidates at the divergence.",
+    )
+    parser.add_argument("compare_output", metavar="COMPARE_OUTPUT", nargs="+",
+                        help="compare output folder, or one of its result files; several (e.g. one per task) "
+                        "make one page")
+    parser.add_argument("-o", "--output", default=None,
+                        help="HTML file to write (default: report.html beside the compare output)")
+    parser.add_argument("--topk", type=positive_int, default=None,
+                        help="candidates listed at the divergence step (default: compare's --topk, at most 20)")
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from logitsdump.report import load_compares, print_summary, write_report
+
+    result = load_compares(args.compare_output)
+    path = write_report(result, args.output, topk=args.topk)
+    print_summary(result)
+    print(f"report: {path}")
     return 0
 
 
@@ -308,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bcanalyze_parser(subparsers)
     _add_dump_parser(subparsers)
     _add_compare_parser(subparsers)
+    _add_report_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_examples_parser(subparsers)
     return parser

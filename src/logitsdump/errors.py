@@ -37,6 +37,10 @@ class FileFormatError(DataError):
     """A logits file cannot be read as a tensor."""
 
 
+class WriteError(UserError):
+    """An output file cannot be written: disk full, quota, file-size limit, permissions."""
+
+
 class LaunchError(UserError):
     """The child command of `dump` cannot be started or failed."""
 

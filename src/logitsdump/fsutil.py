@@ -7,6 +7,7 @@ folder and is renamed into place, so a killed run leaves whole files or none.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -14,8 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-#: Files we create are never world-writable (rw-r--r--).
+#: Files we create are never world-writable (rw-r--r--, less what the umask removes).
 FILE_MODE = 0o644
+#: Folders we create are never world-writable either (rwxr-xr-x, less what the umask removes).
+DIR_MODE = 0o755
+#: Write failures the user must fix (space, quota, file-size limit, permissions): one line, no traceback.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=@,-]")
 
@@ -27,19 +32,71 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs) -> Iter
     On any exception the temporary file is removed and `path` is untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with write_errors(target):
+        make_dirs(target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, FILE_MODE)
-        os.replace(tmp_name, target)
+        with write_errors(target):
+            with os.fdopen(fd, mode, **kwargs) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp_name, FILE_MODE & ~current_umask())
+            os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a disk-full, quota, file-size-limit or permission error while writing `path` into a
+    one-line `WriteError` (exit status 1) instead of a traceback."""
+    from logitsdump.errors import WriteError
+
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        hint = "free some space" if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else "check permissions"
+        raise WriteError(
+            f"cannot write {path}: {os.strerror(err.errno)}: {hint} and run again "
+            "(a logits dump continues with dump --resume)"
+        ) from err
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_dirs(path: str | os.PathLike[str]) -> Path:
+    """`mkdir -p` whose new folders are never world-writable, whatever the umask.
+
+    (`Path.mkdir(parents=True)` gives parents the umask's default mode: 0777 under umask 0.)
+    """
+    folder = Path(path)
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(new, DIR_MODE)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -77,7 +134,7 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"output path {folder} exists and is not a folder: choose another path")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as err:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump.errors import FileFormatError
-from logitsdump.fsutil import atomic_open, safe_component
+from logitsdump.fsutil import FILE_MODE, atomic_open, safe_component, write_errors
 
 LOGITS_PREFIX = "logits_"
 LOGITS_SUFFIX = ".pth"
@@ -61,14 +61,21 @@ def parse_logits_file_name(name: str) -> tuple[int | str, int]:
     if language is not None:
         if len(digit_parts) < 2:
             raise FileFormatError(f"parse_error:expected <num>_<token> at the end of {name!r}")
-        return f"{language}/{int(digit_parts[-2])}", int(digit_parts[-1])
+        return f"{language}/{_int(digit_parts[-2], name)}", _int(digit_parts[-1], name)
     if len(parts) < 2 or not _is_int(parts[-1]) or not _is_int(parts[-2]):
         raise FileFormatError(f"parse_error:expected <key>_<token> at the end of {name!r}")
-    return int(parts[-2]), int(parts[-1])
+    return _int(parts[-2], name), _int(parts[-1], name)
 
 
 def _is_int(text: str) -> bool:
     return text.isascii() and text.isdigit()
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        raise FileFormatError(f"parse_error:number too long in {name[:80]!r}") from None
 
 
 def save_logits(path: str | os.PathLike[str], logits: Any) -> None:
@@ -128,23 +135,34 @@ class CaseManifest:
         return cls(**values)
 
 
-def append_manifest(folder: str | os.PathLike[str], record: CaseManifest) -> None:
+def manifest_part_name(rank: int) -> str:
+    """The manifest part one data-parallel rank appends to; rank 0 merges the parts at the end."""
+    return f"manifest.rank{rank}.jsonl"
+
+
+#: The glob of manifest parts left by data-parallel ranks.
+MANIFEST_PART_GLOB = "manifest.rank*.jsonl"
+
+
+def append_manifest(folder: str | os.PathLike[str], record: CaseManifest, name: str = MANIFEST_NAME) -> None:
     """Append one case to the folder's manifest, flushed to disk.
 
     Called only after all of the case's files are in place, so a case listed
     in the manifest is complete. A line cut short by a crash is skipped on read.
     """
     line = json.dumps(record.to_dict(), ensure_ascii=False, sort_keys=True) + "\n"
-    path = Path(folder) / MANIFEST_NAME
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    path = Path(folder) / name
+    with write_errors(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)  # never world-writable
+        with open(fd, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
-def read_manifest(folder: str | os.PathLike[str]) -> list[CaseManifest]:
+def read_manifest(folder: str | os.PathLike[str], name: str = MANIFEST_NAME) -> list[CaseManifest]:
     """The complete case records of a folder's manifest (none when there is no manifest)."""
-    return list(_iter_manifest(Path(folder) / MANIFEST_NAME))
+    return list(_iter_manifest(Path(folder) / name))
 
 
 def _iter_manifest(path: Path) -> Iterator[CaseManifest]:
@@ -155,9 +173,29 @@ def _iter_manifest(path: Path) -> Iterator[CaseManifest]:
             if not line.endswith("\n"):
                 return  # cut short by a crash: that case is not complete
             try:
-                yield CaseManifest.from_dict(json.loads(line))
-            except (ValueError, TypeError):
+                record = CaseManifest.from_dict(json.loads(line))
+            except (ValueError, TypeError, AttributeError, RecursionError):
                 continue
+            if _well_formed(record):
+                yield record
+
+
+#: Field -> the type a manifest read from an untrusted folder must have (else the line is skipped).
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "task": str, "subject": str, "key": (int, str), "index": int, "output_text": str, "query": str,
+    "prompt_sha256": str, "model_name": str, "model_path": str, "dtype": str, "logits_dtype": str,
+    "vocab_size": int, "device": str, "logits_kind": str, "versions": dict, "extra": dict,
+}
+
+
+def _well_formed(record: CaseManifest) -> bool:
+    """Whether a record has the types its writer gives it (a crafted line must not crash a reader)."""
+    if not all(isinstance(getattr(record, name), kind) for name, kind in _FIELD_TYPES.items()):
+        return False
+    return (
+        all(isinstance(f, str) for f in record.files + record.output_tokens)
+        and all(isinstance(i, int) for i in record.input_token_ids + record.output_token_ids)
+    )
 
 
 def rewrite_manifest(folder: str | os.PathLike[str], records: Iterable[CaseManifest]) -> None:
@@ -179,6 +217,6 @@ def read_vocab(folder: str | os.PathLike[str]) -> list[str] | None:
     path = Path(folder) / VOCAB_NAME
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return [str(t) for t in data] if isinstance(data, list) else None

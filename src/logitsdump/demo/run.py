@@ -105,7 +105,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
             if run.logits_dirs:
                 _compare(run, workdir)
     with _step("[5/5] write the report (logitsdump report)"):
-        report = _report(workdir) if any(r.compare_json for r in runs) else None
+        report = _report(workdir, runs) if any(r.compare_json for r in runs) else None
     seconds = time.monotonic() - started
     _print_summary(runs, report, seconds)
     return DemoResult(workdir, tuple(runs), report, seconds)
@@ -220,11 +220,14 @@ def _compare(run: TaskRun, workdir: Path) -> None:
     say(f"  {run.task:<16} {summary.compared} token pairs: {counts} -> {summary.csv_path.relative_to(workdir)}")
 
 
-def _report(workdir: Path) -> Path:
-    from logitsdump.report import write_report
+def _report(workdir: Path, runs: Sequence[TaskRun]) -> Path:
+    from logitsdump.report import load_compares, print_summary, write_report
 
-    path = write_report([workdir / "compare"], workdir / "report.html")
-    say(f"  report -> {path}")
+    sources = [run.compare_json for run in runs if run.compare_json is not None]
+    path = write_report(sources, workdir / "report.html")
+    say(f"  report -> {path.relative_to(workdir)}")
+    say("")
+    print_summary(load_compares(sources))
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,13 @@ class Device:
 
     torch_device: str
     label: str  # "GPU", "NPU" or "CPU": the {dev} of the output layout
+    #: spread the model over all visible CUDA devices (one process, several GPUs, `--device auto`)
+    spread: bool = False
+
+    @property
+    def kind(self) -> str:
+        """cpu, cuda or npu."""
+        return self.torch_device.split(":")[0]
 
 
 def npu_available() -> bool:
@@ -43,16 +51,24 @@ def npu_available() -> bool:
     return bool(getattr(torch, "npu", None) and torch.npu.is_available())
 
 
-def choose_device(request: str = "auto") -> Device:
-    """`auto`: CUDA, else NPU (torch_npu), else CPU. Or an explicit cpu / cuda[:N] / npu[:N]."""
+def choose_device(request: str = "auto", local_rank: int | None = None) -> Device:
+    """`auto`: CUDA, else NPU (torch_npu), else CPU. Or an explicit cpu / cuda[:N] / npu[:N].
+
+    Under torchrun (`local_rank` given) each process takes the device of its local rank.
+    A single process with several CUDA devices and `auto` spreads the model over them.
+    """
     import torch
 
     request = (request or "auto").strip().lower()
+    if local_rank is not None and request in ("cuda", "npu"):
+        request = f"{request}:{local_rank}"
     if request == "auto":
         if torch.cuda.is_available():
-            return Device("cuda:0", "GPU")
+            if local_rank is not None:
+                return Device(f"cuda:{local_rank}", "GPU")
+            return Device("cuda:0", "GPU", spread=torch.cuda.device_count() > 1)
         if npu_available():
-            return Device("npu:0", "NPU")
+            return Device(f"npu:{local_rank or 0}", "NPU")
         return Device("cpu", "CPU")
     kind, _, number = request.partition(":")
     if number and not number.isdigit():
@@ -97,7 +113,7 @@ def resolve_model_path(config: ModelConfig) -> Path:
 class HFBackend:
     """A local HF transformers causal LM, greedy decoding on one device."""
 
-    def __init__(self, config: ModelConfig, device: Device) -> None:
+    def __init__(self, config: ModelConfig, device: Device, *, tensor_parallel: bool = False) -> None:
         import torch
         import transformers
 
@@ -113,16 +129,32 @@ class HFBackend:
                 self.model_path, trust_remote_code=config.trust_remote_code, local_files_only=True
             )
             dtype_kw = "dtype" if _transformers_major_minor() >= (4, 56) else "torch_dtype"
+            placement: dict[str, Any] = {}
+            if tensor_parallel:
+                placement = {"tp_plan": "auto"}
+            elif device.spread:
+                placement = {"device_map": "auto"}
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
                 self.model_path,
                 trust_remote_code=config.trust_remote_code,
                 local_files_only=True,
                 **{dtype_kw: self.dtype},
+                **placement,
             )
-        except (OSError, ValueError) as err:
+        except pickle.UnpicklingError as err:  # torch's weights_only loader refused a pickle that would run code
+            refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), type(err).__name__)
+            raise ConfigError(
+                f"cannot load the model from {self.model_path}: torch's safe loader refused its pickled weights "
+                f"({refused}); use safetensors weights from a trusted source"
+            ) from err
+        except (OSError, ValueError, NotImplementedError) as err:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"cannot load the model from {self.model_path}: {first_line}") from err
-        self.model.to(device.torch_device).eval()
+            what = " with tensor parallelism (--tp = world size)" if tensor_parallel else ""
+            raise ConfigError(f"cannot load the model from {self.model_path}{what}: {first_line}") from err
+        if not (tensor_parallel or device.spread):
+            self.model.to(device.torch_device)
+        self.model.eval()
+        self.input_device = str(self.model.get_input_embeddings().weight.device)
         self._forward_kwargs = _forward_kwarg_names(self.model)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
@@ -160,8 +192,7 @@ class HFBackend:
         for row, ids in enumerate(batch):
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             mask[row, width - len(ids) :] = 1
-        device = self.device.torch_device
-        return input_ids.to(device), mask.to(device)
+        return input_ids.to(self.input_device), mask.to(self.input_device)
 
     def last_logits(self, batch: Sequence[Sequence[int]]) -> list[Any]:
         """One forward pass; the raw last-position logits [vocab] of each sequence (model dtype, CPU)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump import store
+from logitsdump.fsutil import make_dirs
 from logitsdump.logs import get_logger
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
 from logitsdump.runner.tasks.base import Case
@@ -67,27 +68,50 @@ class DumpContext:
 class LogitsWriter:
     """Writes each dumped case's logits files, then its manifest line."""
 
-    def __init__(self, folder: Path, request: DumpRequest, context: DumpContext) -> None:
+    def __init__(
+        self, folder: Path, request: DumpRequest, context: DumpContext, manifest_name: str = store.MANIFEST_NAME
+    ) -> None:
         self.folder = folder
         self.request = request
         self.context = context
+        self.manifest_name = manifest_name  # a per-rank part in data-parallel runs
         self.complete: set[tuple[str, int]] = set()
 
+    def _merged_records(self) -> list[store.CaseManifest]:
+        """The manifest plus any data-parallel parts, complete cases only, in (subject, index) order."""
+        records = {(r.subject, r.index): r for r in store.read_manifest(self.folder)}
+        for part in sorted(self.folder.glob(store.MANIFEST_PART_GLOB)):
+            records.update({(r.subject, r.index): r for r in store.read_manifest(self.folder, part.name)})
+        kept = [r for r in records.values() if all((self.folder / f).is_file() for f in r.files)]
+        return sorted(kept, key=lambda r: (r.subject, r.index))
+
+    def _write_merged(self, records: Sequence[store.CaseManifest]) -> None:
+        store.rewrite_manifest(self.folder, records)
+        for part in self.folder.glob(store.MANIFEST_PART_GLOB):
+            part.unlink()
+
     def prepare(self, vocab: Sequence[str]) -> None:
-        """Clear the folder (modeltest does), or with resume keep the complete cases."""
+        """Clear the folder (modeltest does), or with resume keep the complete cases.
+
+        Called by one process only (rank 0); the others call `load_complete` after it.
+        """
         if self.request.resume and self.folder.is_dir():
-            records = store.read_manifest(self.folder)
-            kept = [r for r in records if all((self.folder / f).is_file() for f in r.files)]
-            self.complete = {(r.subject, r.index) for r in kept}
-            store.rewrite_manifest(self.folder, kept)
+            kept = self._merged_records()
+            self._write_merged(kept)
             for stale in self.folder.glob(".*.tmp"):
                 stale.unlink()
             log.info("resume: %d cases already complete in %s", len(kept), self.folder)
         else:
             if self.folder.exists():
                 shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.folder)  # never world-writable, whatever the umask
         store.write_vocab(self.folder, vocab)
+        self.load_complete()
+
+    def load_complete(self) -> None:
+        """Learn which cases the manifest lists as complete (for resume)."""
+        if self.request.resume:
+            self.complete = {(r.subject, r.index) for r in store.read_manifest(self.folder)}
 
     def is_complete(self, case: Case) -> bool:
         return (case.subject, case.index) in self.complete
@@ -130,11 +154,11 @@ class LogitsWriter:
             logits_kind="raw",
             versions=self.context.versions,
         )
-        store.append_manifest(self.folder, record)
+        store.append_manifest(self.folder, record, self.manifest_name)
         return names
 
     def finish(self) -> list[store.CaseManifest]:
-        """Rewrite the manifest in (subject, index) order; return its records."""
-        records = sorted(store.read_manifest(self.folder), key=lambda r: (r.subject, r.index))
-        store.rewrite_manifest(self.folder, records)
+        """Merge the manifest (and the ranks' parts) in (subject, index) order; return its records."""
+        records = self._merged_records()
+        self._write_merged(records)
         return records

@@ -89,10 +89,22 @@ def run_eval(options: EvalOptions) -> EvalResult:
     # data errors show before the model loads, except for tasks that build cases with its tokenizer
     cases = [] if needs_tokenizer(task) else task.load_cases(task_config, dataset_root)
 
+    from logitsdump.runner import distributed
     from logitsdump.runner.backend import HFBackend, choose_device
 
-    device = choose_device(options.device)
-    backend = HFBackend(model_config, device)
+    world = distributed.detect_world(options.tp)
+    device = choose_device(options.device, world.local_rank if world.distributed else None)
+    distributed.init_process_group(world, device.kind)
+    try:
+        backend = HFBackend(model_config, device, tensor_parallel=world.tensor_parallel)
+        return _run_loaded(options, task, task_config, dataset_root, cases, request, backend, world)
+    finally:
+        distributed.shutdown(world)
+
+
+def _run_loaded(options, task, task_config, dataset_root, cases, request, backend, world) -> EvalResult:
+    device = backend.device
+    model_config = backend.config
     if needs_tokenizer(task):
         cases = task.load_cases(task_config, dataset_root, tokenizer=backend.tokenizer)
     if request is not None:
@@ -111,16 +123,17 @@ def run_eval(options: EvalOptions) -> EvalResult:
         tp=options.tp,
     )
     with _sigterm_as_interrupt():
-        return _evaluate(options, task, task_config, cases, backend, layout, request)
+        return _evaluate(options, task, task_config, cases, backend, layout, request, world)
 
 
-def _evaluate(options, task, task_config, cases, backend, layout, request) -> EvalResult:
-    from tqdm import tqdm
+def _make_writer(layout, request, task_config, backend, world):
+    """The logits writer of this rank (None when it writes none); rank 0 prepares the folder first."""
+    from logitsdump import store
+    from logitsdump.runner import distributed
+    from logitsdump.runner.dumping import DumpContext, LogitsWriter
 
     writer = None
-    if request is not None:
-        from logitsdump.runner.dumping import DumpContext, LogitsWriter
-
+    if world.writes_logits:
         writer = LogitsWriter(
             layout.logits_dir,
             request,
@@ -133,16 +146,59 @@ def _evaluate(options, task, task_config, cases, backend, layout, request) -> Ev
                 device=backend.device.torch_device,
                 versions=backend.versions(),
             ),
+            manifest_name=store.manifest_part_name(world.rank) if world.data_parallel else store.MANIFEST_NAME,
         )
-        writer.prepare(backend.token_texts(range(backend.vocab_size)))
+        if world.is_main:
+            writer.prepare(backend.token_texts(range(backend.vocab_size)))
+    distributed.barrier(world)
+    if writer is not None and not world.is_main:
+        writer.load_complete()
+    return writer
+
+
+def _evaluate(options, task, task_config, cases, backend, layout, request, world) -> EvalResult:
+    from logitsdump.runner import distributed
+
+    writer = _make_writer(layout, request, task_config, backend, world) if request is not None else None
+    batches = list(_batches(cases, options.batch_size, task_config.need_logits))
+    error: BaseException | None = None
+    mine: list[tuple[int, outputs.CaseOutcome]] = []
+    dumped_files = skipped = 0
+    try:
+        mine, dumped_files, skipped = _run_batches(
+            world.my_share(list(enumerate(batches))), options, task, task_config, backend, request, writer, world
+        )
+    except Exception as err:  # reported to every rank below; KeyboardInterrupt ends the process as usual
+        error = err
+    distributed.raise_if_any_failed(world, error)
+    counts_here = world.data_parallel or world.is_main  # in tensor parallel, rank 0's results are the results
+    gathered = distributed.gather_to_main(world, (mine, dumped_files, skipped) if counts_here else ([], 0, 0))
+    if not world.is_main:
+        return EvalResult(layout, (), (), dumped_files)
+    ordered = sorted((item for part in gathered for item in part[0]), key=lambda item: item[0])
+    outcomes = [outcome for _, outcome in ordered]
+    dumped_files = sum(part[1] for part in gathered)
+    skipped = sum(part[2] for part in gathered)
+    if writer is not None:
+        records = writer.finish()
+        log.info("dump: %d files for %d cases in %s (%d already complete)",
+                 dumped_files, len(records), layout.logits_dir, skipped)
+    return _write_outputs(options, task, task_config, layout, outcomes, dumped_files)
+
+
+def _run_batches(numbered_batches, options, task, task_config, backend, request, writer, world):
+    """Infer and judge this rank's batches; returns ((position, outcome) pairs, files written, cases skipped)."""
+    from tqdm import tqdm
+
     keep_steps = request.token_max_length if request is not None else 0
     max_input = task_config.requested_max_input_length
-    outcomes: list[outputs.CaseOutcome] = []
+    outcomes: list[tuple[int, outputs.CaseOutcome]] = []
     dumped_files = 0
     skipped = 0
-    progress = tqdm(total=len(cases), desc=task_config.task_name, unit="case", file=sys.stderr,
-                    disable=None, dynamic_ncols=True)
-    for batch in _batches(cases, options.batch_size, task_config.need_logits):
+    total = sum(len(batch) for _, batch in numbered_batches)
+    progress = tqdm(total=total, desc=task_config.task_name, unit="case", file=sys.stderr,
+                    disable=None if world.is_main else True, dynamic_ncols=True)
+    for number, batch in numbered_batches:
         if writer is not None and writer.is_complete(batch[0]):
             skipped += 1
             progress.update(1)
@@ -159,14 +215,15 @@ def _evaluate(options, task, task_config, cases, backend, layout, request) -> Ev
             scored = _continuation_logprobs(backend, ids, case.continuation_from)
             generation = Generation(tuple(ids), tuple(result.output_ids), text, result.first_logits, scored)
             judgement = task.judge(case, generation, backend.tokenizer)
-            outcomes.append(
+            outcomes.append((
+                number,
                 outputs.CaseOutcome(
                     key=case.key, subject=case.subject, query=case.query,
                     input_token_ids=tuple(ids), output_token_ids=tuple(result.output_ids), output_text=text,
                     test_result=judgement.test_result, golden_result=judgement.golden_result,
                     passed=judgement.passed, pass_label=pass_label(task, judgement.passed),
-                )
-            )
+                ),
+            ))
             if writer is not None:
                 dumped_files += len(
                     writer.save(case, result.step_logits, ids, result.output_ids,
@@ -174,10 +231,11 @@ def _evaluate(options, task, task_config, cases, backend, layout, request) -> Ev
                 )
         progress.update(len(batch))
     progress.close()
-    if writer is not None:
-        records = writer.finish()
-        log.info("dump: %d files for %d cases in %s (%d already complete)",
-                 dumped_files, len(records), layout.logits_dir, skipped)
+    return outcomes, dumped_files, skipped
+
+
+def _write_outputs(options, task, task_config, layout, outcomes, dumped_files) -> EvalResult:
+    """Rank 0: the result file, infer results, debug CSVs, and the table on the terminal."""
     subjects = dict.fromkeys([*task_config.subjects, *(o.subject for o in outcomes)])  # + run-time sub-datasets
     scores = outputs.subject_scores(outcomes, list(subjects))
     outputs.write_result_file(layout, scores)

@@ -1,0 +1,719 @@
+"""The HTML report: one self-contained page (inline CSS, JS and SVG; no network) for a compare run.
+
+Sections: an overview (cases by verdict and by task, the thresholds), a
+sortable and filterable table of all cases, and one section per case (the
+question, both generated texts aligned token by token with the first
+divergence highlighted, per-token plots, the top-k candidates of both devices
+at the divergence step, the per-token metrics).
+
+Every piece of data is escaped with `html.escape`; the page carries no data
+inside its script, and a Content-Security-Policy forbids any network access.
+Its script records errors in `<html data-errors>` and sets
+`<body data-ready="1">` when it has run (the browser test reads both).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from logitsdump.compare.verdict import VERDICTS
+from logitsdump.fsutil import atomic_write_text
+from logitsdump.report.explain import VERDICT_SENTENCES
+from logitsdump.report.load import Case, CompareResult, load_compare, load_compares, load_topk
+from logitsdump.report.svg import line_plot
+
+#: Default file name of the report, written beside the compare output.
+REPORT_NAME = "report.html"
+#: At most this many tokens of a generated text are shown.
+MAX_TOKENS_SHOWN = 512
+#: Default number of candidates in the top-k tables.
+DEFAULT_TOPK = 10
+
+
+def write_report(
+    source: Any, output_path: str | os.PathLike[str] | None = None, *, topk: int | None = None
+) -> Path:
+    """Write the HTML report of a compare run; return its path.
+
+    `source`: the compare output folder (newest run), one of its result files, a
+    `CompareSummary`, or a loaded `CompareResult`. `output_path` defaults to
+    `report.html` in the folder of the compare output. The file is written
+    atomically.
+    """
+    if isinstance(source, (list, tuple)):
+        result = load_compares(source)
+    else:
+        result = source if isinstance(source, CompareResult) else load_compare(source)
+    path = Path(output_path) if output_path is not None else default_report_path(result)
+    if path.is_dir():
+        path = path / REPORT_NAME
+    atomic_write_text(path, render_report(result, topk=topk))
+    return path
+
+
+def default_report_path(result: CompareResult) -> Path:
+    """`report.html` beside the compare run's case JSON."""
+    return result.json_path.parent / REPORT_NAME
+
+
+def render_report(result: CompareResult, *, topk: int | None = None) -> str:
+    """The whole page as text."""
+    k = topk or min(int(result.options.get("topk") or DEFAULT_TOPK), 20)
+    title = f"logitsdump report · {_golden_name(result)} vs {_test_name(result)}"
+    parts = [
+        "<!doctype html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
+        f"<title>{escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        f"<script>{_ERROR_JS}</script>",
+        "</head>",
+        "<body>",
+        _header(result),
+        _overview(result),
+        _case_table(result),
+        '<section id="cases" class="cases">',
+        f"<h2>Cases <span class=\"muted\">({len(result.cases)})</span></h2>",
+    ]
+    if not result.cases:
+        parts.append('<p class="muted">This compare run has no cases.</p>')
+    for number, case in enumerate(result.cases):
+        parts.append(_case_section(result, case, number, k))
+    parts += [
+        "</section>",
+        f'<footer>{escape(result.tool)} · compare run {escape(_stamp(result.timestamp))} · '
+        f"{escape(str(result.json_path.name))}</footer>",
+        f"<script>{_MAIN_JS}</script>",
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# ---- header and overview ----------------------------------------------------------------------
+
+
+def _golden_name(result: CompareResult) -> str:
+    return _device_name(result, golden=True)
+
+
+def _test_name(result: CompareResult) -> str:
+    return _device_name(result, golden=False)
+
+
+def _device_name(result: CompareResult, *, golden: bool) -> str:
+    """`fp32 · cpu` from the first manifest that says, else `golden` / `test`."""
+    for case in result.cases:
+        manifest = case.golden_manifest if golden else case.my_manifest
+        if manifest and manifest.get("dtype"):
+            device = manifest.get("device")
+            return f"{manifest['dtype']} · {device}" if device else str(manifest["dtype"])
+    return "golden" if golden else "test"
+
+
+def _stamp(stamp: str) -> str:
+    if len(stamp) == 14 and stamp.isdigit():
+        return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[8:10]}:{stamp[10:12]}:{stamp[12:]}"
+    return stamp
+
+
+def _header(result: CompareResult) -> str:
+    golden = result.options.get("golden_path", "")
+    mine = result.options.get("my_path", "")
+    return (
+        '<header class="top">'
+        "<h1>logitsdump report</h1>"
+        '<p class="sub">Is the difference between the two devices a precision bug or numerical noise? '
+        "Each case is one bad case of <code>bcanalyze</code>, compared token by token.</p>"
+        '<dl class="paths">'
+        f'<dt><span class="dev g">golden</span></dt><dd>{escape(_golden_name(result))} · '
+        f"<code>{escape(str(golden))}</code></dd>"
+        f'<dt><span class="dev m">test</span></dt><dd>{escape(_test_name(result))} · '
+        f"<code>{escape(str(mine))}</code></dd>"
+        "</dl>"
+        '<nav><a href="#overview">Overview</a><a href="#all-cases">All cases</a><a href="#cases">Case details</a>'
+        "</nav>"
+        "</header>"
+    )
+
+
+def _overview(result: CompareResult) -> str:
+    counts = result.verdict_counts()
+    total = len(result.cases)
+    cards = []
+    for verdict in VERDICTS:
+        count = counts.get(verdict, 0)
+        cards.append(
+            f'<div class="card v-{_slug(verdict)}{" zero" if count == 0 else ""}" data-verdict="{escape(verdict)}">'
+            f'<div class="count">{count}</div><div class="name">{escape(verdict)}</div>'
+            f'<p>{escape(VERDICT_SENTENCES[verdict])}</p></div>'
+        )
+    tasks = result.task_counts()
+    task_rows = []
+    for task, row in tasks.items():
+        cells = "".join(
+            f'<td class="num{" zero" if row.get(v, 0) == 0 else ""}">{row.get(v, 0)}</td>' for v in VERDICTS
+        )
+        task_rows.append(f"<tr><th>{escape(task)}</th><td class=\"num\">{sum(row.values())}</td>{cells}</tr>")
+    if not task_rows:
+        task_rows.append(f'<tr><td colspan="{len(VERDICTS) + 2}" class="muted">no cases</td></tr>')
+    head = "".join(f'<th class="num"><span class="pill v-{_slug(v)}">{escape(v)}</span></th>' for v in VERDICTS)
+    summary = result.summary
+    rows_line = ""
+    if summary:
+        rows_line = (
+            f'<p class="muted">{_int(summary.get("rows"))} token rows compared: {_int(summary.get("passed"))} '
+            f'passed, {_int(summary.get("failed"))} failed, {_int(summary.get("na"))} without metrics (NA).</p>'
+        )
+    return (
+        '<section id="overview">'
+        f"<h2>Overview <span class=\"muted\">({total} case{'s' if total != 1 else ''})</span></h2>"
+        f'<div class="cards">{"".join(cards)}</div>'
+        '<div class="two">'
+        '<div><h3>Cases by task</h3>'
+        f'<table class="grid tasks"><thead><tr><th>task</th><th class="num">cases</th>{head}</tr></thead>'
+        f"<tbody>{''.join(task_rows)}</tbody></table>{rows_line}</div>"
+        f"<div><h3>Thresholds used</h3>{_thresholds(result)}</div>"
+        "</div>"
+        "</section>"
+    )
+
+
+def _thresholds(result: CompareResult) -> str:
+    o = result.options
+    rows = [
+        ("cosine similarity", f"&gt; {_g(o.get('cosine_similarity'))}", "a token passes when all three hold…"),
+        ("KL divergence", f"&lt; {_g(o.get('kl_divergence'))}", "KL(softmax(golden) ‖ softmax(test))"),
+        ("|relative L1|", f"&lt; {_g(o.get('l1_norm'))}", "sum|test| / sum|golden| − 1"),
+        ("ULP dtype", escape(str(o.get("dtype", "?"))), "…or when the max logits differ by at most one ULP"),
+        ("tie tolerance", f"{_g(o.get('tie_tolerance'))} logits",
+         "an argmax change is a tie-flip when golden's margin is at most this"),
+        ("top-k", escape(str(o.get("topk", "?"))), "k of the top-k overlap"),
+    ]
+    body = "".join(
+        f"<tr><th>{escape(name)}</th><td class=\"num\">{value}</td><td class=\"muted\">{escape(note)}</td></tr>"
+        for name, value, note in rows
+    )
+    return f'<table class="grid thresholds"><tbody>{body}</tbody></table>'
+
+
+# ---- the table of all cases -------------------------------------------------------------------
+
+
+_COLUMNS = (
+    ("case", "text"), ("task", "text"), ("verdict", "verdict"), ("first diff token", "num"),
+    ("flip margin", "num"), ("worst cosine", "num"), ("worst KL", "num"), ("tokens judged", "num"),
+    ("reason", "text"),
+)
+
+
+def _case_table(result: CompareResult) -> str:
+    counts = result.verdict_counts()
+    buttons = ['<button type="button" class="filter all on" data-verdict="*">all '
+               f"<b>{len(result.cases)}</b></button>"]
+    for verdict in VERDICTS:
+        buttons.append(
+            f'<button type="button" class="filter on v-{_slug(verdict)}" data-verdict="{escape(verdict)}" '
+            f'aria-pressed="true">{escape(verdict)} <b>{counts.get(verdict, 0)}</b></button>'
+        )
+    head = "".join(
+        f'<th data-type="{kind}" tabindex="0" title="sort by {escape(name)}">{escape(name)}</th>'
+        for name, kind in _COLUMNS
+    )
+    rows = []
+    for number, case in enumerate(result.cases):
+        cells = [
+            _cell(f'<a href="#case-{number}">{escape(case.label)}</a>', case.label.lower()),
+            _cell(escape(case.task), case.task),
+            _cell(f'<span class="pill v-{_slug(case.verdict)}">{escape(case.verdict)}</span>',
+                  str(_verdict_rank(case.verdict))),
+            _num_cell(case.first_diff_token, str),
+            _num_cell(case.flip_margin, _fmt),
+            _num_cell(case.worst_cosine, _fmt_cos),
+            _num_cell(case.worst_kl, _fmt),
+            _cell(f"{case.tokens_judged}/{case.tokens_total}", str(case.tokens_judged), "num"),
+            _cell(escape(case.reason) or '<span class="muted">–</span>', case.reason, "reason"),
+        ]
+        rows.append(f'<tr data-verdict="{escape(case.verdict)}" data-index="{number}">{"".join(cells)}</tr>')
+    empty = "" if rows else f'<tr><td colspan="{len(_COLUMNS)}" class="muted">no cases</td></tr>'
+    return (
+        '<section id="all-cases">'
+        "<h2>All cases</h2>"
+        f'<div class="filters" role="group" aria-label="filter by verdict">{"".join(buttons)}'
+        '<span class="shown muted" id="shown"></span></div>'
+        '<div class="scroll"><table class="grid sortable" id="case-table">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{empty}</tbody></table></div>"
+        '<p class="muted small">Click a column to sort; click again to reverse. The buttons show or hide '
+        "a verdict.</p>"
+        "</section>"
+    )
+
+
+def _cell(content: str, sort_value: str, css: str = "") -> str:
+    cls = f' class="{css}"' if css else ""
+    return f'<td{cls} data-v="{escape(sort_value)}">{content}</td>'
+
+
+def _num_cell(value: float | int | None, fmt) -> str:
+    if value is None:
+        return '<td class="num" data-v=""><span class="muted">–</span></td>'
+    return f'<td class="num" data-v="{value!r}">{escape(fmt(value))}</td>'
+
+
+def _verdict_rank(verdict: str) -> int:
+    return VERDICTS.index(verdict) if verdict in VERDICTS else len(VERDICTS)
+
+
+# ---- one case ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Token:
+    token_id: int | None
+    text: str | None
+
+
+def _case_section(result: CompareResult, case: Case, number: int, k: int) -> str:
+    focus = case.focus_step()
+    facts = [
+        ("first argmax change", f"token {case.first_diff_token}" if case.first_diff_token is not None else "none"),
+        ("flip margin", _fmt(case.flip_margin) if case.flip_margin is not None else "–"),
+        ("worst cosine", _fmt_cos(case.worst_cosine) if case.worst_cosine is not None else "–"),
+        ("worst KL", _fmt(case.worst_kl) if case.worst_kl is not None else "–"),
+        ("tokens judged", f"{case.tokens_judged} of {case.tokens_total}"),
+    ]
+    fact_html = "".join(f"<div><dt>{escape(a)}</dt><dd>{escape(b)}</dd></div>" for a, b in facts)
+    parts = [
+        f'<section class="case v-{_slug(case.verdict)}" id="case-{number}" data-verdict="{escape(case.verdict)}">',
+        f'<h3><span class="pill v-{_slug(case.verdict)}">{escape(case.verdict)}</span> {escape(case.label)} '
+        f'<span class="task">{escape(case.task)}</span></h3>',
+        f'<p class="explain">{escape(VERDICT_SENTENCES.get(case.verdict, ""))}</p>',
+    ]
+    if case.reason:
+        parts.append(f'<p class="reason"><code>{escape(case.reason)}</code></p>')
+    parts.append(f'<dl class="facts">{fact_html}</dl>')
+    query = case.query
+    parts.append("<h4>Question</h4>")
+    if query is None:
+        parts.append('<p class="muted">No manifest beside the logits files: the question is unknown.</p>')
+    else:
+        parts.append(f'<pre class="query">{escape(query)}</pre>')
+    parts.append(_alignment(result, case))
+    parts.append(_plots(case, result, focus.token_index if focus else None))
+    parts.append(_topk_block(result, case, k))
+    parts.append(_steps_table(case))
+    parts.append('<p class="top-link"><a href="#all-cases">↑ all cases</a></p>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _sequence(case: Case, *, golden: bool) -> tuple[list[_Token], str]:
+    """The generated tokens of one side, and where they come from."""
+    manifest = case.golden_manifest if golden else case.my_manifest
+    if manifest and isinstance(manifest.get("output_token_ids"), list):
+        ids = manifest["output_token_ids"]
+        texts = manifest.get("output_tokens") if isinstance(manifest.get("output_tokens"), list) else []
+        tokens = [
+            _Token(t if isinstance(t, int) else None,
+                   texts[i] if i < len(texts) and isinstance(texts[i], str) else None)
+            for i, t in enumerate(ids)
+        ]
+        return tokens, "manifest"
+    tokens = []
+    for step in case.steps:
+        token_id = step.golden_top1 if golden else step.my_top1
+        text = step.golden_top1_text if golden else step.my_top1_text
+        tokens.append(_Token(token_id, text))
+    return tokens, "argmax"
+
+
+def _first_difference(golden: Sequence[_Token], mine: Sequence[_Token]) -> int | None:
+    """The first position where the two generated sequences differ (one ending counts), or None."""
+    for i in range(max(len(golden), len(mine))):
+        g = golden[i].token_id if i < len(golden) else None
+        m = mine[i].token_id if i < len(mine) else None
+        if g != m:
+            return i
+    return None
+
+
+def _text_divergence(case: Case) -> int | None:
+    return _first_difference(_sequence(case, golden=True)[0], _sequence(case, golden=False)[0])
+
+
+def _alignment(result: CompareResult, case: Case) -> str:
+    golden, g_source = _sequence(case, golden=True)
+    mine, m_source = _sequence(case, golden=False)
+    length = max(len(golden), len(mine))
+    first = _first_difference(golden, mine)
+    dumped = {s.token_index for s in case.steps if s.token_index is not None}
+    shown = min(length, MAX_TOKENS_SHOWN)
+    columns = []
+    for i in range(shown):
+        g = golden[i] if i < len(golden) else None
+        m = mine[i] if i < len(mine) else None
+        cls = ["col"]
+        if first is not None and i == first:
+            cls.append("first-diff")
+        elif first is not None and i > first:
+            cls.append("after")
+        if i in dumped:
+            cls.append("dumped")
+        title = "logits dumped for this step" if i in dumped else "no logits file for this step"
+        columns.append(
+            f'<div class="{" ".join(cls)}"><span class="i" title="{title}">{i}</span>'
+            f"{_token_html(g)}{_token_html(m)}</div>"
+        )
+    if first is None:
+        note = "The two generated texts are the same token for token."
+    else:
+        note = f"The texts first differ at token {first} (highlighted); later tokens follow different prefixes."
+    if case.first_diff_token is not None and first is not None and case.first_diff_token != first:
+        note += f" The logits' first argmax change is at token {case.first_diff_token}."
+    source = ("from the manifests" if g_source == m_source == "manifest"
+              else "as each step's argmax (no manifest: token ids; texts from vocab.json when present)")
+    more = f" Showing the first {shown} of {length} tokens." if shown < length else ""
+    if not columns:
+        return '<h4>Generated text</h4><p class="muted">No tokens recorded.</p>'
+    return (
+        "<h4>Generated text, token by token</h4>"
+        f'<p class="muted small">Tokens {escape(source)}. {escape(note)}{escape(more)} '
+        "Step numbers in bold have logits files.</p>"
+        '<div class="align">'
+        f'<div class="col head"><span class="i">step</span><span class="tok g">{escape(_golden_name(result))}</span>'
+        f'<span class="tok m">{escape(_test_name(result))}</span></div>'
+        f'{"".join(columns)}</div>'
+    )
+
+
+def _token_html(token: _Token | None) -> str:
+    if token is None:
+        return '<span class="tok none" title="no token">·</span>'
+    if token.text is None:
+        shown = f"#{token.token_id}" if token.token_id is not None else "?"
+        return f'<span class="tok id" title="token id {token.token_id}">{escape(shown)}</span>'
+    text = token.text
+    visible = (text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")) or "∅"
+    title = f"id {token.token_id}: {text!r}"
+    return f'<span class="tok" title="{escape(title)}">{escape(visible)}</span>'
+
+
+def _plots(case: Case, result: CompareResult, marker: int | None) -> str:
+    steps = [s for s in case.steps if s.token_index is not None]
+    if not steps:
+        return '<h4>Per-token metrics</h4><p class="muted">No token was compared.</p>'
+    xs = [s.token_index for s in steps]
+    xs_int = [x for x in xs if x is not None]
+    # From the step after the first differing token on, the two runs were fed different prefixes.
+    shade = case.first_diff_token if case.first_diff_token is not None else _text_divergence(case)
+    label = f"divergence: token {marker}" if marker is not None else ""
+    o = result.options
+    plots = [
+        ("cosine similarity", "higher is closer; dashed: threshold",
+         [s.cosine for s in steps], _float(o.get("cosine_similarity")), False, "cosine"),
+        ("KL divergence (log scale)", "lower is closer; dashed: threshold",
+         [s.kl for s in steps], _float(o.get("kl_divergence")), True, "kl"),
+        ("golden top-1 margin (logits)", "golden's top-1 minus top-2; dashed: tie tolerance",
+         [s.golden_margin for s in steps], _float(o.get("tie_tolerance")), False, "margin"),
+    ]
+    figures = []
+    for title, hint, values, threshold, log, name in plots:
+        svg = line_plot(
+            xs_int, values, label=f"{title} per token, {case.label}", marker=marker, marker_label=label,
+            shade_from=shade, threshold=threshold, log=log, css_class=f"plot plot-{name}",
+        )
+        figures.append(f'<figure><figcaption><b>{escape(title)}</b> <span class="muted">{escape(hint)}</span>'
+                       f"</figcaption>{svg}</figure>")
+    legend = ('<p class="muted small legend"><span class="key marker"></span> divergence step'
+              ' <span class="key shade"></span> not judged (different prefixes)'
+              ' <span class="key threshold"></span> threshold</p>')
+    return f'<h4>Per-token metrics</h4><div class="plots">{"".join(figures)}</div>{legend}'
+
+
+def _topk_block(result: CompareResult, case: Case, k: int) -> str:
+    focus = case.focus_step()
+    if focus is None:
+        return ""
+    topk = load_topk(result, case, k, focus)
+    why = ("the first argmax change" if case.first_diff_token is not None
+           else "the first failing token" if case.verdict in ("divergent", "incomplete")
+           else "the token with the lowest cosine")
+    head = f"<h4>Top-{k} candidates at token {focus.token_index} <span class=\"muted\">({escape(why)})</span></h4>"
+    if not topk.golden and not topk.mine:
+        return head + f'<p class="muted">Not available: {escape(topk.problem or "no logits")}.</p>'
+    picks = (focus.golden_top1, focus.my_top1)
+    tables = [
+        _topk_table(_side_title("golden", _golden_name(result)), "g", topk.golden, picks),
+        _topk_table(_side_title("test", _test_name(result)), "m", topk.mine, picks),
+    ]
+    note = f'<p class="muted small">{escape(topk.problem)}</p>' if topk.problem else ""
+    return (head + '<p class="muted small">Logits and softmax probabilities read from the logits files. '
+            '<span class="pickg">G</span> golden\'s choice, <span class="pickm">T</span> the test\'s choice.</p>'
+            f'<div class="topk">{"".join(tables)}</div>{note}')
+
+
+def _side_title(side: str, name: str) -> str:
+    return side if name == side else f"{side} · {name}"
+
+
+def _topk_table(title: str, side: str, rows: Sequence[Any], picks: tuple[int | None, int | None]) -> str:
+    if not rows:
+        return f'<div><h5 class="{side}">{escape(title)}</h5><p class="muted">not available</p></div>'
+    body = []
+    for rank, cand in enumerate(rows, 1):
+        marks = ""
+        if cand.token == picks[0]:
+            marks += '<span class="pickg" title="golden\'s choice">G</span>'
+        if cand.token == picks[1]:
+            marks += '<span class="pickm" title="the test\'s choice">T</span>'
+        cls = ' class="chosen"' if cand.token in picks else ""
+        token = _token_html(_Token(cand.token, cand.text))
+        if cand.text is not None:
+            token += f' <span class="muted small">#{cand.token}</span>'
+        width = max(0.0, min(100.0, cand.probability * 100))
+        body.append(
+            f"<tr{cls}><td class=\"num muted\">{rank}</td><td>{token}"
+            f"{marks}</td><td class=\"num\">{escape(f'{cand.logit:.5f}')}</td>"
+            f'<td class="num prob"><span class="bar" style="width:{width:.1f}%"></span>'
+            f"<span class=\"pv\">{escape(_pct(cand.probability))}</span></td></tr>"
+        )
+    return (f'<div><h5 class="{side}">{escape(title)}</h5><table class="grid cand"><thead><tr><th>#</th>'
+            '<th>token</th><th class="num">logit</th><th class="num">probability</th></tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _steps_table(case: Case) -> str:
+    rows = []
+    for s in case.steps:
+        status = ("pass" if s.passed else "fail") if s.passed is not None else "NA"
+        cls = f' class="{status.lower()}"'
+        rows.append(
+            f"<tr{cls}><td class=\"num\">{s.token_index if s.token_index is not None else '–'}</td>"
+            f"<td>{_token_html(_Token(s.golden_top1, s.golden_top1_text))}</td>"
+            f"<td>{_token_html(_Token(s.my_top1, s.my_top1_text))}</td>"
+            f"<td class=\"num\">{escape(_fmt_cos(s.cosine))}</td><td class=\"num\">{escape(_fmt(s.kl))}</td>"
+            f"<td class=\"num\">{escape(_fmt(s.l1))}</td><td class=\"num\">{escape(_fmt(s.max_abs_diff))}</td>"
+            f"<td class=\"num\">{escape(_fmt(s.golden_margin))}</td><td>{escape(status)}</td>"
+            f"<td class=\"small\">{escape(s.reason)}</td></tr>"
+        )
+    return (
+        '<details class="steps"><summary>Per-token numbers</summary><div class="scroll">'
+        '<table class="grid"><thead><tr><th class="num">token</th><th>golden top-1</th><th>test top-1</th>'
+        '<th class="num">cosine</th><th class="num">KL</th><th class="num">L1</th><th class="num">max |diff|</th>'
+        '<th class="num">golden margin</th><th>rule</th><th>reason</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></details>"
+    )
+
+
+# ---- formatting -------------------------------------------------------------------------------
+
+
+def _slug(verdict: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in verdict.lower())
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}"
+
+
+def _fmt_cos(value: float | None) -> str:
+    return "–" if value is None else f"{value:.6f}"
+
+
+def _g(value: Any) -> str:
+    number = _float(value)
+    return escape(f"{number:g}") if number is not None else "?"
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value: Any) -> str:
+    return escape(str(value)) if isinstance(value, int) else "?"
+
+
+def _pct(p: float) -> str:
+    if p >= 0.001:
+        return f"{p * 100:.2f}%"
+    return f"{p:.2e}"
+
+
+# ---- inline CSS and JS ------------------------------------------------------------------------
+
+_CSS = """
+:root{--fg:#1d2330;--muted:#667085;--line:#e3e6ec;--bg:#fff;--soft:#f6f7f9;--g:#1f5fbf;--m:#b5531b;
+--v-identical:#2e7d32;--v-consistent:#4f8a10;--v-tie-flip:#b7791f;--v-divergent:#c62828;--v-incomplete:#6b5b95}
+*{box-sizing:border-box}
+body{margin:0 auto;max-width:1180px;padding:0 28px 40px;font:14px/1.45 system-ui,-apple-system,"Segoe UI",
+Roboto,"Noto Sans","DejaVu Sans",sans-serif;color:var(--fg);background:var(--bg)}
+h1{font-size:26px;margin:26px 0 4px}h2{font-size:20px;margin:34px 0 12px;padding-bottom:6px;
+border-bottom:2px solid var(--line)}h3{font-size:17px;margin:0 0 6px}h4{font-size:14px;margin:18px 0 6px;
+text-transform:uppercase;letter-spacing:.04em;color:#3b4556}h5{font-size:13px;margin:0 0 6px}
+code,pre,.tok{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,"DejaVu Sans Mono",monospace}
+code{font-size:12.5px;background:var(--soft);padding:1px 4px;border-radius:4px;word-break:break-all}
+a{color:#1f5fbf;text-decoration:none}a:hover{text-decoration:underline}
+.muted{color:var(--muted)}.small{font-size:12px}.sub{margin:0 0 10px;color:var(--muted)}
+.top nav{display:flex;gap:18px;margin:12px 0 0}.top nav a{font-weight:600}
+dl.paths{display:grid;grid-template-columns:max-content 1fr;gap:4px 10px;margin:8px 0}
+dl.paths dt,dl.paths dd{margin:0}
+.dev{display:inline-block;font-size:11px;font-weight:700;text-transform:uppercase;color:#fff;border-radius:4px;
+padding:1px 6px}.dev.g{background:var(--g)}.dev.m{background:var(--m)}
+.cards{display:grid;grid-template-columns:repeat(5,1fr);gap:12px}
+.card{border:1px solid var(--line);border-top:4px solid var(--vc,#999);border-radius:8px;padding:10px 12px;
+background:#fff}.card .count{font-size:28px;font-weight:700;color:var(--vc)}.card .name{font-weight:700}
+.card p{margin:6px 0 0;font-size:12px;color:#475467}.card.zero{opacity:.55}.card.zero .count{color:var(--muted)}
+.v-identical{--vc:var(--v-identical)}.v-consistent{--vc:var(--v-consistent)}.v-tie-flip{--vc:var(--v-tie-flip)}
+.v-divergent{--vc:var(--v-divergent)}.v-incomplete{--vc:var(--v-incomplete)}
+.pill{display:inline-block;padding:1px 8px;border-radius:999px;font-size:12px;font-weight:700;color:#fff;
+background:var(--vc,#888);white-space:nowrap;vertical-align:1px}
+.two{display:grid;grid-template-columns:3fr 2fr;gap:26px;margin-top:8px}
+table.grid{border-collapse:collapse;width:100%;font-size:13px}
+table.grid th,table.grid td{border-bottom:1px solid var(--line);padding:5px 8px;text-align:left;vertical-align:top}
+table.grid thead th{background:var(--soft);font-weight:600;white-space:nowrap}
+.num{text-align:right!important;font-variant-numeric:tabular-nums}td.zero{color:#b0b7c3}
+.scroll{overflow-x:auto}
+.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin-bottom:10px}
+.filter{font:inherit;font-size:13px;border:1px solid var(--line);background:#fff;border-radius:999px;
+padding:3px 12px;cursor:pointer;color:var(--muted)}
+.filter.on{border-color:var(--vc,#667085);color:var(--fg);box-shadow:inset 0 -2px 0 var(--vc,#667085)}
+.filter b{margin-left:4px}.shown{margin-left:auto;font-size:12px}
+table.sortable thead th{cursor:pointer;user-select:none}
+table.sortable thead th::after{content:" ↕";color:#c0c6d0;font-size:11px}
+table.sortable thead th[aria-sort=ascending]::after{content:" ▲";color:var(--fg)}
+table.sortable thead th[aria-sort=descending]::after{content:" ▼";color:var(--fg)}
+td.reason{color:#475467;font-size:12px;min-width:240px}
+table.sortable thead th{white-space:normal;vertical-align:bottom}
+table.thresholds th,table.thresholds td.num{white-space:nowrap}
+.case{border:1px solid var(--line);border-left:5px solid var(--vc,#999);border-radius:8px;padding:14px 18px;
+margin:0 0 22px;background:#fff}
+.case .task{font-size:12px;font-weight:400;color:var(--muted);margin-left:6px}
+.explain{margin:2px 0 6px;color:#475467}.reason code{background:#fff4f2}
+.case.v-tie-flip .reason code{background:#fff8e6}
+.facts{display:flex;flex-wrap:wrap;gap:8px 26px;margin:6px 0 0}.facts dt{font-size:11px;color:var(--muted);
+text-transform:uppercase;letter-spacing:.04em}.facts dd{margin:0;font-weight:600;font-variant-numeric:tabular-nums}
+pre.query{background:var(--soft);border:1px solid var(--line);border-radius:6px;padding:8px 10px;margin:0;
+white-space:pre-wrap;word-break:break-word;max-height:180px;overflow:auto;font-size:12.5px}
+.align{display:flex;flex-wrap:wrap;gap:6px 2px;align-items:stretch}
+.align .col{display:flex;flex-direction:column;align-items:stretch;text-align:center;min-width:26px;
+border-radius:5px;padding:2px}
+.align .col.head{text-align:right;margin-right:6px}
+.align .col.head .tok{border:none;background:none;font-family:inherit;font-size:11px;font-weight:700;
+text-transform:uppercase;padding:3px 2px}.align .col.head .tok.g{color:var(--g)}.align .col.head .tok.m{color:var(--m)}
+.align .i{font-size:10px;color:#98a2b3;line-height:14px}.align .dumped .i{color:var(--fg);font-weight:700}
+.align .tok{display:block;border:1px solid var(--line);border-radius:4px;margin:1px 0;padding:2px 5px;
+font-size:13px;background:#fff;white-space:pre;min-height:24px}
+.align .col.after .tok{color:#98a2b3;border-style:dashed}
+.align .col.first-diff{background:#fde2e1;outline:2px solid var(--v-divergent)}
+.align .col.first-diff .tok{border-color:var(--v-divergent);font-weight:700}
+.case.v-tie-flip .align .col.first-diff{background:#fdf1d6;outline-color:var(--v-tie-flip)}
+.case.v-tie-flip .align .col.first-diff .tok{border-color:var(--v-tie-flip)}
+.tok.id{color:#475467}.tok.none{color:#c0c6d0;border-style:dotted!important}
+.plots{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:12px}
+.plots figure{margin:0;border:1px solid var(--line);border-radius:6px;
+padding:6px 8px 2px;background:#fff}.plots figcaption{font-size:12px;margin-bottom:2px}
+svg.plot{display:block;width:100%;height:auto}svg.plot .frame{fill:#fcfcfd;stroke:#d0d5dd}svg.plot .grid{stroke:#eef0f3}
+svg.plot .tick{font-size:10px;fill:#667085;font-family:system-ui,sans-serif}
+svg.plot .axis{font-size:10px;fill:#98a2b3;font-family:system-ui,sans-serif}
+svg.plot .series{fill:none;stroke:#1f5fbf;stroke-width:1.8;stroke-linejoin:round}
+svg.plot .dot{fill:#1f5fbf}svg.plot .dot.mark{fill:var(--v-divergent)}
+svg.plot .threshold{stroke:#667085;stroke-dasharray:5 4;stroke-width:1.2}
+svg.plot .marker{stroke:var(--v-divergent);stroke-width:1.6;stroke-dasharray:3 2}
+svg.plot .unjudged{fill:#eef0f3;opacity:.7}svg.plot .empty{font-size:12px;fill:#98a2b3}
+.legend .key{display:inline-block;width:18px;height:0;vertical-align:middle;margin:0 4px 0 12px}
+.legend .key.marker{border-top:2px dashed var(--v-divergent)}.legend .key.threshold{border-top:2px dashed #667085}
+.legend .key.shade{height:10px;background:#e3e6ec}
+.topk{display:grid;grid-template-columns:1fr 1fr;gap:20px}
+.topk h5.g{color:var(--g)}.topk h5.m{color:var(--m)}
+table.cand .tok{display:inline-block;border:1px solid var(--line);border-radius:4px;padding:0 5px;
+white-space:pre;background:#fff}
+table.cand tr.chosen td{background:#f4f7fd}
+.pickg,.pickm{display:inline-block;font-size:10px;font-weight:700;color:#fff;border-radius:3px;padding:0 4px;
+margin-left:5px;vertical-align:1px}.pickg{background:var(--g)}.pickm{background:var(--m)}
+td.prob{position:relative;min-width:110px}td.prob .bar{position:absolute;left:0;top:3px;bottom:3px;
+background:#dbe7fb;border-radius:2px}td.prob .pv{position:relative}
+details.steps{margin-top:14px}details.steps summary{cursor:pointer;color:#475467;font-weight:600}
+tr.fail td:nth-child(9){color:var(--v-divergent);font-weight:600}tr.pass td:nth-child(9){color:var(--v-identical)}
+.top-link{text-align:right;margin:6px 0 0;font-size:12px}
+footer{margin-top:30px;color:var(--muted);font-size:12px;border-top:1px solid var(--line);padding-top:10px}
+@media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}.two,.topk,.plots{grid-template-columns:1fr}}
+"""
+
+_ERROR_JS = """
+(function(){var root=document.documentElement;
+function note(text){var prev=root.getAttribute('data-errors');
+  root.setAttribute('data-errors',prev?prev+' | '+text:text);}
+window.addEventListener('error',function(e){note('error: '+e.message+' (line '+e.lineno+')');});
+window.addEventListener('unhandledrejection',function(e){note('rejection: '+e.reason);});})();
+"""
+
+_MAIN_JS = """
+(function(){
+'use strict';
+var table=document.getElementById('case-table');
+var body=table.tBodies[0];
+var heads=Array.prototype.slice.call(table.tHead.rows[0].cells);
+var rows=Array.prototype.slice.call(body.querySelectorAll('tr[data-verdict]'));
+function key(row,col,type){var v=row.cells[col].getAttribute('data-v');
+  if(v===null||v===''){return null;} return type==='text'?v:parseFloat(v);}
+function sortBy(col,dir){var type=heads[col].getAttribute('data-type');
+  rows.sort(function(a,b){var x=key(a,col,type),y=key(b,col,type);
+    if(x===null||y===null){if(x===y){return a.dataset.index-b.dataset.index;}return x===null?1:-1;}
+    var c=type==='text'?x.localeCompare(y):x-y;
+    return c!==0?c*dir:a.dataset.index-b.dataset.index;});
+  rows.forEach(function(r){body.appendChild(r);});
+  heads.forEach(function(h){h.removeAttribute('aria-sort');});
+  heads[col].setAttribute('aria-sort',dir>0?'ascending':'descending');}
+heads.forEach(function(h,col){
+  function go(){sortBy(col,h.getAttribute('aria-sort')==='ascending'?-1:1);}
+  h.addEventListener('click',go);
+  h.addEventListener('keydown',function(e){if(e.key==='Enter'||e.key===' '){e.preventDefault();go();}});});
+var buttons=Array.prototype.slice.call(document.querySelectorAll('button.filter'));
+var shown=document.getElementById('shown');
+function apply(){var on={};buttons.forEach(function(b){if(b.dataset.verdict!=='*'){
+    on[b.dataset.verdict]=b.classList.contains('on');b.setAttribute('aria-pressed',String(on[b.dataset.verdict]));}});
+  var n=0;rows.forEach(function(r){var vis=on[r.dataset.verdict]!==false;r.hidden=!vis;if(vis){n++;}});
+  var all=buttons.filter(function(b){return b.dataset.verdict!=='*';})
+    .every(function(b){return b.classList.contains('on');});
+  buttons[0].classList.toggle('on',all);
+  shown.textContent='showing '+n+' of '+rows.length;return n;}
+function toggle(b){if(b.dataset.verdict==='*'){var turnOn=!b.classList.contains('on');
+    buttons.forEach(function(x){x.classList.toggle('on',turnOn);});}
+  else{b.classList.toggle('on');}return apply();}
+buttons.forEach(function(b){b.addEventListener('click',function(){toggle(b);});});
+apply();
+var plots=document.querySelectorAll('svg.plot');var drawn=0;
+Array.prototype.forEach.call(plots,function(p){var r=p.getBoundingClientRect();
+  var marks=p.querySelectorAll('.series,.dot').length;if(r.width>0&&r.height>0&&marks>0){drawn++;}});
+document.body.dataset.plots=String(plots.length);
+document.body.dataset.plotsDrawn=String(drawn);
+document.body.dataset.sections=String(document.querySelectorAll('section.case').length);
+if(location.hash==='#selftest'){var res=[];
+  var kl=heads.map(function(h){return h.textContent;}).indexOf('worst KL');
+  sortBy(kl,-1);var vals=rows.map(function(r){return key(r,kl,'num');}).filter(function(v){return v!==null;});
+  res.push('sort:'+(vals.every(function(v,i){return i===0||vals[i-1]>=v;})?'ok':'bad'));
+  sortBy(kl,1);var order=rows.map(function(r){return r.cells[kl].getAttribute('data-v');});
+  res.push('order:'+order.join('|'));
+  var all=buttons[0];toggle(all);var div=buttons.filter(function(b){return b.dataset.verdict==='divergent';})[0];
+  var n=toggle(div);var ok=rows.every(function(r){return r.hidden===(r.dataset.verdict!=='divergent');});
+  res.push('filter:'+(ok?'ok':'bad')+':'+n);toggle(all);
+  document.body.dataset.selftest=res.join(' ');}
+document.body.dataset.ready='1';
+})();
+"""

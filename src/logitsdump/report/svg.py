@@ -1,0 +1,199 @@
+"""Small inline-SVG line plots (no library): one series over token steps, a marked step, a threshold.
+
+`line_plot` returns an `<svg>` element as text; every piece of text in it is
+escaped. Missing values (None, NaN, inf) break the line. A log scale clamps
+values <= 0 to a floor below the smallest positive value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+
+WIDTH = 360
+HEIGHT = 170
+_LEFT, _RIGHT, _TOP, _BOTTOM = 58, 12, 12, 26
+
+
+def line_plot(
+    xs: Sequence[int],
+    ys: Sequence[float | None],
+    *,
+    label: str,
+    marker: int | None = None,
+    marker_label: str = "",
+    shade_from: int | None = None,
+    threshold: float | None = None,
+    threshold_label: str = "threshold",
+    log: bool = False,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    css_class: str = "plot",
+) -> str:
+    """An SVG line plot of `ys` over the token steps `xs`.
+
+    `marker`: the step drawn as a vertical line (the divergence); `shade_from`:
+    steps from there on are shaded (not judged); `threshold`: a dashed
+    horizontal line; `log`: base-10 log scale of y.
+    """
+    points = [(x, _finite(y)) for x, y in zip(xs, ys, strict=True)]
+    values = [y for _, y in points if y is not None]
+    floor = None
+    if log:
+        positive = [v for v in values if v > 0] + ([threshold] if threshold and threshold > 0 else [])
+        floor = min(positive) / 10 if positive else 1e-12
+        points = [(x, None if y is None else math.log10(max(y, floor))) for x, y in points]
+        values = [y for _, y in points if y is not None]
+    lines = [
+        f'<svg class="{escape(css_class)}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">',
+        f"<title>{escape(label)}</title>",
+    ]
+    x_lo, x_hi = (min(xs), max(xs)) if xs else (0, 1)
+    x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
+    t_value = None
+    if threshold is not None and math.isfinite(threshold):
+        t_value = math.log10(max(threshold, floor or threshold)) if log and threshold > 0 else threshold
+        if log and threshold <= 0:
+            t_value = None
+    span = values + ([t_value] if t_value is not None else [])
+    if span:
+        y_lo, y_hi = min(span), max(span)
+    else:
+        y_lo, y_hi = 0.0, 1.0
+    if y_hi - y_lo < 1e-12 * max(1.0, abs(y_hi)):
+        pad = 0.5 if log else max(abs(y_hi) * 0.01, 1e-6)
+        y_lo, y_hi = y_lo - pad, y_hi + pad
+    pad = (y_hi - y_lo) * 0.08
+    y_lo, y_hi = y_lo - pad, y_hi + pad
+    plot_w, plot_h = width - _LEFT - _RIGHT, height - _TOP - _BOTTOM
+
+    def px(x: float) -> float:
+        return _LEFT + (x - x_lo) / (x_hi - x_lo) * plot_w
+
+    def py(y: float) -> float:
+        return _TOP + (y_hi - y) / (y_hi - y_lo) * plot_h
+
+    lines.append(f'<rect class="frame" x="{_LEFT}" y="{_TOP}" width="{plot_w}" height="{plot_h}"/>')
+    if shade_from is not None and xs and shade_from <= max(xs):
+        left = px(shade_from + 0.5)
+        right = _LEFT + plot_w
+        if right > left:
+            lines.append(f'<rect class="unjudged" x="{left:.1f}" y="{_TOP}" width="{right - left:.1f}" '
+                         f'height="{plot_h}"><title>not judged: the runs had different prefixes</title></rect>')
+    y_ticks = _y_ticks(y_lo, y_hi, log)
+    tick_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else max(y_hi - y_lo, 1e-12)
+    for tick in y_ticks:
+        y = py(tick)
+        text = _log_label(tick) if log else _label(tick, tick_step)
+        lines.append(f'<line class="grid" x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        lines.append(f'<text class="tick" x="{_LEFT - 4}" y="{y + 3.5:.1f}" text-anchor="end">{escape(text)}</text>')
+    for tick in _x_ticks(xs):
+        x = px(tick)
+        lines.append(f'<text class="tick" x="{x:.1f}" y="{height - _BOTTOM + 14}" '
+                     f'text-anchor="middle">{tick}</text>')
+    lines.append(f'<text class="axis" x="{_LEFT + plot_w}" y="{height - 2}" text-anchor="end">token</text>')
+    if t_value is not None:
+        y = py(t_value)
+        lines.append(f'<line class="threshold" x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}">'
+                     f"<title>{escape(threshold_label)} {threshold:g}</title></line>")
+    if marker is not None and xs and min(xs) <= marker <= max(xs):
+        x = px(marker)
+        lines.append(f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}">'
+                     f"<title>{escape(marker_label or f'token {marker}')}</title></line>")
+    for segment in _segments(points):
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in segment)
+        lines.append(f'<polyline class="series" points="{coords}"/>')
+    for (x, y), raw in zip(points, ys, strict=True):
+        if y is None:
+            continue
+        shown = _finite(raw)
+        cls = "dot mark" if x == marker else "dot"
+        tip = f"token {x}: {shown:.6g}" if shown is not None else f"token {x}"
+        lines.append(f'<circle class="{cls}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="{3.5 if x == marker else 2.5}">'
+                     f"<title>{escape(tip)}</title></circle>")
+    if not values:
+        lines.append(f'<text class="empty" x="{_LEFT + plot_w / 2:.1f}" y="{_TOP + plot_h / 2:.1f}" '
+                     'text-anchor="middle">no values</text>')
+    lines.append("</svg>")
+    return "".join(lines)
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _segments(points: list[tuple[int, float | None]]) -> list[list[tuple[int, float]]]:
+    out: list[list[tuple[int, float]]] = []
+    current: list[tuple[int, float]] = []
+    for x, y in points:
+        if y is None:
+            if current:
+                out.append(current)
+            current = []
+        else:
+            current.append((x, y))
+    if current:
+        out.append(current)
+    return out
+
+
+def _x_ticks(xs: Sequence[int]) -> list[int]:
+    if not xs:
+        return []
+    lo, hi = min(xs), max(xs)
+    count = hi - lo + 1
+    step = 1 if count <= 16 else math.ceil(count / 8)
+    return list(range(lo, hi + 1, step))
+
+
+def _y_ticks(lo: float, hi: float, log: bool) -> list[float]:
+    if log:
+        first, last = math.ceil(lo), math.floor(hi)
+        decades = list(range(first, last + 1))
+        if len(decades) > 5:
+            stride = math.ceil(len(decades) / 5)
+            decades = decades[::stride]
+        if decades:
+            return [float(d) for d in decades]
+    step = _nice_step((hi - lo) / 4)
+    first = math.ceil(lo / step)
+    ticks = []
+    n = first
+    while n * step <= hi + step * 1e-9 and len(ticks) < 12:
+        ticks.append(n * step)
+        n += 1
+    return ticks
+
+
+def _nice_step(raw: float) -> float:
+    """1, 2 or 5 times a power of ten, at least `raw`."""
+    if raw <= 0 or not math.isfinite(raw):
+        return 1.0
+    power = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 5, 10):
+        if factor * power >= raw:
+            return factor * power
+    return 10 * power
+
+
+def _label(value: float, step: float) -> str:
+    """A tick label with the decimals that the tick step needs."""
+    decimals = max(0, -math.floor(math.log10(step))) if step > 0 else 6
+    if abs(value) < step * 1e-6:
+        value = 0.0
+    if decimals > 6:
+        return f"{value:.2e}"
+    return f"{value:.{decimals}f}"
+
+
+def _log_label(exponent: float) -> str:
+    value = 10 ** exponent
+    return f"{value:g}" if 1e-3 <= value <= 1e3 else f"1e{round(exponent)}"

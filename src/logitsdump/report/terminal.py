@@ -1,0 +1,166 @@
+"""The terminal summary of a compare run: cases per verdict, per task, and the worst cases.
+
+`format_summary` returns plain text (ANSI colours only when asked);
+`print_summary` decides: colours when the stream is a terminal and NO_COLOR
+is unset or empty (https://no-color.org).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from logitsdump.compare.verdict import CONSISTENT, DIVERGENT, IDENTICAL, INCOMPLETE, TIE_FLIP, VERDICTS
+from logitsdump.report.explain import VERDICT_HINTS
+from logitsdump.report.load import Case, CompareResult, load_compare, parse_document
+
+#: How many of the worst cases are listed.
+WORST_CASES = 5
+
+_RESET = "\033[0m"
+_COLORS = {
+    IDENTICAL: "\033[32m",
+    CONSISTENT: "\033[32m",
+    TIE_FLIP: "\033[33m",
+    DIVERGENT: "\033[1;31m",
+    INCOMPLETE: "\033[35m",
+    "bold": "\033[1m",
+    "dim": "\033[2m",
+}
+#: Worst first: the order of the "worst cases" list.
+_SEVERITY = {DIVERGENT: 0, INCOMPLETE: 1, TIE_FLIP: 2, CONSISTENT: 3, IDENTICAL: 4}
+
+
+def use_color(stream: TextIO | None = None) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to a non-empty value."""
+    stream = stream if stream is not None else sys.stdout
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):
+        return False
+
+
+def print_summary(source: Any, stream: TextIO | None = None, *, color: bool | None = None,
+                  worst: int = WORST_CASES) -> None:
+    """Print `format_summary(source)` to `stream` (stdout), coloured where the terminal allows."""
+    stream = stream if stream is not None else sys.stdout
+    text = format_summary(source, color=use_color(stream) if color is None else color, worst=worst)
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES) -> str:
+    """A readable summary table of a compare run.
+
+    `source`: a `CompareSummary`, a loaded `CompareResult`, compare's case JSON
+    as a dict, or a path (the compare output folder or one of its files).
+    """
+    result = _result(source)
+    paint = _painter(color)
+    counts = result.verdict_counts()
+    lines: list[str] = []
+    summary = result.summary
+    if isinstance(summary.get("rows"), int):
+        lines.append(f"rows: {summary['rows']} (passed {summary.get('passed', '?')}, "
+                     f"failed {summary.get('failed', '?')}, NA {summary.get('na', '?')})")
+    verdicts = ", ".join(
+        f"{paint(v, v) if counts.get(v) else v} {counts.get(v, 0)}" for v in counts
+    )
+    lines.append(paint("bold", f"cases: {len(result.cases)}") + f" ({verdicts})")
+    hints = [f"{paint(v, v)}: {VERDICT_HINTS[v]}" for v in counts if counts.get(v) and v in VERDICT_HINTS]
+    if hints:
+        lines.append("  " + " · ".join(hints))
+    # -- tasks
+    tasks = result.task_counts()
+    if tasks:
+        lines.append("")
+        task_w = max(4, *(len(t) for t in tasks))
+        header = f"  {'task':<{task_w}}  {'cases':>5}" + "".join(f"  {v:>{max(len(v), 3)}}" for v in VERDICTS)
+        lines.append(paint("dim", header))
+        for task, row in tasks.items():
+            cells = []
+            for verdict in VERDICTS:
+                n = row.get(verdict, 0)
+                cell = f"{n:>{max(len(verdict), 3)}}"
+                cells.append("  " + (paint(verdict, cell) if n else paint("dim", cell)))
+            lines.append(f"  {task:<{task_w}}  {sum(row.values()):>5}" + "".join(cells))
+    # -- worst cases
+    ranked = sorted(result.cases, key=_severity)
+    shown = [c for c in ranked if not c.passed or c.verdict == TIE_FLIP][:worst]
+    if shown:
+        lines.append("")
+        lines.append(paint("bold", "worst cases"))
+        table = [("case", "task", "verdict", "at token", "margin", "worst cos", "worst KL")]
+        for case in shown:
+            table.append((
+                _clip(case.label, 36), _clip(case.task, 20), case.verdict,
+                _focus(case), _num(case.flip_margin), _cos(case.worst_cosine), _num(case.worst_kl),
+            ))
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        right = {3, 4, 5, 6}
+        for index, row in enumerate(table):
+            cells = []
+            for i, cell in enumerate(row):
+                text = cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+                if index and i == 2:
+                    text = paint(row[2], text)
+                cells.append(text)
+            line = "  " + "  ".join(cells).rstrip()
+            lines.append(paint("dim", line) if index == 0 else line)
+        hidden = sum(1 for c in ranked if not c.passed or c.verdict == TIE_FLIP) - len(shown)
+        if hidden > 0:
+            lines.append(paint("dim", f"  ... and {hidden} more (see the report)"))
+    lines.append("")
+    lines.append(paint("dim", _thresholds(result)))
+    return "\n".join(lines)
+
+
+def _result(source: Any) -> CompareResult:
+    if isinstance(source, CompareResult):
+        return source
+    if isinstance(source, dict):
+        return parse_document(source, Path("<compare result>"))
+    return load_compare(source)
+
+
+def _painter(color: bool):
+    def paint(style: str, text: str) -> str:
+        code = _COLORS.get(style)
+        return f"{code}{text}{_RESET}" if color and code and text else text
+
+    return paint
+
+
+def _severity(case: Case) -> tuple:
+    return (_SEVERITY.get(case.verdict, 5), -(case.worst_kl or 0.0), case.worst_cosine or 1.0)
+
+
+def _focus(case: Case) -> str:
+    step = case.focus_step() if case.verdict in (TIE_FLIP, DIVERGENT, INCOMPLETE) else None
+    return str(step.token_index) if step is not None and step.token_index is not None else "-"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}"
+
+
+def _cos(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _thresholds(result: CompareResult) -> str:
+    o = result.options
+    return (f"thresholds: cosine > {o.get('cosine_similarity', '?')}, KL < {o.get('kl_divergence', '?')}, "
+            f"|L1| < {o.get('l1_norm', '?')} (or max logit within 1 ULP of {o.get('dtype', '?')}); "
+            f"tie tolerance {o.get('tie_tolerance', '?')} logits")

@@ -1,0 +1,121 @@
+"""The report in a real browser: headless Debian chromium renders it, runs its script, takes a screenshot.
+
+Skipped only when chromium is not installed (CI installs Debian's `chromium`).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from logitsdump.report import write_report
+from test_report import make_compare_run
+
+CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)
+WIDTH, HEIGHT = 1280, 2000
+
+
+def _chromium() -> str | None:
+    for path in CHROMIUM_PATHS:
+        if Path(path).is_file():
+            return path
+    return shutil.which("chromium")
+
+
+CHROMIUM = _chromium()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium): no real-browser check"
+)
+
+
+def run_chromium(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"profile-{name}"
+    command = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, int, int]:
+    """The report of a real fp32-vs-bf16 compare run: (path, cases, divergent cases)."""
+    summary = make_compare_run(tmp_path_factory.mktemp("browser"))
+    return write_report(summary), len(summary.cases), summary.verdicts["divergent"]
+
+
+def test_page_renders_sections_and_plots_without_script_errors(report, tmp_path) -> None:
+    path, cases, divergent = report
+    result = run_chromium(tmp_path, "dom", "--enable-logging=stderr", "--v=0", "--dump-dom",
+                          path.as_uri() + "#selftest")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    html_tag = re.search(r"<html[^>]*>", dom).group(0)
+    body_tag = re.search(r"<body[^>]*>", dom).group(0)
+    assert "data-errors" not in html_tag, html_tag
+    assert 'data-ready="1"' in body_tag, body_tag
+    assert f'data-sections="{cases}"' in body_tag
+    assert f'data-plots="{3 * cases}"' in body_tag and f'data-plots-drawn="{3 * cases}"' in body_tag, body_tag
+    # the page's self-test clicked a column (sorted both ways) and the divergent filter
+    selftest = re.search(r'data-selftest="([^"]*)"', body_tag).group(1)
+    assert "sort:ok" in selftest and f"filter:ok:{divergent}" in selftest, selftest
+    # the console saw no error and no blocked resource
+    console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line or "Content Security Policy" in line], console
+    for section in ("overview", "all-cases", "cases"):
+        assert f'id="{section}"' in dom
+
+
+def test_screenshot_is_a_non_blank_png(report, tmp_path) -> None:
+    path, _, _ = report
+    shot = tmp_path / "report.png"
+    result = run_chromium(tmp_path, "shot", f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}",
+                          path.as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    width, height, rows = png_rows(shot.read_bytes())
+    assert (width, height) == (WIDTH, HEIGHT)
+    # a blank page compresses to a handful of identical rows and byte values
+    assert len(set(rows)) > 200
+    assert len(set(b"".join(rows))) > 64
+
+
+def png_rows(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and the (still filtered) scanlines of an 8-bit PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, [], None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, chunk = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        pos += 12 + length
+    assert header is not None and idat
+    width, height, depth, color = header[:4]
+    assert depth == 8 and color in (2, 6)
+    stride = 1 + width * (3 if color == 2 else 4)
+    raw = zlib.decompress(b"".join(idat))
+    assert len(raw) == stride * height
+    return width, height, [raw[i:i + stride] for i in range(0, len(raw), stride)]
+
+
+def test_a_report_without_cases_runs_its_script_cleanly(tmp_path) -> None:
+    from logitsdump.compare import CompareOptions, run_compare
+
+    (tmp_path / "g").mkdir()
+    (tmp_path / "m").mkdir()
+    page = write_report(run_compare(CompareOptions(tmp_path / "g", tmp_path / "m", tmp_path / "cmp")))
+    result = run_chromium(tmp_path, "empty", "--dump-dom", page.as_uri() + "#selftest")
+    assert result.returncode == 0, result.stderr[-2000:]
+    html_tag = re.search(r"<html[^>]*>", result.stdout).group(0)
+    body_tag = re.search(r"<body[^>]*>", result.stdout).group(0)
+    assert "data-errors" not in html_tag, html_tag
+    assert 'data-ready="1"' in body_tag and 'data-sections="0"' in body_tag, body_tag
