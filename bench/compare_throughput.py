@@ -2,15 +2,18 @@
 
 Makes 200 and 2000 pairs of [1, 128256] fp32 `.pth` files in a temporary
 folder, reads them once to warm the page cache, then times `cat` over all of
-them and `run_compare` over the two folders. Target: at 2000 pairs compare
-reads at no less than half the rate of `cat`.
+them and `run_compare` over the two folders, `--repeat` times in turn (other
+processes on the machine disturb single timings; each round is printed, then
+the range). Target: at 2000 pairs compare reads at no less than half the rate
+of `cat`.
 
-    python bench/compare_throughput.py [--vocab 128256] [--sizes 200 2000] [--workers N]
+    python bench/compare_throughput.py [--vocab 128256] [--sizes 200 2000] [--workers N] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import tempfile
 import time
@@ -58,9 +61,11 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000])
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of cat then compare per size")
     args = parser.parse_args()
     import logitsdump.compare.run  # noqa: F401  (import cost is not part of the timing)
 
+    print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for count in args.sizes:
         with tempfile.TemporaryDirectory(prefix="logitscmp-bench-") as tmp:
             root = Path(tmp)
@@ -68,13 +73,19 @@ def main() -> None:
             files = sorted(golden.iterdir()) + sorted(mine.iterdir())
             size_mb = sum(f.stat().st_size for f in files) / 1e6
             time_cat(files)  # warm the page cache
-            cat_s = time_cat(files)
-            cmp_s = time_compare(golden, mine, root / "out", args.workers)
-            cat_rate, cmp_rate = count / cat_s, count / cmp_s
-            print(
-                f"{count:5d} pairs ({size_mb:7.1f} MB): cat {cat_s:6.3f} s = {cat_rate:8.1f} pairs/s; "
-                f"compare {cmp_s:6.3f} s = {cmp_rate:8.1f} pairs/s; compare/cat = {cmp_rate / cat_rate:.2f}"
-            )
+            ratios = []
+            for round_ in range(1, args.repeat + 1):
+                cat_s = time_cat(files)
+                cmp_s = time_compare(golden, mine, root / f"out{round_}", args.workers)
+                cat_rate, cmp_rate = count / cat_s, count / cmp_s
+                ratios.append(cmp_rate / cat_rate)
+                print(
+                    f"{count:5d} pairs ({size_mb:7.1f} MB) round {round_}: cat {cat_s:6.3f} s = "
+                    f"{cat_rate:8.1f} pairs/s; compare {cmp_s:6.3f} s = {cmp_rate:8.1f} pairs/s; "
+                    f"compare/cat = {ratios[-1]:.2f}"
+                )
+            print(f"{count:5d} pairs: compare/cat over {len(ratios)} rounds: min {min(ratios):.2f}, "
+                  f"median {sorted(ratios)[len(ratios) // 2]:.2f}, max {max(ratios):.2f}")
 
 
 if __name__ == "__main__":

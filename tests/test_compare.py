@@ -52,9 +52,9 @@ def test_msit_example_rows_literally(tmp_path: Path) -> None:
     same = np.array([8.5, 1.0, -2.0], dtype=np.float16)
     _save(golden, "logits_dev.jsonl_1352_0.pth", same)
     _save(mine, "logits_dev.jsonl_1352_0.pth", same)
-    _save(golden, "logits_dev.jsonl_7_0.pth", [10.0, 7.0, -8.0, 7.0])
+    _save(golden, "logits_dev.jsonl_7_0.pth", [10.0, 6.999999999999999, -8.0, 7.000000000000001])
     _save(mine, "logits_dev.jsonl_7_0.pth",
-          [9.3984375, 8.140565779930409, -9.687172859140897, 5.267613410131602])
+          [9.3984375, 8.140565779930414, -9.687172859140897, 5.267613410131596])  # as test_metrics ROW7
     _save(golden, "logits_dev.jsonl_20_0.pth", [1.0, 2.0])
     _save(mine, "logits_dev.jsonl_20_0.pth", [1.0, float("nan")])
     _save(golden, "logits_dev.jsonl_40_0.pth", [1.0, 2.0])
@@ -257,3 +257,80 @@ def test_input_and_option_errors(tmp_path: Path) -> None:
         with pytest.raises(UsageError):
             run_compare(CompareOptions(tmp_path / "mine", tmp_path / "mine", tmp_path / "out", **bad))
     assert not (tmp_path / "out").exists()
+
+
+# ---- determinism across pools and thread counts -----------------------------------------------
+
+
+def _mixed_dirs(tmp_path: Path, pairs: int = 40, vocab: int = 20_000) -> tuple[Path, Path]:
+    """Pairs long enough for several chunks and BLAS blocks, in every float dtype, some identical,
+    plus a NaN row, a missing file and an unreadable one."""
+    golden, mine = tmp_path / "golden", tmp_path / "mine"
+    rng = np.random.default_rng(5)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    for i in range(pairs):
+        g = rng.standard_normal(vocab) * 4 + (80 if i % 7 == 3 else 0)  # some need the shifted exp
+        m = g if i % 5 == 0 else g + rng.standard_normal(vocab) * 10.0 ** -(1 + i % 4)
+        name = f"logits_mix_{i // 4}_{i % 4}.pth"
+        for folder, values in ((golden, g), (mine, m)):
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(torch.from_numpy(values).to(dtypes[i % 4]).unsqueeze(0), folder / name)
+    _save(golden, "logits_mix_90_0.pth", [1.0, 2.0])
+    _save(mine, "logits_mix_90_0.pth", [1.0, float("nan")])
+    _save(golden, "logits_mix_91_0.pth", [1.0, 2.0])
+    (mine / "logits_mix_92_0.pth").write_bytes(b"PK\x03\x04 truncated")
+    _save(golden, "logits_mix_92_0.pth", [1.0, 2.0])
+    return golden, mine
+
+
+def _outputs(summary) -> tuple[bytes, bytes, dict]:
+    document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
+    return summary.csv_path.read_bytes(), summary.cases_csv_path.read_bytes(), document["cases"]
+
+
+def test_one_worker_threads_and_processes_give_identical_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from logitsdump.compare import run as run_module
+
+    golden, mine = _mixed_dirs(tmp_path)
+    one = _outputs(run_compare(CompareOptions(golden, mine, tmp_path / "o1", workers=1), now=NOW))
+    threads = _outputs(run_compare(CompareOptions(golden, mine, tmp_path / "o2", workers=3), now=NOW))
+    monkeypatch.setattr(run_module, "PROCESS_MIN_PAIRS", 1)
+    monkeypatch.setattr(run_module, "BATCH", 3)
+    processes = _outputs(run_compare(CompareOptions(golden, mine, tmp_path / "o3", workers=2), now=NOW))
+    assert one == threads == processes
+    rows = _read_csv(tmp_path / "o1" / f"logits_cmp_res_{NOW:%Y%m%d%H%M%S}.csv")
+    assert len(rows) == 1 + 43 and sum(row[8] == "NA" for row in rows[1:]) == 3
+
+
+_THREADS_SCRIPT = """
+import sys
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from datetime import datetime
+from logitsdump.compare import CompareOptions, run_compare
+summary = run_compare(CompareOptions(sys.argv[1], sys.argv[2], sys.argv[4], workers=int(sys.argv[5])),
+                      now=datetime(2024, 1, 1))
+sys.stdout.write(summary.csv_path.read_text(encoding="utf-8"))
+"""
+
+
+def test_results_do_not_depend_on_blas_omp_or_torch_threads(tmp_path: Path) -> None:
+    """msit bug 5.11: the same bytes with 1 or 2 BLAS/OpenMP/torch threads (vectors > 10000
+    elements, where a threaded BLAS dot would split the sum differently)."""
+    import subprocess
+    import sys
+
+    golden, mine = _mixed_dirs(tmp_path, pairs=12, vocab=30_000)
+    outputs = set()
+    for n, (threads, workers) in enumerate(((1, 1), (2, 1), (2, 2), (4, 3))):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                   MKL_NUM_THREADS=str(threads))
+        result = subprocess.run(
+            [sys.executable, "-c", _THREADS_SCRIPT, str(golden), str(mine), str(threads),
+             str(tmp_path / f"out{n}"), str(workers)],
+            capture_output=True, text=True, env=env, check=True,
+        )
+        outputs.add(result.stdout)
+    assert len(outputs) == 1 and "logits_mix_0_1.pth" in outputs.pop()

@@ -16,8 +16,10 @@ TH = M.Thresholds()
 
 #: msit-cli.md §4, row `logits_dev.jsonl_7_0.pth`: tensors solved so that our float64 metrics
 #: give msit's printed values exactly (sum|g| = 32, max g - max m = 0.6015625, max m in [8, 16)).
-ROW7_G = np.array([10.0, 7.0, -8.0, 7.0])
-ROW7_M = np.array([9.3984375, 8.140565779930409, -9.687172859140897, 5.267613410131602])
+#: (Re-solved, a few ulps away from [10, 7, -8, 7], when KL became a single-rounding sum: the
+#: exact KL of the earlier pair was 0.14001464843749860, 10 ulps below msit's value.)
+ROW7_G = np.array([10.0, 6.999999999999999, -8.0, 7.000000000000001])
+ROW7_M = np.array([9.3984375, 8.140565779930414, -9.687172859140897, 5.267613410131596])
 
 
 def test_msit_row_7_reproduced_value_for_value() -> None:
@@ -151,4 +153,48 @@ def test_properties(pair: tuple[np.ndarray, np.ndarray]) -> None:
 @given(arrays(np.float32, st.integers(1, 2000), elements=st.integers(-3, 3).map(float)), st.integers(1, 20))
 def test_top_k_matches_a_stable_sort(x: np.ndarray, k: int) -> None:
     expected = np.argsort(-x, kind="stable")[: min(k, x.size)]
+    assert list(M.top_k(x, k)) == list(expected)
+
+
+def _reference(g: np.ndarray, m: np.ndarray) -> tuple[float, float, float]:
+    """cos, KL and l1 in 80-bit long double (about 19 digits on x86-64)."""
+    g, m = g.astype(np.longdouble), m.astype(np.longdouble)
+    cos = np.sum(g * m) / np.sqrt(np.sum(g * g) * np.sum(m * m))
+    log_p = g - g.max() - np.log(np.sum(np.exp(g - g.max())))
+    log_q = m - m.max() - np.log(np.sum(np.exp(m - m.max())))
+    kl = np.sum(np.exp(log_p) * (log_p - log_q))
+    return float(cos), float(kl), float(np.sum(np.abs(m)) / np.sum(np.abs(g)) - 1)
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).eps >= 1e-18, reason="needs an 80-bit long double")
+@pytest.mark.parametrize(("size", "offset", "noise"), [
+    (50_000, 0.0, 1e-3), (50_000, 0.0, 1e-1), (128_256, 20.0, 1e-2), (70_001, 90.0, 1e-2), (40_000, -70.0, 1e-3),
+])
+def test_float64_results_against_long_double(size: int, offset: float, noise: float) -> None:
+    """Both exp paths (unshifted below |max| 64, shifted above), several chunks and BLAS blocks."""
+    rng = np.random.default_rng(size)
+    g = (rng.standard_normal(size) * 4 + offset).astype(np.float32)
+    m = (g + rng.standard_normal(size) * noise).astype(np.float32)
+    metrics = M.pair_metrics(g, m, TH)
+    cos, kl, l1 = _reference(g, m)
+    assert metrics.cosine_similarity == round(cos, 10)
+    assert metrics.kl_divergence == pytest.approx(kl, rel=1e-10)
+    assert metrics.l1_norm == pytest.approx(l1, rel=1e-9)
+
+
+def test_dot_is_blocked_and_deterministic() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(3 * M.DOT_BLOCK + 17), rng.standard_normal(3 * M.DOT_BLOCK + 17)
+    value = M._dot(a, b)
+    assert value == M._dot(a.copy(), b.copy())
+    assert value == pytest.approx(math.fsum(a * b), rel=1e-13)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_top_k_matches_a_stable_sort_on_long_vectors(seed: int) -> None:
+    """Long enough for the column pre-selection (and a ragged tail), with and without many ties."""
+    rng = np.random.default_rng(seed)
+    size, k = int(rng.integers(2_000, 140_000)), int(rng.integers(1, 41))
+    x = rng.integers(-20, 21, size).astype(np.float32) if seed % 2 else rng.standard_normal(size).astype(np.float16)
+    expected = np.argsort(-x, kind="stable")[:k]
     assert list(M.top_k(x, k)) == list(expected)

@@ -96,27 +96,47 @@ def _as_vector(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _load_pth(file: Path, buffer: ReadBuffer | None) -> np.ndarray:
-    _check_regular(file)
-    with open(file, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
+    raw = _read_into(file, buffer)
+    fast = _load_pth_direct(raw)
+    if fast is not None:
+        return fast
+    data = raw.tobytes()  # the careful paths work on a copy: `raw` may be a reused buffer
+    handle = io.BytesIO(data)
+    if not zipfile.is_zipfile(handle):
+        raise FileFormatError(f"{file.name}: not a torch zip archive (legacy, damaged or truncated file)")
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            fast = _load_pth_fast(archive, handle, None)
+    except Exception as err:  # zipfile raises many types on hostile input
+        raise FileFormatError(f"{file.name}: damaged archive ({type(err).__name__}: {err})") from err
+    if fast is not None:
+        return fast
+    return _load_pth_torch(data, file.name)
+
+
+def _read_into(file: Path, buffer: ReadBuffer | None) -> np.ndarray:
+    """The whole file, read with one open/fstat/read into `buffer` (or a new array).
+
+    Opened non-blocking so that a FIFO cannot hang the run; only regular files are read.
+    """
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileFormatError(f"{file.name}: not a regular file")
+        size = info.st_size
         if size == 0:
             raise FileFormatError(f"{file.name}: empty file (0 bytes)")
         raw = buffer.get(size) if buffer is not None else np.empty(size, dtype=np.uint8)
-        if handle.readinto(memoryview(raw)) != size:
-            raise FileFormatError(f"{file.name}: file changed while being read")
-        fast = _load_pth_direct(raw)
-        if fast is not None:
-            return fast
-        if not zipfile.is_zipfile(handle):
-            raise FileFormatError(f"{file.name}: not a torch zip archive (legacy, damaged or truncated file)")
-        try:
-            with zipfile.ZipFile(handle) as archive:
-                fast = _load_pth_fast(archive, handle, None)
-        except Exception as err:  # zipfile raises many types on hostile input
-            raise FileFormatError(f"{file.name}: damaged archive ({type(err).__name__}: {err})") from err
-    if fast is not None:
-        return fast
-    return _load_pth_torch(_read_bytes(file), file.name)
+        view, done = memoryview(raw), 0
+        while done < size:
+            count = os.readv(fd, [view[done:]])
+            if count == 0:
+                raise FileFormatError(f"{file.name}: file changed while being read")
+            done += count
+        return raw
+    finally:
+        os.close(fd)
 
 
 def _load_pth_direct(raw: np.ndarray) -> np.ndarray | None:
@@ -197,7 +217,10 @@ def _unpickle_tensor(payload: bytes) -> tuple[tuple[int, ...], int, _Storage] | 
         obj = _TensorUnpickler(io.BytesIO(payload)).load()
     except _Fallback:
         return None
-    except (pickle.UnpicklingError, TypeError, AttributeError, IndexError, ValueError, EOFError, KeyError):
+    except (
+        pickle.UnpicklingError, TypeError, AttributeError, IndexError, ValueError, EOFError, KeyError,
+        OverflowError, MemoryError,
+    ):
         return None
     if not isinstance(obj, _Rebuilt) or not isinstance(obj.storage, _Storage):
         return None

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import multiprocessing.context
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -207,15 +210,33 @@ def _free_names(out_dir: Path, stamp: str) -> tuple[Path, Path, Path]:
 # ---- measuring --------------------------------------------------------------------------------
 
 
+#: Below this many pairs, threads (no start-up cost); from it on, worker processes (no GIL).
+PROCESS_MIN_PAIRS = 256
+#: Pairs per task sent to a worker process (amortises the hand-off; results are small records).
+BATCH = 16
+
+
 def _measure_all(pairs: Sequence[FilePair], options: CompareOptions) -> Iterator[RowResult]:
-    """Rows in the order of `pairs`; at most 2 x workers pairs are in memory at once."""
+    """Rows in the order of `pairs`; memory is flat in the number of pairs.
+
+    One worker: in this thread. Few pairs: a thread pool with at most 2 x workers
+    pairs in flight. Many pairs: worker processes that read and measure batches of
+    pairs themselves and send back only the rows, at most 2 x workers batches in
+    flight. Every pair is measured by the same code whatever the pool, so the
+    results do not depend on it.
+    """
     workers = options.workers or min(8, os.cpu_count() or 1)
     thresholds = options.thresholds()
-    scratch = _Scratch()
     if workers == 1:
+        scratch = _Scratch()
         for pair in pairs:
             yield measure_pair(pair, thresholds, options.topk, scratch)
         return
+    context = _process_context() if len(pairs) >= PROCESS_MIN_PAIRS else None
+    if context is not None:
+        yield from _measure_in_processes(pairs, thresholds, options.topk, workers, context)
+        return
+    scratch = _Scratch()
     pending: deque[Future[RowResult]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logitscmp") as pool:
         for pair in pairs:
@@ -224,6 +245,48 @@ def _measure_all(pairs: Sequence[FilePair], options: CompareOptions) -> Iterator
             pending.append(pool.submit(measure_pair, pair, thresholds, options.topk, scratch))
         while pending:
             yield pending.popleft().result()
+
+
+def _process_context() -> multiprocessing.context.BaseContext | None:
+    """`fork` where it is safe and cheap (Linux, no other Python thread running); else None (threads).
+
+    `fork` starts a worker in milliseconds and the workers inherit the loaded
+    modules; with other threads running, a forked child could inherit a held lock.
+    """
+    if sys.platform != "linux" or threading.active_count() > 1:
+        return None
+    try:
+        return multiprocessing.get_context("fork")
+    except ValueError:
+        return None
+
+
+def _measure_in_processes(
+    pairs: Sequence[FilePair],
+    thresholds: Thresholds,
+    topk: int,
+    workers: int,
+    context: multiprocessing.context.BaseContext,
+) -> Iterator[RowResult]:
+    pending: deque[Future[list[RowResult]]] = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for start in range(0, len(pairs), BATCH):
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().result()
+            pending.append(pool.submit(_measure_batch, pairs[start : start + BATCH], thresholds, topk))
+        while pending:
+            yield from pending.popleft().result()
+
+
+_PROCESS_SCRATCH: _Scratch | None = None
+
+
+def _measure_batch(pairs: Sequence[FilePair], thresholds: Thresholds, topk: int) -> list[RowResult]:
+    """A worker process's task: measure some pairs with the process's own buffers."""
+    global _PROCESS_SCRATCH
+    if _PROCESS_SCRATCH is None:
+        _PROCESS_SCRATCH = _Scratch()
+    return [measure_pair(pair, thresholds, topk, _PROCESS_SCRATCH) for pair in pairs]
 
 
 class _Scratch(threading.local):

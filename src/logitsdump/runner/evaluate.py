@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from logitsdump import protocol
 from logitsdump.errors import ConfigError
@@ -21,6 +22,9 @@ from logitsdump.runner import outputs
 from logitsdump.runner.config import load_model_config, load_task_config, resolve_dataset_root
 from logitsdump.runner.tasks import get_task
 from logitsdump.runner.tasks.base import Case, Generation, is_forward_only, needs_tokenizer, pass_label, stop_length
+
+if TYPE_CHECKING:
+    from logitsdump.runner.backend import HFBackend
 
 log = get_logger("eval")
 
@@ -77,8 +81,11 @@ def _batches(items: Sequence[Case], size: int, need_logits: bool = False) -> Ite
         yield batch
 
 
-def run_eval(options: EvalOptions) -> EvalResult:
-    """Evaluate (or, under the dump protocol, re-infer the bad cases of) one model on one task."""
+def run_eval(options: EvalOptions, backend: HFBackend | None = None) -> EvalResult:
+    """Evaluate (or, under the dump protocol, re-infer the bad cases of) one model on one task.
+
+    `backend`: an already loaded model to reuse (single process only), e.g. for benchmarks.
+    """
     model_config = load_model_config(options.model_config_path)
     task_config = load_task_config(options.task_config_path)
     task = get_task(task_config.task_name)
@@ -93,6 +100,10 @@ def run_eval(options: EvalOptions) -> EvalResult:
     from logitsdump.runner.backend import HFBackend, choose_device
 
     world = distributed.detect_world(options.tp)
+    if backend is not None:
+        if world.distributed:
+            raise ConfigError("a preloaded backend cannot be shared by torchrun's processes")
+        return _run_loaded(options, task, task_config, dataset_root, cases, request, backend, world)
     device = choose_device(options.device, world.local_rank if world.distributed else None)
     distributed.init_process_group(world, device.kind)
     try:
