@@ -154,6 +154,20 @@ def _add_dump_parser(subparsers) -> None:
     parser.add_argument(
         "--logits-fp32", action="store_true", help="our addition: save logits as float32 (our runner only)"
     )
+    parser.add_argument(
+        "--replay",
+        metavar="GOLDEN_LOGITS_DIR",
+        default=None,
+        help="our addition: feed the golden dump's generated tokens instead of this device's own choices "
+        "(teacher forcing), so every step compares the same prefix (our runner only)",
+    )
+    parser.add_argument(
+        "--replay-mode",
+        choices=("step", "prefill"),
+        default="step",
+        help="our addition: step = forced decoding through the KV-cache decode path (default); "
+        "prefill = score the whole golden continuation in one forward pass",
+    )
     add_log_level(parser)
     parser.set_defaults(handler=_run_dump)
 
@@ -167,6 +181,8 @@ def _run_dump(args: argparse.Namespace) -> int:
         token_range=args.token_range,
         resume=args.resume,
         logits_fp32=args.logits_fp32,
+        replay=args.replay,
+        replay_mode=args.replay_mode,
     )
     result = run_dump(options)
     for line in result.summary_lines():

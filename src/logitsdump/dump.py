@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from logitsdump.badcase import read_bad_case_request
@@ -39,6 +39,9 @@ class DumpOptions:
     token_range: int = 1
     resume: bool = False
     logits_fp32: bool = False
+    #: our extension: the golden dump's logits folder whose tokens are fed (teacher forcing)
+    replay: str | None = None
+    replay_mode: str = "step"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
         resume=options.resume,
         logits_fp32=options.logits_fp32,
     )
+    if options.replay is not None:
+        request = replace(request, replay_dir=_replay_dir(options.replay, command), replay_mode=options.replay_mode)
     _check_list_length(request, options.bad_case_csv)
     requested = _count(request)
     root = Path(os.path.abspath(output_dir_of(command.argv) or os.getcwd()))
@@ -106,6 +111,22 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
             requested,
         )
     return result
+
+
+def _replay_dir(folder: str, command) -> str:
+    """The golden logits folder of `--replay`, checked before anything runs."""
+    from logitsdump.store import MANIFEST_NAME
+
+    if not command.is_logitsdump:
+        raise UsageError("--replay needs our runner (logitsdump eval, or torchrun ... logitsdump eval): "
+                         "modeltest cannot feed the golden tokens")
+    path = Path(folder)
+    if not path.is_dir():
+        raise UsageError(f"--replay {folder}: not a folder (give the golden dump's logits folder)")
+    if not (path / MANIFEST_NAME).is_file():
+        raise UsageError(f"--replay {folder}: no {MANIFEST_NAME} there, so the golden tokens are unknown "
+                         "(a real modeltest's dump has none): dump the golden device with logitsdump eval")
+    return str(path.resolve())
 
 
 def output_dir_of(argv: Sequence[str]) -> str:

@@ -30,6 +30,13 @@ ENV_BAD_CASE_LIST_FILE = "LOGITSDUMP_BAD_CASE_LIST_FILE"
 ENV_RESUME = "LOGITSDUMP_RESUME"
 #: Our extension: `1` saves logits as float32 instead of the model's dtype.
 ENV_LOGITS_FP32 = "LOGITSDUMP_LOGITS_FP32"
+#: Our extension (`dump --replay DIR`): the golden dump whose generated tokens the runner feeds
+#: instead of its own choices (teacher forcing), so that step t is compared with step t.
+ENV_REPLAY_DIR = "LOGITSDUMP_REPLAY_DIR"
+#: Our extension: `step` (forced decoding through the KV-cache decode path, the default) or
+#: `prefill` (the whole golden continuation scored in one forward pass).
+ENV_REPLAY_MODE = "LOGITSDUMP_REPLAY_MODE"
+REPLAY_MODES = ("step", "prefill")
 
 #: The five HumanEval-X key prefixes, in the order of BAD_CASE_LIST's five lists.
 HUMANEVALX_PREFIXES = ("CPP", "Go", "Java", "JavaScript", "Python")
@@ -51,6 +58,8 @@ class DumpRequest:
     indices: tuple[int, ...] | tuple[tuple[int, ...], ...]
     resume: bool = False
     logits_fp32: bool = False
+    replay_dir: str | None = None
+    replay_mode: str = "step"
 
     @property
     def per_language(self) -> bool:
@@ -73,7 +82,8 @@ def child_environment(
     BAD_CASE_LIST is not set. `base` is never modified.
     """
     env = dict(base)
-    for name in (ENV_BAD_CASE_LIST, ENV_BAD_CASE_LIST_FILE, ENV_RESUME, ENV_LOGITS_FP32):
+    for name in (ENV_BAD_CASE_LIST, ENV_BAD_CASE_LIST_FILE, ENV_RESUME, ENV_LOGITS_FP32, ENV_REPLAY_DIR,
+                 ENV_REPLAY_MODE):
         env.pop(name, None)
     env[ENV_DUMP_ENABLED] = "True"
     env[ENV_TOKEN_MAX_LENGTH] = str(request.token_max_length)
@@ -85,6 +95,9 @@ def child_environment(
         env[ENV_RESUME] = "1"
     if request.logits_fp32:
         env[ENV_LOGITS_FP32] = "1"
+    if request.replay_dir is not None:
+        env[ENV_REPLAY_DIR] = request.replay_dir
+        env[ENV_REPLAY_MODE] = request.replay_mode
     return env
 
 
@@ -126,6 +139,8 @@ def read_request(environ: Mapping[str, str] | None = None) -> DumpRequest | None
             text = Path(list_file).read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError(f"cannot read {ENV_BAD_CASE_LIST_FILE}={list_file}: {err.strerror}") from None
+        except ValueError as err:  # not UTF-8, or a NUL in the name
+            raise ConfigError(f"cannot read {ENV_BAD_CASE_LIST_FILE}={list_file!r}: {err}") from None
         source = f"{ENV_BAD_CASE_LIST_FILE} ({list_file})"
     else:
         text = environ.get(ENV_BAD_CASE_LIST, "")
@@ -135,7 +150,16 @@ def read_request(environ: Mapping[str, str] | None = None) -> DumpRequest | None
         indices=parse_case_list(text, source),
         resume=environ.get(ENV_RESUME, "") == "1",
         logits_fp32=environ.get(ENV_LOGITS_FP32, "") == "1",
+        replay_dir=environ.get(ENV_REPLAY_DIR) or None,
+        replay_mode=_replay_mode(environ),
     )
+
+
+def _replay_mode(environ: Mapping[str, str]) -> str:
+    mode = environ.get(ENV_REPLAY_MODE, "") or "step"
+    if mode not in REPLAY_MODES:
+        raise ConfigError(f"{ENV_REPLAY_MODE} must be one of {', '.join(REPLAY_MODES)}, found {mode!r}")
+    return mode
 
 
 def parse_case_list(text: str, source: str = ENV_BAD_CASE_LIST) -> tuple[int, ...] | tuple[tuple[int, ...], ...]:
@@ -148,7 +172,7 @@ def parse_case_list(text: str, source: str = ENV_BAD_CASE_LIST) -> tuple[int, ..
         raise ConfigError(f"{source} is empty: expected a list such as [1, 2, 5]")
     try:
         value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {[]}
         raise ConfigError(f"{source} is not a Python list literal: {text[:60]!r}") from None
     if not isinstance(value, list):
         raise ConfigError(f"{source} must be a list, found {type(value).__name__}")

@@ -12,7 +12,7 @@ import importlib.util
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ class Decoded:
     output_ids: list[int]
     step_logits: list[Any]  # raw logits [vocab] of the first kept steps, model dtype, on CPU
     first_logits: Any  # raw logits [vocab] of step 0 as float32, on CPU
+    own_ids: list[int] = field(default_factory=list)  # replay: the argmax at each forced step
 
 
 def resolve_model_path(config: ModelConfig) -> Path:
@@ -208,11 +209,20 @@ class HFBackend:
         last = out.logits[:, -1, :].to("cpu")
         return [last[row].clone() for row in range(len(batch))]
 
-    def greedy(self, batch: Sequence[Sequence[int]], max_new_tokens: int, keep_steps: int = 0) -> list[Decoded]:
+    def greedy(
+        self,
+        batch: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        keep_steps: int = 0,
+        forced: Sequence[Sequence[int]] | None = None,
+    ) -> list[Decoded]:
         """Greedy decoding of a left-padded batch, stopping each row at EOS or `max_new_tokens`.
 
         Keeps the raw logits of the first `keep_steps` steps of each row (for the dump)
         and always step 0's logits as float32 (for need_logits judging).
+        With `forced` (replay), row r feeds `forced[r][t]` at step t instead of its own
+        argmax, through the same decode path, and stops when its forced tokens run out;
+        its `own_ids` record what it would have chosen.
         """
         import torch
 
@@ -220,7 +230,7 @@ class HFBackend:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         rows = len(batch)
         results = [Decoded([], [], None) for _ in range(rows)]
-        finished = [False] * rows
+        finished = [forced is not None and not forced[row] for row in range(rows)]
         past = None
         step_input = input_ids
         with torch.inference_mode():
@@ -247,8 +257,12 @@ class HFBackend:
                         result.first_logits = cpu_logits[row].float().clone()
                     if step < keep_steps:
                         result.step_logits.append(cpu_logits[row].clone())
+                    if forced is not None:
+                        result.own_ids.append(int(chosen[row]))
+                        chosen[row] = int(forced[row][step])
+                        finished[row] = step + 1 >= len(forced[row])
                     result.output_ids.append(int(chosen[row]))
-                    if chosen[row] in self.eos_ids:
+                    if forced is None and chosen[row] in self.eos_ids:
                         finished[row] = True
                 if all(finished):
                     break
@@ -261,6 +275,18 @@ class HFBackend:
                 mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=mask.device)], dim=1)
                 positions = positions[:, -1:] + 1
         return results
+
+    def prefill_logits(self, prompt: Sequence[int], continuation: Sequence[int]) -> list[Any]:
+        """Replay in one forward pass: the raw logits (model dtype, CPU) that predict each token of
+        `continuation` after `prompt` (the logits at positions len(prompt)-1 ... end-1)."""
+        import torch
+
+        ids = list(prompt) + list(continuation[:-1])
+        input_ids, mask = self._batch([ids])
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        rows = out.logits[0, len(prompt) - 1 :, :].to("cpu")
+        return [rows[t].clone() for t in range(len(continuation))]
 
     def _keep_last_only(self) -> dict[str, int]:
         """Ask the model for the last position's logits only, where it supports that."""

@@ -124,6 +124,7 @@ class LogitsWriter:
         output_ids: Sequence[int],
         output_tokens: Sequence[str],
         output_text: str,
+        extra: dict[str, Any] | None = None,
     ) -> list[str]:
         """Write the case's files (one per step, at most N), then append its manifest line."""
         steps = step_logits[: self.request.token_max_length]
@@ -153,6 +154,7 @@ class LogitsWriter:
             device=self.context.device,
             logits_kind="raw",
             versions=self.context.versions,
+            extra=extra or {},
         )
         store.append_manifest(self.folder, record, self.manifest_name)
         return names

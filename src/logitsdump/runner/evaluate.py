@@ -201,7 +201,14 @@ def _run_batches(numbered_batches, options, task, task_config, backend, request,
     """Infer and judge this rank's batches; returns ((position, outcome) pairs, files written, cases skipped)."""
     from tqdm import tqdm
 
+    from logitsdump.runner.dumping import prompt_sha256
+
     keep_steps = request.token_max_length if request is not None else 0
+    replay = None
+    if request is not None and request.replay_dir is not None:
+        from logitsdump.runner.replay import ReplaySource
+
+        replay = ReplaySource(request.replay_dir, request.replay_mode)
     max_input = task_config.requested_max_input_length
     outcomes: list[tuple[int, outputs.CaseOutcome]] = []
     dumped_files = 0
@@ -215,7 +222,15 @@ def _run_batches(numbered_batches, options, task, task_config, backend, request,
             progress.update(1)
             continue
         encoded = [_fit_input(backend.encode(c.query), max_input, task_config.need_truncate_input) for c in batch]
-        if is_forward_only(batch[0], task_config.need_logits):
+        forced = None
+        if replay is not None:  # a dump: batch size 1
+            forced = replay.forced_tokens(batch[0], prompt_sha256(batch[0].query), keep_steps)
+            if forced is None:
+                progress.update(1)
+                continue
+        if forced is not None and not is_forward_only(batch[0], task_config.need_logits):
+            decoded = [replay.decode(backend, encoded[0], forced, keep_steps)]
+        elif is_forward_only(batch[0], task_config.need_logits):
             decoded = _forward_as_decoded(backend, encoded)
         else:
             limits = [c.max_new_tokens or task_config.requested_max_output_length for c in batch]
@@ -236,9 +251,12 @@ def _run_batches(numbered_batches, options, task, task_config, backend, request,
                 ),
             ))
             if writer is not None:
+                extra = None
+                if replay is not None:
+                    extra = replay.extra(result.own_ids or result.output_ids[: len(result.step_logits)])
                 dumped_files += len(
                     writer.save(case, result.step_logits, ids, result.output_ids,
-                                backend.token_texts(result.output_ids), text)
+                                backend.token_texts(result.output_ids), text, extra)
                 )
         progress.update(len(batch))
     progress.close()
