@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from helpers import run_cli
 
+from helpers import run_cli
 from logitsdump import store
 from logitsdump.demo import examples
 from logitsdump.errors import ConfigError
@@ -87,7 +87,7 @@ def test_forward_only_task_replays_token_zero(tmp_path, monkeypatch):
 def test_golden_without_manifest_is_refused(tmp_path, monkeypatch):
     golden = dump(tmp_path / "golden", monkeypatch, "fp32")
     (golden / store.MANIFEST_NAME).unlink()
-    with pytest.raises(ConfigError, match="no manifest.jsonl"):
+    with pytest.raises(ConfigError, match=r"no manifest\.jsonl"):
         dump(tmp_path / "replay", monkeypatch, "bf16", replay=golden)
 
 
