@@ -1,9 +1,9 @@
 """`logitsdump demo`: the whole workflow on the embedded tiny model, offline, on the CPU.
 
-fp32 stands in for the golden device and bf16 for the device under test. Each
-step is the real one: evaluation (the library call behind `logitsdump eval`),
-`bcanalyze`, `logitsdump dump -e "logitsdump eval ..."` as a subprocess for each
-device, `compare`, and the HTML report.
+fp32 stands in for the golden device and bf16 for the device under test (or any two model YAML
+files, e.g. a model with a planted defect). Each step is the real one: evaluation (the library call
+behind `logitsdump eval`), `bcanalyze`, `logitsdump dump -e "logitsdump eval ..."` as a subprocess
+for each device (the device under test replaying the golden tokens), `compare`, and the report.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,9 +28,24 @@ from logitsdump.logs import get_logger
 
 #: The tasks the demo runs: those whose fp32 and bf16 verdicts differ on the tiny model.
 DEMO_TASKS = ("boolq", "mmlu_zero_shot", "ceval_zero_shot", "gsm8k")
-GOLDEN_DTYPE = "fp32"
-TEST_DTYPE = "bf16"
 TOKENS = 8
+#: Dumps run side by side (this many processes at once).
+PARALLEL_DUMPS = 2
+
+
+@dataclass(frozen=True)
+class Side:
+    """One 'device' of the comparison: a name for its folders, and its model YAML."""
+
+    name: str  # "golden" or "test"
+    model_yaml: Path
+
+    @property
+    def label(self) -> str:
+        from logitsdump.runner.config import load_model_config
+
+        config = load_model_config(self.model_yaml)
+        return f"{config.model_name} {config.data_type}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,11 @@ class DemoOptions:
     workdir: str | None = None
     tasks: tuple[str, ...] = DEMO_TASKS
     tokens: int = TOKENS
+    golden_model: Path = field(default_factory=lambda: examples.model_config("fp32"))
+    test_model: Path = field(default_factory=lambda: examples.model_config("bf16"))
+    #: the device under test replays the golden tokens (`dump --replay`)
+    replay: bool = True
+    report: bool = True
 
 
 @dataclass
@@ -59,6 +80,13 @@ class DemoResult:
     runs: tuple[TaskRun, ...]
     report: Path | None
     seconds: float
+
+    def verdict_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            for name, count in run.verdicts.items():
+                counts[name] = counts.get(name, 0) + count
+        return counts
 
 
 def say(message: str) -> None:
@@ -85,29 +113,31 @@ def run_demo(options: DemoOptions) -> DemoResult:
     """Run the whole flow; print what each step did; return where everything went."""
     started = time.monotonic()
     workdir = prepare_workdir(options.workdir)
-    say(f"logitsdump demo: golden = {GOLDEN_DTYPE}, under test = {TEST_DTYPE}, on the CPU; working in {workdir}")
+    golden, test = Side("golden", Path(options.golden_model)), Side("test", Path(options.test_model))
+    say(f"logitsdump demo: golden = {golden.label}, under test = {test.label}, on the CPU; working in {workdir}")
     runs = [TaskRun(task) for task in options.tasks]
-
     get_logger().setLevel(max(get_logger().level, logging.WARNING))  # the steps' own info lines
     with _step("[1/5] evaluate both 'devices' (logitsdump eval)"):
         for run in runs:
-            _evaluate(run, workdir)
+            for side in (golden, test):
+                _evaluate(run, side, workdir)
     with _step("[2/5] find the bad cases (logitsdump bcanalyze)"):
         for run in runs:
-            _bcanalyze(run, workdir)
+            _bcanalyze(run, golden, test, workdir)
+    how = "the device under test replays the golden tokens" if options.replay else "both decode freely"
     with _step(f"[3/5] dump the bad cases' logits, {options.tokens} tokens each "
-               "(logitsdump dump -e \"logitsdump eval ...\", both devices side by side)"):
-        for run in runs:
-            if run.bad_cases:
-                _dump(run, workdir, options.tokens)
+               f"(logitsdump dump -e \"logitsdump eval ...\"; {how})"):
+        _dump_all([r for r in runs if r.bad_cases], golden, test, workdir, options)
     with _step("[4/5] compare the two devices' logits (logitsdump compare)"):
         for run in runs:
-            if run.logits_dirs:
-                _compare(run, workdir)
-    with _step("[5/5] write the report (logitsdump report)"):
-        report = _report(workdir, runs) if any(r.compare_json for r in runs) else None
+            if len(run.logits_dirs) == 2:
+                _compare(run, golden, test, workdir)
+    report = None
+    if options.report and any(r.compare_json for r in runs):
+        with _step("[5/5] write the report (logitsdump report)"):
+            report = _report(workdir, runs)
     seconds = time.monotonic() - started
-    _print_summary(runs, report, seconds)
+    _print_summary(runs, golden, test, report, seconds)
     return DemoResult(workdir, tuple(runs), report, seconds)
 
 
@@ -119,39 +149,40 @@ def _step(title: str) -> Iterator[None]:
     say(f"  ({time.monotonic() - started:.1f} s)")
 
 
-def _evaluate(run: TaskRun, workdir: Path) -> None:
-    from logitsdump.runner.evaluate import EvalOptions, run_eval
-
-    for dtype in (GOLDEN_DTYPE, TEST_DTYPE):
-        options = EvalOptions(
-            model_config_path=str(examples.model_config(dtype)),
-            task_config_path=str(examples.task_config(run.task)),
-            output_dir=str(workdir / "eval" / dtype),
-            save_debug=True,
-            device="cpu",
-        )
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = run_eval(options)
-        total = result.scores[-1]
-        run.cases = total.total
-        run.accuracy[dtype] = total.accuracy
-        say(f"  {run.task:<16} {dtype}: {total.total} cases, accuracy {total.accuracy:6.1%}  "
-            f"-> {result.layout.debug_file.relative_to(workdir)}")
-
-
-def _debug_csv(workdir: Path, task: str, dtype: str) -> Path:
+def _layout(workdir: Path, area: str, side: Side, task: str):
+    from logitsdump.runner.config import load_model_config
     from logitsdump.runner.outputs import OutputLayout
 
-    layout = OutputLayout(workdir / "eval" / dtype, "CPU", task, dtype, "tiny_llama", "pa", 1, 1)
-    return layout.debug_file
+    config = load_model_config(side.model_yaml)
+    return OutputLayout(workdir / area / side.name, "CPU", task, config.data_type, config.model_name,
+                        config.model_type, 1, 1)
 
 
-def _bcanalyze(run: TaskRun, workdir: Path) -> None:
+def _evaluate(run: TaskRun, side: Side, workdir: Path) -> None:
+    from logitsdump.runner.evaluate import EvalOptions, run_eval
+
+    options = EvalOptions(
+        model_config_path=str(side.model_yaml),
+        task_config_path=str(examples.task_config(run.task)),
+        output_dir=str(workdir / "eval" / side.name),
+        save_debug=True,
+        device="cpu",
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = run_eval(options)
+    total = result.scores[-1]
+    run.cases = total.total
+    run.accuracy[side.name] = total.accuracy
+    say(f"  {run.task:<16} {side.name:<6}: {total.total} cases, accuracy {total.accuracy:6.1%}  "
+        f"-> {result.layout.debug_file.relative_to(workdir)}")
+
+
+def _bcanalyze(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
     from logitsdump.badcase import BcanalyzeOptions, analyze
 
     options = BcanalyzeOptions(
-        str(_debug_csv(workdir, run.task, GOLDEN_DTYPE)),
-        str(_debug_csv(workdir, run.task, TEST_DTYPE)),
+        str(_layout(workdir, "eval", golden, run.task).debug_file),
+        str(_layout(workdir, "eval", test, run.task).debug_file),
         str(workdir / "bcanalyze" / run.task),
     )
     result = analyze(options)
@@ -161,33 +192,61 @@ def _bcanalyze(run: TaskRun, workdir: Path) -> None:
     say(f"  {run.task:<16} {run.bad_cases} bad case(s) of {result.compared} {where}")
 
 
-def _dump(run: TaskRun, workdir: Path, tokens: int) -> None:
-    """Both devices' dumps run at once, each as `logitsdump dump` in its own process."""
+@dataclass
+class _DumpJob:
+    run: TaskRun
+    side: Side
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+
+def _dump_all(runs: Sequence[TaskRun], golden: Side, test: Side, workdir: Path, options: DemoOptions) -> None:
+    """Every task's golden dump, then (after it, when replaying) its test dump; two processes at a time."""
     env = _child_env()
-    children = {}
-    for dtype in (GOLDEN_DTYPE, TEST_DTYPE):
-        runner = (
-            f"logitsdump eval --model_config_path {examples.model_config(dtype)} "
-            f"--task_config_path {examples.task_config(run.task)} --batch_size 1 --tp 1 "
-            f"--output_dir {workdir / 'dump' / dtype} --save_debug_enable --device cpu"
-        )
-        argv = [sys.executable, "-m", "logitsdump", "dump", "-bcr", str(run.bad_case_csv), "-tr", str(tokens),
-                "-e", runner]
-        log_path = workdir / "logs" / f"dump_{run.task}_{dtype}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-        children[dtype] = (subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env), handle, log_path)
-    for dtype, (child, handle, log_path) in children.items():
-        status = child.wait()
-        handle.close()
-        if status != 0:
-            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
-            raise UserError(f"the {dtype} dump of {run.task} failed (status {status}): {' '.join(tail)}; "
-                            f"see {log_path}")
-        folder = _logits_dir(workdir, run.task, dtype)
-        run.logits_dirs[dtype] = folder
-        files = len(list(folder.glob("*.pth")))
-        say(f"  {run.task:<16} {dtype}: {files} logits files -> {folder.relative_to(workdir)}")
+    queue: deque[_DumpJob] = deque(_dump_job(run, golden, workdir, options, None) for run in runs)
+    if not options.replay:
+        queue.extend(_dump_job(run, test, workdir, options, None) for run in runs)
+    running: list[_DumpJob] = []
+    while queue or running:
+        while queue and len(running) < PARALLEL_DUMPS:
+            job = queue.popleft()
+            job.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(job.log_path, "w", encoding="utf-8") as log_file:
+                job.process = subprocess.Popen(job.argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            running.append(job)
+        time.sleep(0.05)
+        for job in [j for j in running if j.process is not None and j.process.poll() is not None]:
+            running.remove(job)
+            _finish_dump(job, workdir)
+            if options.replay and job.side is golden:
+                queue.appendleft(_dump_job(job.run, test, workdir, options, job.run.logits_dirs[golden.name]))
+
+
+def _dump_job(run: TaskRun, side: Side, workdir: Path, options: DemoOptions, replay: Path | None) -> _DumpJob:
+    runner = (
+        f"logitsdump eval --model_config_path {side.model_yaml} "
+        f"--task_config_path {examples.task_config(run.task)} --batch_size 1 --tp 1 "
+        f"--output_dir {workdir / 'dump' / side.name} --save_debug_enable --device cpu"
+    )
+    argv = [sys.executable, "-m", "logitsdump", "dump", "-bcr", str(run.bad_case_csv), "-tr", str(options.tokens)]
+    if replay is not None:
+        argv += ["--replay", str(replay)]
+    argv += ["-e", runner]
+    return _DumpJob(run, side, argv, workdir / "logs" / f"dump_{run.task}_{side.name}.log")
+
+
+def _finish_dump(job: _DumpJob, workdir: Path) -> None:
+    status = job.process.returncode if job.process is not None else -1
+    if status != 0:
+        tail = job.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+        raise UserError(f"the {job.side.name} dump of {job.run.task} failed (status {status}): {' '.join(tail)}; "
+                        f"see {job.log_path}")
+    folder = _layout(workdir, "dump", job.side, job.run.task).logits_dir
+    job.run.logits_dirs[job.side.name] = folder
+    files = len(list(folder.glob("*.pth")))
+    replayed = " (replaying golden)" if "--replay" in job.argv else ""
+    say(f"  {job.run.task:<16} {job.side.name:<6}: {files} logits files{replayed} -> {folder.relative_to(workdir)}")
 
 
 def _child_env() -> dict[str, str]:
@@ -198,20 +257,15 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _logits_dir(workdir: Path, task: str, dtype: str) -> Path:
-    from logitsdump.runner.outputs import OutputLayout
-
-    return OutputLayout(workdir / "dump" / dtype, "CPU", task, dtype, "tiny_llama", "pa", 1, 1).logits_dir
-
-
-def _compare(run: TaskRun, workdir: Path) -> None:
+def _compare(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
     from logitsdump.compare import CompareOptions, run_compare
+    from logitsdump.runner.config import load_model_config
 
     options = CompareOptions(
-        golden_path=str(run.logits_dirs[GOLDEN_DTYPE]),
-        my_path=str(run.logits_dirs[TEST_DTYPE]),
+        golden_path=str(run.logits_dirs[golden.name]),
+        my_path=str(run.logits_dirs[test.name]),
         output_dir=str(workdir / "compare" / run.task),
-        dtype=TEST_DTYPE,
+        dtype=load_model_config(test.model_yaml).data_type,
     )
     summary = run_compare(options)
     run.compare_json = summary.cases_json_path
@@ -224,22 +278,23 @@ def _report(workdir: Path, runs: Sequence[TaskRun]) -> Path:
     from logitsdump.report import load_compares, print_summary, write_report
 
     sources = [run.compare_json for run in runs if run.compare_json is not None]
-    path = write_report(sources, workdir / "report.html")
+    merged = load_compares(sources)
+    path = write_report(merged, workdir / "report.html")
     say(f"  report -> {path.relative_to(workdir)}")
     say("")
-    print_summary(load_compares(sources))
+    print_summary(merged)
     return path
 
 
-def _print_summary(runs: Sequence[TaskRun], report: Path | None, seconds: float) -> None:
+def _print_summary(runs: Sequence[TaskRun], golden: Side, test: Side, report: Path | None, seconds: float) -> None:
     verdict_names = sorted({name for run in runs for name in run.verdicts})
-    header = f"{'task':<16} {'cases':>5} {'fp32 acc':>8} {'bf16 acc':>8} {'bad':>4}  " + "  ".join(verdict_names)
-    say("\nsummary")
+    header = (f"{'task':<16} {'cases':>5} {'golden':>7} {'test':>7} {'bad':>4}  " + "  ".join(verdict_names))
+    say(f"\nsummary (accuracy: golden = {golden.label}, test = {test.label})")
     say(header)
     for run in runs:
         cells = "  ".join(f"{run.verdicts.get(name, 0):>{len(name)}}" for name in verdict_names)
-        say(f"{run.task:<16} {run.cases:>5} {run.accuracy.get(GOLDEN_DTYPE, 0):>8.1%} "
-            f"{run.accuracy.get(TEST_DTYPE, 0):>8.1%} {run.bad_cases:>4}  {cells}")
+        say(f"{run.task:<16} {run.cases:>5} {run.accuracy.get(golden.name, 0):>7.1%} "
+            f"{run.accuracy.get(test.name, 0):>7.1%} {run.bad_cases:>4}  {cells}")
     say(f"\ndone in {seconds:.0f} s.")
     if report is not None:
         say(f"open the report: {report}")
