@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from logitsdump.csvsafe import write_csv
+from logitsdump.csvsafe import original, write_csv
 from logitsdump.errors import DataError
 from logitsdump.fsutil import ensure_writable_dir
 from logitsdump.logs import get_logger
@@ -92,6 +92,9 @@ def check_csv_path(path: str | os.PathLike[str]) -> Path:
     return csv_path
 
 
+_NOT_UTF8 = "{path} is not UTF-8 text: save it as UTF-8 (CSV UTF-8 in a spreadsheet program)"
+
+
 @contextlib.contextmanager
 def _rows(path: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
     """(header, iterator of (line, cells)) of a CSV; blank lines skipped; errors as DataError."""
@@ -99,21 +102,27 @@ def _rows(path: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long queries (LongBench) exceed 128 KiB
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(handle, strict=True)  # a stray quote must not swallow the rest
             try:
                 header = next(reader, None)
-            except (csv.Error, UnicodeDecodeError) as err:
+            except UnicodeDecodeError:
+                raise DataError(_NOT_UTF8.format(path=path)) from None
+            except csv.Error as err:
                 raise DataError(f"{path}: cannot read the header line: {err}") from None
             if header is None or not any(cell.strip() for cell in header):
                 raise DataError(f"{path} has no header line")
 
             def body() -> Iterator[tuple[int, list[str]]]:
+                start = reader.line_num + 1
                 try:
                     for cells in reader:
                         if cells and any(cells):
                             yield reader.line_num, cells
-                except (csv.Error, UnicodeDecodeError) as err:
-                    raise DataError(f"{path}: line {reader.line_num + 1} is not valid CSV: {err}") from None
+                        start = reader.line_num + 1
+                except UnicodeDecodeError:  # decoded ahead in blocks: the line number would be wrong
+                    raise DataError(_NOT_UTF8.format(path=path)) from None
+                except csv.Error as err:
+                    raise DataError(f"{path}: the row starting on line {start} is not valid CSV: {err}") from None
 
             yield [cell.strip() for cell in header], body()
     except OSError as err:
@@ -251,7 +260,8 @@ def _index(table: ResultTable, join: Sequence[str], warnings: list[str]) -> dict
         if not key:
             empty.append(str(row.line))
             continue
-        ident = (key, *(row.cells.get(name, "") for name in join[1:]))
+        # queries as first written: ours are formula-neutralised ('=...), modeltest's are not
+        ident = (key, *(original(row.cells.get(name, "")) for name in join[1:]))
         if ident in index:
             duplicates.append(key)
         else:

@@ -27,6 +27,13 @@ def neutralise(value: Any) -> Any:
     return value
 
 
+def original(text: str) -> str:
+    """The text that `neutralise` turned into `text` (for matching cells written by other tools)."""
+    if text.startswith("'") and neutralise(text[1:]) == text:
+        return text[1:]
+    return text
+
+
 def format_cell(value: Any) -> str:
     """One CSV cell: quoted when it holds a comma, quote, LF or CR (Python's csv module,
     with LF line ends, would leave a lone CR unquoted and readers would split the row)."""

@@ -79,9 +79,36 @@ def _load_yaml_mapping(path: str | Path, what: str) -> tuple[Path, dict[str, Any
         raise ConfigError(f"{what} file {file} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read {what} file {file}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} file {file} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} file {file} must hold a mapping of keys, found {type(data).__name__}")
+    if _expands_beyond(data, MAX_YAML_VALUES):
+        raise ConfigError(
+            f"{what} file {file} holds more than {MAX_YAML_VALUES} values once its aliases (*name) are "
+            "expanded: refused (a 'billion laughs' file would exhaust memory)"
+        )
     return file, data
+
+
+#: Values a config file may hold with its YAML aliases expanded (printing or str() of a value expands them).
+MAX_YAML_VALUES = 100_000
+
+
+def _expands_beyond(data: Any, limit: int) -> bool:
+    """Whether `data`, walked with shared (aliased) parts counted each time they appear, exceeds `limit`."""
+    stack, count = [data], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 class _Checker:

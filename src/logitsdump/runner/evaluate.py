@@ -88,7 +88,10 @@ def run_eval(options: EvalOptions, backend: HFBackend | None = None) -> EvalResu
     """
     model_config = load_model_config(options.model_config_path)
     task_config = load_task_config(options.task_config_path)
-    task = get_task(task_config.task_name)
+    try:
+        task = get_task(task_config.task_name)
+    except ConfigError as err:
+        raise ConfigError(f"task config {task_config.source}: {err}") from None
     request = protocol.read_request()
     if request is not None and options.batch_size != 1:
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")
