@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from random_model import write_model_yaml, write_random_llama
-
 from logitsdump import protocol
 from logitsdump.demo import examples
+
+from random_model import write_model_yaml, write_random_llama
 
 
 def timed_eval(options, backend, env: dict[str, str] | None) -> float:

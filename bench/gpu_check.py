@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from random_model import write_model_yaml, write_random_llama
-
 from logitsdump.demo import examples
+
+from random_model import write_model_yaml, write_random_llama
 
 CASES = "key\n" + "\n".join(str(i) for i in range(8)) + "\n"
 TOKENS = 8

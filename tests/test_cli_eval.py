@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
 from logitsdump.demo import examples
+
+from helpers import run_cli
 
 
 def test_help_does_not_import_torch():

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from helpers import run_cli
 from logitsdump import store
 from logitsdump.demo import examples
 from logitsdump.errors import ConfigError
 from logitsdump.runner.evaluate import EvalOptions, run_eval
+
+from helpers import run_cli
 
 
 def dump(tmp_path, monkeypatch, dtype, case_list="[1, 4, 9]", tokens=8, replay=None, mode="step", task="gsm8k"):

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import cli_env, run_cli
 from logitsdump.demo import examples
 from logitsdump.runner.distributed import World, detect_world
+
+from helpers import cli_env, run_cli
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 LAYOUT = Path("CPU/precision_test/gsm8k/fp32/tiny_llama")

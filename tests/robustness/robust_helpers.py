@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import cli_env
 from logitsdump.demo import examples
+
+from helpers import cli_env
 
 #: The venv's bin folder: `logitsdump` for `dump -e "logitsdump eval ..."`.
 VENV_BIN = Path(sys.executable).parent
