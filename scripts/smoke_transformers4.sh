@@ -13,7 +13,7 @@ run() {  # run VENV OUT: eval gsm8k, then dump cases 1 and 4 with 5 tokens
   "$venv/bin/logitsdump" eval --model_config_path $assets/model/tiny_llama_fp32.yaml \
     --task_config_path $assets/task/gsm8k.yaml --output_dir "$out" --save_debug_enable > /dev/null
   printf 'key,passed_golden,passed_test\n1,true,false\n4,false,true\n' > "$work/bad.csv"
-  "$venv/bin/logitsdump" dump -bcr "$work/bad.csv" -tr 5 -e "logitsdump eval --model_config_path \
+  PATH="$PWD/$venv/bin:$PATH" "$venv/bin/logitsdump" dump -bcr "$work/bad.csv" -tr 5 -e "logitsdump eval --model_config_path \
     $assets/model/tiny_llama_fp32.yaml --task_config_path $assets/task/gsm8k.yaml --output_dir $out/dump" > /dev/null
 }
 run .venv-tf4 "$work/tf4"
@@ -24,4 +24,5 @@ logits=dump/data/CPU/precision_test/gsm8k/fp32/tiny_llama/logits
 n=$(ls "$work/tf4/$logits"/*.pth | wc -l)
 [ "$n" -eq 10 ] || { echo "expected 10 logits files, found $n"; exit 1; }
 .venv/bin/logitsdump compare -gp "$work/tf4/$logits" -mp "$work/tf5/$logits" -o "$work/cmp" > "$work/cmp.txt"
-echo "transformers 4.x smoke test: eval and dump match transformers 5.x (debug CSV identical, $n logits files compared)"
+grep -q "identical 2" "$work/cmp.txt" || { cat "$work/cmp.txt"; echo "expected 2 identical cases"; exit 1; }
+echo "transformers 4.x smoke test: eval and dump match transformers 5.x (debug CSV identical, $n logits files identical)"
