@@ -16,7 +16,7 @@ import pytest
 from logitsdump.cli import main
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.run import CompareSummary
-from logitsdump.compare.verdict import VERDICTS
+from logitsdump.compare.verdict import FREE_RUN_VERDICTS
 from logitsdump.demo import examples
 from logitsdump.errors import DataError
 from logitsdump.logs import get_logger
@@ -110,8 +110,10 @@ def test_report_has_every_section_and_the_verdict_counts(real_run: CompareSummar
     assert len(cases) == len(real_run.cases) == 5
     # one card per verdict, with the run's counts
     cards = {a["data-verdict"]: a for a in page.find("div", class_="card")}
-    assert list(cards) == list(VERDICTS)
-    for verdict, count in real_run.verdicts.items():
+    assert list(cards) == list(FREE_RUN_VERDICTS)  # a run without replayed cases: the free-run verdicts
+    assert real_run.verdicts["noise"] == real_run.verdicts["precision-suspect"] == 0
+    for verdict in FREE_RUN_VERDICTS:
+        count = real_run.verdicts[verdict]
         assert re.search(rf'data-verdict="{verdict}"><div class="count">{count}</div>', text)
         assert re.search(rf'data-verdict="{re.escape(verdict)}" aria-pressed="true">{verdict} <b>{count}</b>', text)
     assert sum(real_run.verdicts.values()) == 5
@@ -299,7 +301,7 @@ class _Tty(io.StringIO):
 def test_terminal_summary_counts_tasks_and_worst_cases(real_run: CompareSummary) -> None:
     text = format_summary(real_run)
     assert not ANSI.search(text)
-    verdicts = ", ".join(f"{verdict} {count}" for verdict, count in real_run.verdicts.items())
+    verdicts = ", ".join(f"{verdict} {real_run.verdicts[verdict]}" for verdict in FREE_RUN_VERDICTS)
     assert f"cases: 5 ({verdicts})" in text
     assert f"rows: {real_run.rows} (passed {real_run.passed}, failed {real_run.failed}, NA {real_run.na})" in text
     assert re.search(r"^  mmlu_zero_shot +5 ", text, flags=re.M)

@@ -119,3 +119,23 @@ def test_a_report_without_cases_runs_its_script_cleanly(tmp_path) -> None:
     body_tag = re.search(r"<body[^>]*>", result.stdout).group(0)
     assert "data-errors" not in html_tag, html_tag
     assert 'data-ready="1"' in body_tag and 'data-sections="0"' in body_tag, body_tag
+
+
+def test_a_replayed_report_renders_every_step_and_filters(tmp_path) -> None:
+    """Replayed cases (dump --replay): the page's script runs cleanly, every plot is drawn, and the
+    self-test filters on precision-suspect (there is no divergent button on a replay-only page)."""
+    from test_compare_replay import _build, _run
+
+    _build(tmp_path)
+    summary = _run(tmp_path)
+    page = write_report(summary)
+    result = run_chromium(tmp_path, "replay", "--dump-dom", page.as_uri() + "#selftest")
+    assert result.returncode == 0, result.stderr[-2000:]
+    html_tag = re.search(r"<html[^>]*>", result.stdout).group(0)
+    body_tag = re.search(r"<body[^>]*>", result.stdout).group(0)
+    assert "data-errors" not in html_tag, html_tag
+    cases = len(summary.cases)
+    assert 'data-ready="1"' in body_tag and f'data-sections="{cases}"' in body_tag, body_tag
+    assert f'data-plots="{3 * cases}"' in body_tag and f'data-plots-drawn="{3 * cases}"' in body_tag, body_tag
+    selftest = re.search(r'data-selftest="([^"]*)"', body_tag).group(1)
+    assert "sort:ok" in selftest and f"filter:ok:{summary.verdicts['precision-suspect']}" in selftest, selftest

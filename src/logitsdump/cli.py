@@ -217,7 +217,8 @@ def _add_compare_parser(subparsers) -> None:
         aliases=["logitscmp"],
         help="compare two folders of logits files token by token (msit logitscmp) and judge each case",
         description="Pair the .pth/.safetensors files of two folders by name, write msit's per-token CSV "
-        "and a per-case verdict (identical, consistent, tie-flip, divergent, incomplete).",
+        "and a per-case verdict (identical, consistent, tie-flip, divergent, incomplete; for cases replayed with "
+        "dump --replay: identical, consistent, noise, precision-suspect, incomplete).",
     )
     parser.add_argument("-gp", "--golden-path", required=True, help="folder of the golden logits files")
     parser.add_argument("-mp", "--my-path", required=True, help="folder of the logits files to check")
@@ -234,14 +235,34 @@ def _add_compare_parser(subparsers) -> None:
     parser.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
                         help="a first argmax change is a tie-flip when golden's top-1 logit leads the "
                         "test's choice by at most this (logits; default 0.1)")
+    parser.add_argument("--noise-margin", type=_number_at_least(0.0), default=None,
+                        help="replayed cases (dump --replay): an argmax change is noise when golden's top-1 logit "
+                        "leads the test's choice by at most this (logits; default 1.0)")
+    parser.add_argument("--noise-kl", type=_number_at_least(0.0), default=None,
+                        help="replayed cases: a step is close when its KL is at most this (default 0.13)")
+    parser.add_argument("--noise-cosine", type=_number_at_least(-1.0, 1.0), default=None,
+                        help="replayed cases: a step is close when its cosine is at least this (default 0.989)")
+    parser.add_argument("--tolerances", metavar="FILE", default=None,
+                        help="read --tie-tolerance, --noise-margin, --noise-kl and --noise-cosine from a JSON file "
+                        "written by --calibrate (flags given here win)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="treat the two folders as known-good noise: print the spread of the per-step "
+                        "metrics and suggested tolerances, and write them to "
+                        "<-o>/logits_cmp_tolerances_<ts>.json (no verdict files)")
+    parser.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
+                        help="--calibrate: each tolerance is this times the 0.99 quantile of the spread (default 2)")
     add_log_level(parser)
     parser.set_defaults(handler=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from logitsdump.compare.calibrate import DEFAULT_SAFETY_FACTOR, calibrate, format_calibration, load_tolerances
     from logitsdump.compare.run import CompareOptions, run_compare
-    from logitsdump.compare.verdict import DEFAULT_TIE_TOLERANCE
 
+    tolerances = load_tolerances(args.tolerances) if args.tolerances else {}
+    for name in ("tie_tolerance", "noise_margin", "noise_kl", "noise_cosine"):
+        if getattr(args, name) is not None:
+            tolerances[name] = getattr(args, name)
     options = CompareOptions(
         golden_path=args.golden_path,
         my_path=args.my_path,
@@ -251,8 +272,12 @@ def _run_compare(args: argparse.Namespace) -> int:
         l1=args.l1_norm,
         dtype=args.dtype,
         topk=args.topk,
-        tie_tolerance=DEFAULT_TIE_TOLERANCE if args.tie_tolerance is None else args.tie_tolerance,
+        **tolerances,
     )
+    if args.calibrate:
+        factor = DEFAULT_SAFETY_FACTOR if args.safety_factor is None else args.safety_factor
+        print(format_calibration(calibrate(options, safety_factor=factor)))
+        return 0
     summary = run_compare(options)
     from logitsdump.report.terminal import print_summary
 

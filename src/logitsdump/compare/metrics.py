@@ -246,6 +246,15 @@ def golden_margin(g: np.ndarray) -> float:
     return float(g[first]) - float(g[second])
 
 
+def rank_of(x: np.ndarray, index: int) -> int:
+    """1 + the number of entries ahead of `x[index]` in argmax order (larger, or equal at a lower index).
+
+    One comparison pass over `x`; called only at steps where the argmax differs.
+    """
+    value = x[index]
+    return 1 + int(np.count_nonzero(x > value)) + int(np.count_nonzero(x[:index] == value))
+
+
 def passes(
     cos: float, kl: float, l1: float, ulp_diff: float, ulp_value: float, thresholds: Thresholds
 ) -> bool:
@@ -290,6 +299,12 @@ class PairMetrics:
     golden_margin: float
     #: g[golden_top1] - g[my_top1] (logits): how far behind golden put the test's choice; 0 on a match.
     flip_margin: float
+    #: m[my_top1] - m[golden_top1] (logits): how far ahead the test put its own choice; 0 on a match.
+    my_flip_margin: float = 0.0
+    #: Rank (1 = top) of the test's choice in golden's logits (ties: the lower index first); 1 on a match.
+    my_top1_rank_in_golden: int = 1
+    #: Rank of golden's choice in the test's logits; 1 on a match.
+    golden_top1_rank_in_mine: int = 1
 
     def __bool__(self) -> bool:
         return self.passed
@@ -369,6 +384,7 @@ def pair_metrics(
         cos, kl, l1 = cosine_similarity(g, m, sums), kl_divergence(g, m, sums), l1_norm(g, m, sums)
         udiff, mad = abs(g_max - m_max), max_abs_diff(g, m, sums)
     unit = _ulp_at(m_max, thresholds.dtype)
+    changed = g1 != m1
     return PairMetrics(
         cosine_similarity=cos,
         kl_divergence=kl,
@@ -384,4 +400,7 @@ def pair_metrics(
         topk_overlap=overlap,
         golden_margin=margin,
         flip_margin=float(g[g1]) - float(g[m1]),
+        my_flip_margin=float(m[m1]) - float(m[g1]),
+        my_top1_rank_in_golden=rank_of(g, m1) if changed else 1,
+        golden_top1_rank_in_mine=rank_of(m, g1) if changed else 1,
     )

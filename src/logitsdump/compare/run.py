@@ -37,7 +37,18 @@ from logitsdump.compare.metrics import (
     pair_metrics,
 )
 from logitsdump.compare.pairing import FilePair, pair_files
-from logitsdump.compare.verdict import DEFAULT_TIE_TOLERANCE, VERDICTS, CaseVerdict, RowResult, judge_cases
+from logitsdump.compare.verdict import (
+    DEFAULT_NOISE_COSINE,
+    DEFAULT_NOISE_KL,
+    DEFAULT_NOISE_MARGIN,
+    DEFAULT_TIE_TOLERANCE,
+    VERDICTS,
+    CaseVerdict,
+    Replay,
+    RowResult,
+    Tolerances,
+    judge_cases,
+)
 from logitsdump.csvsafe import write_csv
 from logitsdump.errors import DataError, FileFormatError, UsageError
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
@@ -57,6 +68,8 @@ CASE_COLUMNS = (
     "subject", "key", "verdict", "passed", "tokens_total", "tokens_compared", "tokens_judged",
     "first_diff_token", "golden_token", "my_token", "golden_token_text", "my_token_text",
     "flip_margin", "worst_cosine", "worst_kl", "reason",
+    "replay_mode", "changed_steps", "golden_margins", "my_margins", "my_ranks_in_golden",
+    "golden_ranks_in_mine", "mean_kl", "p95_kl", "mean_cosine", "p95_cosine",
 )
 CASES_SCHEMA_VERSION = 1
 NA = "NA"
@@ -77,11 +90,20 @@ class CompareOptions:
     dtype: str = "fp16"
     topk: int = 10
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE
+    #: Replayed cases: an argmax change is noise when golden's margin is at most noise_margin (logits),
+    #: and a step is close when KL <= noise_kl and cosine >= noise_cosine.
+    noise_margin: float = DEFAULT_NOISE_MARGIN
+    noise_kl: float = DEFAULT_NOISE_KL
+    noise_cosine: float = DEFAULT_NOISE_COSINE
     #: Reader threads; None: the CPU count, at most 8.
     workers: int | None = None
 
     def thresholds(self) -> Thresholds:
         return Thresholds(cosine=self.cosine, kl=self.kl, l1=self.l1, dtype=self.dtype)
+
+    def tolerances(self) -> Tolerances:
+        return Tolerances(tie=self.tie_tolerance, noise_margin=self.noise_margin, noise_kl=self.noise_kl,
+                          noise_cosine=self.noise_cosine)
 
     def validate(self) -> None:
         """Raise UsageError (exit 2) for a value out of range, as msit checks its flags."""
@@ -97,6 +119,12 @@ class CompareOptions:
             raise UsageError(f"--topk must be >= 1, found {self.topk}")
         if not (self.tie_tolerance >= 0.0 and math.isfinite(self.tie_tolerance)):
             raise UsageError(f"--tie-tolerance must be a finite number >= 0, found {self.tie_tolerance}")
+        if not (self.noise_margin >= 0.0 and math.isfinite(self.noise_margin)):
+            raise UsageError(f"--noise-margin must be a finite number >= 0, found {self.noise_margin}")
+        if not (self.noise_kl >= 0.0 and math.isfinite(self.noise_kl)):
+            raise UsageError(f"--noise-kl must be a finite number >= 0, found {self.noise_kl}")
+        if not (-1.0 <= self.noise_cosine <= 1.0):
+            raise UsageError(f"--noise-cosine must be in [-1, 1], found {self.noise_cosine}")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be >= 1, found {self.workers}")
 
@@ -111,6 +139,9 @@ class CompareOptions:
             "dtype": self.dtype,
             "topk": self.topk,
             "tie_tolerance": self.tie_tolerance,
+            "noise_margin": self.noise_margin,
+            "noise_kl": self.noise_kl,
+            "noise_cosine": self.noise_cosine,
         }
 
 
@@ -146,8 +177,21 @@ class CompareSummary:
         }
 
 
-def run_compare(options: CompareOptions, *, now: datetime | None = None) -> CompareSummary:
-    """Compare two folders of logits files and write the CSVs and the case JSON."""
+@dataclass(frozen=True)
+class Measured:
+    """The measuring half of a compare run: every row and every case's verdict, nothing written yet."""
+
+    golden_dir: Path
+    my_dir: Path
+    out_dir: Path
+    rows: list[RowResult]
+    cases: list[CaseVerdict]
+    texts: _Texts
+
+
+def measure(options: CompareOptions) -> Measured:
+    """Check the options and folders (the output folder too, before any work), measure every pair,
+    judge every case (replayed cases as replays)."""
     options.validate()
     golden_dir, my_dir = _input_dir(options.golden_path, "-gp/--golden-path"), _input_dir(
         options.my_path, "-mp/--my-path"
@@ -156,8 +200,15 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
     pairs = pair_files(golden_dir, my_dir)
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
     rows = list(_measure_all(pairs, options))
-    cases = judge_cases(rows, options.tie_tolerance)
     texts = _Texts(golden_dir, my_dir)
+    cases = judge_cases(rows, options.tolerances(), texts.replays(rows))
+    return Measured(golden_dir, my_dir, out_dir, rows, cases, texts)
+
+
+def run_compare(options: CompareOptions, *, now: datetime | None = None) -> CompareSummary:
+    """Compare two folders of logits files and write the CSVs and the case JSON."""
+    measured = measure(options)
+    out_dir, rows, cases, texts = measured.out_dir, measured.rows, measured.cases, measured.texts
     stamp = (now or datetime.now()).strftime("%Y%m%d%H%M%S")
     csv_path, cases_csv, cases_json = _free_names(out_dir, stamp)
     write_csv(csv_path, CSV_COLUMNS, (_csv_row(row) for row in rows))
@@ -354,6 +405,7 @@ class _Texts:
     """Token texts (vocab.json) and case records (manifest.jsonl) of both folders, when present."""
 
     def __init__(self, golden_dir: Path, my_dir: Path) -> None:
+        self.golden_dir, self.my_dir = golden_dir, my_dir
         self.golden_vocab = read_vocab(golden_dir)
         self.my_vocab = read_vocab(my_dir)
         self.golden_cases = _by_file(read_manifest(golden_dir))
@@ -366,6 +418,44 @@ class _Texts:
                 return vocab[token_id]
         return None
 
+    def replays(self, rows: Sequence[RowResult]) -> dict[tuple[str, int | str], Replay]:
+        """(subject, key) -> the replay record of each replayed case (the test's manifest, else golden's).
+
+        A replay made from another folder than the one compared with is accepted when its
+        forced tokens are that folder's generated tokens (the dump was moved); otherwise
+        (it replayed another dump) the case is judged as a free run, with a warning.
+        """
+        out: dict[tuple[str, int | str], Replay] = {}
+        seen: set[tuple[str, int | str]] = set()
+        for row in rows:
+            pair = row.pair
+            if pair.key is None:
+                continue
+            case = (pair.subject or "", pair.key)
+            if case in seen:
+                continue
+            seen.add(case)
+            sides = (
+                (self.my_cases, self.golden_cases, self.golden_dir),
+                (self.golden_cases, self.my_cases, self.my_dir),
+            )
+            for table, other_table, other_dir in sides:
+                record = table.get(pair.file_name)
+                replay = Replay.from_extra(record.extra, len(record.files)) if record is not None else None
+                if record is None or replay is None:
+                    continue
+                if not _same_folder(replay.golden_dir, other_dir):
+                    # replayed from another folder: the same dump moved, or another dump?
+                    other = other_table.get(pair.file_name)
+                    forced = list(record.output_token_ids)
+                    if other is None or list(other.output_token_ids[: len(forced)]) != forced:
+                        _log.warning("case %s #%s: replayed from %s, whose tokens are not those of %s: judged as "
+                                     "a free run", case[0], case[1], replay.golden_dir or "?", other_dir)
+                        break
+                out[case] = replay
+                break
+        return out
+
     def manifest(self, case: CaseVerdict, *, golden: bool) -> dict[str, Any] | None:
         table = self.golden_cases if golden else self.my_cases
         for row in case.rows:
@@ -373,6 +463,13 @@ class _Texts:
             if record is not None:
                 return _manifest_summary(record)
         return None
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _by_file(records: list[CaseManifest]) -> dict[str, CaseManifest]:
@@ -393,12 +490,26 @@ def _manifest_summary(record: CaseManifest) -> dict[str, Any]:
         "logits_dtype": record.logits_dtype,
         "device": record.device,
         "logits_kind": record.logits_kind,
+        "replay": _replay_summary(record),
     }
+
+
+def _replay_summary(record: CaseManifest) -> dict[str, Any] | None:
+    replay = Replay.from_extra(record.extra)
+    if replay is None:
+        return None
+    return {"mode": replay.mode, "golden_dir": replay.golden_dir, "own_tokens": list(replay.own_tokens)}
 
 
 def _case_row(case: CaseVerdict, texts: _Texts) -> dict[str, Any]:
     data = case.to_dict(with_rows=False)
     data["key"] = str(case.key)
+    del data["changes"]
+    data["changed_steps"] = " ".join(str(t) for t in case.changed_steps)
+    data["golden_margins"] = " ".join(_num(c.golden_margin) for c in case.changes)
+    data["my_margins"] = " ".join(_num(c.my_margin) for c in case.changes)
+    data["my_ranks_in_golden"] = " ".join(str(c.my_rank_in_golden) for c in case.changes)
+    data["golden_ranks_in_mine"] = " ".join(str(c.golden_rank_in_mine) for c in case.changes)
     data["golden_token_text"] = texts.token(case.golden_token, golden=True)
     data["my_token_text"] = texts.token(case.my_token, golden=False)
     return {k: ("" if v is None else v) for k, v in data.items()}
@@ -410,6 +521,9 @@ def _cases_document(summary: CompareSummary, options: CompareOptions, texts: _Te
         data = case.to_dict()
         data["golden_token_text"] = texts.token(case.golden_token, golden=True)
         data["my_token_text"] = texts.token(case.my_token, golden=False)
+        for change in data["changes"]:
+            change["golden_token_text"] = texts.token(change["golden_token"], golden=True)
+            change["my_token_text"] = texts.token(change["my_token"], golden=False)
         for step in data["steps"]:
             step["golden_top1_text"] = texts.token(step.get("golden_top1"), golden=True)
             step["my_top1_text"] = texts.token(step.get("my_top1"), golden=False)

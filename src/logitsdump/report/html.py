@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -149,26 +149,39 @@ def _header(result: CompareResult) -> str:
 
 def _overview(result: CompareResult) -> str:
     counts = result.verdict_counts()
+    shown = result.verdicts_shown()
     total = len(result.cases)
     cards = []
-    for verdict in VERDICTS:
+    for verdict in shown:
         count = counts.get(verdict, 0)
         cards.append(
             f'<div class="card v-{_slug(verdict)}{" zero" if count == 0 else ""}" data-verdict="{escape(verdict)}">'
             f'<div class="count">{count}</div><div class="name">{escape(verdict)}</div>'
-            f'<p>{escape(VERDICT_SENTENCES[verdict])}</p></div>'
+            f'<p>{escape(VERDICT_SENTENCES.get(verdict, ""))}</p></div>'
         )
     tasks = result.task_counts()
     task_rows = []
     for task, row in tasks.items():
         cells = "".join(
-            f'<td class="num{" zero" if row.get(v, 0) == 0 else ""}">{row.get(v, 0)}</td>' for v in VERDICTS
+            f'<td class="num{" zero" if row.get(v, 0) == 0 else ""}">{row.get(v, 0)}</td>' for v in shown
         )
         task_rows.append(f"<tr><th>{escape(task)}</th><td class=\"num\">{sum(row.values())}</td>{cells}</tr>")
     if not task_rows:
-        task_rows.append(f'<tr><td colspan="{len(VERDICTS) + 2}" class="muted">no cases</td></tr>')
-    head = "".join(f'<th class="num"><span class="pill v-{_slug(v)}">{escape(v)}</span></th>' for v in VERDICTS)
+        task_rows.append(f'<tr><td colspan="{len(shown) + 2}" class="muted">no cases</td></tr>')
+    head = "".join(f'<th class="num"><span class="pill v-{_slug(v)}">{escape(v)}</span></th>' for v in shown)
     summary = result.summary
+    replay_note = ""
+    if result.replayed:
+        replayed = sum(1 for c in result.cases if c.replayed)
+        replay_note = (
+            f'<p class="replay-note">{replayed} of {total} case{"s" if total != 1 else ""} were <b>replayed</b>: '
+            "the device under test was fed golden's generated tokens (<code>dump --replay</code>), so both devices "
+            "predict every step from the same prefix and every step is judged. Such a case is <b>noise</b> when "
+            "the devices pick different tokens only where golden's top-1 led the test's choice by at most the noise "
+            "margin and every step stays within the noise tolerances (KL and cosine); <b>precision-suspect</b> "
+            "when a different token is picked where golden was clearly sure, or the distributions drift beyond "
+            "the tolerances; <b>consistent</b> when no choice changes and every step is close.</p>"
+        )
     rows_line = ""
     if summary:
         rows_line = (
@@ -178,7 +191,7 @@ def _overview(result: CompareResult) -> str:
     return (
         '<section id="overview">'
         f"<h2>Overview <span class=\"muted\">({total} case{'s' if total != 1 else ''})</span></h2>"
-        f'<div class="cards">{"".join(cards)}</div>'
+        f'<div class="cards">{"".join(cards)}</div>{replay_note}'
         '<div class="two">'
         '<div><h3>Cases by task</h3>'
         f'<table class="grid tasks"><thead><tr><th>task</th><th class="num">cases</th>{head}</tr></thead>'
@@ -200,6 +213,13 @@ def _thresholds(result: CompareResult) -> str:
          "an argmax change is a tie-flip when golden's margin is at most this"),
         ("top-k", escape(str(o.get("topk", "?"))), "k of the top-k overlap"),
     ]
+    if result.replayed:
+        rows += [
+            ("noise margin", f"{_g(o.get('noise_margin'))} logits",
+             "replayed: an argmax change is noise when golden's margin is at most this"),
+            ("noise KL", f"&le; {_g(o.get('noise_kl'))}", "replayed: a step is close when its KL is at most this…"),
+            ("noise cosine", f"&ge; {_g(o.get('noise_cosine'))}", "…and its cosine at least this"),
+        ]
     body = "".join(
         f"<tr><th>{escape(name)}</th><td class=\"num\">{value}</td><td class=\"muted\">{escape(note)}</td></tr>"
         for name, value, note in rows
@@ -217,18 +237,22 @@ _COLUMNS = (
 )
 
 
+_CHANGES_COLUMN = ("argmax changes", "num")
+
+
 def _case_table(result: CompareResult) -> str:
     counts = result.verdict_counts()
+    columns = (*_COLUMNS[:4], _CHANGES_COLUMN, *_COLUMNS[4:]) if result.replayed else _COLUMNS
     buttons = ['<button type="button" class="filter all on" data-verdict="*">all '
                f"<b>{len(result.cases)}</b></button>"]
-    for verdict in VERDICTS:
+    for verdict in result.verdicts_shown():
         buttons.append(
             f'<button type="button" class="filter on v-{_slug(verdict)}" data-verdict="{escape(verdict)}" '
             f'aria-pressed="true">{escape(verdict)} <b>{counts.get(verdict, 0)}</b></button>'
         )
     head = "".join(
         f'<th data-type="{kind}" tabindex="0" title="sort by {escape(name)}">{escape(name)}</th>'
-        for name, kind in _COLUMNS
+        for name, kind in columns
     )
     rows = []
     for number, case in enumerate(result.cases):
@@ -238,6 +262,7 @@ def _case_table(result: CompareResult) -> str:
             _cell(f'<span class="pill v-{_slug(case.verdict)}">{escape(case.verdict)}</span>',
                   str(_verdict_rank(case.verdict))),
             _num_cell(case.first_diff_token, str),
+            *([_num_cell(len(case.changes) if case.replayed else None, str)] if result.replayed else []),
             _num_cell(case.flip_margin, _fmt),
             _num_cell(case.worst_cosine, _fmt_cos),
             _num_cell(case.worst_kl, _fmt),
@@ -245,7 +270,7 @@ def _case_table(result: CompareResult) -> str:
             _cell(escape(case.reason) or '<span class="muted">–</span>', case.reason, "reason"),
         ]
         rows.append(f'<tr data-verdict="{escape(case.verdict)}" data-index="{number}">{"".join(cells)}</tr>')
-    empty = "" if rows else f'<tr><td colspan="{len(_COLUMNS)}" class="muted">no cases</td></tr>'
+    empty = "" if rows else f'<tr><td colspan="{len(columns)}" class="muted">no cases</td></tr>'
     return (
         '<section id="all-cases">'
         "<h2>All cases</h2>"
@@ -285,13 +310,26 @@ class _Token:
 
 def _case_section(result: CompareResult, case: Case, number: int, k: int) -> str:
     focus = case.focus_step()
-    facts = [
-        ("first argmax change", f"token {case.first_diff_token}" if case.first_diff_token is not None else "none"),
-        ("flip margin", _fmt(case.flip_margin) if case.flip_margin is not None else "–"),
-        ("worst cosine", _fmt_cos(case.worst_cosine) if case.worst_cosine is not None else "–"),
-        ("worst KL", _fmt(case.worst_kl) if case.worst_kl is not None else "–"),
-        ("tokens judged", f"{case.tokens_judged} of {case.tokens_total}"),
-    ]
+    if case.replayed:
+        widest = max((c.golden_margin for c in case.changes if c.golden_margin is not None), default=None)
+        facts = [
+            ("replay", f"{case.replay_mode} mode"),
+            ("argmax changes", f"{len(case.changes)} of {case.tokens_judged} steps"),
+            ("largest golden margin", _fmt(widest) if widest is not None else "–"),
+            ("KL mean / p95 / worst", " / ".join(_fmt(v) for v in (case.mean_kl, case.p95_kl, case.worst_kl))),
+            ("cosine mean / p95 / worst",
+             " / ".join(_fmt_cos(v) for v in (case.mean_cosine, case.p95_cosine, case.worst_cosine))),
+            ("steps judged", f"{case.tokens_judged} of {case.tokens_total}"),
+        ]
+    else:
+        facts = [
+            ("first argmax change",
+             f"token {case.first_diff_token}" if case.first_diff_token is not None else "none"),
+            ("flip margin", _fmt(case.flip_margin) if case.flip_margin is not None else "–"),
+            ("worst cosine", _fmt_cos(case.worst_cosine) if case.worst_cosine is not None else "–"),
+            ("worst KL", _fmt(case.worst_kl) if case.worst_kl is not None else "–"),
+            ("tokens judged", f"{case.tokens_judged} of {case.tokens_total}"),
+        ]
     fact_html = "".join(f"<div><dt>{escape(a)}</dt><dd>{escape(b)}</dd></div>" for a, b in facts)
     parts = [
         f'<section class="case v-{_slug(case.verdict)}" id="case-{number}" data-verdict="{escape(case.verdict)}">',
@@ -310,6 +348,8 @@ def _case_section(result: CompareResult, case: Case, number: int, k: int) -> str
         parts.append(f'<pre class="query">{escape(query)}</pre>')
     parts.append(_alignment(result, case))
     parts.append(_plots(case, result, focus.token_index if focus else None))
+    if case.replayed:
+        parts.append(_changes_table(result, case))
     parts.append(_topk_block(result, case, k))
     parts.append(_steps_table(case))
     parts.append('<p class="top-link"><a href="#all-cases">↑ all cases</a></p>')
@@ -351,7 +391,51 @@ def _text_divergence(case: Case) -> int | None:
     return _first_difference(_sequence(case, golden=True)[0], _sequence(case, golden=False)[0])
 
 
+def _replay_alignment(result: CompareResult, case: Case) -> str:
+    """Golden's tokens (fed to both devices) over the test's own choice at each step."""
+    golden, _ = _sequence(case, golden=True)
+    if not golden:  # no golden manifest: the test's manifest holds the forced (golden) tokens
+        manifest = case.my_manifest
+        if manifest and isinstance(manifest.get("output_token_ids"), list):
+            golden, _ = _sequence(replace(case, golden_manifest=manifest), golden=True)
+    steps = {s.token_index: s for s in case.steps if s.token_index is not None}
+    length = max(len(golden), max(steps, default=-1) + 1)
+    shown = min(length, MAX_TOKENS_SHOWN)
+    changed = {c.token for c in case.changes}
+    columns = []
+    for i in range(shown):
+        g = golden[i] if i < len(golden) else None
+        step = steps.get(i)
+        m = _Token(step.my_top1, step.my_top1_text) if step is not None and step.my_top1 is not None else None
+        cls = ["col"]
+        if i in changed:
+            cls.append("changed")
+        if i in steps:
+            cls.append("dumped")
+        title = "logits dumped for this step" if i in steps else "no logits file for this step"
+        columns.append(
+            f'<div class="{" ".join(cls)}"><span class="i" title="{title}">{i}</span>'
+            f"{_token_html(g)}{_token_html(m)}</div>"
+        )
+    if not columns:
+        return '<h4>Generated text</h4><p class="muted">No tokens recorded.</p>'
+    more = f" Showing the first {shown} of {length} tokens." if shown < length else ""
+    note = (f"The test device was fed golden's tokens (replay, {case.replay_mode} mode): the first row is the text "
+            "both devices were conditioned on, the second the test's own choice (argmax) at each step; the "
+            f"{len(changed)} step(s) where it differs are highlighted.{more}")
+    return (
+        "<h4>Golden's text and the test's own choices, step by step</h4>"
+        f'<p class="muted small">{escape(note)} Step numbers in bold have logits files.</p>'
+        '<div class="align replay">'
+        f'<div class="col head"><span class="i">step</span><span class="tok g">{escape(_golden_name(result))}</span>'
+        f'<span class="tok m">{escape(_test_name(result))} own</span></div>'
+        f'{"".join(columns)}</div>'
+    )
+
+
 def _alignment(result: CompareResult, case: Case) -> str:
+    if case.replayed:
+        return _replay_alignment(result, case)
     golden, g_source = _sequence(case, golden=True)
     mine, m_source = _sequence(case, golden=False)
     length = max(len(golden), len(mine))
@@ -414,29 +498,45 @@ def _plots(case: Case, result: CompareResult, marker: int | None) -> str:
         return '<h4>Per-token metrics</h4><p class="muted">No token was compared.</p>'
     xs = [s.token_index for s in steps]
     xs_int = [x for x in xs if x is not None]
-    # From the step after the first differing token on, the two runs were fed different prefixes.
-    shade = case.first_diff_token if case.first_diff_token is not None else _text_divergence(case)
-    label = f"divergence: token {marker}" if marker is not None else ""
+    if case.replayed:  # the same prefix at every step: nothing to shade, every change marked
+        shade, changed = None, [c.token for c in case.changes]
+        label = f"shown below: token {marker}" if marker is not None else ""
+    else:  # from the step after the first differing token on, the runs were fed different prefixes
+        shade, changed = (case.first_diff_token if case.first_diff_token is not None else _text_divergence(case)), []
+        label = f"divergence: token {marker}" if marker is not None else ""
     o = result.options
+    cos_threshold, kl_threshold = _float(o.get("cosine_similarity")), _float(o.get("kl_divergence"))
+    margin_threshold, margin_hint = _float(o.get("tie_tolerance")), "tie tolerance"
+    hint = "dashed: threshold"
+    if case.replayed:
+        cos_threshold, kl_threshold = _float(o.get("noise_cosine")), _float(o.get("noise_kl"))
+        margin_threshold, margin_hint = _float(o.get("noise_margin")), "noise margin"
+        hint = "dashed: noise tolerance"
     plots = [
-        ("cosine similarity", "higher is closer; dashed: threshold",
-         [s.cosine for s in steps], _float(o.get("cosine_similarity")), False, "cosine"),
-        ("KL divergence (log scale)", "lower is closer; dashed: threshold",
-         [s.kl for s in steps], _float(o.get("kl_divergence")), True, "kl"),
-        ("golden top-1 margin (logits)", "golden's top-1 minus top-2; dashed: tie tolerance",
-         [s.golden_margin for s in steps], _float(o.get("tie_tolerance")), False, "margin"),
+        ("cosine similarity", f"higher is closer; {hint}",
+         [s.cosine for s in steps], cos_threshold, False, "cosine"),
+        ("KL divergence (log scale)", f"lower is closer; {hint}",
+         [s.kl for s in steps], kl_threshold, True, "kl"),
+        ("golden top-1 margin (logits)", f"golden's top-1 minus top-2; dashed: {margin_hint}",
+         [s.golden_margin for s in steps], margin_threshold, False, "margin"),
     ]
     figures = []
     for title, hint, values, threshold, log, name in plots:
         svg = line_plot(
             xs_int, values, label=f"{title} per token, {case.label}", marker=marker, marker_label=label,
-            shade_from=shade, threshold=threshold, log=log, css_class=f"plot plot-{name}",
+            markers=changed, shade_from=shade, threshold=threshold, log=log, css_class=f"plot plot-{name}",
         )
         figures.append(f'<figure><figcaption><b>{escape(title)}</b> <span class="muted">{escape(hint)}</span>'
                        f"</figcaption>{svg}</figure>")
-    legend = ('<p class="muted small legend"><span class="key marker"></span> divergence step'
-              ' <span class="key shade"></span> not judged (different prefixes)'
-              ' <span class="key threshold"></span> threshold</p>')
+    if case.replayed:
+        legend = ('<p class="muted small legend"><span class="key marker minor"></span> argmax differs'
+                  ' <span class="key marker"></span> the step shown below'
+                  ' <span class="key threshold"></span> tolerance · every step judged (same prefix on both sides)'
+                  "</p>")
+    else:
+        legend = ('<p class="muted small legend"><span class="key marker"></span> divergence step'
+                  ' <span class="key shade"></span> not judged (different prefixes)'
+                  ' <span class="key threshold"></span> threshold</p>')
     return f'<h4>Per-token metrics</h4><div class="plots">{"".join(figures)}</div>{legend}'
 
 
@@ -445,9 +545,13 @@ def _topk_block(result: CompareResult, case: Case, k: int) -> str:
     if focus is None:
         return ""
     topk = load_topk(result, case, k, focus)
-    why = ("the first argmax change" if case.first_diff_token is not None
-           else "the first failing token" if case.verdict in ("divergent", "incomplete")
-           else "the token with the lowest cosine")
+    if case.replayed:
+        why = ("the argmax change where golden was surest" if focus.changed
+               else "the step with the largest KL")
+    else:
+        why = ("the first argmax change" if case.first_diff_token is not None
+               else "the first failing token" if case.verdict in ("divergent", "incomplete")
+               else "the token with the lowest cosine")
     head = f"<h4>Top-{k} candidates at token {focus.token_index} <span class=\"muted\">({escape(why)})</span></h4>"
     if not topk.golden and not topk.mine:
         return head + f'<p class="muted">Not available: {escape(topk.problem or "no logits")}.</p>'
@@ -460,6 +564,39 @@ def _topk_block(result: CompareResult, case: Case, k: int) -> str:
     return (head + '<p class="muted small">Logits and softmax probabilities read from the logits files. '
             '<span class="pickg">G</span> golden\'s choice, <span class="pickm">T</span> the test\'s choice.</p>'
             f'<div class="topk">{"".join(tables)}</div>{note}')
+
+
+def _changes_table(result: CompareResult, case: Case) -> str:
+    """Every step of a replayed case where the argmax differs: both choices, margins and ranks."""
+    if not case.changes:
+        return ('<h4>Argmax changes</h4><p class="muted">None: both devices pick the same token at every step.</p>')
+    tie = _float(result.options.get("noise_margin"))
+    rows = []
+    for c in case.changes:
+        clear = tie is not None and c.golden_margin is not None and c.golden_margin > tie
+        cls = ' class="clear"' if clear else ""
+        rows.append(
+            f"<tr{cls}><td class=\"num\">{c.token}</td>"
+            f"<td>{_token_html(_Token(c.golden_token, c.golden_token_text))}</td>"
+            f"<td>{_token_html(_Token(c.my_token, c.my_token_text))}</td>"
+            f"<td class=\"num\">{escape(_fmt(c.golden_margin))}</td><td class=\"num\">{escape(_fmt(c.my_margin))}</td>"
+            f"<td class=\"num\">{_opt(c.my_rank_in_golden)}</td><td class=\"num\">{_opt(c.golden_rank_in_mine)}</td>"
+            f"<td>{'clear margin' if clear else 'near-tie'}</td></tr>"
+        )
+    return (
+        f"<h4>Argmax changes <span class=\"muted\">({len(case.changes)})</span></h4>"
+        '<p class="muted small">golden margin: golden\'s logit of its choice minus its logit of the test\'s choice; '
+        "test margin: the same on the test's side; rank: where each device put the other's choice (1 = top). "
+        f"A change is a near-tie when the golden margin is at most the noise margin ({_g(tie)} logits).</p>"
+        '<div class="scroll"><table class="grid changes"><thead><tr><th class="num">step</th><th>golden chose</th>'
+        '<th>test chose</th><th class="num">golden margin</th><th class="num">test margin</th>'
+        '<th class="num">rank of test\'s choice in golden</th><th class="num">rank of golden\'s choice in test</th>'
+        f"<th>kind</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _opt(value: int | None) -> str:
+    return "–" if value is None else escape(str(value))
 
 
 def _side_title(side: str, name: str) -> str:
@@ -559,7 +696,8 @@ def _pct(p: float) -> str:
 
 _CSS = """
 :root{--fg:#1d2330;--muted:#667085;--line:#e3e6ec;--bg:#fff;--soft:#f6f7f9;--g:#1f5fbf;--m:#b5531b;
---v-identical:#2e7d32;--v-consistent:#4f8a10;--v-tie-flip:#b7791f;--v-divergent:#c62828;--v-incomplete:#6b5b95}
+--v-identical:#2e7d32;--v-consistent:#4f8a10;--v-tie-flip:#b7791f;--v-divergent:#c62828;--v-incomplete:#6b5b95;
+--v-noise:#00838f;--v-precision-suspect:#ad1457}
 *{box-sizing:border-box}
 body{margin:0 auto;max-width:1180px;padding:0 28px 40px;font:14px/1.45 system-ui,-apple-system,"Segoe UI",
 Roboto,"Noto Sans","DejaVu Sans",sans-serif;color:var(--fg);background:var(--bg)}
@@ -575,12 +713,15 @@ dl.paths{display:grid;grid-template-columns:max-content 1fr;gap:4px 10px;margin:
 dl.paths dt,dl.paths dd{margin:0}
 .dev{display:inline-block;font-size:11px;font-weight:700;text-transform:uppercase;color:#fff;border-radius:4px;
 padding:1px 6px}.dev.g{background:var(--g)}.dev.m{background:var(--m)}
-.cards{display:grid;grid-template-columns:repeat(5,1fr);gap:12px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px}
 .card{border:1px solid var(--line);border-top:4px solid var(--vc,#999);border-radius:8px;padding:10px 12px;
 background:#fff}.card .count{font-size:28px;font-weight:700;color:var(--vc)}.card .name{font-weight:700}
 .card p{margin:6px 0 0;font-size:12px;color:#475467}.card.zero{opacity:.55}.card.zero .count{color:var(--muted)}
 .v-identical{--vc:var(--v-identical)}.v-consistent{--vc:var(--v-consistent)}.v-tie-flip{--vc:var(--v-tie-flip)}
 .v-divergent{--vc:var(--v-divergent)}.v-incomplete{--vc:var(--v-incomplete)}
+.v-noise{--vc:var(--v-noise)}.v-precision-suspect{--vc:var(--v-precision-suspect)}
+.replay-note{margin:12px 0 0;padding:8px 12px;background:#f2f8f9;border-left:4px solid var(--v-noise);
+border-radius:4px;font-size:13px}
 .pill{display:inline-block;padding:1px 8px;border-radius:999px;font-size:12px;font-weight:700;color:#fff;
 background:var(--vc,#888);white-space:nowrap;vertical-align:1px}
 .two{display:grid;grid-template-columns:3fr 2fr;gap:26px;margin-top:8px}
@@ -624,6 +765,11 @@ font-size:13px;background:#fff;white-space:pre;min-height:24px}
 .align .col.first-diff .tok{border-color:var(--v-divergent);font-weight:700}
 .case.v-tie-flip .align .col.first-diff{background:#fdf1d6;outline-color:var(--v-tie-flip)}
 .case.v-tie-flip .align .col.first-diff .tok{border-color:var(--v-tie-flip)}
+.align .col.changed{background:#e0f2f1;outline:2px solid var(--v-noise)}
+.align .col.changed .tok{border-color:var(--v-noise);font-weight:700}
+.case.v-precision-suspect .align .col.changed{background:#fce4ec;outline-color:var(--v-precision-suspect)}
+.case.v-precision-suspect .align .col.changed .tok{border-color:var(--v-precision-suspect)}
+table.changes tr.clear td{background:#fce4ec}
 .tok.id{color:#475467}.tok.none{color:#c0c6d0;border-style:dotted!important}
 .plots{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:12px}
 .plots figure{margin:0;border:1px solid var(--line);border-radius:6px;
@@ -635,9 +781,11 @@ svg.plot .series{fill:none;stroke:#1f5fbf;stroke-width:1.8;stroke-linejoin:round
 svg.plot .dot{fill:#1f5fbf}svg.plot .dot.mark{fill:var(--v-divergent)}
 svg.plot .threshold{stroke:#667085;stroke-dasharray:5 4;stroke-width:1.2}
 svg.plot .marker{stroke:var(--v-divergent);stroke-width:1.6;stroke-dasharray:3 2}
+svg.plot .marker.minor{stroke:#e07b7b;stroke-width:1;stroke-dasharray:2 3}
 svg.plot .unjudged{fill:#eef0f3;opacity:.7}svg.plot .empty{font-size:12px;fill:#98a2b3}
 .legend .key{display:inline-block;width:18px;height:0;vertical-align:middle;margin:0 4px 0 12px}
-.legend .key.marker{border-top:2px dashed var(--v-divergent)}.legend .key.threshold{border-top:2px dashed #667085}
+.legend .key.marker{border-top:2px dashed var(--v-divergent)}
+.legend .key.marker.minor{border-top:1px dashed #e07b7b}.legend .key.threshold{border-top:2px dashed #667085}
 .legend .key.shade{height:10px;background:#e3e6ec}
 .topk{display:grid;grid-template-columns:1fr 1fr;gap:20px}
 .topk h5.g{color:var(--g)}.topk h5.m{color:var(--m)}
@@ -710,8 +858,10 @@ if(location.hash==='#selftest'){var res=[];
   res.push('sort:'+(vals.every(function(v,i){return i===0||vals[i-1]>=v;})?'ok':'bad'));
   sortBy(kl,1);var order=rows.map(function(r){return r.cells[kl].getAttribute('data-v');});
   res.push('order:'+order.join('|'));
-  var all=buttons[0];toggle(all);var div=buttons.filter(function(b){return b.dataset.verdict==='divergent';})[0];
-  var n=toggle(div);var ok=rows.every(function(r){return r.hidden===(r.dataset.verdict!=='divergent');});
+  var all=buttons[0];toggle(all);
+  function pick(v){return buttons.filter(function(b){return b.dataset.verdict===v;})[0];}
+  var div=pick('divergent')||pick('precision-suspect');
+  var n=toggle(div);var ok=rows.every(function(r){return r.hidden===(r.dataset.verdict!==div.dataset.verdict);});
   res.push('filter:'+(ok?'ok':'bad')+':'+n);toggle(all);
   document.body.dataset.selftest=res.join(' ');}
 document.body.dataset.ready='1';

@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from logitsdump.compare.verdict import DIVERGENT, INCOMPLETE, VERDICTS
+from logitsdump.compare.verdict import (
+    DIVERGENT,
+    FREE_RUN_VERDICTS,
+    INCOMPLETE,
+    PRECISION_SUSPECT,
+    REPLAY_VERDICTS,
+    VERDICTS,
+)
 from logitsdump.errors import DataError, FileFormatError
 from logitsdump.store import read_vocab
 
@@ -55,6 +62,11 @@ class Step:
     my_top1_text: str | None
     top1_match: bool | None
 
+    @property
+    def changed(self) -> bool:
+        """The two devices' argmax differs at this step."""
+        return self.top1_match is False
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Step:
         return cls(
@@ -72,6 +84,38 @@ class Step:
             golden_top1_text=_str_or_none(data.get("golden_top1_text")),
             my_top1_text=_str_or_none(data.get("my_top1_text")),
             top1_match=data.get("top1_match") if isinstance(data.get("top1_match"), bool) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    """A step of a case where the argmax differs (compare's `changes`)."""
+
+    token: int
+    golden_token: int | None
+    my_token: int | None
+    golden_margin: float | None
+    my_margin: float | None
+    my_rank_in_golden: int | None
+    golden_rank_in_mine: int | None
+    golden_token_text: str | None = None
+    my_token_text: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Change | None:
+        token = _int_or_none(data.get("token"))
+        if token is None:
+            return None
+        return cls(
+            token=token,
+            golden_token=_int_or_none(data.get("golden_token")),
+            my_token=_int_or_none(data.get("my_token")),
+            golden_margin=_float_or_none(data.get("golden_margin")),
+            my_margin=_float_or_none(data.get("my_margin")),
+            my_rank_in_golden=_int_or_none(data.get("my_rank_in_golden")),
+            golden_rank_in_mine=_int_or_none(data.get("golden_rank_in_mine")),
+            golden_token_text=_str_or_none(data.get("golden_token_text")),
+            my_token_text=_str_or_none(data.get("my_token_text")),
         )
 
 
@@ -101,6 +145,18 @@ class Case:
     #: The logits folders this case was compared from (set when several runs are merged).
     golden_dir: Path | None = field(default=None, repr=False)
     my_dir: Path | None = field(default=None, repr=False)
+    #: "step" or "prefill" when the test side replayed golden's tokens; None for a free run.
+    replay_mode: str | None = None
+    #: The judged steps where the argmax differs (a free run: at most the first).
+    changes: tuple[Change, ...] = ()
+    mean_kl: float | None = None
+    p95_kl: float | None = None
+    mean_cosine: float | None = None
+    p95_cosine: float | None = None
+
+    @property
+    def replayed(self) -> bool:
+        return self.replay_mode is not None
 
     @property
     def label(self) -> str:
@@ -122,10 +178,18 @@ class Case:
         return None
 
     def focus_step(self) -> Step | None:
-        """The step the report centres on: the first argmax change; else, for a divergent or
-        incomplete case, the last judged token (the one that failed); else the worst cosine."""
+        """The step the report centres on.
+
+        A free run: the first argmax change; else, for a divergent or incomplete case,
+        the last judged token (the one that failed); else the worst cosine.
+        A replayed case: the argmax change where golden was surest (largest golden
+        margin), unless the case is precision-suspect with every change a near-tie
+        by its reason (drift): then, as without changes, the step with the worst KL.
+        """
         if not self.steps:
             return None
+        if self.replayed:
+            return self._replay_focus()
         if self.first_diff_token is not None:
             for step in self.steps:
                 if step.token_index == self.first_diff_token:
@@ -134,6 +198,17 @@ class Case:
             return self.steps[self.tokens_judged - 1]
         measured = [s for s in self.steps if s.cosine is not None]
         return min(measured, key=lambda s: s.cosine or 0.0) if measured else self.steps[0]
+
+    def _replay_focus(self) -> Step | None:
+        by_token = {s.token_index: s for s in self.steps}
+        drift_only = self.verdict == PRECISION_SUSPECT and "clear golden margin" not in self.reason
+        margins = [c for c in self.changes if c.golden_margin is not None and c.token in by_token]
+        if margins and not drift_only:
+            return by_token[max(margins, key=lambda c: c.golden_margin or 0.0).token]
+        measured = [s for s in self.steps if s.kl is not None]
+        if measured:
+            return max(measured, key=lambda s: s.kl or 0.0)
+        return self.steps[0]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Case:
@@ -160,6 +235,16 @@ class Case:
             steps=tuple(Step.from_dict(s) for s in steps if isinstance(s, Mapping)),
             golden_manifest=_mapping_or_none(data.get("golden_manifest")),
             my_manifest=_mapping_or_none(data.get("my_manifest")),
+            replay_mode=_str_or_none(data.get("replay_mode")),
+            changes=tuple(
+                change for change in (
+                    Change.from_dict(c) for c in (data.get("changes") or []) if isinstance(c, Mapping)
+                ) if change is not None
+            ) if isinstance(data.get("changes"), list) else (),
+            mean_kl=_float_or_none(data.get("mean_kl")),
+            p95_kl=_float_or_none(data.get("p95_kl")),
+            mean_cosine=_float_or_none(data.get("mean_cosine")),
+            p95_cosine=_float_or_none(data.get("p95_cosine")),
         )
 
 
@@ -174,9 +259,24 @@ class CompareResult:
     summary: Mapping[str, Any]
     cases: tuple[Case, ...]
 
+    @property
+    def replayed(self) -> bool:
+        """Whether any case of the run was replayed (`dump --replay`)."""
+        return any(case.replayed for case in self.cases)
+
+    def verdicts_shown(self) -> tuple[str, ...]:
+        """The verdicts this run can have, in VERDICTS order: a free run's five, a replay's five, or
+        all seven when the run mixes both (and any other verdict that a case has)."""
+        kinds = {case.replayed for case in self.cases}
+        wanted = set(REPLAY_VERDICTS if kinds == {True} else FREE_RUN_VERDICTS)
+        if kinds == {True, False}:
+            wanted |= set(REPLAY_VERDICTS)
+        wanted |= {case.verdict for case in self.cases if case.verdict in VERDICTS}
+        return tuple(v for v in VERDICTS if v in wanted)
+
     def verdict_counts(self) -> dict[str, int]:
-        """verdict -> number of cases, every known verdict present, in VERDICTS order."""
-        counts = {v: 0 for v in VERDICTS}
+        """verdict -> number of cases, every verdict of `verdicts_shown` present, in VERDICTS order."""
+        counts = {v: 0 for v in self.verdicts_shown()}
         for case in self.cases:
             counts[case.verdict] = counts.get(case.verdict, 0) + 1
         return counts
@@ -184,8 +284,9 @@ class CompareResult:
     def task_counts(self) -> dict[str, dict[str, int]]:
         """task -> verdict -> number of cases (tasks sorted, `unknown` last)."""
         table: dict[str, dict[str, int]] = {}
+        shown = self.verdicts_shown()
         for case in self.cases:
-            row = table.setdefault(case.task, {v: 0 for v in VERDICTS})
+            row = table.setdefault(case.task, {v: 0 for v in shown})
             row[case.verdict] = row.get(case.verdict, 0) + 1
         return dict(sorted(table.items(), key=lambda kv: (kv[0] == UNKNOWN_TASK, kv[0])))
 

@@ -23,6 +23,8 @@ def line_plot(
     label: str,
     marker: int | None = None,
     marker_label: str = "",
+    markers: Sequence[int] = (),
+    markers_label: str = "argmax differs",
     shade_from: int | None = None,
     threshold: float | None = None,
     threshold_label: str = "threshold",
@@ -33,9 +35,10 @@ def line_plot(
 ) -> str:
     """An SVG line plot of `ys` over the token steps `xs`.
 
-    `marker`: the step drawn as a vertical line (the divergence); `shade_from`:
-    steps from there on are shaded (not judged); `threshold`: a dashed
-    horizontal line; `log`: base-10 log scale of y.
+    `marker`: the step drawn as a vertical line (the divergence); `markers`: more
+    steps drawn as thinner vertical lines (e.g. every argmax change of a replayed
+    case), their dots marked too; `shade_from`: steps from there on are shaded
+    (not judged); `threshold`: a dashed horizontal line; `log`: base-10 log scale of y.
     """
     points = [(x, _finite(y)) for x, y in zip(xs, ys, strict=True)]
     values = [y for _, y in points if y is not None]
@@ -98,6 +101,12 @@ def line_plot(
         y = py(t_value)
         lines.append(f'<line class="threshold" x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{y:.1f}" y2="{y:.1f}">'
                      f"<title>{escape(threshold_label)} {threshold:g}</title></line>")
+    marked = {x for x in markers if x != marker}
+    for extra in sorted(marked):
+        if xs and min(xs) <= extra <= max(xs):
+            x = px(extra)
+            lines.append(f'<line class="marker minor" x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}">'
+                         f"<title>{escape(f'token {extra}: {markers_label}')}</title></line>")
     if marker is not None and xs and min(xs) <= marker <= max(xs):
         x = px(marker)
         lines.append(f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}">'
@@ -109,9 +118,12 @@ def line_plot(
         if y is None:
             continue
         shown = _finite(raw)
-        cls = "dot mark" if x == marker else "dot"
+        cls = "dot mark" if x == marker or x in marked else "dot"
         tip = f"token {x}: {shown:.6g}" if shown is not None else f"token {x}"
-        lines.append(f'<circle class="{cls}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="{3.5 if x == marker else 2.5}">'
+        if x in marked:
+            tip += f" ({markers_label})"
+        radius = 3.5 if x == marker else 3.0 if x in marked else 2.5
+        lines.append(f'<circle class="{cls}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="{radius}">'
                      f"<title>{escape(tip)}</title></circle>")
     if not values:
         lines.append(f'<text class="empty" x="{_LEFT + plot_w / 2:.1f}" y="{_TOP + plot_h / 2:.1f}" '

@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from logitsdump.compare.verdict import CONSISTENT, DIVERGENT, IDENTICAL, INCOMPLETE, TIE_FLIP, VERDICTS
+from logitsdump.compare.verdict import (
+    CONSISTENT,
+    DIVERGENT,
+    IDENTICAL,
+    INCOMPLETE,
+    NOISE,
+    PRECISION_SUSPECT,
+    TIE_FLIP,
+)
 from logitsdump.report.explain import VERDICT_HINTS
 from logitsdump.report.load import Case, CompareResult, load_compare, parse_document
 
@@ -23,14 +31,18 @@ _RESET = "\033[0m"
 _COLORS = {
     IDENTICAL: "\033[32m",
     CONSISTENT: "\033[32m",
+    NOISE: "\033[36m",
     TIE_FLIP: "\033[33m",
     DIVERGENT: "\033[1;31m",
+    PRECISION_SUSPECT: "\033[1;31m",
     INCOMPLETE: "\033[35m",
     "bold": "\033[1m",
     "dim": "\033[2m",
 }
 #: Worst first: the order of the "worst cases" list.
-_SEVERITY = {DIVERGENT: 0, INCOMPLETE: 1, TIE_FLIP: 2, CONSISTENT: 3, IDENTICAL: 4}
+_SEVERITY = {DIVERGENT: 0, PRECISION_SUSPECT: 0, INCOMPLETE: 1, TIE_FLIP: 2, NOISE: 2, CONSISTENT: 3, IDENTICAL: 4}
+#: Passing verdicts that still go on the "worst cases" list (noise picked another token).
+_LISTED_PASSING = (TIE_FLIP, NOISE)
 
 
 def use_color(stream: TextIO | None = None) -> bool:
@@ -77,21 +89,25 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
         lines.append("  " + " · ".join(hints))
     # -- tasks
     tasks = result.task_counts()
+    shown_verdicts = result.verdicts_shown()
     if tasks:
         lines.append("")
         task_w = max(4, *(len(t) for t in tasks))
-        header = f"  {'task':<{task_w}}  {'cases':>5}" + "".join(f"  {v:>{max(len(v), 3)}}" for v in VERDICTS)
+        header = f"  {'task':<{task_w}}  {'cases':>5}" + "".join(
+            f"  {v:>{max(len(v), 3)}}" for v in shown_verdicts
+        )
         lines.append(paint("dim", header))
         for task, row in tasks.items():
             cells = []
-            for verdict in VERDICTS:
+            for verdict in shown_verdicts:
                 n = row.get(verdict, 0)
                 cell = f"{n:>{max(len(verdict), 3)}}"
                 cells.append("  " + (paint(verdict, cell) if n else paint("dim", cell)))
             lines.append(f"  {task:<{task_w}}  {sum(row.values()):>5}" + "".join(cells))
     # -- worst cases
     ranked = sorted(result.cases, key=_severity)
-    shown = [c for c in ranked if not c.passed or c.verdict == TIE_FLIP][:worst]
+    listed = [c for c in ranked if not c.passed or c.verdict in _LISTED_PASSING]
+    shown = listed[:worst]
     if shown:
         lines.append("")
         lines.append(paint("bold", "worst cases"))
@@ -99,7 +115,7 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
         for case in shown:
             table.append((
                 _clip(case.label, 36), _clip(case.task, 20), case.verdict,
-                _focus(case), _num(case.flip_margin), _cos(case.worst_cosine), _num(case.worst_kl),
+                _focus(case), _num(_margin(case)), _cos(case.worst_cosine), _num(case.worst_kl),
             ))
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         right = {3, 4, 5, 6}
@@ -112,7 +128,7 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
                 cells.append(text)
             line = "  " + "  ".join(cells).rstrip()
             lines.append(paint("dim", line) if index == 0 else line)
-        hidden = sum(1 for c in ranked if not c.passed or c.verdict == TIE_FLIP) - len(shown)
+        hidden = len(listed) - len(shown)
         if hidden > 0:
             lines.append(paint("dim", f"  ... and {hidden} more (see the report)"))
     lines.append("")
@@ -141,8 +157,20 @@ def _severity(case: Case) -> tuple:
 
 
 def _focus(case: Case) -> str:
-    step = case.focus_step() if case.verdict in (TIE_FLIP, DIVERGENT, INCOMPLETE) else None
+    listed = (TIE_FLIP, DIVERGENT, INCOMPLETE, NOISE, PRECISION_SUSPECT)
+    step = case.focus_step() if case.verdict in listed else None
     return str(step.token_index) if step is not None and step.token_index is not None else "-"
+
+
+def _margin(case: Case) -> float | None:
+    """Golden's margin at the step the case is shown at (a replay: the focus step's change)."""
+    if not case.replayed:
+        return case.flip_margin
+    step = case.focus_step()
+    for change in case.changes:
+        if step is not None and change.token == step.token_index:
+            return change.golden_margin
+    return None
 
 
 def _num(value: float | None) -> str:
@@ -161,6 +189,10 @@ def _clip(text: str, width: int) -> str:
 
 def _thresholds(result: CompareResult) -> str:
     o = result.options
-    return (f"thresholds: cosine > {o.get('cosine_similarity', '?')}, KL < {o.get('kl_divergence', '?')}, "
+    text = (f"thresholds: cosine > {o.get('cosine_similarity', '?')}, KL < {o.get('kl_divergence', '?')}, "
             f"|L1| < {o.get('l1_norm', '?')} (or max logit within 1 ULP of {o.get('dtype', '?')}); "
             f"tie tolerance {o.get('tie_tolerance', '?')} logits")
+    if result.replayed:
+        text += (f"; replayed: noise margin {o.get('noise_margin', '?')} logits, steps close when "
+                 f"KL <= {o.get('noise_kl', '?')} and cosine >= {o.get('noise_cosine', '?')}")
+    return text

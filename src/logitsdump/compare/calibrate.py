@@ -1,0 +1,274 @@
+"""`compare --calibrate`: measure the spread of a known-good pair and suggest the noise tolerances.
+
+The pair is taken as pure numerical noise (two dumps of one healthy model in
+two dtypes, or on two healthy devices, the test side replayed). Over every
+judged step (a replayed case: all steps; a free run: up to and including the
+first argmax change) it measures per-step KL, 1 - cosine, max |diff|, and
+golden's margin at each argmax change, and suggests
+
+    tolerance = safety_factor x the `quantile` quantile (nearest rank) of the spread
+
+(`noise_kl` from KL, `noise_cosine` = 1 - that of 1 - cosine, `noise_margin`
+and `tie_tolerance` from the golden margins at argmax changes). The suggestions are written as a
+JSON file that `compare --tolerances FILE` reads (`load_tolerances`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from logitsdump import __version__
+from logitsdump.compare.run import CompareOptions, measure
+from logitsdump.compare.verdict import CaseVerdict, percentile_high
+from logitsdump.errors import DataError, UsageError
+from logitsdump.fsutil import atomic_write_text
+
+#: The `schema` of a tolerances file.
+TOLERANCES_SCHEMA = "logitsdump-tolerances"
+TOLERANCES_VERSION = 1
+#: Default safety factor and quantile of the suggestions.
+DEFAULT_SAFETY_FACTOR = 2.0
+DEFAULT_QUANTILE = 0.99
+#: The keys of a tolerances file, with the CompareOptions field each sets.
+TOLERANCE_KEYS = ("tie_tolerance", "noise_margin", "noise_kl", "noise_cosine")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Quantiles (nearest rank) of one measured quantity over the judged steps."""
+
+    count: int
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    max: float | None
+    #: The quantile the suggestion is based on (`quantile` of calibrate).
+    at_quantile: float | None
+
+    @classmethod
+    def of(cls, values: Sequence[float], quantile: float) -> Spread:
+        return cls(
+            count=len(values),
+            p50=percentile_high(values, 0.5),
+            p90=percentile_high(values, 0.9),
+            p99=percentile_high(values, 0.99),
+            max=max(values) if values else None,
+            at_quantile=percentile_high(values, quantile),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max,
+                "at_quantile": self.at_quantile}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What `calibrate` measured and suggests."""
+
+    path: Path
+    safety_factor: float
+    quantile: float
+    cases: int
+    replayed_cases: int
+    steps: int
+    kl: Spread
+    one_minus_cosine: Spread
+    max_abs_diff: Spread
+    change_margins: Spread
+    #: The suggested tolerances; a key is missing when nothing was measured for it.
+    suggested: Mapping[str, float] = field(default_factory=dict)
+    #: Why a tolerance has no suggestion.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rule(self) -> str:
+        return (f"each tolerance = {self.safety_factor:g} x the {self.quantile:g} quantile (nearest rank) of the "
+                "known-good pair's judged steps: noise_kl from per-step KL, noise_cosine = 1 - that of "
+                "1 - cosine, noise_margin and tie_tolerance from golden's margin at the steps where the argmax "
+                "differs")
+
+    def to_dict(self, options: CompareOptions, stamp: str) -> dict[str, Any]:
+        return {
+            "schema": TOLERANCES_SCHEMA,
+            "schema_version": TOLERANCES_VERSION,
+            "tool": f"logitsdump {__version__}",
+            "timestamp": stamp,
+            "tolerances": dict(self.suggested),
+            "rule": self.rule,
+            "safety_factor": self.safety_factor,
+            "quantile": self.quantile,
+            "notes": list(self.notes),
+            "measured": {
+                "golden_path": str(options.golden_path),
+                "my_path": str(options.my_path),
+                "cases": self.cases,
+                "replayed_cases": self.replayed_cases,
+                "steps": self.steps,
+                "kl": self.kl.to_dict(),
+                "one_minus_cosine": self.one_minus_cosine.to_dict(),
+                "max_abs_diff": self.max_abs_diff.to_dict(),
+                "golden_margin_at_changes": self.change_margins.to_dict(),
+            },
+        }
+
+
+def calibrate(
+    options: CompareOptions,
+    *,
+    safety_factor: float = DEFAULT_SAFETY_FACTOR,
+    quantile: float = DEFAULT_QUANTILE,
+    output_path: str | os.PathLike[str] | None = None,
+    now: datetime | None = None,
+) -> Calibration:
+    """Measure the pair of `options` as known-good noise, write the suggested tolerances, return them.
+
+    The JSON goes to `output_path`, by default `logits_cmp_tolerances_<ts>.json` in
+    the output folder (never overwritten: `_1`, `_2`, ... are added).
+    """
+    if not (safety_factor >= 1.0 and math.isfinite(safety_factor)):
+        raise UsageError(f"--safety-factor must be a finite number >= 1, found {safety_factor}")
+    if not (0.0 < quantile <= 1.0):
+        raise UsageError(f"the calibration quantile must be in (0, 1], found {quantile}")
+    measured = measure(options)
+    kls: list[float] = []
+    gaps: list[float] = []
+    diffs: list[float] = []
+    margins: list[float] = []
+    for case in measured.cases:
+        for row in judged_rows(case):
+            m = row.metrics
+            if m is None:
+                continue
+            kls.append(m.kl_divergence)
+            gaps.append(max(0.0, 1.0 - m.cosine_similarity))
+            diffs.append(m.max_abs_diff)
+            if not m.top1_match:
+                margins.append(m.flip_margin)
+    kl, gap = Spread.of(kls, quantile), Spread.of(gaps, quantile)
+    diff, change = Spread.of(diffs, quantile), Spread.of(margins, quantile)
+    suggested: dict[str, float] = {}
+    notes: list[str] = []
+    if change.at_quantile is not None:
+        suggested["tie_tolerance"] = suggested["noise_margin"] = _round_up(safety_factor * change.at_quantile)
+    else:
+        notes.append("no argmax change among the judged steps: tie_tolerance and noise_margin not measured "
+                     "(keep the defaults, or calibrate on more cases)")
+    if kl.at_quantile is not None and gap.at_quantile is not None:
+        suggested["noise_kl"] = _round_up(safety_factor * kl.at_quantile)
+        suggested["noise_cosine"] = max(-1.0, 1.0 - _round_up(safety_factor * gap.at_quantile))
+    else:
+        notes.append("no step could be measured: noise_kl and noise_cosine not suggested")
+    if measured.cases and not any(c.replayed for c in measured.cases):
+        notes.append("no replayed case: only the steps up to each case's first argmax change were used; "
+                     "replay the test side (dump --replay) to measure every step")
+    stamp = (now or datetime.now()).strftime("%Y%m%d%H%M%S")
+    path = Path(output_path) if output_path is not None else _free_name(measured.out_dir, stamp)
+    result = Calibration(
+        path=path,
+        safety_factor=safety_factor,
+        quantile=quantile,
+        cases=len(measured.cases),
+        replayed_cases=sum(1 for c in measured.cases if c.replayed),
+        steps=len(kls),
+        kl=kl,
+        one_minus_cosine=gap,
+        max_abs_diff=diff,
+        change_margins=change,
+        suggested=suggested,
+        notes=tuple(notes),
+    )
+    document = result.to_dict(options, stamp)
+    atomic_write_text(path, json.dumps(document, ensure_ascii=False, indent=1, allow_nan=False) + "\n")
+    return result
+
+
+def judged_rows(case: CaseVerdict) -> tuple:
+    """The rows a case's verdict was judged on (a free run: up to the first change; a replay: all)."""
+    return case.rows[: case.tokens_judged]
+
+
+def _round_up(value: float) -> float:
+    """`value` rounded up to 2 significant digits (tolerances read better; never below the measurement)."""
+    if value <= 0.0 or not math.isfinite(value):
+        return value
+    digits = 1 - math.floor(math.log10(value))
+    return round(math.ceil(value * 10.0**digits - 1e-9) / 10.0**digits, max(digits, 0))
+
+
+def _free_name(out_dir: Path, stamp: str) -> Path:
+    for n in range(10_000):
+        path = out_dir / f"logits_cmp_tolerances_{stamp if n == 0 else f'{stamp}_{n}'}.json"
+        if not path.exists():
+            return path
+    raise DataError(f"too many tolerance files for {stamp} in {out_dir}")
+
+
+def format_calibration(result: Calibration) -> str:
+    """The terminal summary of a calibration."""
+    def num(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}g}"
+
+    lines = [
+        f"calibration: {result.cases} case(s) ({result.replayed_cases} replayed), {result.steps} judged step(s), "
+        f"{result.change_margins.count} argmax change(s)",
+        "",
+        f"  {'per judged step':<26} {'p50':>10} {'p90':>10} {'p99':>10} {'max':>10}",
+    ]
+    for name, spread in (("KL", result.kl), ("1 - cosine", result.one_minus_cosine),
+                         ("max |diff| (logits)", result.max_abs_diff),
+                         ("golden margin at changes", result.change_margins)):
+        lines.append(f"  {name:<26} {num(spread.p50):>10} {num(spread.p90):>10} {num(spread.p99):>10} "
+                     f"{num(spread.max):>10}")
+    lines += ["", f"rule: {result.rule}", "suggested:"]
+    flags = {"tie_tolerance": "--tie-tolerance", "noise_margin": "--noise-margin", "noise_kl": "--noise-kl",
+             "noise_cosine": "--noise-cosine"}
+    for key, flag in flags.items():
+        value = result.suggested.get(key)
+        lines.append(f"  {flag:<16} {value:.6g}" if value is not None else f"  {flag:<16} (not measured)")
+    lines += [f"note: {note}" for note in result.notes]
+    lines.append(f"tolerances: {result.path}")
+    lines.append(f"use them:   logitsdump compare -gp ... -mp ... --tolerances {result.path}")
+    return "\n".join(lines)
+
+
+def load_tolerances(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The tolerances of a file written by `calibrate` (or by hand): CompareOptions field -> value.
+
+    Accepts `{"tolerances": {...}}` or the keys at the top level; only
+    `tie_tolerance`, `noise_margin`, `noise_kl` and `noise_cosine` are read, each checked.
+    Raises DataError (exit 1) when the file is missing or malformed.
+    """
+    file = Path(path)
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise DataError(f"--tolerances {file}: cannot read it: {err.strerror or err}") from err
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"--tolerances {file}: not valid JSON ({err})") from err
+    if not isinstance(document, Mapping):
+        raise DataError(f"--tolerances {file}: expected a JSON object")
+    table = document.get("tolerances", document)
+    if not isinstance(table, Mapping):
+        raise DataError(f"--tolerances {file}: 'tolerances' is not an object")
+    values: dict[str, float] = {}
+    for key in TOLERANCE_KEYS:
+        if key not in table:
+            continue
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"--tolerances {file}: {key} must be a finite number, found {value!r}")
+        values[key] = float(value)
+    if not values:
+        raise DataError(f"--tolerances {file}: none of {', '.join(TOLERANCE_KEYS)} is given")
+    if any(values.get(key, 0.0) < 0 for key in ("tie_tolerance", "noise_margin", "noise_kl")):
+        raise DataError(f"--tolerances {file}: tie_tolerance, noise_margin and noise_kl must be >= 0")
+    if not -1.0 <= values.get("noise_cosine", 0.0) <= 1.0:
+        raise DataError(f"--tolerances {file}: noise_cosine must be in [-1, 1]")
+    return values
