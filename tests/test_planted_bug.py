@@ -1,0 +1,46 @@
+"""The diagnosis tells a planted precision bug from numerical noise (issue 8's proof), end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from logitsdump.demo import examples
+from logitsdump.demo.defects import Defect, write_defective_model, write_model_yaml
+from logitsdump.demo.run import DemoOptions, run_demo
+
+TASKS = ("boolq", "mmlu_zero_shot", "ceval_zero_shot")
+NOISE = ("identical", "consistent", "noise")
+
+
+def verdicts(tmp_path, name, test_yaml):
+    options = DemoOptions(workdir=str(tmp_path / name), tasks=TASKS, test_model=test_yaml, report=False)
+    counts = run_demo(options).verdict_counts()
+    assert sum(counts.values()) >= 5, counts  # enough bad cases to make a rate
+    return counts
+
+
+@pytest.mark.slow
+def test_dtype_noise_is_noise_and_a_dropped_head_is_a_bug(tmp_path):
+    noise = verdicts(tmp_path, "noise", examples.model_config("bf16"))
+    assert sum(noise.get(v, 0) for v in NOISE) >= 0.8 * sum(noise.values()), noise
+
+    model = write_defective_model(examples.TINY_MODEL, tmp_path / "defect", Defect("zero-head", layer=0, head=0))
+    defect_yaml = write_model_yaml(tmp_path / "defect.yaml", model, "tiny_llama_defect", "bf16")
+    bug = verdicts(tmp_path, "bug", defect_yaml)
+    assert bug.get("precision-suspect", 0) >= 0.9 * sum(bug.values()), bug
+
+
+def test_defects_change_only_what_they_say(tmp_path):
+    from safetensors.numpy import load_file
+
+    source = load_file(str(examples.TINY_MODEL / "model.safetensors"))
+    head = write_defective_model(examples.TINY_MODEL, tmp_path / "h", Defect("zero-head", layer=0, head=1))
+    scaled = write_defective_model(examples.TINY_MODEL, tmp_path / "s", Defect("scale-layer", layer=1, factor=1.1))
+    zeroed = load_file(str(head / "model.safetensors"))
+    changed = [name for name in source if not (source[name] == zeroed[name]).all()]
+    assert changed == ["model.layers.0.self_attn.o_proj.weight"]
+    o_proj = zeroed[changed[0]]
+    assert (o_proj[:, 16:32] == 0).all() and (o_proj[:, :16] == source[changed[0]][:, :16]).all()
+    times = load_file(str(scaled / "model.safetensors"))
+    changed = sorted(name for name in source if not (source[name] == times[name]).all())
+    assert changed == ["model.layers.1.mlp.down_proj.weight", "model.layers.1.self_attn.o_proj.weight"]
