@@ -14,6 +14,8 @@ def cli_env(**extra: str) -> dict[str, str]:
     """A clean environment for a `logitsdump` subprocess (offline, one thread, no protocol vars)."""
     env = {k: v for k, v in os.environ.items() if k not in PROTOCOL_VARS}
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    # the venv's console scripts (logitsdump, torchrun) first, whether or not the venv is activated
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra)
     return env
 

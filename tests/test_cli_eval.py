@@ -10,7 +10,7 @@ import pytest
 
 from logitsdump.demo import examples
 
-from helpers import run_cli
+from helpers import cli_env, run_cli
 
 
 def test_help_does_not_import_torch():
@@ -29,7 +29,7 @@ def test_help_does_not_import_torch():
 
 
 def test_console_script_and_module_agree():
-    done = subprocess.run(["logitsdump", "--version"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["logitsdump", "--version"], capture_output=True, text=True, timeout=60, env=cli_env())
     assert done.returncode == 0 and done.stdout.startswith("logitsdump ")
     assert run_cli("--version").stdout == done.stdout
 
