@@ -1,0 +1,67 @@
+"""Task YAML files written exactly as MindIE-LLM ships them run unchanged, datasets in modeltest's layout."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from logitsdump.demo import examples
+
+from helpers import run_cli
+
+#: The spec's boolq.yaml (modeltest.md §2.2), verbatim.
+SPEC_BOOLQ = """\
+task_type: precision
+task_name: boolq
+local_dataset_path: data/boolq
+prompt: "{title} -- {passage}\\nQuestion: {text}?\\nAnswer:"
+choices: ["true", "false"]
+shots: 0
+requested_max_input_length: 3072
+requested_max_output_length: 1
+need_logits: true
+metric: {metric_type: acc}
+metadata: {version: 1.0}
+subject_mapping: {dev.jsonl: {name: dev}}
+"""
+
+
+def model_yaml(folder: Path) -> Path:
+    """The spec's model YAML shape, pointing at the embedded model."""
+    path = folder / "llama.yaml"
+    path.write_text(
+        f"model_name: llama3_8b\nmodel_path: {examples.TINY_MODEL}\nmodel_type: pa\ndata_type: fp16\n"
+        "use_chat_template: false\nmax_position_embedding: -1\nblock_size: 128\n"
+    )
+    return path
+
+
+def test_spec_boolq_yaml_runs_unchanged(tmp_path):
+    shutil.copytree(examples.DATASETS / "boolq", tmp_path / "data" / "boolq")
+    (tmp_path / "boolq.yaml").write_text(SPEC_BOOLQ)
+    done = run_cli("eval", "--model_config_path", str(model_yaml(tmp_path)), "--task_config_path", "boolq.yaml",
+                   "--batch_size", "1", "--tp", "1", "--save_debug_enable", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    debug = tmp_path / "debug/CPU/precision_test/boolq/fp16/llama3_8b/boolq_pa_batch1_tp1_debug_info.csv"
+    with open(debug, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["key"] for row in rows] == [str(i) for i in range(22)]
+
+
+@pytest.mark.parametrize("task", ["mmlu_few_shots", "ceval_zero_shot", "gsm8k", "humaneval"])
+def test_shipped_yaml_with_modeltest_paths(tmp_path, task):
+    """Our YAML files differ from modeltest's only in local_dataset_path; with modeltest's
+    `data/<name>` path (tried from the working folder, then as ../data/<name>) they run as they are."""
+    folder = examples.task_config(task).read_text().split("local_dataset_path:")[1].split()[0].strip('"')
+    name = Path(folder).name
+    shutil.copytree(examples.DATASETS / name, tmp_path / "data" / name)
+    text = examples.task_config(task).read_text().replace(folder, f"data/{name}")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / f"{task}.yaml").write_text(text)
+    done = run_cli("eval", "--model_config_path", str(model_yaml(tmp_path)), "--task_config_path", f"{task}.yaml",
+                   "--save_debug_enable", cwd=tmp_path / "work")  # the dataset is found as ../data/<name>
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "work" / "debug").rglob("*_debug_info.csv"))
