@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from logitsdump.demo import examples
+from logitsdump.runner.evaluate import EvalOptions
+
 from conftest import PROTOCOL_VARS
 
 
@@ -27,3 +30,52 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         [sys.executable, "-m", "logitsdump", *args],
         cwd=cwd, env=env if env is not None else cli_env(), capture_output=True, text=True, timeout=timeout,
     )
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting to be reaped does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+def eval_options(output_dir: Path | str, task: str, dtype: str = "fp32", **changes) -> EvalOptions:
+    """EvalOptions for the shipped tiny-model and task YAMLs, on the CPU; `changes` sets other fields."""
+    return EvalOptions(str(examples.model_config(dtype)), str(examples.task_config(task)),
+                       output_dir=str(output_dir), device="cpu", **changes)  # fmt: skip
+
+
+#: The spec's boolq.yaml (modeltest.md §2.2), verbatim.
+SPEC_BOOLQ = """\
+task_type: precision
+task_name: boolq
+local_dataset_path: data/boolq
+prompt: "{title} -- {passage}\\nQuestion: {text}?\\nAnswer:"
+choices: ["true", "false"]
+shots: 0
+requested_max_input_length: 3072
+requested_max_output_length: 1
+need_logits: true
+metric: {metric_type: acc}
+metadata: {version: 1.0}
+subject_mapping: {dev.jsonl: {name: dev}}
+"""
+
+
+# The bcanalyze example of msit-cli.md §2: two result CSVs and the bad-case CSV expected from them.
+RESULT_HEADER = "key,queries,input_token_ids,output_token_ids,test_result,golden_result,pass\n"
+GOLDEN_CSV = RESULT_HEADER + (
+    '1,Is the sky blue?,"[5, 6]","[7, 8]",yes,yes,False\n2,q2,[9],[10],a,a,True\n3,q3,[1],[2],x,x,True\n'
+)
+TEST_CSV = RESULT_HEADER + (
+    '1,Is the sky blue?,"[5, 6]","[7, 8, 9]",,yes,Correct\n2,q2,[9],[10],b,a,wrong\n3,q3,[1],[2],,,TRUE\n'
+)
+#: The example output of msit-cli.md §2, byte for byte.
+BCANALYZE_EXPECTED = (
+    "key,queries,input_token_ids_golden,input_token_ids_test,output_token_ids_golden,output_token_ids_test,"
+    "passed_golden,passed_test\n"
+    '1,Is the sky blue?,"[5, 6]","[5, 6]","[7, 8]","[7, 8, 9]",false,true\n'
+    "2,q2,[9],[9],[10],[10],true,false\n"
+)

@@ -21,20 +21,7 @@ from logitsdump.badcase import (
 )
 from logitsdump.errors import DataError, UserError
 
-HEADER = "key,queries,input_token_ids,output_token_ids,test_result,golden_result,pass\n"
-GOLDEN = HEADER + (
-    '1,Is the sky blue?,"[5, 6]","[7, 8]",yes,yes,False\n2,q2,[9],[10],a,a,True\n3,q3,[1],[2],x,x,True\n'
-)
-TEST = HEADER + (
-    '1,Is the sky blue?,"[5, 6]","[7, 8, 9]",,yes,Correct\n2,q2,[9],[10],b,a,wrong\n3,q3,[1],[2],,,TRUE\n'
-)
-#: msit-cli.md §2, byte for byte.
-EXPECTED = (
-    "key,queries,input_token_ids_golden,input_token_ids_test,output_token_ids_golden,output_token_ids_test,"
-    "passed_golden,passed_test\n"
-    '1,Is the sky blue?,"[5, 6]","[5, 6]","[7, 8]","[7, 8, 9]",false,true\n'
-    "2,q2,[9],[9],[10],[10],true,false\n"
-)
+from helpers import BCANALYZE_EXPECTED, GOLDEN_CSV, RESULT_HEADER, TEST_CSV
 
 
 def write(path: Path, text: str) -> Path:
@@ -68,7 +55,7 @@ def test_normalise_passed(raw: str, expected: str) -> None:
 
 
 def test_read_result_csv_renames_pass(tmp_path: Path) -> None:
-    table = read_result_csv(write(tmp_path / "a.csv", GOLDEN))
+    table = read_result_csv(write(tmp_path / "a.csv", GOLDEN_CSV))
     assert "passed" in table.columns and "pass" not in table.columns
     assert [r.cells["passed"] for r in table.rows] == ["false", "true", "true"]
     assert table.rows[0].line == 2
@@ -100,28 +87,28 @@ def test_read_result_csv_long_field(tmp_path: Path) -> None:
 
 
 def test_bcanalyze_reproduces_msit_example(tmp_path: Path) -> None:
-    out = bcanalyze(write(tmp_path / "g.csv", GOLDEN), write(tmp_path / "t.csv", TEST), tmp_path / "out")
+    out = bcanalyze(write(tmp_path / "g.csv", GOLDEN_CSV), write(tmp_path / "t.csv", TEST_CSV), tmp_path / "out")
     assert out is not None and out.name.startswith(RESULT_PREFIX) and out.suffix == ".csv"
-    assert out.read_bytes() == EXPECTED.encode()
+    assert out.read_bytes() == BCANALYZE_EXPECTED.encode()
 
 
 def test_empty_unrelated_cell_keeps_bad_case(tmp_path: Path) -> None:
-    golden = write(tmp_path / "g.csv", HEADER + "7,q,[1],[2],,,True\n")
-    test = write(tmp_path / "t.csv", HEADER + "7,q,[1],[2],,,False\n")
+    golden = write(tmp_path / "g.csv", RESULT_HEADER + "7,q,[1],[2],,,True\n")
+    test = write(tmp_path / "t.csv", RESULT_HEADER + "7,q,[1],[2],,,False\n")
     out = bcanalyze(golden, test, tmp_path)
     assert out is not None
     assert out.read_text().splitlines()[1] == "7,q,[1],[1],[2],[2],true,false"
 
 
 def test_never_overwrites(tmp_path: Path) -> None:
-    golden, test = write(tmp_path / "g.csv", GOLDEN), write(tmp_path / "t.csv", TEST)
+    golden, test = write(tmp_path / "g.csv", GOLDEN_CSV), write(tmp_path / "t.csv", TEST_CSV)
     paths = {bcanalyze(golden, test, tmp_path / "o") for _ in range(3)}
     assert len(paths) == 3
-    assert all(p is not None and p.read_bytes() == EXPECTED.encode() for p in paths)
+    assert all(p is not None and p.read_bytes() == BCANALYZE_EXPECTED.encode() for p in paths)
 
 
 def test_no_difference_writes_nothing(tmp_path: Path) -> None:
-    golden = write(tmp_path / "g.csv", GOLDEN)
+    golden = write(tmp_path / "g.csv", GOLDEN_CSV)
     assert bcanalyze(golden, golden, tmp_path / "o") is None
     assert not (tmp_path / "o").exists()
 
@@ -153,9 +140,9 @@ def test_formula_cells_are_neutralised(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["g.txt", "g.CSV.bak"])
 def test_bcanalyze_needs_csv_suffix(tmp_path: Path, name: str) -> None:
-    path = write(tmp_path / name, GOLDEN)
+    path = write(tmp_path / name, GOLDEN_CSV)
     with pytest.raises(DataError, match=r"not a \.csv file"):
-        bcanalyze(path, write(tmp_path / "t.csv", TEST), tmp_path)
+        bcanalyze(path, write(tmp_path / "t.csv", TEST_CSV), tmp_path)
 
 
 # ---- keys -> request ----------------------------------------------------------------------------
@@ -214,7 +201,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_request_from_bcanalyze_output(tmp_path: Path) -> None:
-    out = bcanalyze(write(tmp_path / "g.csv", GOLDEN), write(tmp_path / "t.csv", TEST), tmp_path)
+    out = bcanalyze(write(tmp_path / "g.csv", GOLDEN_CSV), write(tmp_path / "t.csv", TEST_CSV), tmp_path)
     assert out is not None
     request = read_bad_case_request(out, 4, resume=True)
     assert request.list_literal() == "[1, 2]"

@@ -9,20 +9,7 @@ from pathlib import Path
 
 import pytest
 
-HEADER = "key,queries,input_token_ids,output_token_ids,test_result,golden_result,pass\n"
-GOLDEN = HEADER + (
-    '1,Is the sky blue?,"[5, 6]","[7, 8]",yes,yes,False\n2,q2,[9],[10],a,a,True\n3,q3,[1],[2],x,x,True\n'
-)
-TEST = HEADER + (
-    '1,Is the sky blue?,"[5, 6]","[7, 8, 9]",,yes,Correct\n2,q2,[9],[10],b,a,wrong\n3,q3,[1],[2],,,TRUE\n'
-)
-#: The example output of msit-cli.md §2, byte for byte.
-EXPECTED = (
-    "key,queries,input_token_ids_golden,input_token_ids_test,output_token_ids_golden,output_token_ids_test,"
-    "passed_golden,passed_test\n"
-    '1,Is the sky blue?,"[5, 6]","[5, 6]","[7, 8]","[7, 8, 9]",false,true\n'
-    "2,q2,[9],[9],[10],[10],true,false\n"
-)
+from helpers import BCANALYZE_EXPECTED, GOLDEN_CSV, RESULT_HEADER, TEST_CSV
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -38,8 +25,8 @@ def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture()
 def inputs(tmp_path: Path) -> tuple[Path, Path]:
     golden, test = tmp_path / "golden.csv", tmp_path / "test.csv"
-    golden.write_text(GOLDEN)
-    test.write_text(TEST)
+    golden.write_text(GOLDEN_CSV)
+    test.write_text(TEST_CSV)
     return golden, test
 
 
@@ -49,7 +36,7 @@ def test_default_folder_and_msit_output(tmp_path: Path, inputs: tuple[Path, Path
     assert result.returncode == 0, result.stderr
     files = list((tmp_path / "msit_bad_case" / "analyzer").iterdir())
     assert len(files) == 1 and re.fullmatch(r"msit_bad_case_result_\d{14}\.csv", files[0].name)
-    assert files[0].read_bytes() == EXPECTED.encode()
+    assert files[0].read_bytes() == BCANALYZE_EXPECTED.encode()
     assert "2 bad case(s) of 3 compared" in result.stdout and str(files[0].name) in result.stdout
 
 
@@ -60,7 +47,7 @@ def test_output_dir_and_no_overwrite(tmp_path: Path, inputs: tuple[Path, Path]) 
             run(tmp_path, "--golden-path", str(golden), "--my-path", str(test), "-o", "out").returncode == 0
         )
     files = sorted((tmp_path / "out").iterdir())
-    assert len(files) == 2 and all(f.read_bytes() == EXPECTED.encode() for f in files)
+    assert len(files) == 2 and all(f.read_bytes() == BCANALYZE_EXPECTED.encode() for f in files)
 
 
 def test_no_difference(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
@@ -73,7 +60,7 @@ def test_no_difference(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
 def test_missing_keys_are_warned(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
     golden, _ = inputs
     test = tmp_path / "short.csv"
-    test.write_text(HEADER + "2,q2,[9],[10],b,a,False\n")
+    test.write_text(RESULT_HEADER + "2,q2,[9],[10],b,a,False\n")
     result = run(tmp_path, "-gp", str(golden), "-mp", str(test), "-o", "out")
     assert result.returncode == 0
     assert "2 golden case(s) not found" in result.stderr and "keys 1, 3" in result.stderr
@@ -82,7 +69,7 @@ def test_missing_keys_are_warned(tmp_path: Path, inputs: tuple[Path, Path]) -> N
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("test.txt", TEST, "not a .csv file"),
+        ("test.txt", TEST_CSV, "not a .csv file"),
         ("missing.csv", None, "does not exist"),
         ("test.csv", "key,queries\n1,q\n", "has no 'passed' column"),
         ("test.csv", "queries,pass\nq,True\n", "has no 'key' column"),

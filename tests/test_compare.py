@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logitsdump.compare import CompareOptions, run_compare
-from logitsdump.compare.pairing import case_subject, pair_files
+from logitsdump.compare.pairing import pair_files
 from logitsdump.compare.run import CSV_COLUMNS
 from logitsdump.errors import DataError, UsageError, UserError
 from logitsdump.store import CaseManifest, append_manifest, parse_logits_file_name, write_vocab
@@ -95,12 +95,6 @@ def test_pairing_order_and_problem_rows(tmp_path: Path) -> None:
     assert pairs[-2].problem.startswith("parse_error:")
     assert pairs[-1].problem == "only_in_my_path"
     assert pairs[3].key == "cpp/2" and pairs[3].subject == "humanevalx_cpp"
-
-
-def test_case_subject() -> None:
-    assert case_subject("logits_dev.jsonl_7_0.pth") == "dev.jsonl"
-    assert case_subject("logits_mmlu_high_school_physics_12_3.pth") == "mmlu_high_school_physics"
-    assert case_subject("logits_3_0.pth") == ""
 
 
 @settings(max_examples=300, deadline=None)

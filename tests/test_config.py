@@ -13,20 +13,7 @@ from logitsdump.runner.config import (
     resolve_dataset_root,
 )
 
-SPEC_BOOLQ = """\
-task_type: precision
-task_name: boolq
-local_dataset_path: data/boolq
-prompt: "{title} -- {passage}\\nQuestion: {text}?\\nAnswer:"
-choices: ["true", "false"]
-shots: 0
-requested_max_input_length: 3072
-requested_max_output_length: 1
-need_logits: true
-metric: {metric_type: acc}
-metadata: {version: 1.0}
-subject_mapping: {dev.jsonl: {name: dev}}
-"""
+from helpers import SPEC_BOOLQ
 
 SPEC_MODEL = """\
 model_name: llama3_8b

@@ -17,6 +17,8 @@ from logitsdump.cli import main
 from logitsdump.dump import find_logits_folders, output_dir_of
 from logitsdump.store import CaseManifest, append_manifest
 
+from helpers import alive
+
 #: A stand-in for modeltest: records the protocol variables, then acts as FAKE_MODE says.
 FAKE_MODELTEST = """\
 import ast, json, os, pathlib, subprocess, sys, time
@@ -226,15 +228,6 @@ def test_bad_csv(tmp_path: Path, fake_bin: Path, name: str, text: str | None, me
 
 
 # ---- signals and the environment ----------------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie waiting to be reaped does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 @pytest.mark.parametrize(

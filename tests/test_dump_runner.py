@@ -10,7 +10,9 @@ from logitsdump.demo import examples
 from logitsdump.errors import ConfigError
 from logitsdump.runner.backend import HFBackend, choose_device
 from logitsdump.runner.config import load_model_config
-from logitsdump.runner.evaluate import EvalOptions, run_eval
+from logitsdump.runner.evaluate import run_eval
+
+from helpers import eval_options
 
 
 def dump(tmp_path, monkeypatch, task, case_list, tokens, dtype="fp32", resume=False, fp32=False, batch_size=1):
@@ -21,15 +23,7 @@ def dump(tmp_path, monkeypatch, task, case_list, tokens, dtype="fp32", resume=Fa
         monkeypatch.setenv("LOGITSDUMP_RESUME", "1")
     if fp32:
         monkeypatch.setenv("LOGITSDUMP_LOGITS_FP32", "1")
-    options = EvalOptions(
-        model_config_path=str(examples.model_config(dtype)),
-        task_config_path=str(examples.task_config(task)),
-        batch_size=batch_size,
-        output_dir=str(tmp_path),
-        save_debug=True,
-        device="cpu",
-    )
-    return run_eval(options)
+    return run_eval(eval_options(tmp_path, task, dtype, batch_size=batch_size, save_debug=True))
 
 
 def logits_files(folder):
@@ -76,8 +70,7 @@ def test_need_logits_task_saves_token_zero_only(tmp_path, monkeypatch):
 
 
 def test_mmlu_keys_count_globally_across_subjects(tmp_path, monkeypatch):
-    plain = run_eval(EvalOptions(str(examples.model_config("fp32")), str(examples.task_config("mmlu_few_shots")),
-                                 output_dir=str(tmp_path / "plain"), device="cpu"))
+    plain = run_eval(eval_options(tmp_path / "plain", "mmlu_few_shots"))
     last = plain.outcomes[-1]
     folder = dump(tmp_path, monkeypatch, "mmlu_few_shots", f"[0, {last.key}]", 2).layout.logits_dir
     records = store.read_manifest(folder)

@@ -8,22 +8,16 @@ from pathlib import Path
 import pytest
 
 from logitsdump.demo import examples
-from logitsdump.runner.evaluate import EvalOptions, run_eval
+from logitsdump.runner.evaluate import run_eval
 from logitsdump.runner.outputs import DEBUG_COLUMNS
+
+from helpers import eval_options
 
 TASKS = examples.shipped_task_names()
 
 
 def evaluate(tmp_path: Path, task: str, dtype: str = "fp32", batch_size: int = 1):
-    options = EvalOptions(
-        model_config_path=str(examples.model_config(dtype)),
-        task_config_path=str(examples.task_config(task)),
-        batch_size=batch_size,
-        output_dir=str(tmp_path),
-        save_debug=True,
-        device="cpu",
-    )
-    return run_eval(options)
+    return run_eval(eval_options(tmp_path, task, dtype, batch_size=batch_size, save_debug=True))
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ from logitsdump import store
 from logitsdump.demo import examples
 from logitsdump.errors import ConfigError, DataError
 from logitsdump.runner.config import load_task_config, resolve_dataset_root
-from logitsdump.runner.evaluate import EvalOptions, run_eval
+from logitsdump.runner.evaluate import run_eval
 from logitsdump.runner.tasks import get_task
 from logitsdump.runner.tasks.base import Case, Generation, pass_label, stop_length
 from logitsdump.runner.tasks.humanevalx import (
@@ -23,6 +23,8 @@ from logitsdump.runner.tasks.humanevalx import (
     completion_finished,
     missing_tools,
 )
+
+from helpers import eval_options
 
 PREFIX = {"cpp": "CPP", "go": "Go", "java": "Java", "js": "JavaScript", "python": "Python"}
 
@@ -152,8 +154,7 @@ def test_missing_toolchain_is_not_judged_and_reported_once(tmp_path, monkeypatch
 
 
 def _options(tmp_path):
-    return EvalOptions(str(examples.model_config("fp32")), str(examples.task_config("humanevalx")),
-                       output_dir=str(tmp_path), save_debug=True, device="cpu")  # fmt: skip
+    return eval_options(tmp_path, "humanevalx", save_debug=True)
 
 
 def test_evaluation_writes_one_bad_case_row_per_case(tmp_path):

@@ -10,23 +10,7 @@ import pytest
 
 from logitsdump.demo import examples
 
-from helpers import run_cli
-
-#: The spec's boolq.yaml (modeltest.md §2.2), verbatim.
-SPEC_BOOLQ = """\
-task_type: precision
-task_name: boolq
-local_dataset_path: data/boolq
-prompt: "{title} -- {passage}\\nQuestion: {text}?\\nAnswer:"
-choices: ["true", "false"]
-shots: 0
-requested_max_input_length: 3072
-requested_max_output_length: 1
-need_logits: true
-metric: {metric_type: acc}
-metadata: {version: 1.0}
-subject_mapping: {dev.jsonl: {name: dev}}
-"""
+from helpers import SPEC_BOOLQ, run_cli
 
 
 def model_yaml(folder: Path) -> Path:

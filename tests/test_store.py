@@ -33,6 +33,12 @@ def test_parse_names(name, expected):
     assert store.parse_logits_file_name(name) == expected
 
 
+def test_case_subject() -> None:
+    assert store.parse_logits_subject("logits_dev.jsonl_7_0.pth") == "dev.jsonl"
+    assert store.parse_logits_subject("logits_mmlu_high_school_physics_12_3.pth") == "mmlu_high_school_physics"
+    assert store.parse_logits_subject("logits_3_0.pth") == ""
+
+
 def test_round_trip_of_generated_names():
     for subject in ("dev.jsonl", "GSM8K.jsonl", "high_school_physics", "human-eval.jsonl"):
         name = store.logits_file_name(subject, 41, 5)

@@ -12,7 +12,7 @@ from logitsdump import store
 from logitsdump.demo import examples
 from logitsdump.errors import ConfigError
 from logitsdump.runner.config import load_task_config, resolve_dataset_root
-from logitsdump.runner.evaluate import EvalOptions, run_eval
+from logitsdump.runner.evaluate import run_eval
 from logitsdump.runner.tasks import get_task
 from logitsdump.runner.tasks.base import Case, Generation, pass_label
 from logitsdump.runner.tasks.cmmlu import CMMLUTask, choice_token_id
@@ -27,6 +27,8 @@ from logitsdump.runner.tasks.longbench import (
 )
 from logitsdump.runner.tasks.needlebench import PLANS, length_counter, needle_score, plan
 from logitsdump.runner.tasks.truthfulqa import QA_PRIMER, extract_answer, mc_scores, rouge1
+
+from helpers import eval_options
 
 NEW_TASKS = ("cmmlu", "needlebench", "longbench", "longbench_e", "truthfulqa")
 
@@ -46,8 +48,7 @@ def load(name, tokenizer=None, **changes):
 
 
 def options(tmp_path, task):
-    return EvalOptions(str(examples.model_config("fp32")), str(examples.task_config(task)),
-                       output_dir=str(tmp_path), save_debug=True, device="cpu")  # fmt: skip
+    return eval_options(tmp_path, task, save_debug=True)
 
 
 def read_csv(path):

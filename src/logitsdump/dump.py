@@ -19,9 +19,9 @@ from logitsdump.errors import DataError, UsageError
 from logitsdump.launch import launch, validate_command
 from logitsdump.logs import get_logger
 from logitsdump.protocol import MAX_LIST_LENGTH, DumpRequest
+from logitsdump.runner.outputs import LOGITS_FOLDER, data_root
 from logitsdump.store import LOGITS_SUFFIX, MANIFEST_NAME, parse_logits_file_name, read_manifest
 
-LOGITS_FOLDER = "logits"
 #: How deep under `<output_dir>/data` a logits folder may be (DEV/precision_test/task/dtype/model/logits).
 MAX_DEPTH = 8
 #: File-system time stamps can be coarse: folders changed this long before the launch still count.
@@ -103,7 +103,7 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
     folders = tuple(find_logits_folders(root, since=started - MTIME_SLACK_SECONDS))
     result = DumpResult(requested, folders)
     if not folders:
-        log.warning("no logits folder was written under %s (looked for data/.../logits/)", root / "data")
+        log.warning("no logits folder was written under %s (looked for data/.../logits/)", data_root(root))
     elif result.cases < requested:
         log.warning(
             "only %d of %d bad cases were dumped: see the child's output for the cases that failed",
@@ -143,7 +143,7 @@ def output_dir_of(argv: Sequence[str]) -> str:
 
 def find_logits_folders(root: Path, since: float) -> list[DumpFolder]:
     """`logits` folders under `root/data` whose folder or manifest changed at or after `since`, sorted."""
-    data = root / "data"
+    data = data_root(root)
     found: list[DumpFolder] = []
     base_depth = len(data.parts)
     for folder, dirs, files in os.walk(data):

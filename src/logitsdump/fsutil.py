@@ -122,12 +122,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         handle.write(text)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` atomically."""
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
-
-
 def safe_component(name: str) -> str:
     """Make `name` usable as one path component that cannot escape its folder.
 

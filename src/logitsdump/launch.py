@@ -209,10 +209,14 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         return True
-    for entry in proc.iterdir():
+    return any(group == pgid for _pid, _parent, group in live_processes())
+
+
+def live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of each process in /proc; zombies waiting to be reaped are left out."""
+    for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
@@ -220,9 +224,8 @@ def _group_alive(pgid: int) -> bool:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
+        if len(fields) > 2 and fields[0] != "Z":
+            yield int(entry.name), int(fields[1]), int(fields[2])
 
 
 def _signal_group(pgid: int, signum: int) -> None:

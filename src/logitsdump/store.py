@@ -50,12 +50,7 @@ def parse_logits_file_name(name: str) -> tuple[int | str, int]:
     second-to-last part. token_id is the last (all-digit) part.
     Raises FileFormatError with the reason when the name does not fit.
     """
-    stem = name
-    for suffix in (LOGITS_SUFFIX, SAFETENSORS_SUFFIX):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    parts = stem.split("_")
+    parts = _stem(name).split("_")
     digit_parts = [p for p in parts if p.isascii() and p.isdigit()]
     language = next((p for p in parts if p in LANGUAGE_TAGS), None)
     if language is not None:
@@ -65,6 +60,22 @@ def parse_logits_file_name(name: str) -> tuple[int | str, int]:
     if len(parts) < 2 or not _is_int(parts[-1]) or not _is_int(parts[-2]):
         raise FileFormatError(f"parse_error:expected <key>_<token> at the end of {name!r}")
     return _int(parts[-2], name), _int(parts[-1], name)
+
+
+def parse_logits_subject(name: str) -> str:
+    """The subject part of a logits file name: between `logits_` and `_{key}_{t}` ('' when there is none)."""
+    stem = _stem(name)
+    if stem.startswith(LOGITS_PREFIX):
+        stem = stem[len(LOGITS_PREFIX) :]
+    return stem.rsplit("_", 2)[0] if stem.count("_") >= 2 else ""
+
+
+def _stem(name: str) -> str:
+    """`name` without its `.pth` or `.safetensors` ending."""
+    for suffix in (LOGITS_SUFFIX, SAFETENSORS_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _is_int(text: str) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from logitsdump.demo import examples
+from logitsdump.launch import live_processes
 
 from helpers import cli_env
 
@@ -67,45 +68,14 @@ def files_under(root: Path) -> set[Path]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie waiting to be reaped does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
 def group_members(pgid: int) -> list[int]:
     """Live processes of process group `pgid`."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z" and fields[2] == str(pgid):
-            members.append(int(entry.name))
-    return members
+    return [pid for pid, _parent, group in live_processes() if group == pgid]
 
 
 def children_of(pid: int) -> list[int]:
     """Live direct children of `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z" and fields[1] == str(pid):
-            found.append(int(entry.name))
-    return found
+    return [child for child, parent, _group in live_processes() if parent == pid]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, process: subprocess.Popen | None = None,

@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 import torch
 from robust_helpers import (
-    alive,
     children_of,
     cli,
     env,
@@ -43,6 +42,8 @@ from logitsdump import store
 from logitsdump.cli import main
 from logitsdump.demo import examples
 from logitsdump.runner.evaluate import EvalOptions, run_eval
+
+from helpers import alive
 
 #: Every GSM8K row of the sample dataset, 6 tokens each: 132 files, about 1.5 s of dumping.
 KEYS = list(range(22))

@@ -55,10 +55,6 @@ BLAS_DOT = _openblas()
 _vecdot = getattr(np, "vecdot", None)
 
 
-def _f64(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
-
-
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
     """sum(a * b) of two contiguous float64 vectors, the same on every run and for every thread count.
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logitsdump.errors import DataError, UserError
-from logitsdump.store import LOGITS_PREFIX, parse_logits_file_name
+from logitsdump.store import parse_logits_file_name, parse_logits_subject
 from logitsdump.tensorio import TENSOR_SUFFIXES
 
 ONLY_IN_GOLDEN = "only_in_golden_path"
@@ -60,18 +60,6 @@ def list_tensor_files(folder: str | os.PathLike[str]) -> dict[str, Path]:
     return {e.name: path / e.name for e in entries if e.name.endswith(TENSOR_SUFFIXES)}
 
 
-def case_subject(file_name: str) -> str:
-    """The subject part of a logits file name: between `logits_` and `_{key}_{t}`."""
-    stem = file_name
-    for suffix in TENSOR_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    if stem.startswith(LOGITS_PREFIX):
-        stem = stem[len(LOGITS_PREFIX) :]
-    return stem.rsplit("_", 2)[0] if stem.count("_") >= 2 else ""
-
-
 def pair_files(golden_dir: str | os.PathLike[str], my_dir: str | os.PathLike[str]) -> list[FilePair]:
     """All rows of a comparison, sorted in msit's order."""
     golden, mine = list_tensor_files(golden_dir), list_tensor_files(my_dir)
@@ -92,4 +80,4 @@ def _make_pair(name: str, golden: Path | None, mine: Path | None) -> FilePair:
         problem = ONLY_IN_GOLDEN
     elif golden is None:
         problem = ONLY_IN_MY
-    return FilePair(name, golden, mine, key, token, case_subject(name), problem)
+    return FilePair(name, golden, mine, key, token, parse_logits_subject(name), problem)

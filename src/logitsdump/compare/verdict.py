@@ -265,26 +265,13 @@ def judge_case(
     if not verdict:
         verdict = IDENTICAL if all_identical else CONSISTENT
     judged = ordered[:end]
-    measured = [r.metrics for r in judged if r.metrics is not None]
-    flip_metrics = flip.metrics if flip is not None else None
-    return CaseVerdict(
-        subject=subject,
-        key=key,
-        verdict=verdict,
-        reason=reason,
-        tokens_total=len(ordered),
+    return _case_verdict(
+        subject, key, verdict, reason, ordered, judged,
+        measured=[r.metrics for r in judged if r.metrics is not None],
         tokens_compared=sum(1 for r in ordered if r.metrics is not None),
-        tokens_judged=len(judged),
-        first_diff_token=flip.pair.token_id if flip is not None else None,
-        worst_cosine=min((m.cosine_similarity for m in measured), default=None),
-        worst_kl=max((m.kl_divergence for m in measured), default=None),
-        flip_margin=flip_metrics.flip_margin if flip_metrics is not None else None,
-        golden_token=flip_metrics.golden_top1 if flip_metrics is not None else None,
-        my_token=flip_metrics.my_top1 if flip_metrics is not None else None,
-        rows=ordered,
         changes=(ArgmaxChange.from_row(flip),) if flip is not None else (),
-        **_spread(measured),
-    )
+        first_diff_token=flip.pair.token_id if flip is not None else None,
+    )  # fmt: skip
 
 
 def judge_replay_case(
@@ -340,6 +327,27 @@ def judge_replay_case(
                   "noise tolerances")
     else:
         verdict, reason = CONSISTENT, ""
+    return _case_verdict(
+        subject, key, verdict, reason, ordered, judged, measured=measured, tokens_compared=len(measured),
+        changes=changes, first_diff_token=changes[0].token if changes else None, replay_mode=replay.mode,
+    )  # fmt: skip
+
+
+def _case_verdict(
+    subject: str,
+    key: int | str,
+    verdict: str,
+    reason: str,
+    ordered: tuple[RowResult, ...],
+    judged: Sequence[RowResult],
+    *,
+    measured: Sequence[PairMetrics],
+    tokens_compared: int,
+    changes: tuple[ArgmaxChange, ...],
+    first_diff_token: int | None,
+    replay_mode: str | None = None,
+) -> CaseVerdict:
+    """The verdict record: worst and spread over `measured`, the flip fields from the first change."""
     first = changes[0] if changes else None
     return CaseVerdict(
         subject=subject,
@@ -347,16 +355,16 @@ def judge_replay_case(
         verdict=verdict,
         reason=reason,
         tokens_total=len(ordered),
-        tokens_compared=len(measured),
+        tokens_compared=tokens_compared,
         tokens_judged=len(judged),
-        first_diff_token=first.token if first is not None else None,
+        first_diff_token=first_diff_token,
         worst_cosine=min((m.cosine_similarity for m in measured), default=None),
         worst_kl=max((m.kl_divergence for m in measured), default=None),
         flip_margin=first.golden_margin if first is not None else None,
         golden_token=first.golden_token if first is not None else None,
         my_token=first.my_token if first is not None else None,
         rows=ordered,
-        replay_mode=replay.mode,
+        replay_mode=replay_mode,
         changes=changes,
         **_spread(measured),
     )

@@ -14,7 +14,6 @@ Its script records errors in `<html data-errors>` and sets
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from typing import Any
 from logitsdump.compare.verdict import VERDICTS
 from logitsdump.fsutil import atomic_write_text
 from logitsdump.report.explain import VERDICT_SENTENCES
-from logitsdump.report.load import Case, CompareResult, load_compare, load_compares, load_topk
+from logitsdump.report.load import Case, CompareResult, finite_float, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
 
 #: Default file name of the report, written beside the compare output.
@@ -407,16 +406,7 @@ def _replay_alignment(result: CompareResult, case: Case) -> str:
         g = golden[i] if i < len(golden) else None
         step = steps.get(i)
         m = _Token(step.my_top1, step.my_top1_text) if step is not None and step.my_top1 is not None else None
-        cls = ["col"]
-        if i in changed:
-            cls.append("changed")
-        if i in steps:
-            cls.append("dumped")
-        title = "logits dumped for this step" if i in steps else "no logits file for this step"
-        columns.append(
-            f'<div class="{" ".join(cls)}"><span class="i" title="{title}">{i}</span>'
-            f"{_token_html(g)}{_token_html(m)}</div>"
-        )
+        columns.append(_token_column(i, ["changed"] if i in changed else [], i in steps, g, m))
     if not columns:
         return '<h4>Generated text</h4><p class="muted">No tokens recorded.</p>'
     more = f" Showing the first {shown} of {length} tokens." if shown < length else ""
@@ -433,6 +423,16 @@ def _replay_alignment(result: CompareResult, case: Case) -> str:
     )
 
 
+def _token_column(i: int, classes: list[str], dumped: bool, golden: _Token | None, mine: _Token | None) -> str:
+    """Step `i` of an alignment: its number, golden's token above the test's."""
+    cls = ["col", *classes, *(["dumped"] if dumped else [])]
+    title = "logits dumped for this step" if dumped else "no logits file for this step"
+    return (
+        f'<div class="{" ".join(cls)}"><span class="i" title="{title}">{i}</span>'
+        f"{_token_html(golden)}{_token_html(mine)}</div>"
+    )
+
+
 def _alignment(result: CompareResult, case: Case) -> str:
     if case.replayed:
         return _replay_alignment(result, case)
@@ -446,18 +446,12 @@ def _alignment(result: CompareResult, case: Case) -> str:
     for i in range(shown):
         g = golden[i] if i < len(golden) else None
         m = mine[i] if i < len(mine) else None
-        cls = ["col"]
+        cls = []
         if first is not None and i == first:
             cls.append("first-diff")
         elif first is not None and i > first:
             cls.append("after")
-        if i in dumped:
-            cls.append("dumped")
-        title = "logits dumped for this step" if i in dumped else "no logits file for this step"
-        columns.append(
-            f'<div class="{" ".join(cls)}"><span class="i" title="{title}">{i}</span>'
-            f"{_token_html(g)}{_token_html(m)}</div>"
-        )
+        columns.append(_token_column(i, cls, i in dumped, g, m))
     if first is None:
         note = "The two generated texts are the same token for token."
     else:
@@ -505,12 +499,12 @@ def _plots(case: Case, result: CompareResult, marker: int | None) -> str:
         shade, changed = (case.first_diff_token if case.first_diff_token is not None else _text_divergence(case)), []
         label = f"divergence: token {marker}" if marker is not None else ""
     o = result.options
-    cos_threshold, kl_threshold = _float(o.get("cosine_similarity")), _float(o.get("kl_divergence"))
-    margin_threshold, margin_hint = _float(o.get("tie_tolerance")), "tie tolerance"
+    cos_threshold, kl_threshold = finite_float(o.get("cosine_similarity")), finite_float(o.get("kl_divergence"))
+    margin_threshold, margin_hint = finite_float(o.get("tie_tolerance")), "tie tolerance"
     hint = "dashed: threshold"
     if case.replayed:
-        cos_threshold, kl_threshold = _float(o.get("noise_cosine")), _float(o.get("noise_kl"))
-        margin_threshold, margin_hint = _float(o.get("noise_margin")), "noise margin"
+        cos_threshold, kl_threshold = finite_float(o.get("noise_cosine")), finite_float(o.get("noise_kl"))
+        margin_threshold, margin_hint = finite_float(o.get("noise_margin")), "noise margin"
         hint = "dashed: noise tolerance"
     plots = [
         ("cosine similarity", f"higher is closer; {hint}",
@@ -570,7 +564,7 @@ def _changes_table(result: CompareResult, case: Case) -> str:
     """Every step of a replayed case where the argmax differs: both choices, margins and ranks."""
     if not case.changes:
         return ('<h4>Argmax changes</h4><p class="muted">None: both devices pick the same token at every step.</p>')
-    tie = _float(result.options.get("noise_margin"))
+    tie = finite_float(result.options.get("noise_margin"))
     rows = []
     for c in case.changes:
         clear = tie is not None and c.golden_margin is not None and c.golden_margin > tie
@@ -670,16 +664,8 @@ def _fmt_cos(value: float | None) -> str:
 
 
 def _g(value: Any) -> str:
-    number = _float(value)
+    number = finite_float(value)
     return escape(f"{number:g}") if number is not None else "?"
-
-
-def _float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _int(value: Any) -> str:

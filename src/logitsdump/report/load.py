@@ -501,14 +501,17 @@ def top_candidates(path: Path, k: int, vocab: Sequence[str] | None = None) -> tu
 # ---- small converters -------------------------------------------------------------------------
 
 
-def _float_or_none(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
+def finite_float(value: Any) -> float | None:
+    """`value` as a finite float, else None (None, text that is no number, NaN, infinities)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if isinstance(value, bool) else finite_float(value)
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from html import escape
 
+from logitsdump.report.load import finite_float
+
 WIDTH = 360
 HEIGHT = 170
 _LEFT, _RIGHT, _TOP, _BOTTOM = 58, 12, 12, 26
@@ -40,7 +42,7 @@ def line_plot(
     case), their dots marked too; `shade_from`: steps from there on are shaded
     (not judged); `threshold`: a dashed horizontal line; `log`: base-10 log scale of y.
     """
-    points = [(x, _finite(y)) for x, y in zip(xs, ys, strict=True)]
+    points = [(x, finite_float(y)) for x, y in zip(xs, ys, strict=True)]
     values = [y for _, y in points if y is not None]
     floor = None
     if log:
@@ -117,7 +119,7 @@ def line_plot(
     for (x, y), raw in zip(points, ys, strict=True):
         if y is None:
             continue
-        shown = _finite(raw)
+        shown = finite_float(raw)
         cls = "dot mark" if x == marker or x in marked else "dot"
         tip = f"token {x}: {shown:.6g}" if shown is not None else f"token {x}"
         if x in marked:
@@ -130,16 +132,6 @@ def line_plot(
                      'text-anchor="middle">no values</text>')
     lines.append("</svg>")
     return "".join(lines)
-
-
-def _finite(value: float | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _segments(points: list[tuple[int, float | None]]) -> list[list[tuple[int, float]]]:

@@ -23,6 +23,16 @@ DEBUG_COLUMNS = ("key", "queries", "input_token_ids", "output_token_ids", "test_
 BAD_CASE_COLUMNS = ("key", "passed")
 RESULT_COLUMNS = ("subject", "total", "correct", "not_judged", "accuracy")
 
+#: The area of `output_dir` that holds the logits folders.
+DATA_AREA = "data"
+#: The folder of one run's logits files, manifest and vocabulary (the last part of the layout).
+LOGITS_FOLDER = "logits"
+
+
+def data_root(output_dir: Path) -> Path:
+    """`{output_dir}/data`: every run's logits folder is somewhere below it."""
+    return Path(output_dir) / DATA_AREA
+
 
 @dataclass(frozen=True)
 class OutputLayout:
@@ -54,7 +64,7 @@ class OutputLayout:
 
     @property
     def logits_dir(self) -> Path:
-        return self._base("data") / "logits"
+        return self._base(DATA_AREA) / LOGITS_FOLDER
 
     @property
     def stem(self) -> str:

@@ -35,8 +35,8 @@ FILE_SIZE_LIMIT = 16 << 20
 #: How much of stdout / stderr is kept in the result (characters, the end is kept).
 OUTPUT_TAIL = 4000
 
-_BOOTSTRAP = """\
-import resource, runpy, sys
+#: The start of both bootstraps: read the limits from argv[1:5]; `cap` lowers one, never above the hard limit.
+_CAP = """\
 mem, cpu, fsize, nproc = (int(v) for v in sys.argv[1:5])
 def cap(kind, value):
     try:
@@ -46,6 +46,9 @@ def cap(kind, value):
         resource.setrlimit(kind, (value, value))
     except (ValueError, OSError):
         pass
+"""
+
+_BOOTSTRAP = "import resource, runpy, sys\n" + _CAP + """\
 cap(resource.RLIMIT_AS, mem)
 cap(resource.RLIMIT_CPU, cpu)
 cap(resource.RLIMIT_FSIZE, fsize)
@@ -58,17 +61,7 @@ runpy.run_path(path, run_name="__main__")
 """
 
 
-_EXEC_BOOTSTRAP = """\
-import os, resource, sys
-mem, cpu, fsize, nproc = (int(v) for v in sys.argv[1:5])
-def cap(kind, value):
-    try:
-        soft, hard = resource.getrlimit(kind)
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(kind, (value, value))
-    except (ValueError, OSError):
-        pass
+_EXEC_BOOTSTRAP = "import os, resource, sys\n" + _CAP + """\
 if mem >= 0:
     cap(resource.RLIMIT_AS, mem)
 cap(resource.RLIMIT_CPU, cpu)
@@ -125,6 +118,28 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def _run_limited(
+    args: list[str], cwd: Path, env: dict[str, str], timeout_s: float, out_path: Path, err_path: Path
+) -> SandboxResult:
+    """Run `args` in its own session with output to the two files; kill its whole group afterwards."""
+    start = time.monotonic()
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            start_new_session=True, close_fds=True,
+        )  # fmt: skip
+        timed_out = False
+        try:
+            returncode: int | None = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out, returncode = True, None
+        finally:
+            _kill_group(process)  # also ends anything the program left running in its group
+            process.wait()
+    duration = time.monotonic() - start
+    return SandboxResult(returncode, timed_out, _tail(out_path), _tail(err_path), duration)
+
+
 def run_python(
     code: str,
     timeout_s: float = 3.0,
@@ -150,22 +165,7 @@ def run_python(
             str(memory_bytes), str(cpu_s), str(file_size_bytes),
             str(-1 if max_processes is None else max_processes), str(script),
         ]  # fmt: skip
-        start = time.monotonic()
-        with out_path.open("wb") as out, err_path.open("wb") as err:
-            process = subprocess.Popen(
-                args, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, close_fds=True,
-            )  # fmt: skip
-            timed_out = False
-            try:
-                returncode: int | None = process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out, returncode = True, None
-            finally:
-                _kill_group(process)  # also ends anything the code left running in its group
-                process.wait()
-        duration = time.monotonic() - start
-        return SandboxResult(returncode, timed_out, _tail(out_path), _tail(err_path), duration)
+        return _run_limited(args, work, env, timeout_s, out_path, err_path)
 
 
 def run_command(
@@ -194,22 +194,7 @@ def run_command(
         str(-1 if max_processes is None else max_processes), *argv,
     ]  # fmt: skip
     out_path, err_path = folder / ".sandbox-stdout.txt", folder / ".sandbox-stderr.txt"
-    start = time.monotonic()
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        process = subprocess.Popen(
-            args, cwd=folder, env=child_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-            start_new_session=True, close_fds=True,
-        )  # fmt: skip
-        timed_out = False
-        try:
-            returncode: int | None = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out, returncode = True, None
-        finally:
-            _kill_group(process)
-            process.wait()
-    duration = time.monotonic() - start
-    result = SandboxResult(returncode, timed_out, _tail(out_path), _tail(err_path), duration)
+    result = _run_limited(args, folder, child_env, timeout_s, out_path, err_path)
     for path in (out_path, err_path):
         with contextlib.suppress(OSError):
             path.unlink()
