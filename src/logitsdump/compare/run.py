@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import multiprocessing.context
 import os
+import re
 import sys
 import threading
 from collections import deque
@@ -244,15 +245,24 @@ def _input_dir(path: str | os.PathLike[str], flag: str) -> Path:
     return folder
 
 
+#: The output files of one compare run: `{prefix}{tag}{suffix}`, tag = `<YYYYmmddHHMMSS>[_N]`.
+RESULT_CSV = ("logits_cmp_res_", ".csv")
+CASES_CSV = ("logits_cmp_cases_", ".csv")
+CASES_JSON = ("logits_cmp_cases_", ".json")
+#: Matches any of them; groups: timestamp, N.
+OUTPUT_NAME = re.compile(r"^logits_cmp_(?:res|cases)_(\d{14})(?:_(\d+))?\.(?:csv|json)$")
+
+
+def output_name(kind: tuple[str, str], tag: str) -> str:
+    """The file name of one compare output (`RESULT_CSV`, `CASES_CSV` or `CASES_JSON`) for `tag`."""
+    return f"{kind[0]}{tag}{kind[1]}"
+
+
 def _free_names(out_dir: Path, stamp: str) -> tuple[Path, Path, Path]:
     """The three output paths for `stamp`, with `_N` added until none of them exists."""
     for n in range(10_000):
         tag = stamp if n == 0 else f"{stamp}_{n}"
-        paths = (
-            out_dir / f"logits_cmp_res_{tag}.csv",
-            out_dir / f"logits_cmp_cases_{tag}.csv",
-            out_dir / f"logits_cmp_cases_{tag}.json",
-        )
+        paths = tuple(out_dir / output_name(kind, tag) for kind in (RESULT_CSV, CASES_CSV, CASES_JSON))
         if not any(p.exists() for p in paths):
             return paths
     raise DataError(f"too many result files for {stamp} in {out_dir}")

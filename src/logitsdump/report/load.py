@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from logitsdump.compare.run import CASES_JSON, OUTPUT_NAME, output_name
 from logitsdump.compare.verdict import (
     DIVERGENT,
     FREE_RUN_VERDICTS,
@@ -40,7 +40,7 @@ SUPPORTED_SCHEMA = (1,)
 #: Task name of a case whose dumps have no manifest.
 UNKNOWN_TASK = "unknown"
 
-_RUN_FILE = re.compile(r"^logits_cmp_(?:res|cases)_(\d{14})(?:_(\d+))?\.(?:csv|json)$")
+_RUN_FILE = OUTPUT_NAME
 
 
 @dataclass(frozen=True)
@@ -398,7 +398,7 @@ def find_cases_json(source: Any) -> Path:
         raise DataError(f"{path}: expected the compare output folder, logits_cmp_res_<ts>.csv or "
                         "logits_cmp_cases_<ts>.json")
     tag = match.group(1) + (f"_{match.group(2)}" if match.group(2) else "")
-    json_path = path.with_name(f"logits_cmp_cases_{tag}.json")
+    json_path = path.with_name(output_name(CASES_JSON, tag))
     if not json_path.is_file():
         raise DataError(f"{json_path} is missing: the report needs compare's case JSON written beside {path.name}")
     return json_path
