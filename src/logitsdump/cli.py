@@ -299,6 +299,11 @@ def _add_demo_parser(subparsers) -> None:
     parser.add_argument(
         "--workdir", default=None, help="new or empty folder for everything (default: ./logitsdump-demo/<time>)"
     )
+    parser.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="dump both devices free-running (msit's way) instead of replaying the golden tokens on the test side",
+    )
     add_log_level(parser)
     parser.set_defaults(handler=_run_demo)
 
@@ -306,7 +311,7 @@ def _add_demo_parser(subparsers) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from logitsdump.demo.run import DemoOptions, run_demo
 
-    run_demo(DemoOptions(workdir=args.workdir))
+    run_demo(DemoOptions(workdir=args.workdir, replay=not args.no_replay))
     return 0
 
 
