@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,6 +215,8 @@ class HFBackend:
         max_new_tokens: int,
         keep_steps: int = 0,
         forced: Sequence[Sequence[int]] | None = None,
+        limits: Sequence[int] | None = None,
+        stops: Sequence[Callable[[Sequence[int]], bool] | None] | None = None,
     ) -> list[Decoded]:
         """Greedy decoding of a left-padded batch, stopping each row at EOS or `max_new_tokens`.
 
@@ -223,6 +225,8 @@ class HFBackend:
         With `forced` (replay), row r feeds `forced[r][t]` at step t instead of its own
         argmax, through the same decode path, and stops when its forced tokens run out;
         its `own_ids` record what it would have chosen.
+        Without `forced`, row r also stops after `limits[r]` tokens, or once `stops[r](ids)`
+        holds for its generated ids (a task's stopping rule, the stopping token kept).
         """
         import torch
 
@@ -262,7 +266,11 @@ class HFBackend:
                         chosen[row] = int(forced[row][step])
                         finished[row] = step + 1 >= len(forced[row])
                     result.output_ids.append(int(chosen[row]))
-                    if forced is None and chosen[row] in self.eos_ids:
+                    if forced is None and (
+                        chosen[row] in self.eos_ids
+                        or (limits is not None and len(result.output_ids) >= limits[row])
+                        or (stops is not None and stops[row] is not None and stops[row](result.output_ids))
+                    ):
                         finished[row] = True
                 if all(finished):
                     break

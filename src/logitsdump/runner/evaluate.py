@@ -21,7 +21,7 @@ from logitsdump.logs import get_logger
 from logitsdump.runner import outputs
 from logitsdump.runner.config import load_model_config, load_task_config, resolve_dataset_root
 from logitsdump.runner.tasks import get_task
-from logitsdump.runner.tasks.base import Case, Generation, is_forward_only, needs_tokenizer, pass_label, stop_length
+from logitsdump.runner.tasks.base import Case, Generation, is_forward_only, needs_tokenizer, pass_label, stop_rule
 
 if TYPE_CHECKING:
     from logitsdump.runner.backend import HFBackend
@@ -237,8 +237,8 @@ def _run_batches(numbered_batches, options, task, task_config, backend, request,
             decoded = _forward_as_decoded(backend, encoded)
         else:
             limits = [c.max_new_tokens or task_config.requested_max_output_length for c in batch]
-            decoded = backend.greedy(encoded, max(limits), keep_steps)
-            decoded = [_cut(task, c, d, n, backend) for c, d, n in zip(batch, decoded, limits, strict=True)]
+            stops = [stop_rule(task, c, backend.decode) for c in batch]
+            decoded = backend.greedy(encoded, max(limits), keep_steps, limits=limits, stops=stops)
         for case, ids, result in zip(batch, encoded, decoded, strict=True):
             text = backend.decode(result.output_ids)
             scored = _continuation_logprobs(backend, ids, case.continuation_from)
@@ -291,18 +291,6 @@ def _forward_as_decoded(backend, encoded):
     for logits in backend.last_logits(encoded):
         results.append(Decoded([int(logits.argmax())], [logits], logits.float().clone()))
     return results
-
-
-def _cut(task, case, result, limit, backend):
-    """A row's decoding ended at its own token limit and at the task's stopping rule (the tokens
-    and logits before that point do not depend on the tokens after it)."""
-    from logitsdump.runner.backend import Decoded
-
-    ids = result.output_ids[:limit]
-    keep = stop_length(task, case, ids, backend.decode)
-    if keep == len(result.output_ids):
-        return result
-    return Decoded(ids[:keep], result.step_logits[:keep], result.first_logits)
 
 
 def _continuation_logprobs(backend, ids, prefix):

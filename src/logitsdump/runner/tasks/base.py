@@ -7,7 +7,7 @@ talks to this interface, so adding a task never touches the loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,13 +111,21 @@ def is_forward_only(case: Case, need_logits: bool) -> bool:
     return need_logits if case.forward_only is None else case.forward_only
 
 
-def stop_length(task: Task, case: Case, output_ids: Sequence[int], decode: Any) -> int:
-    """How many generated tokens to keep: up to and including the one after which the task's
-    optional `finished(case, text)` first holds (`decode` turns ids into text); all otherwise."""
+def stop_rule(task: Task, case: Case, decode: Any) -> Callable[[Sequence[int]], bool] | None:
+    """The task's optional stopping rule for `case` as a test on the generated ids so far
+    (`decode` turns ids into text), or None when the task has none."""
     finished = getattr(task, "finished", None)
     if finished is None:
-        return len(output_ids)
-    for length in range(1, len(output_ids) + 1):
-        if finished(case, decode(output_ids[:length])):
-            return length
+        return None
+    return lambda output_ids: bool(finished(case, decode(output_ids)))
+
+
+def stop_length(task: Task, case: Case, output_ids: Sequence[int], decode: Any) -> int:
+    """How many generated tokens to keep: up to and including the one after which the task's
+    stopping rule first holds; all otherwise."""
+    rule = stop_rule(task, case, decode)
+    if rule is not None:
+        for length in range(1, len(output_ids) + 1):
+            if rule(output_ids[:length]):
+                return length
     return len(output_ids)
