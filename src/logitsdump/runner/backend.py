@@ -13,12 +13,11 @@ import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
-from logitsdump.runner.config import ModelConfig
+from logitsdump.runner.config import ModelConfig, resolve_model_path
 
 log = get_logger("backend")
 
@@ -94,21 +93,6 @@ class Decoded:
     step_logits: list[Any]  # raw logits [vocab] of the first kept steps, model dtype, on CPU
     first_logits: Any  # raw logits [vocab] of step 0 as float32, on CPU
     own_ids: list[int] = field(default_factory=list)  # replay: the argmax at each forced step
-
-
-def resolve_model_path(config: ModelConfig) -> Path:
-    """`model_path` as given (relative to the current directory), else relative to the YAML file."""
-    path = Path(config.model_path).expanduser()
-    candidates = [path]
-    if not path.is_absolute() and config.source:
-        candidates.append(Path(config.source).parent / path)
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise ConfigError(
-        f"model_path {config.model_path!r} of {config.source or 'the model config'} is not a folder "
-        f"(tried {', '.join(str(c) for c in candidates)})"
-    )
 
 
 class HFBackend:

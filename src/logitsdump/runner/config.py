@@ -233,12 +233,28 @@ def resolve_dataset_root(task: TaskConfig) -> Path:
         raise DataError(f"task config {task.source}: 'local_dataset_path' is required")
     path = Path(raw).expanduser()
     candidates = [path] if path.is_absolute() else [path, Path("..") / path]
-    if not path.is_absolute() and task.source:
-        candidates.append(Path(task.source).parent / path)
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise DataError(
-        f"dataset folder {raw!r} of {task.source or 'the task config'} not found "
-        f"(tried {', '.join(str(c) for c in candidates)})"
-    )
+    found, tried = _first_folder(candidates, path, task.source)
+    if found is None:
+        raise DataError(f"dataset folder {raw!r} of {task.source or 'the task config'} not found (tried {tried})")
+    return found
+
+
+def resolve_model_path(config: ModelConfig) -> Path:
+    """`model_path` as given (relative to the current directory), else relative to the YAML file."""
+    path = Path(config.model_path).expanduser()
+    found, tried = _first_folder([path], path, config.source)
+    if found is None:
+        raise ConfigError(
+            f"model_path {config.model_path!r} of {config.source or 'the model config'} is not a folder "
+            f"(tried {tried})"
+        )
+    return found
+
+
+def _first_folder(candidates: list[Path], path: Path, yaml_file: str) -> tuple[Path | None, str]:
+    """The first existing folder of `candidates`, then of `path` relative to the YAML file's folder;
+    and the list tried, for the error message."""
+    if not path.is_absolute() and yaml_file:
+        candidates = [*candidates, Path(yaml_file).parent / path]
+    found = next((c for c in candidates if c.is_dir()), None)
+    return found, ", ".join(str(c) for c in candidates)
