@@ -4,10 +4,14 @@ Makes 200 and 2000 pairs of [1, 128256] fp32 `.pth` files in a temporary
 folder, reads them once to warm the page cache, then times `cat` over all of
 them and `run_compare` over the two folders, `--repeat` times in turn (other
 processes on the machine disturb single timings; each round is printed, then
-the range). Target: at 2000 pairs compare reads at no less than half the rate
-of `cat`.
+the range). Each round times compare twice: with the C kernels (when this CPU
+can run them; `kernel_lanes` says which width) and with the numpy path
+(LOGITSDUMP_COMPARE_KERNEL=0), so the two are compared on the same files in
+the same run. Target: at 2000 pairs compare reads at no less than half the
+rate of `cat`.
 
     python bench/compare_throughput.py [--vocab 128256] [--sizes 200 2000] [--workers N] [--repeat 3]
+        [--paths kernel numpy]
 """
 
 from __future__ import annotations
@@ -48,12 +52,22 @@ def time_cat(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def time_compare(golden: Path, mine: Path, out: Path, workers: int | None) -> float:
+def time_compare(golden: Path, mine: Path, out: Path, workers: int | None, path: str) -> float:
+    """Seconds for one `run_compare`; `path`: "kernel" (the default choice) or "numpy"."""
+    from logitsdump.compare.metrics import KERNEL_ENV
     from logitsdump.compare.run import CompareOptions, run_compare
 
-    start = time.perf_counter()
-    run_compare(CompareOptions(golden, mine, out, workers=workers))
-    return time.perf_counter() - start
+    saved = os.environ.pop(KERNEL_ENV, None)
+    if path == "numpy":
+        os.environ[KERNEL_ENV] = "0"
+    try:
+        start = time.perf_counter()
+        run_compare(CompareOptions(golden, mine, out, workers=workers))
+        return time.perf_counter() - start
+    finally:
+        os.environ.pop(KERNEL_ENV, None)
+        if saved is not None:
+            os.environ[KERNEL_ENV] = saved
 
 
 def main() -> None:
@@ -62,10 +76,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000])
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of cat then compare per size")
+    parser.add_argument("--paths", nargs="+", choices=["kernel", "numpy"], default=["kernel", "numpy"],
+                        help="compare implementations to time in each round")
     args = parser.parse_args()
     import logitsdump.compare.run  # noqa: F401  (import cost is not part of the timing)
+    from logitsdump.compare.metrics import kernel_lanes
 
-    print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    lanes = kernel_lanes()
+    print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"C kernels: {f'{lanes} lanes' if lanes else 'not usable here (kernel = numpy path)'}")
     for count in args.sizes:
         with tempfile.TemporaryDirectory(prefix="logitscmp-bench-") as tmp:
             root = Path(tmp)
@@ -73,19 +92,20 @@ def main() -> None:
             files = sorted(golden.iterdir()) + sorted(mine.iterdir())
             size_mb = sum(f.stat().st_size for f in files) / 1e6
             time_cat(files)  # warm the page cache
-            ratios = []
+            ratios: dict[str, list[float]] = {path: [] for path in args.paths}
             for round_ in range(1, args.repeat + 1):
                 cat_s = time_cat(files)
-                cmp_s = time_compare(golden, mine, root / f"out{round_}", args.workers)
-                cat_rate, cmp_rate = count / cat_s, count / cmp_s
-                ratios.append(cmp_rate / cat_rate)
-                print(
-                    f"{count:5d} pairs ({size_mb:7.1f} MB) round {round_}: cat {cat_s:6.3f} s = "
-                    f"{cat_rate:8.1f} pairs/s; compare {cmp_s:6.3f} s = {cmp_rate:8.1f} pairs/s; "
-                    f"compare/cat = {ratios[-1]:.2f}"
-                )
-            print(f"{count:5d} pairs: compare/cat over {len(ratios)} rounds: min {min(ratios):.2f}, "
-                  f"median {sorted(ratios)[len(ratios) // 2]:.2f}, max {max(ratios):.2f}")
+                cat_rate = count / cat_s
+                line = f"{count:5d} pairs ({size_mb:.0f} MB) round {round_}: cat {cat_s:.3f} s = {cat_rate:.0f} pairs/s"
+                for path in args.paths:
+                    cmp_s = time_compare(golden, mine, root / f"out-{path}{round_}", args.workers, path)
+                    ratios[path].append(count / cmp_s / cat_rate)
+                    line += f"; {path} {cmp_s:.3f} s = {count / cmp_s:.0f} pairs/s ({ratios[path][-1]:.2f} x cat)"
+                print(line)
+            for path, values in ratios.items():
+                values.sort()
+                print(f"{count:5d} pairs, {path}: compare/cat over {len(values)} rounds: min {values[0]:.2f}, "
+                      f"median {values[len(values) // 2]:.2f}, max {values[-1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from logitsdump.demo import examples
 from logitsdump.runner.evaluate import EvalOptions
 
@@ -79,3 +81,11 @@ BCANALYZE_EXPECTED = (
     '1,Is the sky blue?,"[5, 6]","[5, 6]","[7, 8]","[7, 8, 9]",false,true\n'
     "2,q2,[9],[9],[10],[10],true,false\n"
 )
+
+
+#: msit-cli.md §4, row `logits_dev.jsonl_7_0.pth`: tensors solved so that our float64 metrics
+#: give msit's printed values exactly (sum|g| = 32, max g - max m = 0.6015625, max m in [8, 16)).
+#: A few ulps away from [10, 7, -8, 7], chosen by a search so that both implementations of
+#: `pair_sums` (the C pair loop and the numpy path) round to exactly msit's printed KL.
+ROW7_G = np.array([10.0, 7.000000000000001, -8.0, 6.999999999999999])
+ROW7_M = np.array([9.3984375, 8.140565779930418, -9.687172859140887, 5.267613410131603])

@@ -20,6 +20,8 @@ from logitsdump.compare.run import CSV_COLUMNS
 from logitsdump.errors import DataError, UsageError, UserError
 from logitsdump.store import CaseManifest, append_manifest, parse_logits_file_name, write_vocab
 
+from helpers import ROW7_G, ROW7_M
+
 NOW = datetime(2024, 5, 6, 7, 8, 9)
 V = 32
 
@@ -52,9 +54,8 @@ def test_msit_example_rows_literally(tmp_path: Path) -> None:
     same = np.array([8.5, 1.0, -2.0], dtype=np.float16)
     _save(golden, "logits_dev.jsonl_1352_0.pth", same)
     _save(mine, "logits_dev.jsonl_1352_0.pth", same)
-    _save(golden, "logits_dev.jsonl_7_0.pth", [10.0, 6.999999999999999, -8.0, 7.000000000000001])
-    _save(mine, "logits_dev.jsonl_7_0.pth",
-          [9.3984375, 8.140565779930414, -9.687172859140897, 5.267613410131596])  # as test_metrics ROW7
+    _save(golden, "logits_dev.jsonl_7_0.pth", ROW7_G)
+    _save(mine, "logits_dev.jsonl_7_0.pth", ROW7_M)
     _save(golden, "logits_dev.jsonl_20_0.pth", [1.0, 2.0])
     _save(mine, "logits_dev.jsonl_20_0.pth", [1.0, float("nan")])
     _save(golden, "logits_dev.jsonl_40_0.pth", [1.0, 2.0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,17 +13,39 @@ from hypothesis.extra.numpy import arrays
 
 from logitsdump.compare import metrics as M
 
+from helpers import ROW7_G, ROW7_M
+
 TH = M.Thresholds()
 
-#: msit-cli.md §4, row `logits_dev.jsonl_7_0.pth`: tensors solved so that our float64 metrics
-#: give msit's printed values exactly (sum|g| = 32, max g - max m = 0.6015625, max m in [8, 16)).
-#: (Re-solved, a few ulps away from [10, 7, -8, 7], when KL became a single-rounding sum: the
-#: exact KL of the earlier pair was 0.14001464843749860, 10 ulps below msit's value.)
-ROW7_G = np.array([10.0, 6.999999999999999, -8.0, 7.000000000000001])
-ROW7_M = np.array([9.3984375, 8.140565779930414, -9.687172859140897, 5.267613410131596])
+@pytest.fixture(params=["8", "4", "0"], ids=["kernel-lanes8", "kernel-lanes4", "numpy"])
+def pair_sums_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each implementation of `pair_sums` (the C kernels where this CPU runs them)."""
+    if request.param != "0" and int(request.param) not in M.USABLE_KERNEL_LANES:
+        pytest.skip(f"the {request.param}-lane C kernels are not built or this CPU cannot run them")
+    monkeypatch.setenv(M.KERNEL_ENV, request.param)
+    return request.param
 
 
-def test_msit_row_7_reproduced_value_for_value() -> None:
+def test_kernels_built_and_picked_by_cpu_features() -> None:
+    """CI sets LOGITSDUMP_EXPECT_KERNEL=1: the optional C kernels must have built, and the widths the
+    CPU's flags allow must be usable (a silent build failure would only make compare slower)."""
+    if os.environ.get("LOGITSDUMP_EXPECT_KERNEL") != "1":
+        pytest.skip("LOGITSDUMP_EXPECT_KERNEL is not set (CI sets it)")
+    from logitsdump.compare import _kernel  # ImportError: the extension did not build
+
+    flags: set[str] = set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            flags = {f for line in handle if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    expected = []
+    if {"avx512f", "avx512dq", "avx512vl", "avx512bw"} <= flags:
+        expected.append(8)
+    if {"avx2", "fma", "bmi2"} <= flags:
+        expected.append(4)
+    assert list(_kernel.usable_lanes()) == expected == list(M.USABLE_KERNEL_LANES)
+
+
+def test_msit_row_7_reproduced_value_for_value(pair_sums_path: str) -> None:
     m = M.pair_metrics(ROW7_G, ROW7_M, TH)
     assert m.cosine_similarity == 0.9863877285
     assert m.kl_divergence == 0.1400146484375

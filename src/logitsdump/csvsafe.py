@@ -8,12 +8,14 @@ that parses as a float (e.g. `-0.5`) is left alone.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from logitsdump.fsutil import atomic_open
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NEEDS_QUOTES = re.compile(r'[,"\n\r]')
 
 
 def neutralise(value: Any) -> Any:
@@ -38,7 +40,7 @@ def format_cell(value: Any) -> str:
     """One CSV cell: quoted when it holds a comma, quote, LF or CR (Python's csv module,
     with LF line ends, would leave a lone CR unquoted and readers would split the row)."""
     text = "" if value is None else str(neutralise(value))
-    if any(ch in text for ch in ',"\n\r'):
+    if _NEEDS_QUOTES.search(text):
         return '"' + text.replace('"', '""') + '"'
     return text
 

@@ -16,6 +16,7 @@ squeezed (`[1, V]` and `[V]` are equal). Every failure is a
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -23,6 +24,7 @@ import pickle
 import stat
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -178,6 +180,13 @@ def _load_pth_direct(raw: np.ndarray) -> np.ndarray | None:
 _Entries = dict[str, tuple[int, int]]
 
 
+#: A zip central directory header (46 bytes): signature, method, packed and unpacked sizes, name,
+#: extra and comment lengths, local header offset. And a local header (30 bytes): signature, name
+#: and extra lengths.
+_CENTRAL_HEADER = struct.Struct("<4s6xH8xIIHHH8xI")
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
 def _zip_entries(data: memoryview) -> _Entries | None:
     end = len(data) - 22
     if end < 0 or data[end : end + 4] != b"PK\x05\x06":
@@ -188,18 +197,20 @@ def _zip_entries(data: memoryview) -> _Entries | None:
     entries: _Entries = {}
     pos = dir_offset
     for _ in range(count):
-        if pos + 46 > end or data[pos : pos + 4] != b"PK\x01\x02":
+        if pos + 46 > end:
             return None
-        method, = struct.unpack_from("<H", data, pos + 10)
-        packed, unpacked, name_len, extra_len, comment_len = struct.unpack_from("<IIHHH", data, pos + 20)
-        local, = struct.unpack_from("<I", data, pos + 42)
+        magic, method, packed, unpacked, name_len, extra_len, comment_len, local = _CENTRAL_HEADER.unpack_from(
+            data, pos
+        )
+        if magic != b"PK\x01\x02":
+            return None
         name = bytes(data[pos + 46 : pos + 46 + name_len]).decode("utf-8", "replace")
         pos += 46 + name_len + extra_len + comment_len
         if method != zipfile.ZIP_STORED or packed != unpacked or local + 30 > end:
             return None
-        if data[local : local + 4] != b"PK\x03\x04":
+        local_magic, local_name, local_extra = _LOCAL_HEADER.unpack_from(data, local)
+        if local_magic != b"PK\x03\x04":
             return None
-        local_name, local_extra = struct.unpack_from("<HH", data, local + 26)
         start = local + 30 + local_name + local_extra
         if start + packed > end:
             return None
@@ -211,8 +222,13 @@ def _member(data: memoryview, entry: tuple[int, int]) -> memoryview:
     return data[entry[0] : entry[0] + entry[1]]
 
 
+@functools.lru_cache(maxsize=64)
 def _unpickle_tensor(payload: bytes) -> tuple[tuple[int, ...], int, _Storage] | None:
-    """(size, storage offset, storage) of a plain contiguous tensor pickle, else None."""
+    """(size, storage offset, storage) of a plain contiguous tensor pickle, else None.
+
+    Cached by payload: files of one shape and dtype carry the same pickle, and the
+    result depends on the bytes alone (the `_Storage` is never changed).
+    """
     try:
         obj = _TensorUnpickler(io.BytesIO(payload)).load()
     except _Fallback:
@@ -250,11 +266,13 @@ def _read_bytes(file: Path) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
 class _Storage:
     """What a persistent id names: a storage record of the archive."""
 
-    def __init__(self, kind: str, key: str, numel: int) -> None:
-        self.kind, self.key, self.numel = kind, key, numel
+    kind: str
+    key: str
+    numel: int
 
 
 class _StorageType:

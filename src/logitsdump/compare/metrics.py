@@ -2,9 +2,16 @@
 
 No I/O, no logging. Every reduction is done in float64, in a fixed order that
 does not depend on thread counts (msit bug 5.11). All sums of a pair come from
-one chunked pass (`pair_sums`) whose float64 chunks stay in the CPU cache;
-each metric function is a formula over those sums and accepts them
-precomputed, so `pair_metrics` converts each vector to float64 once.
+`pair_sums`; each metric function is a formula over those sums and accepts
+them precomputed.
+
+`pair_sums` and `top_k` have two implementations each. The C kernels
+(`_kernel`, built from csrc/ where a compiler is present; used on x86-64
+CPUs with AVX-512 or AVX2) read each vector once and release the GIL. The
+numpy path (`pair_sums_numpy`, `top_k_numpy`) is used everywhere else, or
+with LOGITSDUMP_COMPARE_KERNEL=0. The sums of the two paths (and of the two
+kernel widths) agree to about 1e-15 relative (tests); each gives the same
+bits on every run.
 
 Dot products use BLAS `ddot` only on blocks of `DOT_BLOCK` elements: OpenBLAS
 runs a dot of at most 10000 elements on the calling thread, so the result is
@@ -16,11 +23,17 @@ single-threaded loop) is used instead.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
+
+try:
+    from logitsdump.compare import _kernel
+except ImportError:  # not built: the numpy path
+    _kernel = None
 
 #: Relative spacing (2**-mantissa_bits) of each `-d` dtype, as msit.
 DTYPE_EPS = {"bf16": 2.0**-7, "fp16": 2.0**-10, "fp32": 2.0**-23}
@@ -48,6 +61,23 @@ def _openblas() -> bool:
         return "openblas" in str(config["Build Dependencies"]["blas"]["name"]).lower()
     except Exception:  # older numpy or unusual builds: take the safe path
         return False
+
+
+#: 0: use the numpy path even where the C kernels are usable; 8 or 4: use the kernels of that
+#: width where the CPU can run them (tests use it to run the AVX2 kernels on an AVX-512 CPU);
+#: unset or anything else: the widest usable kernels.
+KERNEL_ENV = "LOGITSDUMP_COMPARE_KERNEL"
+USABLE_KERNEL_LANES: tuple[int, ...] = tuple(_kernel.usable_lanes()) if _kernel is not None else ()
+
+
+def kernel_lanes() -> int:
+    """The width (float64 lanes) of the C kernels `pair_sums` and `top_k` use: 8 or 4; 0: the numpy path."""
+    choice = os.environ.get(KERNEL_ENV, "")
+    if choice == "0" or not USABLE_KERNEL_LANES:
+        return 0
+    if choice.isdigit() and int(choice) in USABLE_KERNEL_LANES:
+        return int(choice)
+    return USABLE_KERNEL_LANES[0]
 
 
 #: Whether `_dot` may call BLAS (False: einsum's single-threaded loop).
@@ -91,8 +121,7 @@ class PairSums:
     z_g: float  # sum exp(g - g_shift)
     z_m: float  # sum exp(m - m_shift)
     weighted: float  # sum exp(g - g_shift) * (g - m)
-    diff_max: float  # max (g - m)
-    diff_min: float  # min (g - m)
+    abs_diff_max: float  # max |g - m|
     g_shift: float = 0.0  # 0, or g_max when exp(g) could overflow or underflow
     m_shift: float = 0.0
 
@@ -105,10 +134,41 @@ def pair_sums(
     g_max: float | None = None,
     m_max: float | None = None,
 ) -> PairSums:
-    """All reductions in float64, chunk by chunk in a fixed order (same result on every run).
+    """All reductions in float64, the same bits on every run: the C pair loop where available, else numpy.
 
-    Each chunk of g and m is converted to float64 once, into per-thread buffers;
     `g_max`/`m_max` may be passed when already known.
+    """
+    if g.shape != m.shape or g.ndim != 1 or g.size == 0:
+        raise ValueError("pair_sums needs two non-empty 1-D arrays of the same length")
+    g_max = float(g.max()) if g_max is None else g_max
+    m_max = float(m.max()) if m_max is None else m_max
+    lanes = kernel_lanes()
+    if _kernel is not None and lanes:
+        g_in, m_in = _kernel_input(g), _kernel_input(m)
+        if g_in.dtype == m_in.dtype:
+            sums = _kernel.pair_sums(g_in, m_in, g_in.dtype.itemsize, g_max, m_max, lanes)
+            return PairSums(g_max, m_max, *sums, g_shift=g_max, m_shift=m_max)
+    return pair_sums_numpy(g, m, workspace, g_max=g_max, m_max=m_max)
+
+
+def _kernel_input(x: np.ndarray) -> np.ndarray:
+    """`x` as a contiguous native float32 or float64 array (float16 widens to float32, exactly)."""
+    if x.dtype.itemsize < 4:
+        return x.astype(np.float32)
+    return np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+
+
+def pair_sums_numpy(
+    g: np.ndarray,
+    m: np.ndarray,
+    workspace: Workspace | None = None,
+    *,
+    g_max: float | None = None,
+    m_max: float | None = None,
+) -> PairSums:
+    """`pair_sums` with numpy: chunk by chunk in a fixed order (same result on every run).
+
+    Each chunk of g and m is converted to float64 once, into per-thread buffers.
     """
     if g.shape != m.shape or g.ndim != 1 or g.size == 0:
         raise ValueError("pair_sums needs two non-empty 1-D arrays of the same length")
@@ -120,7 +180,7 @@ def pair_sums(
     shifts[0, 0], shifts[1, 0] = g_shift, m_shift
     gg = mm = gm = weighted = 0.0
     totals = np.zeros(4)  # z_g, z_m, abs_g, abs_m
-    diff_max, diff_min = -math.inf, math.inf
+    diff_max, diff_min = -math.inf, math.inf  # of g - m
     for start in range(0, g.size, CHUNK):
         n = min(CHUNK, g.size - start)
         x, s, d = both[:, :n], sums[:, :n], diff[:n]
@@ -139,7 +199,7 @@ def pair_sums(
         totals += np.add.reduce(s, axis=1)
     z_g, z_m, abs_g, abs_m = (float(v) for v in totals)
     return PairSums(
-        g_max, m_max, gg, mm, gm, abs_g, abs_m, z_g, z_m, weighted, diff_max, diff_min, g_shift, m_shift
+        g_max, m_max, gg, mm, gm, abs_g, abs_m, z_g, z_m, weighted, max(diff_max, -diff_min), g_shift, m_shift
     )
 
 
@@ -182,7 +242,7 @@ def ulp_max_diff(g: np.ndarray, m: np.ndarray) -> float:
 def max_abs_diff(g: np.ndarray, m: np.ndarray, sums: PairSums | None = None) -> float:
     """max |g - m| in float64."""
     s = sums or pair_sums(g, m)
-    return max(s.diff_max, -s.diff_min)
+    return s.abs_diff_max
 
 
 def ulp(m: np.ndarray, dtype: str) -> float:
@@ -205,6 +265,45 @@ def _ulp_at(top: float, dtype: str) -> float:
 
 def top_k(x: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest values, largest first; ties go to the lower index (a stable sort's order).
+
+    The C top-k scan where available (it never picks NaN or -inf: when that leaves fewer than k,
+    the numpy path decides), else `top_k_numpy`.
+    """
+    k = max(1, min(int(k), x.size))
+    lanes = kernel_lanes()
+    if _kernel is not None and lanes:
+        values = _kernel_input(x)
+        found, _ = _kernel.top_k(values, values.dtype.itemsize, k, lanes)
+        if len(found) == k:
+            return np.array(found, dtype=np.intp)
+    return top_k_numpy(x, k)
+
+
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """What one pass over a vector tells: whether every value is finite, and its top-k indices if so."""
+
+    finite: bool
+    top: np.ndarray | None
+
+
+def scan(x: np.ndarray, k: int) -> Scan:
+    """`all_finite(x)` and, when finite, `top_k(x, k)`: one pass with the C scan, else numpy."""
+    k = max(1, min(int(k), x.size))
+    lanes = kernel_lanes()
+    if _kernel is not None and lanes:
+        values = _kernel_input(x)
+        found, finite = _kernel.top_k(values, values.dtype.itemsize, k, lanes)
+        if not finite:
+            return Scan(False, None)
+        if len(found) == k:
+            return Scan(True, np.array(found, dtype=np.intp))
+    finite = all_finite(x)
+    return Scan(finite, top_k_numpy(x, k) if finite else None)
+
+
+def top_k_numpy(x: np.ndarray, k: int) -> np.ndarray:
+    """`top_k` with numpy.
 
     The elements are viewed as `_GROUP_ROWS` rows; the k-th largest of the
     column maxima is a lower bound for the k-th largest value (k distinct
@@ -313,14 +412,18 @@ class PairMetrics:
 _METRIC_FIELDS = tuple(f.name for f in fields(PairMetrics))
 
 
-def check_pair(g: np.ndarray, m: np.ndarray) -> str:
-    """msit's pre-checks: '' when the pair can be measured, else the reasons joined by a space."""
+def check_pair(g: np.ndarray, m: np.ndarray, finite: tuple[bool, bool] | None = None) -> str:
+    """msit's pre-checks: '' when the pair can be measured, else the reasons joined by a space.
+
+    `finite`: whether g and m are all finite, when already known (see `scan`).
+    """
     if g.shape != m.shape:
         return "data shape doesn't match."
+    g_finite, m_finite = finite if finite is not None else (all_finite(g), all_finite(m))
     reasons = []
-    if not all_finite(g):
+    if not g_finite:
         reasons.append("golden_data includes NAN or inf.")
-    if not all_finite(m):
+    if not m_finite:
         reasons.append("my_data includes NAN or inf.")
     return " ".join(reasons)
 
@@ -362,12 +465,23 @@ class Workspace:
 
 
 def pair_metrics(
-    g: np.ndarray, m: np.ndarray, thresholds: Thresholds, topk: int = 10, workspace: Workspace | None = None
+    g: np.ndarray,
+    m: np.ndarray,
+    thresholds: Thresholds,
+    topk: int = 10,
+    workspace: Workspace | None = None,
+    tops: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PairMetrics:
-    """Every metric of one pair of equal-shape, finite vectors (see `check_pair`)."""
+    """Every metric of one pair of equal-shape, finite vectors (see `check_pair`).
+
+    `tops`: `top_k(g, max(topk, 2))` and the same of m, when already known (see `scan`).
+    """
     identical = bitwise_equal(g, m)
-    g_top = top_k(g, max(topk, 2))
-    m_top = g_top if identical else top_k(m, max(topk, 2))
+    if tops is not None:
+        g_top, m_top = tops
+    else:
+        g_top = top_k(g, max(topk, 2))
+        m_top = g_top if identical else top_k(m, max(topk, 2))
     k = min(topk, g.size)
     g1, m1 = int(g_top[0]), int(m_top[0])
     overlap = np.intersect1d(g_top[:k], m_top[:k], assume_unique=True).size / k
