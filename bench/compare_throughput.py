@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,17 @@ import numpy as np
 
 
 def make_pairs(root: Path, count: int, vocab: int, seed: int = 0) -> tuple[Path, Path]:
-    """`count` pairs of golden/test files; the test is golden plus small noise."""
+    """`count` pairs of golden/test files; the test is golden plus small noise.
+
+    Written by a child process: torch stays out of the timing process, as it stays out of
+    `logitsdump compare` (its objects would make Python's garbage collector slower).
+    """
+    subprocess.run([sys.executable, __file__, "--make-into", str(root), str(count), str(vocab), str(seed)],
+                   check=True)
+    return root / "golden", root / "mine"
+
+
+def _write_pairs(root: Path, count: int, vocab: int, seed: int) -> None:
     import torch
 
     golden, mine = root / "golden", root / "mine"
@@ -41,7 +52,6 @@ def make_pairs(root: Path, count: int, vocab: int, seed: int = 0) -> tuple[Path,
         name = f"logits_bench_{i // 8}_{i % 8}.pth"
         torch.save(torch.from_numpy(g).unsqueeze(0), golden / name)
         torch.save(torch.from_numpy(m).unsqueeze(0), mine / name)
-    return golden, mine
 
 
 def time_cat(files: list[Path]) -> float:
@@ -71,6 +81,10 @@ def time_compare(golden: Path, mine: Path, out: Path, workers: int | None, path:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--make-into"]:  # the child process of make_pairs
+        root, count, vocab, seed = sys.argv[2:6]
+        _write_pairs(Path(root), int(count), int(vocab), int(seed))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000])

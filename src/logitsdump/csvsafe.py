@@ -39,6 +39,8 @@ def original(text: str) -> str:
 def format_cell(value: Any) -> str:
     """One CSV cell: quoted when it holds a comma, quote, LF or CR (Python's csv module,
     with LF line ends, would leave a lone CR unquoted and readers would split the row)."""
+    if type(value) is float or type(value) is int:  # a number: never a formula, never quoted
+        return repr(value)
     text = "" if value is None else str(neutralise(value))
     if _NEEDS_QUOTES.search(text):
         return '"' + text.replace('"', '""') + '"'

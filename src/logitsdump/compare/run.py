@@ -416,10 +416,10 @@ def _csv_row(row: RowResult) -> list[Any]:
         return [pair.file_name, key, token, *([NA] * 6), row.reason, *([NA] * len(EXTRA_COLUMNS))]
     kl = "0" if m.kl_divergence == 0.0 else _num(m.kl_divergence)  # msit's max(0, kl) prints 0
     return [
-        pair.file_name, key, token, _num(m.cosine_similarity), kl, _num(m.l1_norm),
-        _num(m.ulp_max_diff), _num(m.ulp), str(m.passed), "",
-        _num(m.max_abs_diff), m.golden_top1, m.my_top1, str(m.top1_match), _num(m.topk_overlap),
-        _num(m.golden_margin),
+        pair.file_name, key, token, float(m.cosine_similarity), kl, float(m.l1_norm),
+        float(m.ulp_max_diff), float(m.ulp), str(m.passed), "",
+        float(m.max_abs_diff), m.golden_top1, m.my_top1, str(m.top1_match), float(m.topk_overlap),
+        float(m.golden_margin),
     ]
 
 

@@ -4,9 +4,7 @@
  * Included (after vectors.h) by simd_avx512.c (LANES 8) and simd_avx2.c (LANES 4),
  * each compiled for its instruction set; kernel.c picks one at run time. The numpy
  * path (metrics.pair_sums_numpy) makes about 25 passes over the two vectors;
- * this reads each block of BLOCK elements into the L1 cache once and makes
- * two short passes over it (products, then exponentials: apart, neither needs
- * more vector registers than AVX2 has). Every operation is in float64.
+ * this makes one, LANES values of each at a time. Every operation is in float64.
  *
  * Same result on every run: each lane adds its elements in index order, lane
  * sums are added per block, then the blocks, then the lanes pairwise; no
@@ -57,8 +55,7 @@ typedef struct {
     vdouble gg, mm, gm, abs_g, abs_m, z_g, z_m, weighted;
 } Totals;
 
-/* Products, magnitudes and max |g - m| of one vector; `valid` masks the lanes past the end.
-   (Kept apart from the exponentials so that neither loop needs more than 16 vector registers.) */
+/* Products, magnitudes and max |g - m| of one vector; `valid` masks the lanes past the end. */
 INLINE void add_moments(Totals *t, vdouble *abs_diff_max, vdouble g, vdouble m, vmask valid)
 {
     vdouble d = masked(valid, vabs(g - m));
@@ -98,13 +95,14 @@ INLINE void pair_sums_body(const void *g, const void *m, ptrdiff_t n, double g_s
     Totals total = {0};
     vdouble abs_diff_max = {0};
     ptrdiff_t full = n - n % LANES;
-    for (ptrdiff_t start = 0; start < full; start += BLOCK) { /* a block of g and m stays in the L1 cache */
+    for (ptrdiff_t start = 0; start < full; start += BLOCK) {
         ptrdiff_t end = start + BLOCK < full ? start + BLOCK : full;
         Totals block = {0};
-        for (ptrdiff_t i = start; i < end; i += LANES)
-            add_moments(&block, &abs_diff_max, load(g, i, itemsize), load(m, i, itemsize), all);
-        for (ptrdiff_t i = start; i < end; i += LANES)
-            add_exponentials(&block, load(g, i, itemsize), load(m, i, itemsize), g_shift, m_shift, all);
+        for (ptrdiff_t i = start; i < end; i += LANES) {
+            vdouble g_values = load(g, i, itemsize), m_values = load(m, i, itemsize);
+            add_moments(&block, &abs_diff_max, g_values, m_values, all);
+            add_exponentials(&block, g_values, m_values, g_shift, m_shift, all);
+        }
         add_totals(&total, &block);
     }
     if (full < n) {
