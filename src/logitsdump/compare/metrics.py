@@ -30,9 +30,14 @@ from typing import Any
 
 import numpy as np
 
+#: The C kernels' API this module calls (csrc/kernel.c's KERNEL_API_VERSION).
+KERNEL_API_VERSION = 1
+
 try:
     from logitsdump.compare import _kernel
 except ImportError:  # not built: the numpy path
+    _kernel = None
+if getattr(_kernel, "API_VERSION", None) != KERNEL_API_VERSION:  # a stale build: rebuild with scripts/setup.sh
     _kernel = None
 
 #: Relative spacing (2**-mantissa_bits) of each `-d` dtype, as msit.
@@ -122,7 +127,7 @@ class PairSums:
     z_m: float  # sum exp(m - m_shift)
     weighted: float  # sum exp(g - g_shift) * (g - m)
     abs_diff_max: float  # max |g - m|
-    g_shift: float = 0.0  # 0, or g_max when exp(g) could overflow or underflow
+    g_shift: float = 0.0  # subtracted before exp: g_max (always in the C kernel), or 0 when no exp can overflow
     m_shift: float = 0.0
 
 

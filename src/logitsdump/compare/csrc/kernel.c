@@ -170,8 +170,14 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
+/* Raised whenever a function's arguments or results change, so that metrics.py ignores a stale build. */
+#define KERNEL_API_VERSION 1
+
 PyMODINIT_FUNC PyInit__kernel(void)
 {
     find_usable_kernels();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "API_VERSION", KERNEL_API_VERSION) != 0)
+        Py_CLEAR(m);
+    return m;
 }
