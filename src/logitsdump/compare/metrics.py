@@ -164,21 +164,12 @@ def _kernel_input(x: np.ndarray) -> np.ndarray:
 
 
 def pair_sums_numpy(
-    g: np.ndarray,
-    m: np.ndarray,
-    workspace: Workspace | None = None,
-    *,
-    g_max: float | None = None,
-    m_max: float | None = None,
+    g: np.ndarray, m: np.ndarray, workspace: Workspace | None, *, g_max: float, m_max: float
 ) -> PairSums:
-    """`pair_sums` with numpy: chunk by chunk in a fixed order (same result on every run).
+    """`pair_sums` with numpy, for checked input: chunk by chunk in a fixed order (same result on every run).
 
     Each chunk of g and m is converted to float64 once, into per-thread buffers.
     """
-    if g.shape != m.shape or g.ndim != 1 or g.size == 0:
-        raise ValueError("pair_sums needs two non-empty 1-D arrays of the same length")
-    g_max = float(g.max()) if g_max is None else g_max
-    m_max = float(m.max()) if m_max is None else m_max
     unshifted = abs(g_max) <= _EXP_UNSHIFTED_MAX and abs(m_max) <= _EXP_UNSHIFTED_MAX
     g_shift, m_shift = (0.0, 0.0) if unshifted else (g_max, m_max)
     both, sums, diff, shifts = (workspace or Workspace()).buffers(min(CHUNK, g.size))

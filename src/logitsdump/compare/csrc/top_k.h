@@ -71,46 +71,43 @@ INLINE double block_max_f64(const double *x, vdouble *poison)
     return top;
 }
 
-ptrdiff_t WITH_LANES(top_k_f32)(const void *data, ptrdiff_t n, ptrdiff_t k, ptrdiff_t *top, double *scratch,
-                                int *finite)
+INLINE double value_at(const void *x, ptrdiff_t i, int itemsize)
 {
-    const float *x = data;
+    return itemsize == 4 ? (double)((const float *)x)[i] : ((const double *)x)[i];
+}
+
+/* One scan; itemsize is a constant in each caller, so the compiler keeps one branch. */
+INLINE ptrdiff_t top_k_body(const void *x, ptrdiff_t n, ptrdiff_t k, ptrdiff_t *top, double *scratch, int *finite,
+                            int itemsize)
+{
     Held held = {k, 0, scratch, top};
-    vfloat poison = {0};
-    float tail_poison = 0;
+    vfloat poison_f32 = {0};
+    vdouble poison_f64 = {0};
+    double tail_poison = 0;
     ptrdiff_t i = 0;
-    for (; i + TOPK_BLOCK <= n; i += TOPK_BLOCK)
-        if (block_max_f32(x + i, &poison) > threshold(&held))
+    for (; i + TOPK_BLOCK <= n; i += TOPK_BLOCK) {
+        double best = itemsize == 4 ? block_max_f32((const float *)x + i, &poison_f32)
+                                    : block_max_f64((const double *)x + i, &poison_f64);
+        if (best > threshold(&held))
             for (ptrdiff_t j = i; j < i + TOPK_BLOCK; j++)
-                offer(&held, x[j], j);
+                offer(&held, value_at(x, j, itemsize), j);
+    }
     for (; i < n; i++) {
-        tail_poison += x[i] * 0.0f;
-        offer(&held, x[i], i);
+        tail_poison += value_at(x, i, itemsize) * 0.0;
+        offer(&held, value_at(x, i, itemsize), i);
     }
     for (int j = 0; j < LANES; j++)
-        tail_poison += poison[j];
+        tail_poison += (double)poison_f32[j] + poison_f64[j];
     *finite = tail_poison == tail_poison;
     return held.count;
 }
 
-ptrdiff_t WITH_LANES(top_k_f64)(const void *data, ptrdiff_t n, ptrdiff_t k, ptrdiff_t *top, double *scratch,
-                                int *finite)
+ptrdiff_t WITH_LANES(top_k_f32)(const void *x, ptrdiff_t n, ptrdiff_t k, ptrdiff_t *top, double *scratch, int *finite)
 {
-    const double *x = data;
-    Held held = {k, 0, scratch, top};
-    vdouble poison = {0};
-    double tail_poison = 0;
-    ptrdiff_t i = 0;
-    for (; i + TOPK_BLOCK <= n; i += TOPK_BLOCK)
-        if (block_max_f64(x + i, &poison) > threshold(&held))
-            for (ptrdiff_t j = i; j < i + TOPK_BLOCK; j++)
-                offer(&held, x[j], j);
-    for (; i < n; i++) {
-        tail_poison += x[i] * 0.0;
-        offer(&held, x[i], i);
-    }
-    for (int j = 0; j < LANES; j++)
-        tail_poison += poison[j];
-    *finite = tail_poison == tail_poison;
-    return held.count;
+    return top_k_body(x, n, k, top, scratch, finite, 4);
+}
+
+ptrdiff_t WITH_LANES(top_k_f64)(const void *x, ptrdiff_t n, ptrdiff_t k, ptrdiff_t *top, double *scratch, int *finite)
+{
+    return top_k_body(x, n, k, top, scratch, finite, 8);
 }
