@@ -176,7 +176,9 @@ def _stable_top(x: np.ndarray, k: int) -> list[int]:
 @pytest.mark.parametrize("size", [1, 5, 63, 64, 65, 200, 4096, 128256])
 def test_top_k_matches_a_stable_sort_with_ties(dtype: type, size: int) -> None:
     rng = np.random.default_rng(size)
-    for values in (rng.standard_normal(size), rng.integers(-3, 4, size).astype(np.float64), np.zeros(size)):
+    ascending = np.linspace(-50.0, 50.0, size)  # in float16 many become ties
+    for values in (rng.standard_normal(size), rng.integers(-3, 4, size).astype(np.float64), np.zeros(size),
+                   ascending, ascending[::-1].copy()):
         x = values.astype(dtype)
         for k in sorted({1, 2, 10, size}):
             k = min(k, size)

@@ -109,7 +109,7 @@ static PyObject *py_top_k(PyObject *self, PyObject *args)
         goto done;
     }
     top = PyMem_Malloc(k * sizeof *top);
-    scratch = PyMem_Malloc(k * sizeof *scratch);
+    scratch = PyMem_Malloc(TOP_K_SCRATCH(x.len / itemsize, k) * sizeof *scratch);
     if (top == NULL || scratch == NULL) {
         PyErr_NoMemory();
         goto done;

@@ -3,15 +3,17 @@
  * (the order of a stable sort by descending value); NaN and -inf are never chosen. The same
  * pass tells whether every value is finite.
  *
- * Included (after vectors.h) by simd_avx512.c and simd_avx2.c. The values are scanned in
- * blocks of TOPK_BLOCK: a block is looked at element by element only when its maximum (one
- * vector pass) is above the k-th value held so far, so after the first blocks almost every
- * block is skipped. The held values stay sorted; a new value goes after those >= it, which
- * keeps ties in index order.
+ * Included (after vectors.h) by simd_avx512.c and simd_avx2.c. Two passes:
+ * 1. the maximum of every block of TOPK_BLOCK values (vector code); the k-th largest of these
+ *    maxima, tau, is a lower bound of the k-th largest value (k blocks reach it);
+ * 2. element by element, only the blocks whose maximum is >= tau (about k of them: fewer than
+ *    k have a larger maximum; the others equal to tau can only add ties) and above the k-th value
+ *    held so far, then the ragged tail.
+ * So the work is one vector pass plus O(k * TOPK_BLOCK) comparisons, whatever the order of the
+ * values (sorted input too). The held values stay sorted; a new value goes after those >= it,
+ * and blocks are visited in index order, which keeps ties in index order.
  */
 #include "kernel.h"
-
-#define TOPK_BLOCK 64 /* elements per block: a multiple of LANES */
 
 typedef int32_t vmask32 __attribute__((vector_size(LANES * sizeof(int32_t))));
 
@@ -80,25 +82,32 @@ INLINE double value_at(const void *x, ptrdiff_t i, int itemsize)
 INLINE ptrdiff_t top_k_body(const void *x, ptrdiff_t n, ptrdiff_t k, ptrdiff_t *top, double *scratch, int *finite,
                             int itemsize)
 {
-    Held held = {k, 0, scratch, top};
+    ptrdiff_t blocks = n / TOPK_BLOCK, tail = blocks * TOPK_BLOCK;
+    double *block_max = scratch + k; /* scratch: k held values, then one maximum per block */
     vfloat poison_f32 = {0};
     vdouble poison_f64 = {0};
     double tail_poison = 0;
-    ptrdiff_t i = 0;
-    for (; i + TOPK_BLOCK <= n; i += TOPK_BLOCK) {
-        double best = itemsize == 4 ? block_max_f32((const float *)x + i, &poison_f32)
-                                    : block_max_f64((const double *)x + i, &poison_f64);
-        if (best > threshold(&held))
-            for (ptrdiff_t j = i; j < i + TOPK_BLOCK; j++)
-                offer(&held, value_at(x, j, itemsize), j);
-    }
-    for (; i < n; i++) {
+    for (ptrdiff_t b = 0; b < blocks; b++)
+        block_max[b] = itemsize == 4 ? block_max_f32((const float *)x + b * TOPK_BLOCK, &poison_f32)
+                                     : block_max_f64((const double *)x + b * TOPK_BLOCK, &poison_f64);
+    for (ptrdiff_t i = tail; i < n; i++)
         tail_poison += value_at(x, i, itemsize) * 0.0;
-        offer(&held, value_at(x, i, itemsize), i);
-    }
     for (int j = 0; j < LANES; j++)
         tail_poison += (double)poison_f32[j] + poison_f64[j];
     *finite = tail_poison == tail_poison;
+
+    Held held = {k, 0, scratch, top};
+    for (ptrdiff_t b = 0; b < blocks; b++) /* tau: the k-th largest block maximum */
+        offer(&held, block_max[b], b);
+    double tau = blocks >= k ? threshold(&held) : -__builtin_inf();
+
+    held.count = 0;
+    for (ptrdiff_t b = 0; b < blocks; b++)
+        if (block_max[b] >= tau && block_max[b] > threshold(&held)) /* else nothing in it can enter */
+            for (ptrdiff_t i = b * TOPK_BLOCK; i < (b + 1) * TOPK_BLOCK; i++)
+                offer(&held, value_at(x, i, itemsize), i);
+    for (ptrdiff_t i = tail; i < n; i++)
+        offer(&held, value_at(x, i, itemsize), i);
     return held.count;
 }
 
