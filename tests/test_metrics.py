@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,6 +45,21 @@ def test_kernels_built_and_picked_by_cpu_features() -> None:
     if {"avx2", "fma", "bmi2"} <= flags:
         expected.append(4)
     assert list(_kernel.usable_lanes()) == expected == list(M.USABLE_KERNEL_LANES)
+
+
+def test_numpy_path_when_the_extension_is_missing() -> None:
+    """Without a C compiler the optional extension is absent: compare must import and measure with numpy."""
+    code = (
+        "import sys; sys.modules['logitsdump.compare._kernel'] = None\n"  # import now raises ImportError
+        "import numpy as np\n"
+        "from logitsdump.compare import metrics as M\n"
+        "from helpers import ROW7_G, ROW7_M\n"
+        "m = M.pair_metrics(ROW7_G, ROW7_M, M.Thresholds())\n"
+        "print(M.kernel_lanes(), M.USABLE_KERNEL_LANES, m.kl_divergence, M.top_k(np.arange(5.0), 2).tolist())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["0", "()", "0.1400146484375", "[4,", "3]"]
 
 
 def test_msit_row_7_reproduced_value_for_value(pair_sums_path: str) -> None:
