@@ -266,12 +266,9 @@ def top_k(x: np.ndarray, k: int) -> np.ndarray:
     the numpy path decides), else `top_k_numpy`.
     """
     k = max(1, min(int(k), x.size))
-    lanes = kernel_lanes()
-    if _kernel is not None and lanes:
-        values = _kernel_input(x)
-        found, _ = _kernel.top_k(values, values.dtype.itemsize, k, lanes)
-        if len(found) == k:
-            return np.array(found, dtype=np.intp)
+    found = _kernel_top_k(x, k)
+    if found is not None and len(found[0]) == k:
+        return np.array(found[0], dtype=np.intp)
     return top_k_numpy(x, k)
 
 
@@ -286,16 +283,22 @@ class Scan:
 def scan(x: np.ndarray, k: int) -> Scan:
     """`all_finite(x)` and, when finite, `top_k(x, k)`: one pass with the C scan, else numpy."""
     k = max(1, min(int(k), x.size))
-    lanes = kernel_lanes()
-    if _kernel is not None and lanes:
-        values = _kernel_input(x)
-        found, finite = _kernel.top_k(values, values.dtype.itemsize, k, lanes)
-        if not finite:
-            return Scan(False, None)
-        if len(found) == k:
-            return Scan(True, np.array(found, dtype=np.intp))
+    found = _kernel_top_k(x, k)
+    if found is not None and not found[1]:
+        return Scan(False, None)
+    if found is not None and len(found[0]) == k:
+        return Scan(True, np.array(found[0], dtype=np.intp))
     finite = all_finite(x)
     return Scan(finite, top_k_numpy(x, k) if finite else None)
+
+
+def _kernel_top_k(x: np.ndarray, k: int) -> tuple[tuple[int, ...], bool] | None:
+    """The C scan's (top-k indices, all finite), or None where the kernels are not used."""
+    lanes = kernel_lanes()
+    if _kernel is None or not lanes:
+        return None
+    values = _kernel_input(x)
+    return _kernel.top_k(values, values.dtype.itemsize, k, lanes)
 
 
 def top_k_numpy(x: np.ndarray, k: int) -> np.ndarray:

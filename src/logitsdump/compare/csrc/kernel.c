@@ -72,11 +72,9 @@ static PyObject *py_pair_sums(PyObject *self, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     const Kernels *use = kernels_for(lanes);
-    if (use == NULL) {
-        /* error set */
-    } else if (g.len != m.len) {
+    if (use != NULL && g.len != m.len)
         PyErr_SetString(PyExc_ValueError, "pair_sums needs two buffers of one size");
-    } else if (check_input(g.len, itemsize) == 0) {
+    else if (use != NULL && check_input(g.len, itemsize) == 0) {
         PairSums s;
         PairLoop loop = use->pair_sums[itemsize == 8];
         Py_BEGIN_ALLOW_THREADS

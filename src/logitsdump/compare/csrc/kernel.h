@@ -15,11 +15,11 @@ typedef struct {
 
 /* g and m: n values each, float32 (f32) or float64 (f64), any alignment; the shifts are their maxima. */
 typedef void (*PairLoop)(const void *g, const void *m, ptrdiff_t n, double g_shift, double m_shift, PairSums *out);
+#define TOPK_BLOCK 64 /* values per block of the top-k scan: a multiple of every LANES */
+#define TOP_K_SCRATCH(n, k) ((k) + (n) / TOPK_BLOCK)
 /* Indices of the k largest of n values into `top`, largest first, ties to the lower index; NaN and -inf
    are never chosen. `scratch` holds TOP_K_SCRATCH(n, k) doubles; *finite is set to whether every value
    is finite. Returns how many were found (k, or fewer when fewer values qualify). */
-#define TOPK_BLOCK 64 /* values per block of the top-k scan: a multiple of every LANES */
-#define TOP_K_SCRATCH(n, k) ((k) + (n) / TOPK_BLOCK)
 typedef ptrdiff_t (*TopK)(const void *x, ptrdiff_t n, ptrdiff_t k, ptrdiff_t *top, double *scratch, int *finite);
 
 #define DECLARE_KERNELS(suffix)                                                                   \
