@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from logitsdump import csvsafe, fsutil
@@ -61,3 +68,49 @@ def test_control_characters_survive_a_round_trip():
     text = csvsafe.rows_to_csv_text([f"c{i}" for i in range(len(cells))], [cells])
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert rows[1] == cells
+
+
+def test_interrupt_right_after_the_temporary_file_is_created_leaves_nothing(tmp_path, monkeypatch):
+    """A Ctrl-C that arrived a moment earlier runs its handler at the first call after the file exists."""
+    real_open = os.open
+
+    def open_then_interrupt(*args, **kwargs):
+        real_open(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), fsutil.atomic_open(tmp_path / "out.txt") as handle:
+        handle.write("never")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+_WRITE_FOREVER = """
+import sys
+from logitsdump import fsutil
+print("ready", flush=True)
+i = 0
+while True:
+    with fsutil.atomic_open(f"{sys.argv[1]}/f{i % 20}.bin", "wb") as handle:
+        handle.write(bytes(4096))
+    i += 1
+"""
+
+
+def test_sigint_at_random_moments_leaves_no_temporary_file(tmp_path):
+    """Real signals: 25 writers, each interrupted at a different moment of its write loop."""
+    rng = random.Random(4)
+    for n in range(25):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        writer = subprocess.Popen([sys.executable, "-c", _WRITE_FOREVER, str(folder)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            writer.stdout.readline()
+            time.sleep(rng.uniform(0.01, 0.1))
+            writer.send_signal(signal.SIGINT)
+            _, stderr = writer.communicate(timeout=30)
+        finally:
+            writer.kill()
+        assert writer.returncode != 0 and "KeyboardInterrupt" in stderr
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")], stderr

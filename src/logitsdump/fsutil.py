@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,19 +26,30 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES,
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=@,-]")
 
 
+#: How a temporary file is created: new (never an existing file or link), closed in child processes.
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync and rename it to `path`.
 
-    On any exception the temporary file is removed and `path` is untouched.
+    On any exception, Ctrl-C included, the temporary file is removed and `path` is untouched.
     """
     target = Path(path)
     tmp_name: str | None = None
     try:
         with write_errors(target):
             make_dirs(target.parent)
-            with _signals_deferred():  # Ctrl-C / SIGTERM cannot land between creating and naming it
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            while True:
+                # The name is known before the file exists, so the cleanup below finds it whenever a
+                # KeyboardInterrupt lands (Python runs a pending signal's handler at any later call).
+                tmp_name = str(target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp")
+                try:
+                    fd = os.open(tmp_name, _TEMP_FLAGS, 0o600)
+                    break
+                except FileExistsError:
+                    tmp_name = None  # somebody else's: never removed by us
             with os.fdopen(fd, mode, **kwargs) as handle:
                 yield handle
                 handle.flush()
@@ -49,21 +61,6 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs) -> Iter
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
         raise
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block ends (their handlers then run as usual)."""
-    import signal
-
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextlib.contextmanager

@@ -216,7 +216,7 @@ def test_signal_to_dump_stops_real_runner(tmp_path: Path, reference: Path, signu
     assert not alive(runner) and not group_members(runner)  # the runner's whole group is gone
     assert pth_names(folder) < pth_names(reference)
     assert_whole_files(folder, reference)
-    assert not temp_leftovers(tmp_path / "out")
+    assert not temp_leftovers(tmp_path / "out"), stderr
 
 
 # ---- modes of everything we write ---------------------------------------------------------------
