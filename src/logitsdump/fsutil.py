@@ -37,30 +37,39 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs) -> Iter
     On any exception, Ctrl-C included, the temporary file is removed and `path` is untouched.
     """
     target = Path(path)
-    tmp_name: str | None = None
-    try:
-        with write_errors(target):
-            make_dirs(target.parent)
-            while True:
-                # The name is known before the file exists, so the cleanup below finds it whenever a
-                # KeyboardInterrupt lands (Python runs a pending signal's handler at any later call).
-                tmp_name = str(target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp")
-                try:
-                    fd = os.open(tmp_name, _TEMP_FLAGS, 0o600)
-                    break
-                except FileExistsError:
-                    tmp_name = None  # somebody else's: never removed by us
+    with write_errors(target):
+        make_dirs(target.parent)
+        with temporary_file(target.parent, f".{target.name}.", ".tmp") as (fd, tmp_name):
             with os.fdopen(fd, mode, **kwargs) as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp_name, FILE_MODE & ~current_umask())
             os.replace(tmp_name, target)
-    except BaseException:
-        if tmp_name is not None:
+
+
+@contextlib.contextmanager
+def temporary_file(folder: str | os.PathLike[str], prefix: str, suffix: str) -> Iterator[tuple[int, str]]:
+    """Create a new file (mode 0600) in `folder`; yield its descriptor (the caller closes it) and name.
+
+    The file is removed on the way out unless it was renamed away. Unlike `tempfile.mkstemp`, the
+    name is known before the file exists, so it is removed even when a KeyboardInterrupt lands just
+    after creation (Python runs a pending signal's handler at any later call).
+    """
+    name: str | None = None
+    try:
+        while True:
+            name = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}{suffix}")
+            try:
+                fd = os.open(name, _TEMP_FLAGS, 0o600)
+                break
+            except FileExistsError:
+                name = None  # somebody else's file: never removed by us
+        yield fd, name
+    finally:
+        if name is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-        raise
+                os.unlink(name)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logitsdump.errors import LaunchError, UsageError
+from logitsdump.fsutil import temporary_file
 from logitsdump.logs import get_logger
 from logitsdump.protocol import ENV_BAD_CASE_LIST, DumpRequest, child_environment, list_fits_environment
 
@@ -117,15 +118,11 @@ def _list_file(cmd: Command, request: DumpRequest) -> Iterator[Path | None]:
             "(Linux limit 128 KiB): modeltest could not start (E2BIG). Split the bad-case CSV into "
             "smaller files and run dump once per file"
         )
-    fd, name = tempfile.mkstemp(prefix="logitsdump-bad-case-list-", suffix=".txt")
-    try:
+    with temporary_file(tempfile.gettempdir(), "logitsdump-bad-case-list-", ".txt") as (fd, name):
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(request.list_literal())
         log.info("%s is %.0f KiB: passed to the runner in %s", ENV_BAD_CASE_LIST, size_kib, name)
         yield Path(name)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
 
 
 def run_child(cmd: Command, env: Mapping[str, str], *, grace_seconds: float = GRACE_SECONDS) -> None:
