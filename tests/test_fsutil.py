@@ -75,7 +75,7 @@ def test_interrupt_right_after_the_temporary_file_is_created_leaves_nothing(tmp_
     real_open = os.open
 
     def open_then_interrupt(*args, **kwargs):
-        real_open(*args, **kwargs)
+        os.close(real_open(*args, **kwargs))  # the file exists; its name has not come back yet
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "open", open_then_interrupt)
