@@ -64,8 +64,8 @@ def time_cat(files: list[Path]) -> float:
 
 def time_compare(golden: Path, mine: Path, out: Path, workers: int | None, path: str) -> float:
     """Seconds for one `run_compare`; `path`: "kernel" (the default choice) or "numpy"."""
-    from logitsdump.compare.metrics import KERNEL_ENV
-    from logitsdump.compare.run import CompareOptions, run_compare
+    from logitsdump.compare import CompareOptions, run_compare
+    from logitsdump.compare.kernels import KERNEL_ENV
 
     saved = os.environ.pop(KERNEL_ENV, None)
     if path == "numpy":
@@ -94,7 +94,7 @@ def main() -> None:
                         help="compare implementations to time in each round")
     args = parser.parse_args()
     import logitsdump.compare.run  # noqa: F401  (import cost is not part of the timing)
-    from logitsdump.compare.metrics import kernel_lanes
+    from logitsdump.compare.kernels import kernel_lanes
 
     lanes = kernel_lanes()
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "

@@ -78,7 +78,7 @@ def _child(golden: str, mine: str, out: str) -> None:
     """Run one compare in this (fresh) process; print its peaks as JSON."""
     import tracemalloc
 
-    from logitsdump.compare.run import CompareOptions, run_compare
+    from logitsdump.compare import CompareOptions, run_compare
 
     tracemalloc.start()
     start = time.perf_counter()

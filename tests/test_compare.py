@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logitsdump.compare import CompareOptions, run_compare
+from logitsdump.compare.outputs import CSV_COLUMNS
 from logitsdump.compare.pairing import pair_files
-from logitsdump.compare.run import CSV_COLUMNS
 from logitsdump.errors import DataError, UsageError, UserError
 from logitsdump.store import CaseManifest, append_manifest, parse_logits_file_name, write_vocab
 
@@ -177,7 +177,7 @@ def test_case_outputs(tmp_path: Path) -> None:
     ))
     summary = _run(tmp_path)
     document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["options"]["tie_tolerance"] == 0.1 and document["options"]["dtype"] == "fp16"
     case = next(c for c in document["cases"] if c["key"] == 3)
     assert case["verdict"] == "tie-flip" and case["passed"] is True
@@ -287,7 +287,7 @@ def _outputs(summary) -> tuple[bytes, bytes, dict]:
 def test_one_worker_threads_and_processes_give_identical_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from logitsdump.compare import run as run_module
+    from logitsdump.compare import measure as run_module
 
     golden, mine = _mixed_dirs(tmp_path)
     one = _outputs(run_compare(CompareOptions(golden, mine, tmp_path / "o1", workers=1), now=NOW))

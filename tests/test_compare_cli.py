@@ -102,3 +102,19 @@ def test_installed_command(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "results:" in result.stdout
+
+
+def test_topk_larger_than_the_vocabulary_is_bounded_by_it(tmp_path: Path, capsys) -> None:
+    import csv
+
+    from logitsdump.store import write_vocab
+
+    golden, mine = _dirs(tmp_path)
+    write_vocab(golden, [f"t{i}" for i in range(16)])
+    out = tmp_path / "out"
+    assert main(["compare", "-gp", str(golden), "-mp", str(mine), "-o", str(out), "--topk", "128256"]) == 0
+    err = capsys.readouterr().err
+    assert "--topk 128256 is larger than the vocabulary (16 tokens in vocab.json): using 16" in err
+    with open(next(out.glob("logits_cmp_res_*.csv")), newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["topk_overlap"] != "NA"]
+    assert rows and all(r["topk_overlap"] == "1.0" for r in rows)  # the whole vocabulary: full overlap

@@ -19,16 +19,12 @@ import torch
 from logitsdump.cli import main
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.calibrate import calibrate, format_calibration, load_tolerances
-from logitsdump.compare.metrics import Thresholds, pair_metrics, rank_of
-from logitsdump.compare.run import CASE_COLUMNS
-from logitsdump.compare.verdict import (
-    DEFAULT_NOISE_COSINE,
-    DEFAULT_NOISE_KL,
-    DEFAULT_NOISE_MARGIN,
-    REPLAY_VERDICTS,
-    percentile_high,
-    percentile_low,
-)
+from logitsdump.compare.judge import DEFAULT_NOISE_COSINE, DEFAULT_NOISE_KL, DEFAULT_NOISE_MARGIN
+from logitsdump.compare.kernels import rank_of
+from logitsdump.compare.metrics import Thresholds, pair_metrics
+from logitsdump.compare.outputs import CASE_COLUMNS
+from logitsdump.compare.stats import percentile_high, percentile_low
+from logitsdump.compare.verdicts import REPLAY_VERDICTS
 from logitsdump.errors import DataError
 from logitsdump.report import format_summary, write_report
 from logitsdump.report.load import load_compare
@@ -169,13 +165,13 @@ def test_replay_verdicts(replay_dirs: Path) -> None:
     assert all(c.tokens_judged == 6 for c in cases.values())
     noise = cases[3]
     assert noise.changed_steps == (1, 4) and noise.first_diff_token == 1
-    assert all(c.golden_margin == pytest.approx(0.05, abs=1e-3) for c in noise.changes)
+    assert all(c.flip_margin == pytest.approx(0.05, abs=1e-3) for c in noise.changes)
     assert all(c.my_rank_in_golden == 2 and c.golden_rank_in_mine == 2 for c in noise.changes)
     assert "near-ties" in noise.reason
     suspect = cases[4]
     assert suspect.changed_steps == (1, 3)
     clear = suspect.changes[1]
-    assert clear.golden_margin > DEFAULT_NOISE_MARGIN and clear.my_margin == pytest.approx(2.0, abs=1e-5)
+    assert clear.flip_margin > DEFAULT_NOISE_MARGIN and clear.my_flip_margin == pytest.approx(2.0, abs=1e-5)
     assert clear.golden_rank_in_mine == 2 and clear.my_rank_in_golden > 1
     assert "clear golden margin" in suspect.reason and "token 3" in suspect.reason
     drift = cases[5]
@@ -288,12 +284,12 @@ def test_case_csv_and_json_fields(replay_dirs: Path) -> None:
     with open(summary.cases_csv_path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == CASE_COLUMNS
-    for name in ("replay_mode", "changed_steps", "golden_margins", "my_margins", "my_ranks_in_golden",
+    for name in ("replay_mode", "changed_steps", "flip_margins", "my_flip_margins", "my_ranks_in_golden",
                  "golden_ranks_in_mine", "mean_kl", "p95_kl", "mean_cosine", "p95_cosine"):
         assert name in CASE_COLUMNS
     by_key = {row["key"]: row for row in rows}
     assert by_key["3"]["replay_mode"] == "step" and by_key["3"]["changed_steps"] == "1 4"
-    assert [float(v) for v in by_key["3"]["golden_margins"].split()] == pytest.approx([0.05, 0.05], abs=1e-3)
+    assert [float(v) for v in by_key["3"]["flip_margins"].split()] == pytest.approx([0.05, 0.05], abs=1e-3)
     assert by_key["3"]["my_ranks_in_golden"] == "2 2" and by_key["1"]["changed_steps"] == ""
     assert float(by_key["5"]["p95_kl"]) >= float(by_key["5"]["mean_kl"]) > 0
     document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
@@ -303,7 +299,7 @@ def test_case_csv_and_json_fields(replay_dirs: Path) -> None:
     case = next(c for c in document["cases"] if c["key"] == 4)
     assert case["replay_mode"] == "step" and case["changed_steps"] == [1, 3]
     change = case["changes"][1]
-    assert set(change) >= {"token", "golden_token", "my_token", "golden_margin", "my_margin", "my_rank_in_golden",
+    assert set(change) >= {"token", "golden_token", "my_token", "flip_margin", "my_flip_margin", "my_rank_in_golden",
                            "golden_rank_in_mine", "golden_token_text", "my_token_text"}
     assert change["golden_token_text"] == f"tok{change['golden_token']}"
     assert case["my_manifest"]["replay"]["mode"] == "step" and case["golden_manifest"]["replay"] is None
@@ -424,8 +420,8 @@ def test_report_of_replayed_cases_plots_every_step(replay_dirs: Path) -> None:
         assert len(re.findall(r'<polyline class="series"', section)) >= 3
         assert section.count('<circle class="dot') >= 3 * 5
         extra = [t for t in case.changed_steps]
-        focus = load_compare(summary).cases[[c.key for c in summary.cases].index(key)].focus_step()
-        minor = [t for t in extra if focus is None or t != focus.token_index]
+        focus = load_compare(summary).cases[[c.key for c in summary.cases].index(key)].focus_step
+        minor = [t for t in extra if focus is None or t != focus]
         assert section.count('class="marker minor"') == 3 * len(minor)
     noise = by_key[3]
     assert noise.count('class="col changed') == 2 and "Argmax changes" in noise and "near-tie" in noise

@@ -16,18 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from logitsdump.compare import kernels as K
 from logitsdump.compare import metrics as M
+from logitsdump.compare import records as R
 
-needs_kernel = pytest.mark.skipif(not M.kernel_lanes(), reason="the C kernels are not built for this CPU")
+needs_kernel = pytest.mark.skipif(not K.kernel_lanes(), reason="the C kernels are not built for this CPU")
 TH = M.Thresholds()
 
 
 @pytest.fixture(autouse=True, params=[8, 4], ids=["lanes8", "lanes4"])
 def lanes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """Run every test with the AVX-512 kernels and with the AVX2 ones (each where the CPU has it)."""
-    if request.param not in M.USABLE_KERNEL_LANES:
+    if request.param not in K.USABLE_KERNEL_LANES:
         pytest.skip(f"this CPU cannot run the {request.param}-lane kernels")
-    monkeypatch.setenv(M.KERNEL_ENV, str(request.param))
+    monkeypatch.setenv(K.KERNEL_ENV, str(request.param))
     return request.param
 
 
@@ -39,31 +41,31 @@ def _kernel():
 
 @needs_kernel
 def test_env_picks_the_width_or_the_numpy_path(lanes: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert M.kernel_lanes() == lanes
-    monkeypatch.setenv(M.KERNEL_ENV, "auto")
-    assert M.kernel_lanes() == M.USABLE_KERNEL_LANES[0]
-    monkeypatch.setenv(M.KERNEL_ENV, "0")
-    assert M.kernel_lanes() == 0
+    assert K.kernel_lanes() == lanes
+    monkeypatch.setenv(K.KERNEL_ENV, "auto")
+    assert K.kernel_lanes() == K.USABLE_KERNEL_LANES[0]
+    monkeypatch.setenv(K.KERNEL_ENV, "0")
+    assert K.kernel_lanes() == 0
     g = np.linspace(-3, 3, 100)
-    assert M.pair_sums(g, g[::-1].copy()).g_shift == 0.0  # the numpy path: no shift below |max| 64
+    assert K.pair_sums(g, g[::-1].copy()).g_shift == 0.0  # the numpy path: no shift below |max| 64
 
 
-def _paths(g: np.ndarray, m: np.ndarray) -> tuple[M.PairMetrics, M.PairMetrics]:
+def _paths(g: np.ndarray, m: np.ndarray) -> tuple[R.PairMetrics, R.PairMetrics]:
     """pair_metrics with the kernels the `lanes` fixture chose, then with the numpy path."""
-    old = os.environ.get(M.KERNEL_ENV)
+    old = os.environ.get(K.KERNEL_ENV)
     try:
         kernel = M.pair_metrics(g, m, TH)
-        os.environ[M.KERNEL_ENV] = "0"
+        os.environ[K.KERNEL_ENV] = "0"
         numpy = M.pair_metrics(g, m, TH)
     finally:
         if old is None:
-            os.environ.pop(M.KERNEL_ENV, None)
+            os.environ.pop(K.KERNEL_ENV, None)
         else:
-            os.environ[M.KERNEL_ENV] = old
+            os.environ[K.KERNEL_ENV] = old
     return kernel, numpy
 
 
-def _assert_close(kernel: M.PairMetrics, numpy: M.PairMetrics) -> None:
+def _assert_close(kernel: R.PairMetrics, numpy: R.PairMetrics) -> None:
     assert kernel.cosine_similarity == pytest.approx(numpy.cosine_similarity, abs=2e-10)  # both rounded to 10
     assert kernel.kl_divergence == pytest.approx(numpy.kl_divergence, rel=1e-9, abs=1e-14)
     assert kernel.l1_norm == pytest.approx(numpy.l1_norm, rel=1e-12, abs=1e-15)
@@ -91,8 +93,8 @@ def test_kernel_and_numpy_sums_match_float64_references() -> None:
     g = rng.standard_normal(5000).astype(np.float32) * 6
     m = (g + rng.standard_normal(5000) * 0.01).astype(np.float32)
     g64, m64 = g.astype(np.float64), m.astype(np.float64)
-    numpy_sums = M.pair_sums_numpy(g, m, None, g_max=float(g.max()), m_max=float(m.max()))
-    for s in (M.pair_sums(g, m), numpy_sums):
+    numpy_sums = K.pair_sums_numpy(g, m, None, g_max=float(g.max()), m_max=float(m.max()))
+    for s in (K.pair_sums(g, m), numpy_sums):
         e_g = np.exp(g64 - s.g_shift)
         references = {
             "gg": math.fsum(g64 * g64), "mm": math.fsum(m64 * m64), "gm": math.fsum(g64 * m64),
@@ -103,7 +105,7 @@ def test_kernel_and_numpy_sums_match_float64_references() -> None:
         for name, exact in references.items():
             assert getattr(s, name) == pytest.approx(exact, rel=1e-14), name
         assert s.abs_diff_max == np.max(np.abs(g64 - m64))
-    assert M.pair_sums(g, m).g_shift == float(g.max())  # the kernels always subtract the maximum
+    assert K.pair_sums(g, m).g_shift == float(g.max())  # the kernels always subtract the maximum
 
 
 @needs_kernel
@@ -123,12 +125,12 @@ def test_kernel_is_deterministic_across_calls_and_threads() -> None:
     rng = np.random.default_rng(9)
     g = rng.standard_normal(128256).astype(np.float32) * 4
     m = (g + rng.standard_normal(128256) * 0.05).astype(np.float32)
-    first = M.pair_sums(g, m)
-    results: list[M.PairSums] = []
+    first = K.pair_sums(g, m)
+    results: list[K.PairSums] = []
 
     def work() -> None:
         for _ in range(5):
-            results.append(M.pair_sums(g, m))
+            results.append(K.pair_sums(g, m))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -143,7 +145,7 @@ def test_kernel_handles_strided_and_big_endian_input() -> None:
     rng = np.random.default_rng(2)
     base = rng.standard_normal(2000).astype(np.float32)
     g, m = base[::2], (base[::2] + 0.01).astype(">f4")  # not contiguous; not native byte order
-    assert M.pair_sums(g, m) == M.pair_sums(np.ascontiguousarray(g), np.ascontiguousarray(m, dtype="<f4"))
+    assert K.pair_sums(g, m) == K.pair_sums(np.ascontiguousarray(g), np.ascontiguousarray(m, dtype="<f4"))
     _assert_close(*_paths(g, m))
 
 
@@ -182,7 +184,7 @@ def test_top_k_matches_a_stable_sort_with_ties(dtype: type, size: int) -> None:
         x = values.astype(dtype)
         for k in sorted({1, 2, 10, size}):
             k = min(k, size)
-            assert M.top_k(x, k).tolist() == _stable_top(x, k) == M.top_k_numpy(x, k).tolist()
+            assert K.top_k(x, k).tolist() == _stable_top(x, k) == K.top_k_numpy(x, k).tolist()
 
 
 @needs_kernel
@@ -194,7 +196,7 @@ def test_top_k_never_picks_nan_and_falls_back_on_minus_inf(lanes: int) -> None:
     y[7], y[100] = 1.0, 5.0
     found, finite = _kernel().top_k(y, 4, 4, lanes)
     assert found == (100, 7) and finite is False  # -inf is never chosen: fewer than k ...
-    assert M.top_k(y, 4).tolist() == [100, 7, 0, 1]  # ... so metrics.top_k asks the numpy path
+    assert K.top_k(y, 4).tolist() == [100, 7, 0, 1]  # ... so metrics.top_k asks the numpy path
 
 
 @needs_kernel
@@ -202,12 +204,12 @@ def test_top_k_never_picks_nan_and_falls_back_on_minus_inf(lanes: int) -> None:
 @pytest.mark.parametrize("where", [0, 63, 64, 1000, 1029])  # first block, block edge, middle, tail
 def test_scan_finds_every_non_finite_value(bad: float, where: int) -> None:
     x = np.random.default_rng(where).standard_normal(1030).astype(np.float32)
-    clean = M.scan(x, 10)
+    clean = K.scan(x, 10)
     assert clean.finite and clean.top is not None and clean.top.tolist() == _stable_top(x, 10)
     x[where] = bad
-    result = M.scan(x, 10)
+    result = K.scan(x, 10)
     assert not result.finite and result.top is None
-    assert not M.all_finite(x)
+    assert not K.all_finite(x)
 
 
 @needs_kernel
@@ -225,3 +227,26 @@ def test_kernel_agrees_with_numpy_on_arbitrary_vectors(g: np.ndarray, noise: flo
     assert kernel.l1_norm == pytest.approx(numpy.l1_norm, rel=1e-11, abs=1e-14)
     assert (kernel.max_abs_diff, kernel.golden_top1, kernel.my_top1) == (
         numpy.max_abs_diff, numpy.golden_top1, numpy.my_top1)
+
+
+@needs_kernel
+def test_large_k_goes_to_numpy_and_small_k_to_the_c_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k above KERNEL_TOPK_MAX is never given to the C scan (its cost grows with k: bench/topk_crossover.py)."""
+    calls: list[int] = []
+    real = K._kernel
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def top_k(self, values, itemsize, k, lanes):
+            calls.append(k)
+            return real.top_k(values, itemsize, k, lanes)
+
+    monkeypatch.setattr(K, "_kernel", Spy())
+    x = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
+    expected = np.argsort(-x.astype(np.float64), kind="stable")
+    for k in (K.KERNEL_TOPK_MAX, K.KERNEL_TOPK_MAX + 1, x.size):
+        assert K.top_k(x, k).tolist() == expected[:k].tolist()
+        assert K.scan(x, k).top.tolist() == expected[:k].tolist()
+    assert calls == [K.KERNEL_TOPK_MAX, K.KERNEL_TOPK_MAX]

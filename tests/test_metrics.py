@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from logitsdump.compare import kernels as K
 from logitsdump.compare import metrics as M
 
 from helpers import ROW7_G, ROW7_M
@@ -22,9 +23,9 @@ TH = M.Thresholds()
 @pytest.fixture(params=["8", "4", "0"], ids=["kernel-lanes8", "kernel-lanes4", "numpy"])
 def pair_sums_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with each implementation of `pair_sums` (the C kernels where this CPU runs them)."""
-    if request.param != "0" and int(request.param) not in M.USABLE_KERNEL_LANES:
+    if request.param != "0" and int(request.param) not in K.USABLE_KERNEL_LANES:
         pytest.skip(f"the {request.param}-lane C kernels are not built or this CPU cannot run them")
-    monkeypatch.setenv(M.KERNEL_ENV, request.param)
+    monkeypatch.setenv(K.KERNEL_ENV, request.param)
     return request.param
 
 
@@ -44,7 +45,7 @@ def test_kernels_built_and_picked_by_cpu_features() -> None:
         expected.append(8)
     if {"avx2", "fma", "bmi2"} <= flags:
         expected.append(4)
-    assert list(_kernel.usable_lanes()) == expected == list(M.USABLE_KERNEL_LANES)
+    assert list(_kernel.usable_lanes()) == expected == list(K.USABLE_KERNEL_LANES)
 
 
 def test_numpy_path_when_the_extension_is_missing() -> None:
@@ -52,10 +53,11 @@ def test_numpy_path_when_the_extension_is_missing() -> None:
     code = (
         "import sys; sys.modules['logitsdump.compare._kernel'] = None\n"  # import now raises ImportError
         "import numpy as np\n"
+        "from logitsdump.compare import kernels as K\n"
         "from logitsdump.compare import metrics as M\n"
         "from helpers import ROW7_G, ROW7_M\n"
         "m = M.pair_metrics(ROW7_G, ROW7_M, M.Thresholds())\n"
-        "print(M.kernel_lanes(), M.USABLE_KERNEL_LANES, m.kl_divergence, M.top_k(np.arange(5.0), 2).tolist())\n"
+        "print(K.kernel_lanes(), K.USABLE_KERNEL_LANES, m.kl_divergence, K.top_k(np.arange(5.0), 2).tolist())\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
@@ -132,7 +134,7 @@ def test_signed_l1_does_not_pass_alone() -> None:
 
 def test_top_k_and_margin() -> None:
     x = np.array([1.0, 5.0, 5.0, 3.0, 4.5])
-    assert list(M.top_k(x, 3)) == [1, 2, 4]  # ties: lower index first
+    assert list(K.top_k(x, 3)) == [1, 2, 4]  # ties: lower index first
     assert M.golden_margin(x) == 0.0
     assert M.golden_margin(np.array([2.0, 3.5, 1.0])) == 1.5
     assert M.topk_overlap(x, np.array([5.0, 1.0, 1.0, 4.0, 0.0]), 2) == 0.0
@@ -147,9 +149,9 @@ def test_check_pair_messages_as_msit() -> None:
 
 
 def test_bitwise_equal() -> None:
-    assert not M.bitwise_equal(np.array([0.0]), np.array([-0.0]))
-    assert not M.bitwise_equal(np.zeros(2, np.float32), np.zeros(2, np.float64))
-    assert M.bitwise_equal(np.array([np.nan]), np.array([np.nan]))
+    assert not K.bitwise_equal(np.array([0.0]), np.array([-0.0]))
+    assert not K.bitwise_equal(np.zeros(2, np.float32), np.zeros(2, np.float64))
+    assert K.bitwise_equal(np.array([np.nan]), np.array([np.nan]))
 
 
 def test_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,7 +160,7 @@ def test_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> No
     m = g + rng.standard_normal(1000).astype(np.float32) * 0.01
     whole = M.pair_metrics(g, m, TH)
     assert M.pair_metrics(g, m, TH) == whole  # deterministic
-    monkeypatch.setattr(M, "CHUNK", 64)
+    monkeypatch.setattr(K, "CHUNK", 64)
     chunked = M.pair_metrics(g, m, TH)
     assert chunked.cosine_similarity == pytest.approx(whole.cosine_similarity, abs=1e-10)
     assert chunked.kl_divergence == pytest.approx(whole.kl_divergence, rel=1e-9, abs=1e-15)
@@ -193,7 +195,7 @@ def test_properties(pair: tuple[np.ndarray, np.ndarray]) -> None:
 @given(arrays(np.float32, st.integers(1, 2000), elements=st.integers(-3, 3).map(float)), st.integers(1, 20))
 def test_top_k_matches_a_stable_sort(x: np.ndarray, k: int) -> None:
     expected = np.argsort(-x, kind="stable")[: min(k, x.size)]
-    assert list(M.top_k(x, k)) == list(expected)
+    assert list(K.top_k(x, k)) == list(expected)
 
 
 def _reference(g: np.ndarray, m: np.ndarray) -> tuple[float, float, float]:
@@ -224,9 +226,9 @@ def test_float64_results_against_long_double(size: int, offset: float, noise: fl
 
 def test_dot_is_blocked_and_deterministic() -> None:
     rng = np.random.default_rng(3)
-    a, b = rng.standard_normal(3 * M.DOT_BLOCK + 17), rng.standard_normal(3 * M.DOT_BLOCK + 17)
-    value = M._dot(a, b)
-    assert value == M._dot(a.copy(), b.copy())
+    a, b = rng.standard_normal(3 * K.DOT_BLOCK + 17), rng.standard_normal(3 * K.DOT_BLOCK + 17)
+    value = K._dot(a, b)
+    assert value == K._dot(a.copy(), b.copy())
     assert value == pytest.approx(math.fsum(a * b), rel=1e-13)
 
 
@@ -237,4 +239,4 @@ def test_top_k_matches_a_stable_sort_on_long_vectors(seed: int) -> None:
     size, k = int(rng.integers(2_000, 140_000)), int(rng.integers(1, 41))
     x = rng.integers(-20, 21, size).astype(np.float32) if seed % 2 else rng.standard_normal(size).astype(np.float16)
     expected = np.argsort(-x, kind="stable")[:k]
-    assert list(M.top_k(x, k)) == list(expected)
+    assert list(K.top_k(x, k)) == list(expected)

@@ -16,7 +16,7 @@ import pytest
 from logitsdump.cli import main
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.run import CompareSummary
-from logitsdump.compare.verdict import FREE_RUN_VERDICTS
+from logitsdump.compare.verdicts import FREE_RUN_VERDICTS
 from logitsdump.demo import examples
 from logitsdump.errors import DataError
 from logitsdump.logs import get_logger
@@ -163,12 +163,12 @@ def test_first_divergence_is_highlighted_where_the_texts_differ(real_run: Compar
 
 def test_topk_comes_from_the_logits_files(real_run: CompareSummary) -> None:
     result = load_compare(real_run)
-    for case in result.cases:
-        focus = case.focus_step()
-        topk = load_topk(result, case, 5)
+    for index, case in enumerate(result.cases):
+        focus = case.focus()
+        topk = load_topk(result, index, 5)
         assert topk.problem == ""
-        assert topk.golden[0].token == focus.golden_top1
-        assert topk.mine[0].token == focus.my_top1
+        assert topk.golden[0].token == focus.metric("golden_top1")
+        assert topk.mine[0].token == focus.metric("my_top1")
         for side in (topk.golden, topk.mine):
             assert len(side) == 5
             logits = [c.logit for c in side]
@@ -383,3 +383,21 @@ def test_a_run_without_cases_still_renders(tmp_path: Path) -> None:
     text, page = parse(write_report(summary))
     assert "This compare run has no cases." in text and not page.find("section", class_="case")
     assert "cases: 0 (" in format_summary(summary)
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_dash_o_is_the_output_folder_of_every_command(real_run: CompareSummary, tmp_path: Path, capsys) -> None:
+    """`-o DIR` (or `--output-dir`, or msit's `--output`) names the folder each command writes in."""
+    golden, mine = _inputs(real_run)
+    for spelling in ("-o", "--output-dir", "--output"):
+        out = tmp_path / spelling.strip("-") / "new"
+        assert main(["compare", "-gp", golden, "-mp", mine, spelling, str(out)]) == 0
+        assert len(list(out.glob("logits_cmp_cases_*.json"))) == 1
+        assert main(["report", str(out), spelling, str(out / "page")]) == 0
+        assert (out / "page" / "report.html").is_file()
+    capsys.readouterr()
+    for spelling in ("-o", "--output-dir", "--output"):
+        for command in ("bcanalyze", "compare", "report"):
+            with pytest.raises(SystemExit):
+                main([command, "--help"])
+            assert f"{spelling} DIR" in capsys.readouterr().out, (command, spelling)

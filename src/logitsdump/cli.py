@@ -37,6 +37,22 @@ def add_log_level(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_golden_and_test(parser: argparse.ArgumentParser, what: str) -> None:
+    """msit's `-gp/--golden-path` and `-mp/--my-path`: the golden device's and the device under test's `what`."""
+    group = parser.add_argument_group("inputs")
+    group.add_argument("-gp", "--golden-path", required=True, metavar="PATH", help=f"the golden device's {what}")
+    group.add_argument("-mp", "--my-path", required=True, metavar="PATH", help=f"the device under test's {what}")
+
+
+def add_output_dir(parser: argparse.ArgumentParser, default: str | None, default_text: str) -> None:
+    """`-o`: the folder a subcommand writes its files in, the same flag everywhere
+    (`--output-dir`, and msit's `--output` spelling, alike)."""
+    parser.add_argument_group("outputs").add_argument(
+        "-o", "--output-dir", "--output", dest="output_dir", metavar="DIR", default=default,
+        help=f"output folder, created if missing (default: {default_text})",
+    )
+
+
 def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     """A modeltest-style flag accepted both as `--a_b` and `--a-b`."""
     spellings = [f"--{name}"]
@@ -97,14 +113,8 @@ def _add_bcanalyze_parser(subparsers) -> None:
         description="msit llm bcanalyze: compare two result CSVs (key + pass/passed columns) and write "
         "msit_bad_case_result_<timestamp>.csv with the cases whose verdict differs.",
     )
-    parser.add_argument("-gp", "--golden-path", required=True, help="golden environment's result CSV")
-    parser.add_argument("-mp", "--my-path", required=True, help="test environment's result CSV")
-    parser.add_argument(
-        "-o",
-        "--output-dir",
-        default=None,
-        help="our addition: output folder (default: ./msit_bad_case/analyzer, as msit)",
-    )
+    add_golden_and_test(parser, "result CSV (modeltest's debug CSV, or any CSV with key and pass columns)")
+    add_output_dir(parser, None, "./msit_bad_case/analyzer, as msit; -o is our addition")
     add_log_level(parser)
     parser.set_defaults(handler=_run_bcanalyze)
 
@@ -212,52 +222,56 @@ def _number_at_least(low: float, high: float | None = None) -> Callable[[str], f
 
 
 def _add_compare_parser(subparsers) -> None:
+    from logitsdump.compare import verdicts
+
     parser = subparsers.add_parser(
         "compare",
         aliases=["logitscmp"],
         help="compare two folders of logits files token by token (msit logitscmp) and judge each case",
         description="Pair the .pth/.safetensors files of two folders by name, write msit's per-token CSV "
-        "and a per-case verdict (identical, consistent, tie-flip, divergent, incomplete; for cases replayed with "
-        "dump --replay: identical, consistent, noise, precision-suspect, incomplete).",
+        f"and a per-case verdict ({verdicts.help_text()}).",
     )
-    parser.add_argument("-gp", "--golden-path", required=True, help="folder of the golden logits files")
-    parser.add_argument("-mp", "--my-path", required=True, help="folder of the logits files to check")
-    parser.add_argument("-cs", "--cosine-similarity", type=_number_at_least(-1.0, 1.0), default=0.999,
+    add_golden_and_test(parser, "folder of logits files")
+    add_output_dir(parser, "./output", "./output, as msit")
+    checks = parser.add_argument_group("msit's pass thresholds, per token")
+    checks.add_argument("-cs", "--cosine-similarity", type=_number_at_least(-1.0, 1.0), default=0.999,
                         help="pass when cosine similarity > this, in [-1, 1] (default 0.999)")
-    parser.add_argument("-kl", "--kl-divergence", type=_number_at_least(0.0), default=0.0001,
+    checks.add_argument("-kl", "--kl-divergence", type=_number_at_least(0.0), default=0.0001,
                         help="pass when KL divergence < this, >= 0 (default 0.0001)")
-    parser.add_argument("-l1", "--l1-norm", type=_number_at_least(-1.0), default=0.01,
+    checks.add_argument("-l1", "--l1-norm", type=_number_at_least(-1.0), default=0.01,
                         help="pass when |relative L1 difference| < this, >= -1 (default 0.01)")
-    parser.add_argument("-d", "--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+    checks.add_argument("-d", "--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
                         help="dtype whose ULP the max-logit test uses (default fp16)")
-    parser.add_argument("-o", "--output", default="./output", help="output folder (default ./output)")
-    parser.add_argument("--topk", type=positive_int, default=10, help="k of the top-k overlap (default 10)")
-    parser.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
+    checks.add_argument("--topk", type=positive_int, default=10,
+                        help="our addition: k of the top-k overlap, at most the vocabulary (default 10)")
+    verdict = parser.add_argument_group("our additions: the tolerances of the per-case verdict")
+    verdict.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
                         help="a first argmax change is a tie-flip when golden's top-1 logit leads the "
                         "test's choice by at most this (logits; default 0.1)")
-    parser.add_argument("--noise-margin", type=_number_at_least(0.0), default=None,
+    verdict.add_argument("--noise-margin", type=_number_at_least(0.0), default=None,
                         help="replayed cases (dump --replay): an argmax change is noise when golden's top-1 logit "
                         "leads the test's choice by at most this (logits; default 1.0)")
-    parser.add_argument("--noise-kl", type=_number_at_least(0.0), default=None,
+    verdict.add_argument("--noise-kl", type=_number_at_least(0.0), default=None,
                         help="replayed cases: a step is close when its KL is at most this (default 0.13)")
-    parser.add_argument("--noise-cosine", type=_number_at_least(-1.0, 1.0), default=None,
+    verdict.add_argument("--noise-cosine", type=_number_at_least(-1.0, 1.0), default=None,
                         help="replayed cases: a step is close when its cosine is at least this (default 0.989)")
-    parser.add_argument("--tolerances", metavar="FILE", default=None,
+    verdict.add_argument("--tolerances", metavar="FILE", default=None,
                         help="read --tie-tolerance, --noise-margin, --noise-kl and --noise-cosine from a JSON file "
                         "written by --calibrate (flags given here win)")
-    parser.add_argument("--calibrate", action="store_true",
+    calibration = parser.add_argument_group("our additions: calibration")
+    calibration.add_argument("--calibrate", action="store_true",
                         help="treat the two folders as known-good noise: print the spread of the per-step "
                         "metrics and suggested tolerances, and write them to "
                         "<-o>/logits_cmp_tolerances_<ts>.json (no verdict files)")
-    parser.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
+    calibration.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
                         help="--calibrate: each tolerance is this times the 0.99 quantile of the spread (default 2)")
     add_log_level(parser)
     parser.set_defaults(handler=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from logitsdump.compare import CompareOptions, run_compare
     from logitsdump.compare.calibrate import DEFAULT_SAFETY_FACTOR, calibrate, format_calibration, load_tolerances
-    from logitsdump.compare.run import CompareOptions, run_compare
 
     tolerances = load_tolerances(args.tolerances) if args.tolerances else {}
     for name in ("tie_tolerance", "noise_margin", "noise_kl", "noise_cosine"):
@@ -266,7 +280,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     options = CompareOptions(
         golden_path=args.golden_path,
         my_path=args.my_path,
-        output_dir=args.output,
+        output_dir=args.output_dir,
         cosine=args.cosine_similarity,
         kl=args.kl_divergence,
         l1=args.l1_norm,
@@ -330,8 +344,8 @@ def _add_report_parser(subparsers) -> None:
     parser.add_argument("compare_output", metavar="COMPARE_OUTPUT", nargs="+",
                         help="compare output folder, or one of its result files; several (e.g. one per task) "
                         "make one page")
-    parser.add_argument("-o", "--output", default=None,
-                        help="HTML file to write (default: report.html beside the compare output)")
+    add_output_dir(parser, None, "the compare output's folder; the page is DIR/report.html, or give a file "
+                   "name ending in .html")
     parser.add_argument("--topk", type=positive_int, default=None,
                         help="candidates listed at the divergence step (default: compare's --topk, at most 20)")
     add_log_level(parser)
@@ -342,7 +356,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from logitsdump.report import load_compares, print_summary, write_report
 
     result = load_compares(args.compare_output)
-    path = write_report(result, args.output, topk=args.topk)
+    path = write_report(result, args.output_dir, topk=args.topk)
     print_summary(result)
     print(f"report: {path}")
     return 0

@@ -1,4 +1,4 @@
-"""Small file-system helpers: atomic writes and safe names.
+"""Small file-system helpers: atomic writes, safe names, and output names that are never reused.
 
 Every file logitsdump writes goes to a temporary name in the destination
 folder and is renamed into place, so a killed run leaves whole files or none.
@@ -12,7 +12,8 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -157,3 +158,51 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as err:
         raise UserError(f"cannot write in output folder {folder}: {err.strerror or err}") from err
     return folder
+
+
+def timestamp(now: datetime | None = None) -> str:
+    """`YYYYmmddHHMMSS` in local time: msit's file-name stamp."""
+    return (now or datetime.now()).strftime("%Y%m%d%H%M%S")
+
+
+#: How many `_N` suffixes `claim_stamped` tries before giving up.
+MAX_SUFFIX = 10_000
+
+
+@contextlib.contextmanager
+def claim_stamped(
+    folder: str | os.PathLike[str], stamp: str, names: Callable[[str], Sequence[str]]
+) -> Iterator[tuple[Path, ...]]:
+    """The output paths of one run: `names(tag)` for the first tag of `stamp`, `stamp_1`, `stamp_2`, ...
+    of which no file exists yet; never an existing file.
+
+    The tag is claimed by creating the first path exclusively (`O_EXCL`), empty, so that runs started
+    in the same second into the same folder get distinct tags; the caller replaces it with the real
+    file (atomically). If the block raises, a claim still empty is removed.
+    """
+    from logitsdump.errors import DataError
+
+    base = Path(folder)
+    for number in range(MAX_SUFFIX):
+        paths = tuple(base / name for name in names(stamp if number == 0 else f"{stamp}_{number}"))
+        if any(os.path.lexists(p) for p in paths):
+            continue
+        try:
+            fd = os.open(paths[0], os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            continue  # another run claimed this tag just now
+        except OSError as err:
+            with write_errors(paths[0]):
+                raise
+            raise DataError(f"cannot create {paths[0]}: {err.strerror or err}") from err
+        os.close(fd)
+        break
+    else:
+        raise DataError(f"too many output files for {stamp} in {base}: clear the folder")
+    try:
+        yield paths
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if os.stat(paths[0]).st_size == 0:
+                os.unlink(paths[0])
+        raise

@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump import __version__
-from logitsdump.compare.run import CompareOptions, measure
-from logitsdump.compare.verdict import CaseVerdict, percentile_high
+from logitsdump.compare.options import CompareOptions
+from logitsdump.compare.records import CaseRecord, Step
+from logitsdump.compare.run import measure
+from logitsdump.compare.stats import percentile_high
 from logitsdump.errors import DataError, UsageError
-from logitsdump.fsutil import atomic_write_text
+from logitsdump.fsutil import atomic_write_text, claim_stamped, timestamp
 
+#: Tolerance files are named `{TOLERANCES_PREFIX}<timestamp>[_N].json`.
+TOLERANCES_PREFIX = "logits_cmp_tolerances_"
 #: The `schema` of a tolerances file.
 TOLERANCES_SCHEMA = "logitsdump-tolerances"
 TOLERANCES_VERSION = 1
@@ -142,8 +146,8 @@ def calibrate(
     diffs: list[float] = []
     margins: list[float] = []
     for case in measured.cases:
-        for row in judged_rows(case):
-            m = row.metrics
+        for step in judged_steps(case):
+            m = step.metrics
             if m is None:
                 continue
             kls.append(m.kl_divergence)
@@ -168,30 +172,36 @@ def calibrate(
     if measured.cases and not any(c.replayed for c in measured.cases):
         notes.append("no replayed case: only the steps up to each case's first argmax change were used; "
                      "replay the test side (dump --replay) to measure every step")
-    stamp = (now or datetime.now()).strftime("%Y%m%d%H%M%S")
-    path = Path(output_path) if output_path is not None else _free_name(measured.out_dir, stamp)
-    result = Calibration(
-        path=path,
-        safety_factor=safety_factor,
-        quantile=quantile,
-        cases=len(measured.cases),
-        replayed_cases=sum(1 for c in measured.cases if c.replayed),
-        steps=len(kls),
-        kl=kl,
-        one_minus_cosine=gap,
-        max_abs_diff=diff,
-        change_margins=change,
-        suggested=suggested,
-        notes=tuple(notes),
-    )
-    document = result.to_dict(options, stamp)
-    atomic_write_text(path, json.dumps(document, ensure_ascii=False, indent=1, allow_nan=False) + "\n")
-    return result
+    stamp = timestamp(now)
+
+    def write(path: Path) -> Calibration:
+        result = Calibration(
+            path=path,
+            safety_factor=safety_factor,
+            quantile=quantile,
+            cases=len(measured.cases),
+            replayed_cases=sum(1 for c in measured.cases if c.replayed),
+            steps=len(kls),
+            kl=kl,
+            one_minus_cosine=gap,
+            max_abs_diff=diff,
+            change_margins=change,
+            suggested=suggested,
+            notes=tuple(notes),
+        )
+        document = result.to_dict(options, stamp)
+        atomic_write_text(path, json.dumps(document, ensure_ascii=False, indent=1, allow_nan=False) + "\n")
+        return result
+
+    if output_path is not None:
+        return write(Path(output_path))
+    with claim_stamped(measured.out_dir, stamp, lambda tag: (f"{TOLERANCES_PREFIX}{tag}.json",)) as (path,):
+        return write(path)
 
 
-def judged_rows(case: CaseVerdict) -> tuple:
-    """The rows a case's verdict was judged on (a free run: up to the first change; a replay: all)."""
-    return case.rows[: case.tokens_judged]
+def judged_steps(case: CaseRecord) -> tuple[Step, ...]:
+    """The steps a case's verdict was judged on (a free run: up to the first change; a replay: all)."""
+    return case.steps[: case.tokens_judged]
 
 
 def _round_up(value: float) -> float:
@@ -200,14 +210,6 @@ def _round_up(value: float) -> float:
         return value
     digits = 1 - math.floor(math.log10(value))
     return round(math.ceil(value * 10.0**digits - 1e-9) / 10.0**digits, max(digits, 0))
-
-
-def _free_name(out_dir: Path, stamp: str) -> Path:
-    for n in range(10_000):
-        path = out_dir / f"logits_cmp_tolerances_{stamp if n == 0 else f'{stamp}_{n}'}.json"
-        if not path.exists():
-            return path
-    raise DataError(f"too many tolerance files for {stamp} in {out_dir}")
 
 
 def format_calibration(result: Calibration) -> str:

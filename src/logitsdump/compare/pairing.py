@@ -14,12 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from logitsdump.compare.records import ONLY_IN_GOLDEN, ONLY_IN_MY
 from logitsdump.errors import DataError, UserError
 from logitsdump.store import parse_logits_file_name, parse_logits_subject
 from logitsdump.tensorio import TENSOR_SUFFIXES
-
-ONLY_IN_GOLDEN = "only_in_golden_path"
-ONLY_IN_MY = "only_in_my_path"
 
 
 @dataclass(frozen=True)

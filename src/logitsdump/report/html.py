@@ -9,22 +9,22 @@ at the divergence step, the per-token metrics).
 Every piece of data is escaped with `html.escape`; the page carries no data
 inside its script, and a Content-Security-Policy forbids any network access.
 Its script records errors in `<html data-errors>` and sets
-`<body data-ready="1">` when it has run (the browser test reads both).
+`<body data-ready="1">` when it has run.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from logitsdump.compare.verdict import VERDICTS
-from logitsdump.fsutil import atomic_write_text
-from logitsdump.report.explain import VERDICT_SENTENCES
-from logitsdump.report.load import Case, CompareResult, finite_float, load_compare, load_compares, load_topk
+from logitsdump.compare import verdicts
+from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
+from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
+from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
 
 #: Default file name of the report, written beside the compare output.
@@ -41,17 +41,18 @@ def write_report(
     """Write the HTML report of a compare run; return its path.
 
     `source`: the compare output folder (newest run), one of its result files, a
-    `CompareSummary`, or a loaded `CompareResult`. `output_path` defaults to
-    `report.html` in the folder of the compare output. The file is written
-    atomically.
+    `CompareSummary`, or a loaded `CompareResult`. `output_path`: a folder
+    (created if missing; the page is `report.html` in it) or a file name ending
+    in `.html`; default: `report.html` in the folder of the compare output. The
+    file is written atomically.
     """
     if isinstance(source, (list, tuple)):
         result = load_compares(source)
     else:
         result = source if isinstance(source, CompareResult) else load_compare(source)
     path = Path(output_path) if output_path is not None else default_report_path(result)
-    if path.is_dir():
-        path = path / REPORT_NAME
+    if path.is_dir() or path.suffix.lower() not in (".html", ".htm"):
+        path = ensure_writable_dir(path) / REPORT_NAME  # a folder, as `-o` is everywhere
     atomic_write_text(path, render_report(result, topk=topk))
     return path
 
@@ -74,7 +75,7 @@ def render_report(result: CompareResult, *, topk: int | None = None) -> str:
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">",
         f"<title>{escape(title)}</title>",
-        f"<style>{_CSS}</style>",
+        f"<style>{_CSS}{_VERDICT_CSS}</style>",
         f"<script>{_ERROR_JS}</script>",
         "</head>",
         "<body>",
@@ -113,10 +114,9 @@ def _test_name(result: CompareResult) -> str:
 def _device_name(result: CompareResult, *, golden: bool) -> str:
     """`fp32 · cpu` from the first manifest that says, else `golden` / `test`."""
     for case in result.cases:
-        manifest = case.golden_manifest if golden else case.my_manifest
-        if manifest and manifest.get("dtype"):
-            device = manifest.get("device")
-            return f"{manifest['dtype']} · {device}" if device else str(manifest["dtype"])
+        manifest = case.manifest(golden=golden)
+        if manifest is not None and manifest.dtype:
+            return f"{manifest.dtype} · {manifest.device}" if manifest.device else manifest.dtype
     return "golden" if golden else "test"
 
 
@@ -156,7 +156,7 @@ def _overview(result: CompareResult) -> str:
         cards.append(
             f'<div class="card v-{_slug(verdict)}{" zero" if count == 0 else ""}" data-verdict="{escape(verdict)}">'
             f'<div class="count">{count}</div><div class="name">{escape(verdict)}</div>'
-            f'<p>{escape(VERDICT_SENTENCES.get(verdict, ""))}</p></div>'
+            f'<p>{escape(verdicts.meaning(verdict))}</p></div>'
         )
     tasks = result.task_counts()
     task_rows = []
@@ -259,7 +259,7 @@ def _case_table(result: CompareResult) -> str:
             _cell(f'<a href="#case-{number}">{escape(case.label)}</a>', case.label.lower()),
             _cell(escape(case.task), case.task),
             _cell(f'<span class="pill v-{_slug(case.verdict)}">{escape(case.verdict)}</span>',
-                  str(_verdict_rank(case.verdict))),
+                  str(verdicts.rank(case.verdict))),
             _num_cell(case.first_diff_token, str),
             *([_num_cell(len(case.changes) if case.replayed else None, str)] if result.replayed else []),
             _num_cell(case.flip_margin, _fmt),
@@ -294,10 +294,6 @@ def _num_cell(value: float | int | None, fmt) -> str:
     return f'<td class="num" data-v="{value!r}">{escape(fmt(value))}</td>'
 
 
-def _verdict_rank(verdict: str) -> int:
-    return VERDICTS.index(verdict) if verdict in VERDICTS else len(VERDICTS)
-
-
 # ---- one case ---------------------------------------------------------------------------------
 
 
@@ -307,10 +303,10 @@ class _Token:
     text: str | None
 
 
-def _case_section(result: CompareResult, case: Case, number: int, k: int) -> str:
-    focus = case.focus_step()
+def _case_section(result: CompareResult, case: CaseRecord, number: int, k: int) -> str:
+    focus = case.focus()
     if case.replayed:
-        widest = max((c.golden_margin for c in case.changes if c.golden_margin is not None), default=None)
+        widest = max((c.flip_margin for c in case.changes if c.flip_margin is not None), default=None)
         facts = [
             ("replay", f"{case.replay_mode} mode"),
             ("argmax changes", f"{len(case.changes)} of {case.tokens_judged} steps"),
@@ -334,7 +330,7 @@ def _case_section(result: CompareResult, case: Case, number: int, k: int) -> str
         f'<section class="case v-{_slug(case.verdict)}" id="case-{number}" data-verdict="{escape(case.verdict)}">',
         f'<h3><span class="pill v-{_slug(case.verdict)}">{escape(case.verdict)}</span> {escape(case.label)} '
         f'<span class="task">{escape(case.task)}</span></h3>',
-        f'<p class="explain">{escape(VERDICT_SENTENCES.get(case.verdict, ""))}</p>',
+        f'<p class="explain">{escape(verdicts.meaning(case.verdict))}</p>',
     ]
     if case.reason:
         parts.append(f'<p class="reason"><code>{escape(case.reason)}</code></p>')
@@ -346,34 +342,32 @@ def _case_section(result: CompareResult, case: Case, number: int, k: int) -> str
     else:
         parts.append(f'<pre class="query">{escape(query)}</pre>')
     parts.append(_alignment(result, case))
-    parts.append(_plots(case, result, focus.token_index if focus else None))
+    parts.append(_plots(case, result, focus.token_id if focus else None))
     if case.replayed:
         parts.append(_changes_table(result, case))
-    parts.append(_topk_block(result, case, k))
+    parts.append(_topk_block(result, case, number, k))
     parts.append(_steps_table(case))
     parts.append('<p class="top-link"><a href="#all-cases">↑ all cases</a></p>')
     parts.append("</section>")
     return "".join(parts)
 
 
-def _sequence(case: Case, *, golden: bool) -> tuple[list[_Token], str]:
+def _sequence(case: CaseRecord, *, golden: bool) -> tuple[list[_Token], str]:
     """The generated tokens of one side, and where they come from."""
-    manifest = case.golden_manifest if golden else case.my_manifest
-    if manifest and isinstance(manifest.get("output_token_ids"), list):
-        ids = manifest["output_token_ids"]
-        texts = manifest.get("output_tokens") if isinstance(manifest.get("output_tokens"), list) else []
-        tokens = [
-            _Token(t if isinstance(t, int) else None,
-                   texts[i] if i < len(texts) and isinstance(texts[i], str) else None)
-            for i, t in enumerate(ids)
-        ]
-        return tokens, "manifest"
+    manifest = case.manifest(golden=golden)
+    if manifest is not None and manifest.output_token_ids is not None:
+        return _manifest_tokens(manifest.output_token_ids, manifest.output_tokens), "manifest"
     tokens = []
     for step in case.steps:
-        token_id = step.golden_top1 if golden else step.my_top1
+        token_id = step.metric("golden_top1" if golden else "my_top1")
         text = step.golden_top1_text if golden else step.my_top1_text
         tokens.append(_Token(token_id, text))
     return tokens, "argmax"
+
+
+def _manifest_tokens(ids: Sequence[int | None], texts: Sequence[str | None] | None) -> list[_Token]:
+    texts = texts or ()
+    return [_Token(t, texts[i] if i < len(texts) else None) for i, t in enumerate(ids)]
 
 
 def _first_difference(golden: Sequence[_Token], mine: Sequence[_Token]) -> int | None:
@@ -386,18 +380,18 @@ def _first_difference(golden: Sequence[_Token], mine: Sequence[_Token]) -> int |
     return None
 
 
-def _text_divergence(case: Case) -> int | None:
+def _text_divergence(case: CaseRecord) -> int | None:
     return _first_difference(_sequence(case, golden=True)[0], _sequence(case, golden=False)[0])
 
 
-def _replay_alignment(result: CompareResult, case: Case) -> str:
+def _replay_alignment(result: CompareResult, case: CaseRecord) -> str:
     """Golden's tokens (fed to both devices) over the test's own choice at each step."""
     golden, _ = _sequence(case, golden=True)
     if not golden:  # no golden manifest: the test's manifest holds the forced (golden) tokens
         manifest = case.my_manifest
-        if manifest and isinstance(manifest.get("output_token_ids"), list):
-            golden, _ = _sequence(replace(case, golden_manifest=manifest), golden=True)
-    steps = {s.token_index: s for s in case.steps if s.token_index is not None}
+        if manifest is not None and manifest.output_token_ids is not None:
+            golden = _manifest_tokens(manifest.output_token_ids, manifest.output_tokens)
+    steps = {s.token_id: s for s in case.steps if s.token_id is not None}
     length = max(len(golden), max(steps, default=-1) + 1)
     shown = min(length, MAX_TOKENS_SHOWN)
     changed = {c.token for c in case.changes}
@@ -405,7 +399,8 @@ def _replay_alignment(result: CompareResult, case: Case) -> str:
     for i in range(shown):
         g = golden[i] if i < len(golden) else None
         step = steps.get(i)
-        m = _Token(step.my_top1, step.my_top1_text) if step is not None and step.my_top1 is not None else None
+        mine = step.metric("my_top1") if step is not None else None
+        m = _Token(mine, step.my_top1_text) if step is not None and mine is not None else None
         columns.append(_token_column(i, ["changed"] if i in changed else [], i in steps, g, m))
     if not columns:
         return '<h4>Generated text</h4><p class="muted">No tokens recorded.</p>'
@@ -433,14 +428,14 @@ def _token_column(i: int, classes: list[str], dumped: bool, golden: _Token | Non
     )
 
 
-def _alignment(result: CompareResult, case: Case) -> str:
+def _alignment(result: CompareResult, case: CaseRecord) -> str:
     if case.replayed:
         return _replay_alignment(result, case)
     golden, g_source = _sequence(case, golden=True)
     mine, m_source = _sequence(case, golden=False)
     length = max(len(golden), len(mine))
     first = _first_difference(golden, mine)
-    dumped = {s.token_index for s in case.steps if s.token_index is not None}
+    dumped = {s.token_id for s in case.steps if s.token_id is not None}
     shown = min(length, MAX_TOKENS_SHOWN)
     columns = []
     for i in range(shown):
@@ -486,11 +481,11 @@ def _token_html(token: _Token | None) -> str:
     return f'<span class="tok" title="{escape(title)}">{escape(visible)}</span>'
 
 
-def _plots(case: Case, result: CompareResult, marker: int | None) -> str:
-    steps = [s for s in case.steps if s.token_index is not None]
+def _plots(case: CaseRecord, result: CompareResult, marker: int | None) -> str:
+    steps = [s for s in case.steps if s.token_id is not None]
     if not steps:
         return '<h4>Per-token metrics</h4><p class="muted">No token was compared.</p>'
-    xs = [s.token_index for s in steps]
+    xs = [s.token_id for s in steps]
     xs_int = [x for x in xs if x is not None]
     if case.replayed:  # the same prefix at every step: nothing to shade, every change marked
         shade, changed = None, [c.token for c in case.changes]
@@ -508,11 +503,11 @@ def _plots(case: Case, result: CompareResult, marker: int | None) -> str:
         hint = "dashed: noise tolerance"
     plots = [
         ("cosine similarity", f"higher is closer; {hint}",
-         [s.cosine for s in steps], cos_threshold, False, "cosine"),
+         [s.metric("cosine_similarity") for s in steps], cos_threshold, False, "cosine"),
         ("KL divergence (log scale)", f"lower is closer; {hint}",
-         [s.kl for s in steps], kl_threshold, True, "kl"),
+         [s.metric("kl_divergence") for s in steps], kl_threshold, True, "kl"),
         ("golden top-1 margin (logits)", f"golden's top-1 minus top-2; dashed: {margin_hint}",
-         [s.golden_margin for s in steps], margin_threshold, False, "margin"),
+         [s.metric("golden_margin") for s in steps], margin_threshold, False, "margin"),
     ]
     figures = []
     for title, hint, values, threshold, log, name in plots:
@@ -534,22 +529,16 @@ def _plots(case: Case, result: CompareResult, marker: int | None) -> str:
     return f'<h4>Per-token metrics</h4><div class="plots">{"".join(figures)}</div>{legend}'
 
 
-def _topk_block(result: CompareResult, case: Case, k: int) -> str:
-    focus = case.focus_step()
+def _topk_block(result: CompareResult, case: CaseRecord, number: int, k: int) -> str:
+    focus = case.focus()
     if focus is None:
         return ""
-    topk = load_topk(result, case, k, focus)
-    if case.replayed:
-        why = ("the argmax change where golden was surest" if focus.changed
-               else "the step with the largest KL")
-    else:
-        why = ("the first argmax change" if case.first_diff_token is not None
-               else "the first failing token" if case.verdict in ("divergent", "incomplete")
-               else "the token with the lowest cosine")
-    head = f"<h4>Top-{k} candidates at token {focus.token_index} <span class=\"muted\">({escape(why)})</span></h4>"
+    topk = load_topk(result, number, k, focus)
+    why = FOCUS_REASONS.get(case.focus_why or "", "")
+    head = f"<h4>Top-{k} candidates at token {focus.token_id} <span class=\"muted\">({escape(why)})</span></h4>"
     if not topk.golden and not topk.mine:
         return head + f'<p class="muted">Not available: {escape(topk.problem or "no logits")}.</p>'
-    picks = (focus.golden_top1, focus.my_top1)
+    picks = (focus.metric("golden_top1"), focus.metric("my_top1"))
     tables = [
         _topk_table(_side_title("golden", _golden_name(result)), "g", topk.golden, picks),
         _topk_table(_side_title("test", _test_name(result)), "m", topk.mine, picks),
@@ -560,20 +549,21 @@ def _topk_block(result: CompareResult, case: Case, k: int) -> str:
             f'<div class="topk">{"".join(tables)}</div>{note}')
 
 
-def _changes_table(result: CompareResult, case: Case) -> str:
+def _changes_table(result: CompareResult, case: CaseRecord) -> str:
     """Every step of a replayed case where the argmax differs: both choices, margins and ranks."""
     if not case.changes:
         return ('<h4>Argmax changes</h4><p class="muted">None: both devices pick the same token at every step.</p>')
     tie = finite_float(result.options.get("noise_margin"))
     rows = []
     for c in case.changes:
-        clear = tie is not None and c.golden_margin is not None and c.golden_margin > tie
+        clear = tie is not None and c.flip_margin is not None and c.flip_margin > tie
         cls = ' class="clear"' if clear else ""
         rows.append(
             f"<tr{cls}><td class=\"num\">{c.token}</td>"
             f"<td>{_token_html(_Token(c.golden_token, c.golden_token_text))}</td>"
             f"<td>{_token_html(_Token(c.my_token, c.my_token_text))}</td>"
-            f"<td class=\"num\">{escape(_fmt(c.golden_margin))}</td><td class=\"num\">{escape(_fmt(c.my_margin))}</td>"
+            f"<td class=\"num\">{escape(_fmt(c.flip_margin))}</td>"
+            f"<td class=\"num\">{escape(_fmt(c.my_flip_margin))}</td>"
             f"<td class=\"num\">{_opt(c.my_rank_in_golden)}</td><td class=\"num\">{_opt(c.golden_rank_in_mine)}</td>"
             f"<td>{'clear margin' if clear else 'near-tie'}</td></tr>"
         )
@@ -623,18 +613,20 @@ def _topk_table(title: str, side: str, rows: Sequence[Any], picks: tuple[int | N
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _steps_table(case: Case) -> str:
+def _steps_table(case: CaseRecord) -> str:
     rows = []
     for s in case.steps:
         status = ("pass" if s.passed else "fail") if s.passed is not None else "NA"
         cls = f' class="{status.lower()}"'
         rows.append(
-            f"<tr{cls}><td class=\"num\">{s.token_index if s.token_index is not None else '–'}</td>"
-            f"<td>{_token_html(_Token(s.golden_top1, s.golden_top1_text))}</td>"
-            f"<td>{_token_html(_Token(s.my_top1, s.my_top1_text))}</td>"
-            f"<td class=\"num\">{escape(_fmt_cos(s.cosine))}</td><td class=\"num\">{escape(_fmt(s.kl))}</td>"
-            f"<td class=\"num\">{escape(_fmt(s.l1))}</td><td class=\"num\">{escape(_fmt(s.max_abs_diff))}</td>"
-            f"<td class=\"num\">{escape(_fmt(s.golden_margin))}</td><td>{escape(status)}</td>"
+            f"<tr{cls}><td class=\"num\">{s.token_id if s.token_id is not None else '–'}</td>"
+            f"<td>{_token_html(_Token(s.metric('golden_top1'), s.golden_top1_text))}</td>"
+            f"<td>{_token_html(_Token(s.metric('my_top1'), s.my_top1_text))}</td>"
+            f"<td class=\"num\">{escape(_fmt_cos(s.metric('cosine_similarity')))}</td>"
+            f"<td class=\"num\">{escape(_fmt(s.metric('kl_divergence')))}</td>"
+            f"<td class=\"num\">{escape(_fmt(s.metric('l1_norm')))}</td>"
+            f"<td class=\"num\">{escape(_fmt(s.metric('max_abs_diff')))}</td>"
+            f"<td class=\"num\">{escape(_fmt(s.metric('golden_margin')))}</td><td>{escape(status)}</td>"
             f"<td class=\"small\">{escape(s.reason)}</td></tr>"
         )
     return (
@@ -649,8 +641,7 @@ def _steps_table(case: Case) -> str:
 # ---- formatting -------------------------------------------------------------------------------
 
 
-def _slug(verdict: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in verdict.lower())
+_slug = verdicts.slug
 
 
 def _fmt(value: float | None) -> str:
@@ -682,8 +673,7 @@ def _pct(p: float) -> str:
 
 _CSS = """
 :root{--fg:#1d2330;--muted:#667085;--line:#e3e6ec;--bg:#fff;--soft:#f6f7f9;--g:#1f5fbf;--m:#b5531b;
---v-identical:#2e7d32;--v-consistent:#4f8a10;--v-tie-flip:#b7791f;--v-divergent:#c62828;--v-incomplete:#6b5b95;
---v-noise:#00838f;--v-precision-suspect:#ad1457}
+}
 *{box-sizing:border-box}
 body{margin:0 auto;max-width:1180px;padding:0 28px 40px;font:14px/1.45 system-ui,-apple-system,"Segoe UI",
 Roboto,"Noto Sans","DejaVu Sans",sans-serif;color:var(--fg);background:var(--bg)}
@@ -703,9 +693,6 @@ padding:1px 6px}.dev.g{background:var(--g)}.dev.m{background:var(--m)}
 .card{border:1px solid var(--line);border-top:4px solid var(--vc,#999);border-radius:8px;padding:10px 12px;
 background:#fff}.card .count{font-size:28px;font-weight:700;color:var(--vc)}.card .name{font-weight:700}
 .card p{margin:6px 0 0;font-size:12px;color:#475467}.card.zero{opacity:.55}.card.zero .count{color:var(--muted)}
-.v-identical{--vc:var(--v-identical)}.v-consistent{--vc:var(--v-consistent)}.v-tie-flip{--vc:var(--v-tie-flip)}
-.v-divergent{--vc:var(--v-divergent)}.v-incomplete{--vc:var(--v-incomplete)}
-.v-noise{--vc:var(--v-noise)}.v-precision-suspect{--vc:var(--v-precision-suspect)}
 .replay-note{margin:12px 0 0;padding:8px 12px;background:#f2f8f9;border-left:4px solid var(--v-noise);
 border-radius:4px;font-size:13px}
 .pill{display:inline-block;padding:1px 8px;border-radius:999px;font-size:12px;font-weight:700;color:#fff;
@@ -789,6 +776,12 @@ footer{margin-top:30px;color:var(--muted);font-size:12px;border-top:1px solid va
 @media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}.two,.topk,.plots{grid-template-columns:1fr}}
 """
 
+#: One colour per verdict (`--v-<verdict>`) and the class that selects it (`.v-<verdict>`), from the verdict table.
+_VERDICT_CSS = (
+    ":root{" + ";".join(f"--v-{verdicts.slug(v.name)}:{v.colour}" for v in verdicts.TABLE) + "}\n"
+    + "".join(f".v-{verdicts.slug(v.name)}{{--vc:var(--v-{verdicts.slug(v.name)})}}" for v in verdicts.TABLE) + "\n"
+)
+
 _ERROR_JS = """
 (function(){var root=document.documentElement;
 function note(text){var prev=root.getAttribute('data-errors');
@@ -832,24 +825,6 @@ function toggle(b){if(b.dataset.verdict==='*'){var turnOn=!b.classList.contains(
   else{b.classList.toggle('on');}return apply();}
 buttons.forEach(function(b){b.addEventListener('click',function(){toggle(b);});});
 apply();
-var plots=document.querySelectorAll('svg.plot');var drawn=0;
-Array.prototype.forEach.call(plots,function(p){var r=p.getBoundingClientRect();
-  var marks=p.querySelectorAll('.series,.dot').length;if(r.width>0&&r.height>0&&marks>0){drawn++;}});
-document.body.dataset.plots=String(plots.length);
-document.body.dataset.plotsDrawn=String(drawn);
-document.body.dataset.sections=String(document.querySelectorAll('section.case').length);
-if(location.hash==='#selftest'){var res=[];
-  var kl=heads.map(function(h){return h.textContent;}).indexOf('worst KL');
-  sortBy(kl,-1);var vals=rows.map(function(r){return key(r,kl,'num');}).filter(function(v){return v!==null;});
-  res.push('sort:'+(vals.every(function(v,i){return i===0||vals[i-1]>=v;})?'ok':'bad'));
-  sortBy(kl,1);var order=rows.map(function(r){return r.cells[kl].getAttribute('data-v');});
-  res.push('order:'+order.join('|'));
-  var all=buttons[0];toggle(all);
-  function pick(v){return buttons.filter(function(b){return b.dataset.verdict===v;})[0];}
-  var div=pick('divergent')||pick('precision-suspect');
-  var n=toggle(div);var ok=rows.every(function(r){return r.hidden===(r.dataset.verdict!==div.dataset.verdict);});
-  res.push('filter:'+(ok?'ok':'bad')+':'+n);toggle(all);
-  document.body.dataset.selftest=res.join(' ');}
 document.body.dataset.ready='1';
 })();
 """

@@ -17,247 +17,49 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from logitsdump.compare.run import CASES_JSON, OUTPUT_NAME, output_name
-from logitsdump.compare.verdict import (
-    DIVERGENT,
-    FREE_RUN_VERDICTS,
-    INCOMPLETE,
-    PRECISION_SUSPECT,
-    REPLAY_VERDICTS,
-    VERDICTS,
-)
+from logitsdump.compare.outputs import CASES_JSON, OUTPUT_NAME, output_name, run_tag
+from logitsdump.compare.records import UNKNOWN_TASK, CaseRecord, CompareDocument, Step
+from logitsdump.compare.verdicts import FREE_RUN_VERDICTS, REPLAY_VERDICTS, VERDICTS
 from logitsdump.errors import DataError, FileFormatError
 from logitsdump.store import read_vocab
 
-#: The case-JSON versions this module reads.
-SUPPORTED_SCHEMA = (1,)
-#: Task name of a case whose dumps have no manifest.
-UNKNOWN_TASK = "unknown"
-
-_RUN_FILE = OUTPUT_NAME
-
-
-@dataclass(frozen=True)
-class Step:
-    """One generated token of a case (one row of the compare CSV)."""
-
-    token_index: int | None
-    file_name: str
-    reason: str
-    passed: bool | None
-    cosine: float | None
-    kl: float | None
-    l1: float | None
-    max_abs_diff: float | None
-    golden_margin: float | None
-    golden_top1: int | None
-    my_top1: int | None
-    golden_top1_text: str | None
-    my_top1_text: str | None
-    top1_match: bool | None
-
-    @property
-    def changed(self) -> bool:
-        """The two devices' argmax differs at this step."""
-        return self.top1_match is False
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Step:
-        return cls(
-            token_index=_int_or_none(data.get("token_id")),
-            file_name=str(data.get("file_name") or ""),
-            reason=str(data.get("reason") or ""),
-            passed=data.get("passed") if isinstance(data.get("passed"), bool) else None,
-            cosine=_float_or_none(data.get("cosine_similarity")),
-            kl=_float_or_none(data.get("kl_divergence")),
-            l1=_float_or_none(data.get("l1_norm")),
-            max_abs_diff=_float_or_none(data.get("max_abs_diff")),
-            golden_margin=_float_or_none(data.get("golden_margin")),
-            golden_top1=_int_or_none(data.get("golden_top1")),
-            my_top1=_int_or_none(data.get("my_top1")),
-            golden_top1_text=_str_or_none(data.get("golden_top1_text")),
-            my_top1_text=_str_or_none(data.get("my_top1_text")),
-            top1_match=data.get("top1_match") if isinstance(data.get("top1_match"), bool) else None,
-        )
-
-
-@dataclass(frozen=True)
-class Change:
-    """A step of a case where the argmax differs (compare's `changes`)."""
-
-    token: int
-    golden_token: int | None
-    my_token: int | None
-    golden_margin: float | None
-    my_margin: float | None
-    my_rank_in_golden: int | None
-    golden_rank_in_mine: int | None
-    golden_token_text: str | None = None
-    my_token_text: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Change | None:
-        token = _int_or_none(data.get("token"))
-        if token is None:
-            return None
-        return cls(
-            token=token,
-            golden_token=_int_or_none(data.get("golden_token")),
-            my_token=_int_or_none(data.get("my_token")),
-            golden_margin=_float_or_none(data.get("golden_margin")),
-            my_margin=_float_or_none(data.get("my_margin")),
-            my_rank_in_golden=_int_or_none(data.get("my_rank_in_golden")),
-            golden_rank_in_mine=_int_or_none(data.get("golden_rank_in_mine")),
-            golden_token_text=_str_or_none(data.get("golden_token_text")),
-            my_token_text=_str_or_none(data.get("my_token_text")),
-        )
-
-
-@dataclass(frozen=True)
-class Case:
-    """One case of a compare run, as the report shows it."""
-
-    subject: str
-    key: str
-    verdict: str
-    passed: bool
-    reason: str
-    tokens_total: int
-    tokens_judged: int
-    first_diff_token: int | None
-    worst_cosine: float | None
-    worst_kl: float | None
-    flip_margin: float | None
-    golden_token: int | None
-    my_token: int | None
-    golden_token_text: str | None
-    my_token_text: str | None
-    steps: tuple[Step, ...]
-    #: The manifest summaries of compare's JSON (task, query, output tokens...), or None.
-    golden_manifest: Mapping[str, Any] | None = field(default=None, repr=False)
-    my_manifest: Mapping[str, Any] | None = field(default=None, repr=False)
-    #: The logits folders this case was compared from (set when several runs are merged).
-    golden_dir: Path | None = field(default=None, repr=False)
-    my_dir: Path | None = field(default=None, repr=False)
-    #: "step" or "prefill" when the test side replayed golden's tokens; None for a free run.
-    replay_mode: str | None = None
-    #: The judged steps where the argmax differs (a free run: at most the first).
-    changes: tuple[Change, ...] = ()
-    mean_kl: float | None = None
-    p95_kl: float | None = None
-    mean_cosine: float | None = None
-    p95_cosine: float | None = None
-
-    @property
-    def replayed(self) -> bool:
-        return self.replay_mode is not None
-
-    @property
-    def label(self) -> str:
-        """`subject/key`, or the key alone when the subject is empty."""
-        return f"{self.subject} #{self.key}" if self.subject else f"#{self.key}"
-
-    @property
-    def task(self) -> str:
-        for manifest in (self.golden_manifest, self.my_manifest):
-            if manifest and manifest.get("task"):
-                return str(manifest["task"])
-        return UNKNOWN_TASK
-
-    @property
-    def query(self) -> str | None:
-        for manifest in (self.golden_manifest, self.my_manifest):
-            if manifest and isinstance(manifest.get("query"), str):
-                return manifest["query"]
-        return None
-
-    def focus_step(self) -> Step | None:
-        """The step the report centres on.
-
-        A free run: the first argmax change; else, for a divergent or incomplete case,
-        the last judged token (the one that failed); else the worst cosine.
-        A replayed case: the argmax change where golden was surest (largest golden
-        margin), unless the case is precision-suspect with every change a near-tie
-        by its reason (drift): then, as without changes, the step with the worst KL.
-        """
-        if not self.steps:
-            return None
-        if self.replayed:
-            return self._replay_focus()
-        if self.first_diff_token is not None:
-            for step in self.steps:
-                if step.token_index == self.first_diff_token:
-                    return step
-        if self.verdict in (DIVERGENT, INCOMPLETE) and 0 < self.tokens_judged <= len(self.steps):
-            return self.steps[self.tokens_judged - 1]
-        measured = [s for s in self.steps if s.cosine is not None]
-        return min(measured, key=lambda s: s.cosine or 0.0) if measured else self.steps[0]
-
-    def _replay_focus(self) -> Step | None:
-        by_token = {s.token_index: s for s in self.steps}
-        drift_only = self.verdict == PRECISION_SUSPECT and "clear golden margin" not in self.reason
-        margins = [c for c in self.changes if c.golden_margin is not None and c.token in by_token]
-        if margins and not drift_only:
-            return by_token[max(margins, key=lambda c: c.golden_margin or 0.0).token]
-        measured = [s for s in self.steps if s.kl is not None]
-        if measured:
-            return max(measured, key=lambda s: s.kl or 0.0)
-        return self.steps[0]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Case:
-        steps = data.get("steps") or []
-        if not isinstance(steps, list):
-            raise DataError("case JSON: 'steps' of a case is not a list")
-        verdict = str(data.get("verdict") or "")
-        return cls(
-            subject=str(data.get("subject") or ""),
-            key=str(data.get("key")),
-            verdict=verdict,
-            passed=bool(data.get("passed")),
-            reason=str(data.get("reason") or ""),
-            tokens_total=_int_or_none(data.get("tokens_total")) or len(steps),
-            tokens_judged=_int_or_none(data.get("tokens_judged")) or 0,
-            first_diff_token=_int_or_none(data.get("first_diff_token")),
-            worst_cosine=_float_or_none(data.get("worst_cosine")),
-            worst_kl=_float_or_none(data.get("worst_kl")),
-            flip_margin=_float_or_none(data.get("flip_margin")),
-            golden_token=_int_or_none(data.get("golden_token")),
-            my_token=_int_or_none(data.get("my_token")),
-            golden_token_text=_str_or_none(data.get("golden_token_text")),
-            my_token_text=_str_or_none(data.get("my_token_text")),
-            steps=tuple(Step.from_dict(s) for s in steps if isinstance(s, Mapping)),
-            golden_manifest=_mapping_or_none(data.get("golden_manifest")),
-            my_manifest=_mapping_or_none(data.get("my_manifest")),
-            replay_mode=_str_or_none(data.get("replay_mode")),
-            changes=tuple(
-                change for change in (
-                    Change.from_dict(c) for c in (data.get("changes") or []) if isinstance(c, Mapping)
-                ) if change is not None
-            ) if isinstance(data.get("changes"), list) else (),
-            mean_kl=_float_or_none(data.get("mean_kl")),
-            p95_kl=_float_or_none(data.get("p95_kl")),
-            mean_cosine=_float_or_none(data.get("mean_cosine")),
-            p95_cosine=_float_or_none(data.get("p95_cosine")),
-        )
+__all__ = ["UNKNOWN_TASK", "CompareResult", "find_cases_json", "load_compare", "load_compares", "load_topk"]
 
 
 @dataclass(frozen=True)
 class CompareResult:
-    """A compare run read back from its case JSON."""
+    """A compare run read back from its case JSON (or several runs merged)."""
 
     json_path: Path
-    tool: str
-    timestamp: str
-    options: Mapping[str, Any]
-    summary: Mapping[str, Any]
-    cases: tuple[Case, ...]
+    document: CompareDocument
+    #: Per case (same order), the logits folders it was compared from, when several runs were merged.
+    case_folders: tuple[tuple[Path | None, Path | None], ...] = field(default=(), repr=False)
+
+    @property
+    def tool(self) -> str:
+        return self.document.tool
+
+    @property
+    def timestamp(self) -> str:
+        return self.document.timestamp
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        return self.document.options
+
+    @property
+    def summary(self) -> Mapping[str, Any]:
+        return self.document.summary
+
+    @property
+    def cases(self) -> tuple[CaseRecord, ...]:
+        return self.document.cases
 
     @property
     def replayed(self) -> bool:
@@ -289,6 +91,12 @@ class CompareResult:
             row = table.setdefault(case.task, {v: 0 for v in shown})
             row[case.verdict] = row.get(case.verdict, 0) + 1
         return dict(sorted(table.items(), key=lambda kv: (kv[0] == UNKNOWN_TASK, kv[0])))
+
+    def folders(self, index: int) -> tuple[Path | None, Path | None]:
+        """The golden and test logits folders of case `index`."""
+        if index < len(self.case_folders):
+            return self.case_folders[index]
+        return self.golden_dir(), self.my_dir()
 
     def golden_dir(self) -> Path | None:
         return self._input_dir("golden_path")
@@ -333,11 +141,8 @@ def load_compares(sources: Sequence[Any]) -> CompareResult:
         return results[0]
     if not results:
         raise DataError("no compare output given")
-    cases = tuple(
-        replace(case, golden_dir=result.golden_dir(), my_dir=result.my_dir())
-        for result in results
-        for case in result.cases
-    )
+    cases = tuple(case for result in results for case in result.cases)
+    folders = tuple(result.folders(i) for result in results for i in range(len(result.cases)))
     summary: dict[str, Any] = {}
     for result in results:
         for name, value in result.summary.items():
@@ -351,30 +156,20 @@ def load_compares(sources: Sequence[Any]) -> CompareResult:
     first = results[0]
     options = dict(first.options)
     for name in ("golden_path", "my_path"):
-        folders = [str(r.options.get(name, "")) for r in results]
-        options[name] = folders[0] if len(set(folders)) == 1 else f"{len(folders)} folders"
-    return CompareResult(first.json_path, first.tool, max(r.timestamp for r in results), options, summary, cases)
+        paths = [str(r.options.get(name, "")) for r in results]
+        options[name] = paths[0] if len(set(paths)) == 1 else f"{len(paths)} folders"
+    document = CompareDocument(first.tool, max(r.timestamp for r in results), options, summary, cases)
+    return CompareResult(first.json_path, document, folders)
 
 
 def parse_document(document: Any, path: Path) -> CompareResult:
     """A CompareResult from compare's case JSON (already parsed)."""
-    if not isinstance(document, Mapping) or not isinstance(document.get("cases"), list):
+    if not isinstance(document, Mapping):
         raise DataError(f"{path}: expected compare's case JSON with a 'cases' list")
-    version = document.get("schema_version")
-    if version not in SUPPORTED_SCHEMA:
-        raise DataError(f"{path}: schema_version {version!r} is not supported (this report reads "
-                        f"{', '.join(map(str, SUPPORTED_SCHEMA))}); use the logitsdump that wrote it")
-    options = document.get("options") if isinstance(document.get("options"), Mapping) else {}
-    summary = document.get("summary") if isinstance(document.get("summary"), Mapping) else {}
-    cases = tuple(Case.from_dict(c) for c in document["cases"] if isinstance(c, Mapping))
-    return CompareResult(
-        json_path=path,
-        tool=str(document.get("tool") or "logitsdump"),
-        timestamp=str(document.get("timestamp") or ""),
-        options=dict(options),
-        summary=dict(summary),
-        cases=cases,
-    )
+    try:
+        return CompareResult(path, CompareDocument.from_dict(document))
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 def find_cases_json(source: Any) -> Path:
@@ -386,14 +181,14 @@ def find_cases_json(source: Any) -> Path:
         raise TypeError(f"expected a path or a CompareSummary, got {type(source).__name__}")
     path = Path(source)
     if path.is_dir():
-        runs = [p for p in path.iterdir() if _RUN_FILE.match(p.name) and p.name.endswith(".json")]
+        runs = [p for p in path.iterdir() if run_tag(p) is not None and p.name.endswith(".json")]
         if not runs:
             raise DataError(f"{path}: no logits_cmp_cases_<timestamp>.json in this folder; "
                             "run `logitsdump compare -o` into it first")
         return max(runs, key=_run_order)
     if not path.exists():
         raise DataError(f"{path} does not exist: give the compare output folder or one of its files")
-    match = _RUN_FILE.match(path.name)
+    match = OUTPUT_NAME.match(path.name)
     if match is None:
         raise DataError(f"{path}: expected the compare output folder, logits_cmp_res_<ts>.csv or "
                         "logits_cmp_cases_<ts>.json")
@@ -405,9 +200,9 @@ def find_cases_json(source: Any) -> Path:
 
 
 def _run_order(path: Path) -> tuple:
-    match = _RUN_FILE.match(path.name)
-    assert match is not None
-    return (match.group(1), int(match.group(2) or 0), path.stat().st_mtime)
+    tag = run_tag(path)
+    assert tag is not None
+    return (*tag, path.stat().st_mtime)
 
 
 def _run_folder(json_dir: Path, output_dir: Any) -> Path | None:
@@ -450,16 +245,15 @@ class TopK:
     problem: str = ""
 
 
-def load_topk(result: CompareResult, case: Case, k: int = 10, step: Step | None = None) -> TopK:
-    """The top-k candidates of both devices at `step` (default: the case's focus step), read from the
-    logits files named in the step. Problems (folder moved, file unreadable) become `problem`."""
-    step = step or case.focus_step()
+def load_topk(result: CompareResult, index: int, k: int = 10, step: Step | None = None) -> TopK:
+    """The top-k candidates of both devices at `step` (default: the focus step of case `index`), read
+    from the logits files named in the step. Problems (folder moved, file unreadable) become `problem`."""
+    step = step or result.cases[index].focus()
     if step is None or not step.file_name:
         return TopK(None, problem="no logits file for this case")
     problems: list[str] = []
     sides: list[tuple[Candidate, ...]] = []
-    folders = (("golden", case.golden_dir or result.golden_dir()), ("test", case.my_dir or result.my_dir()))
-    for label, folder in folders:
+    for label, folder in zip(("golden", "test"), result.folders(index), strict=True):
         if folder is None:
             problems.append(f"{label} folder not found")
             sides.append(())
@@ -469,7 +263,7 @@ def load_topk(result: CompareResult, case: Case, k: int = 10, step: Step | None 
         except FileFormatError as err:
             problems.append(f"{label}: {err}")
             sides.append(())
-    return TopK(step.token_index, sides[0], sides[1], "; ".join(problems))
+    return TopK(step.token_id, sides[0], sides[1], "; ".join(problems))
 
 
 def top_candidates(path: Path, k: int, vocab: Sequence[str] | None = None) -> tuple[Candidate, ...]:
@@ -496,38 +290,3 @@ def top_candidates(path: Path, k: int, vocab: Sequence[str] | None = None) -> tu
         text = vocab[index] if vocab is not None and 0 <= index < len(vocab) else None
         out.append(Candidate(int(index), text, value, prob))
     return tuple(out)
-
-
-# ---- small converters -------------------------------------------------------------------------
-
-
-def finite_float(value: Any) -> float | None:
-    """`value` as a finite float, else None (None, text that is no number, NaN, infinities)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if isinstance(value, bool) else finite_float(value)
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value))
-    except ValueError:
-        return None
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _mapping_or_none(value: Any) -> Mapping[str, Any] | None:
-    return value if isinstance(value, Mapping) else None

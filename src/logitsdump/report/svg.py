@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from logitsdump.report.load import finite_float
+from logitsdump.compare.records import finite_float
 
 WIDTH = 360
 HEIGHT = 170

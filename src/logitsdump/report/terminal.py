@@ -12,37 +12,19 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from logitsdump.compare.verdict import (
-    CONSISTENT,
-    DIVERGENT,
-    IDENTICAL,
-    INCOMPLETE,
-    NOISE,
-    PRECISION_SUSPECT,
-    TIE_FLIP,
-)
-from logitsdump.report.explain import VERDICT_HINTS
-from logitsdump.report.load import Case, CompareResult, load_compare, parse_document
+from logitsdump.compare import verdicts
+from logitsdump.compare.records import CaseRecord
+from logitsdump.report.load import CompareResult, load_compare, parse_document
 
 #: How many of the worst cases are listed.
 WORST_CASES = 5
 
 _RESET = "\033[0m"
 _COLORS = {
-    IDENTICAL: "\033[32m",
-    CONSISTENT: "\033[32m",
-    NOISE: "\033[36m",
-    TIE_FLIP: "\033[33m",
-    DIVERGENT: "\033[1;31m",
-    PRECISION_SUSPECT: "\033[1;31m",
-    INCOMPLETE: "\033[35m",
+    **{v.name: f"\033[{v.ansi}m" for v in verdicts.TABLE},
     "bold": "\033[1m",
     "dim": "\033[2m",
 }
-#: Worst first: the order of the "worst cases" list.
-_SEVERITY = {DIVERGENT: 0, PRECISION_SUSPECT: 0, INCOMPLETE: 1, TIE_FLIP: 2, NOISE: 2, CONSISTENT: 3, IDENTICAL: 4}
-#: Passing verdicts that still go on the "worst cases" list (noise picked another token).
-_LISTED_PASSING = (TIE_FLIP, NOISE)
 
 
 def use_color(stream: TextIO | None = None) -> bool:
@@ -80,11 +62,11 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
     if isinstance(summary.get("rows"), int):
         lines.append(f"rows: {summary['rows']} (passed {summary.get('passed', '?')}, "
                      f"failed {summary.get('failed', '?')}, NA {summary.get('na', '?')})")
-    verdicts = ", ".join(
+    count_text = ", ".join(
         f"{paint(v, v) if counts.get(v) else v} {counts.get(v, 0)}" for v in counts
     )
-    lines.append(paint("bold", f"cases: {len(result.cases)}") + f" ({verdicts})")
-    hints = [f"{paint(v, v)}: {VERDICT_HINTS[v]}" for v in counts if counts.get(v) and v in VERDICT_HINTS]
+    lines.append(paint("bold", f"cases: {len(result.cases)}") + f" ({count_text})")
+    hints = [f"{paint(v, v)}: {verdicts.BY_NAME[v].hint}" for v in counts if counts.get(v) and v in verdicts.BY_NAME]
     if hints:
         lines.append("  " + " · ".join(hints))
     # -- tasks
@@ -106,7 +88,7 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
             lines.append(f"  {task:<{task_w}}  {sum(row.values()):>5}" + "".join(cells))
     # -- worst cases
     ranked = sorted(result.cases, key=_severity)
-    listed = [c for c in ranked if not c.passed or c.verdict in _LISTED_PASSING]
+    listed = [c for c in ranked if verdicts.listed_among_worst(c.verdict)]
     shown = listed[:worst]
     if shown:
         lines.append("")
@@ -152,25 +134,20 @@ def _painter(color: bool):
     return paint
 
 
-def _severity(case: Case) -> tuple:
-    return (_SEVERITY.get(case.verdict, 5), -(case.worst_kl or 0.0), case.worst_cosine or 1.0)
+def _severity(case: CaseRecord) -> tuple:
+    return (verdicts.severity(case.verdict), -(case.worst_kl or 0.0), case.worst_cosine or 1.0)
 
 
-def _focus(case: Case) -> str:
-    listed = (TIE_FLIP, DIVERGENT, INCOMPLETE, NOISE, PRECISION_SUSPECT)
-    step = case.focus_step() if case.verdict in listed else None
-    return str(step.token_index) if step is not None and step.token_index is not None else "-"
+def _focus(case: CaseRecord) -> str:
+    return str(case.focus_step) if case.focus_step is not None else "-"
 
 
-def _margin(case: Case) -> float | None:
-    """Golden's margin at the step the case is shown at (a replay: the focus step's change)."""
+def _margin(case: CaseRecord) -> float | None:
+    """Golden's flip margin at the step the case is shown at (a replay: the focus step's change)."""
     if not case.replayed:
         return case.flip_margin
-    step = case.focus_step()
-    for change in case.changes:
-        if step is not None and change.token == step.token_index:
-            return change.golden_margin
-    return None
+    change = case.change_at(case.focus_step)
+    return change.flip_margin if change is not None else None
 
 
 def _num(value: float | None) -> str:

@@ -1,0 +1,307 @@
+"""The per-case verdict: precision bug or numerical noise? (The verdicts themselves: `verdicts.py`.)
+
+A case is the files of one (subject, key), one per generated token.
+
+A free run (both sides chose their own tokens): the tokens are judged in order
+up to and including the first token where the argmax differs; later tokens are
+reported, not judged (the two runs were fed different prefixes from then on).
+- `identical`: every judged token is bitwise equal;
+- `consistent`: every token passes the thresholds and the argmax never differs;
+- `tie-flip`: the tokens before the first argmax change pass, and at the change
+  golden's own logits had the test's choice within `tie_tolerance` of its top-1
+  (`g[golden_top1] - g[my_top1] <= tie_tolerance`, in logits);
+- `divergent`: a token fails before the first change, or the change is not a tie;
+- `incomplete`: a file is missing or unreadable at or before the judged end.
+
+A replayed case (the test side was fed golden's tokens, `dump --replay`: its
+manifest has `extra.replay`): step t of both sides follows the same prefix for
+every t, so every step is judged, against the noise tolerances (`Tolerances`):
+- `identical`: every step is bitwise equal;
+- `consistent`: the argmax never differs and every step is close
+  (KL <= noise_kl and cosine >= noise_cosine);
+- `noise`: the argmax differs only where golden's margin over the test's choice
+  is <= noise_margin (the replay's tie tolerance), and every step is close;
+- `precision-suspect`: an argmax change with a clear golden margin (> noise
+  margin), a step whose distributions are not close (drift), or a failed
+  check (shape, NaN/inf);
+- `incomplete`: a file is missing or unreadable and the others show no problem.
+A verdict is truthy (passes) for identical, consistent, tie-flip and noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+
+from logitsdump.compare.records import ArgmaxChange, CaseRecord, PairMetrics, Step, choose_focus
+from logitsdump.compare.stats import percentile_high, percentile_low
+from logitsdump.compare.verdicts import (
+    CONSISTENT,
+    DIVERGENT,
+    IDENTICAL,
+    INCOMPLETE,
+    NOISE,
+    PRECISION_SUSPECT,
+    TIE_FLIP,
+)
+
+#: Default tie tolerance, in logits.
+DEFAULT_TIE_TOLERANCE = 0.1
+#: Default noise tolerances of replayed cases: what `compare --calibrate` (2 x the 0.99 quantile) suggests
+#: for the embedded tiny model, fp32 golden vs bf16 replayed, 135 cases of 8 tasks (docs/compare.md).
+DEFAULT_NOISE_MARGIN = 1.0
+DEFAULT_NOISE_KL = 0.13
+DEFAULT_NOISE_COSINE = 0.989
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """What separates noise from a precision problem.
+
+    `tie` (free runs) and `noise_margin` (replayed cases): an argmax change is a
+    near-tie (tie-flip; noise) when golden's top-1 logit leads the test's choice by
+    at most this (logits). `noise_kl` and `noise_cosine`: a replayed step is close
+    when KL <= noise_kl and cosine >= noise_cosine.
+    """
+
+    tie: float = DEFAULT_TIE_TOLERANCE
+    noise_margin: float = DEFAULT_NOISE_MARGIN
+    noise_kl: float = DEFAULT_NOISE_KL
+    noise_cosine: float = DEFAULT_NOISE_COSINE
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReplayedCase:
+    """What the judge needs to know of a replayed case: the mode, and how many steps the replay dumped."""
+
+    mode: str
+    #: The number of steps the replay dumped (the files its manifest lists); None: unknown.
+    steps: int | None = None
+
+
+def _ordered(steps: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(sorted(steps, key=lambda s: (s.token_id or 0, s.file_name)))
+
+
+def judge_case(subject: str, key: int | str, steps: Iterable[Step], tolerances: float | Tolerances) -> CaseRecord:
+    """Judge one free-run case from its steps (any order; sorted by token here)."""
+    tie_tolerance = tolerances.tie if isinstance(tolerances, Tolerances) else float(tolerances)
+    ordered = _ordered(steps)
+    verdict, reason, end, flip, finding = "", "", len(ordered), None, ""
+    all_identical = True
+    for index, step in enumerate(ordered):
+        token = step.token_id
+        if step.metrics is None:
+            if step.same_values:
+                continue
+            verdict, finding = (INCOMPLETE, "missing") if step.unavailable else (DIVERGENT, "failed-check")
+            reason, end = f"token {token}: {step.reason}", index + 1
+            break
+        metrics = step.metrics
+        all_identical = all_identical and metrics.identical
+        if not metrics.top1_match:
+            flip, end = step, index + 1
+            change = f"token {token}: argmax {metrics.golden_top1} -> {metrics.my_top1}, golden margin"
+            if metrics.flip_margin <= tie_tolerance:
+                verdict, finding = TIE_FLIP, "near-tie-change"
+                reason = f"{change} {metrics.flip_margin:.6g} <= {tie_tolerance:g}"
+            else:
+                verdict, finding = DIVERGENT, "clear-change"
+                reason = f"{change} {metrics.flip_margin:.6g} > {tie_tolerance:g}"
+            break
+        if not metrics.passed:
+            verdict, end, finding = DIVERGENT, index + 1, "threshold-fail"
+            reason = f"token {token}: fails the thresholds before any argmax change"
+            break
+    if not verdict:
+        verdict = IDENTICAL if all_identical else CONSISTENT
+    judged = ordered[:end]
+    return _case_record(
+        subject, key, verdict, reason, ordered, judged,
+        measured=[s.metrics for s in judged if s.metrics is not None],
+        tokens_compared=sum(1 for s in ordered if s.metrics is not None),
+        changes=(ArgmaxChange.at(flip),) if flip is not None else (),
+        first_diff_token=flip.token_id if flip is not None else None,
+        findings=(finding,) if finding else (),
+    )  # fmt: skip
+
+
+def judge_replay_case(
+    subject: str, key: int | str, steps: Iterable[Step], tolerances: Tolerances, replay: ReplayedCase
+) -> CaseRecord:
+    """Judge one replayed case: every step (all were fed the same prefix on both sides).
+
+    Steps only in golden beyond the replay's last step (`replay.steps`: golden
+    dumped more tokens than the replay) are reported, not judged.
+    """
+    ordered = _ordered(steps)
+    judged = tuple(s for s in ordered if not _beyond_replay(s, replay))
+    measured_steps = [s for s in judged if s.metrics is not None]
+    measured = [s.metrics for s in measured_steps if s.metrics is not None]
+    changes = tuple(ArgmaxChange.at(s) for s in measured_steps if s.changed)
+    clear = [c for c in changes if c.flip_margin > tolerances.noise_margin]
+    far = [s for s in measured_steps if not _close(s.metrics, tolerances)]  # type: ignore[arg-type]
+    failed = [s for s in judged if s.metrics is None and not s.same_values and not s.unavailable]
+    missing = [s for s in judged if s.metrics is None and not s.same_values and s.unavailable]
+    problems: list[str] = []
+    findings: list[str] = []
+    for step in failed:
+        problems.append(f"token {step.token_id}: {step.reason}")
+    if failed:
+        findings.append("failed-check")
+    if clear:
+        worst = max(clear, key=lambda c: c.flip_margin)
+        problems.append(
+            f"{len(clear)} argmax change(s) with a clear golden margin, the largest at token {worst.token}: "
+            f"{worst.golden_token} -> {worst.my_token}, golden margin {worst.flip_margin:.6g} > "
+            f"{tolerances.noise_margin:g} (test's choice ranked {worst.my_rank_in_golden} by golden)"
+        )
+        findings.append("clear-change")
+    if far:
+        worst_step = max(far, key=lambda s: _excess(s.metrics, tolerances))  # type: ignore[arg-type]
+        m = worst_step.metrics
+        assert m is not None
+        problems.append(
+            f"{len(far)} of {len(measured)} steps drift apart, the worst at token {worst_step.token_id}: "
+            f"KL {m.kl_divergence:.3g} (tolerance {tolerances.noise_kl:g}), "
+            f"cosine {m.cosine_similarity:.6f} (tolerance {tolerances.noise_cosine:g})"
+        )
+        findings.append("drift")
+    if problems:
+        verdict, reason = PRECISION_SUSPECT, "; ".join(problems)
+    elif missing:
+        verdict = INCOMPLETE
+        findings.append("missing")
+        reason = "; ".join(f"token {s.token_id}: {s.reason}" for s in missing[:3])
+        if len(missing) > 3:
+            reason += f"; and {len(missing) - 3} more"
+    elif all(s.metrics.identical if s.metrics is not None else s.same_values for s in judged):
+        verdict, reason = IDENTICAL, ""
+    elif changes:
+        verdict = NOISE
+        findings.append("near-tie-change")
+        widest = max(c.flip_margin for c in changes)
+        reason = (f"argmax changes at token(s) {', '.join(str(c.token) for c in changes)}, all near-ties "
+                  f"(largest golden margin {widest:.6g} <= {tolerances.noise_margin:g}); every step within the "
+                  "noise tolerances")
+    else:
+        verdict, reason = CONSISTENT, ""
+    return _case_record(
+        subject, key, verdict, reason, ordered, judged, measured=measured, tokens_compared=len(measured),
+        changes=changes, first_diff_token=changes[0].token if changes else None, replay_mode=replay.mode,
+        findings=tuple(findings),
+    )  # fmt: skip
+
+
+def _case_record(
+    subject: str,
+    key: int | str,
+    verdict: str,
+    reason: str,
+    ordered: tuple[Step, ...],
+    judged: Sequence[Step],
+    *,
+    measured: Sequence[PairMetrics],
+    tokens_compared: int,
+    changes: tuple[ArgmaxChange, ...],
+    first_diff_token: int | None,
+    findings: tuple[str, ...],
+    replay_mode: str | None = None,
+) -> CaseRecord:
+    """The verdict record: worst and spread over `measured`, the flip fields from the first change, the focus."""
+    first = changes[0] if changes else None
+    record = CaseRecord(
+        subject=subject,
+        key=key,
+        verdict=verdict,
+        reason=reason,
+        tokens_total=len(ordered),
+        tokens_compared=tokens_compared,
+        tokens_judged=len(judged),
+        first_diff_token=first_diff_token,
+        worst_cosine=min((m.cosine_similarity for m in measured), default=None),
+        worst_kl=max((m.kl_divergence for m in measured), default=None),
+        flip_margin=first.flip_margin if first is not None else None,
+        golden_token=first.golden_token if first is not None else None,
+        my_token=first.my_token if first is not None else None,
+        steps=ordered,
+        replay_mode=replay_mode,
+        changes=changes,
+        findings=findings,
+        **_spread(measured),
+    )
+    focus_step, focus_why = choose_focus(record)
+    return replace(record, focus_step=focus_step, focus_why=focus_why)
+
+
+def _beyond_replay(step: Step, replay: ReplayedCase) -> bool:
+    """A golden-only file past the last step the replay dumped: golden simply dumped more tokens."""
+    return (
+        replay.steps is not None
+        and step.only_in_golden
+        and step.token_id is not None
+        and step.token_id >= replay.steps
+    )
+
+
+def _close(metrics: PairMetrics, tolerances: Tolerances) -> bool:
+    return (metrics.identical or (metrics.kl_divergence <= tolerances.noise_kl
+                                  and metrics.cosine_similarity >= tolerances.noise_cosine))
+
+
+def _excess(metrics: PairMetrics, tolerances: Tolerances) -> float:
+    """How far a step is beyond the noise tolerances (for picking the worst step to name)."""
+    kl = metrics.kl_divergence / tolerances.noise_kl if tolerances.noise_kl > 0 else math.inf
+    gap = 1.0 - tolerances.noise_cosine
+    cos = (1.0 - metrics.cosine_similarity) / gap if gap > 0 else math.inf
+    return max(kl, cos)
+
+
+def _spread(measured: Sequence[PairMetrics]) -> dict[str, float | None]:
+    kls = [m.kl_divergence for m in measured]
+    coss = [m.cosine_similarity for m in measured]
+    return {
+        "mean_kl": math.fsum(kls) / len(kls) if kls else None,
+        "p95_kl": percentile_high(kls),
+        "mean_cosine": math.fsum(coss) / len(coss) if coss else None,
+        "p95_cosine": percentile_low(coss),
+    }
+
+
+def judge_cases(
+    steps: Iterable[Step],
+    tolerances: float | Tolerances,
+    replays: Mapping[tuple[str, int | str], ReplayedCase] | None = None,
+) -> list[CaseRecord]:
+    """Group steps by (subject, key) and judge each case; steps without a key (parse errors) are skipped.
+
+    `tolerances`: a `Tolerances`, or a tie tolerance alone (the rest default).
+    `replays`: (subject, key) -> the replay record of the cases dumped with `--replay`.
+    """
+    tol = tolerances if isinstance(tolerances, Tolerances) else Tolerances(tie=float(tolerances))
+    groups: dict[tuple[str, int | str], list[Step]] = {}
+    for step in steps:
+        if step.key is None:
+            continue
+        groups.setdefault((step.subject, step.key), []).append(step)
+    replays = replays or {}
+    cases = []
+    for (subject, key), group in groups.items():
+        replay = replays.get((subject, key))
+        if replay is not None:
+            cases.append(judge_replay_case(subject, key, group, tol, replay))
+        else:
+            cases.append(judge_case(subject, key, group, tol))
+    return sorted(cases, key=_case_order)
+
+
+def _case_order(case: CaseRecord) -> tuple:
+    """Cases in msit's key order: int keys, then lang/num keys; subject breaks ties."""
+    if isinstance(case.key, int):
+        return (0, case.key, "", 0, case.subject)
+    lang, _, num = str(case.key).partition("/")
+    return (1, 0, lang, int(num) if num.isdigit() else 0, case.subject)

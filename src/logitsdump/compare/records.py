@@ -1,0 +1,651 @@
+"""The records of a comparison: what compare writes and the report reads, defined once.
+
+- `PairMetrics`: every number measured on one pair of logits files (one token);
+- `Step`: one row of the comparison: a file name, its metrics or why there are none;
+- `ArgmaxChange`: a step where the two devices' top-1 differs, and how sure each was;
+- `ManifestSummary`: what a dump's manifest says about the case (question, tokens, dtype...);
+- `CaseRecord`: the verdict of one case, the numbers behind it, and the step to look at first;
+- `CompareDocument`: the case JSON (`logits_cmp_cases_<ts>.json`) as a whole.
+
+Each has `to_dict` (what is written) and `from_dict` (what is read back; the
+report's only reader). Reading is lenient: a missing or mistyped field becomes
+None, so a hand-edited file still renders. The case JSON carries
+`schema_version`; version 1 (logitsdump before the records) is read too.
+
+Names: a *margin* is always in logits. `golden_margin` is golden's top-1 minus
+its top-2 (how sure golden was); `flip_margin` is golden's logit of its own
+choice minus its logit of the test's choice (how far behind golden put the
+test's choice; 0 when both choose the same); `my_flip_margin` is the same on
+the test's side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from logitsdump.compare.verdicts import DIVERGENT, INCOMPLETE, NOISE, PASSING, PRECISION_SUSPECT, TIE_FLIP
+
+#: The version of the case JSON this module writes, and those it reads.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+#: The task of a case whose dumps have no manifest.
+UNKNOWN_TASK = "unknown"
+#: msit's reasons for a row that exists in one folder only.
+ONLY_IN_GOLDEN = "only_in_golden_path"
+ONLY_IN_MY = "only_in_my_path"
+
+#: `Step.metrics` fields that are columns of the per-token CSV after msit's ten (`CSV_EXTRA`).
+CSV_EXTRA = "csv-extra"
+
+
+def _extra() -> Any:
+    return field(metadata={"column": CSV_EXTRA})
+
+
+@dataclass(frozen=True)
+class PairMetrics:
+    """All metrics of one file pair. Truthy when it passes.
+
+    Fields marked `_extra()` are also columns of the per-token CSV, in this order.
+    """
+
+    cosine_similarity: float
+    kl_divergence: float
+    l1_norm: float
+    ulp_max_diff: float
+    ulp: float
+    passed: bool
+    identical: bool
+    max_abs_diff: float = _extra()
+    golden_top1: int = _extra()
+    my_top1: int = _extra()
+    top1_match: bool = _extra()
+    topk_overlap: float = _extra()
+    #: golden's top-1 minus top-2 logit: how sure golden was.
+    golden_margin: float = _extra()
+    #: g[golden_top1] - g[my_top1]: how far behind golden put the test's choice; 0 on a match.
+    flip_margin: float = 0.0
+    #: m[my_top1] - m[golden_top1]: how far ahead the test put its own choice; 0 on a match.
+    my_flip_margin: float = 0.0
+    #: Rank (1 = top) of the test's choice in golden's logits (ties: the lower index first); 1 on a match.
+    my_top1_rank_in_golden: int = 1
+    #: Rank of golden's choice in the test's logits; 1 on a match.
+    golden_top1_rank_in_mine: int = 1
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        # every field is a plain number or bool: no need for asdict's deep copies
+        return {name: getattr(self, name) for name in METRIC_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PairMetrics | None:
+        """The metrics in `data`, or None when a field is missing or not of its type."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = _typed(data.get(f.name), _FIELD_TYPES[f.name])
+            if value is None:
+                return None
+            values[f.name] = value
+        return cls(**values)
+
+
+METRIC_FIELDS = tuple(f.name for f in fields(PairMetrics))
+#: The per-token CSV's columns after msit's ten.
+CSV_EXTRA_COLUMNS = tuple(f.name for f in fields(PairMetrics) if f.metadata.get("column") == CSV_EXTRA)
+_FIELD_TYPES = {f.name: {"float": float, "int": int, "bool": bool}[str(f.type)] for f in fields(PairMetrics)}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One compared token: a file name and its metrics, or the reason there are none."""
+
+    file_name: str
+    key: int | str | None
+    token_id: int | None
+    #: msit's cmp_fail_reason ('' when the metrics exist).
+    reason: str = ""
+    #: The two tensors are bitwise equal (also for rows msit writes as NA, e.g. equal -inf).
+    same_values: bool = False
+    #: A file of the pair is missing or cannot be read (as opposed to a failed check).
+    unavailable: bool = False
+    metrics: PairMetrics | None = None
+    #: The case's subject (from the file name); not written per step.
+    subject: str = ""
+    golden_top1_text: str | None = None
+    my_top1_text: str | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        return self.metrics.passed if self.metrics is not None else None
+
+    @property
+    def changed(self) -> bool:
+        """The two devices' top-1 differs at this step."""
+        return self.metrics is not None and not self.metrics.top1_match
+
+    @property
+    def only_in_golden(self) -> bool:
+        return self.reason == ONLY_IN_GOLDEN
+
+    def metric(self, name: str) -> Any:
+        """One field of the metrics, or None when there are none."""
+        return getattr(self.metrics, name) if self.metrics is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "file_name": self.file_name,
+            "key": self.key,
+            "token_id": self.token_id,
+            "reason": self.reason,
+            "same_values": self.same_values,
+            "unavailable": self.unavailable,
+        }
+        data.update(self.metrics.to_dict() if self.metrics is not None else {"passed": None})
+        data["golden_top1_text"] = self.golden_top1_text
+        data["my_top1_text"] = self.my_top1_text
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], subject: str = "") -> Step:
+        return cls(
+            file_name=_str(data.get("file_name")) or "",
+            key=_key(data.get("key")),
+            token_id=_int(data.get("token_id")),
+            reason=_str(data.get("reason")) or "",
+            same_values=data.get("same_values") is True,
+            unavailable=data.get("unavailable") is True,
+            metrics=PairMetrics.from_dict(data),
+            subject=subject,
+            golden_top1_text=_str(data.get("golden_top1_text")),
+            my_top1_text=_str(data.get("my_top1_text")),
+        )
+
+
+@dataclass(frozen=True)
+class ArgmaxChange:
+    """A step where the two devices' top-1 differs, and how sure each side was."""
+
+    token: int
+    golden_token: int
+    my_token: int
+    #: g[golden_token] - g[my_token] (logits).
+    flip_margin: float
+    #: m[my_token] - m[golden_token] (logits).
+    my_flip_margin: float
+    #: Rank (1 = top) of the test's choice in golden's logits.
+    my_rank_in_golden: int
+    #: Rank of golden's choice in the test's logits.
+    golden_rank_in_mine: int
+    golden_token_text: str | None = None
+    my_token_text: str | None = None
+
+    @classmethod
+    def at(cls, step: Step) -> ArgmaxChange:
+        m = step.metrics
+        assert m is not None
+        return cls(step.token_id or 0, m.golden_top1, m.my_top1, m.flip_margin, m.my_flip_margin,
+                   m.my_top1_rank_in_golden, m.golden_top1_rank_in_mine)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArgmaxChange | None:
+        token = _int(data.get("token"))
+        if token is None:
+            return None
+        return cls(
+            token=token,
+            golden_token=_int(data.get("golden_token")),  # type: ignore[arg-type]
+            my_token=_int(data.get("my_token")),  # type: ignore[arg-type]
+            flip_margin=finite_float(data.get("flip_margin")),  # type: ignore[arg-type]
+            my_flip_margin=finite_float(data.get("my_flip_margin")),  # type: ignore[arg-type]
+            my_rank_in_golden=_int(data.get("my_rank_in_golden")),  # type: ignore[arg-type]
+            golden_rank_in_mine=_int(data.get("golden_rank_in_mine")),  # type: ignore[arg-type]
+            golden_token_text=_str(data.get("golden_token_text")),
+            my_token_text=_str(data.get("my_token_text")),
+        )
+
+
+@dataclass(frozen=True)
+class ReplaySummary:
+    """A replayed dump's record of one case (the manifest's `extra.replay`)."""
+
+    mode: str
+    golden_dir: str
+    #: The test device's own argmax at each forced step.
+    own_tokens: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "golden_dir": self.golden_dir, "own_tokens": list(self.own_tokens)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ReplaySummary | None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("mode"), str):
+            return None
+        return cls(str(data["mode"]), str(data.get("golden_dir") or ""), _ints(data.get("own_tokens")) or ())
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """What one side's manifest says about a case (None fields: not recorded)."""
+
+    task: str | None = None
+    index: int | None = None
+    query: str | None = None
+    input_token_ids: tuple[int, ...] | None = None
+    output_token_ids: tuple[int | None, ...] | None = None
+    output_tokens: tuple[str | None, ...] | None = None
+    output_text: str | None = None
+    model_name: str | None = None
+    dtype: str | None = None
+    logits_dtype: str | None = None
+    device: str | None = None
+    logits_kind: str | None = None
+    replay: ReplaySummary | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, ReplaySummary):
+                value = value.to_dict()
+            data[f.name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ManifestSummary | None:
+        if not isinstance(data, Mapping):
+            return None
+        outputs = data.get("output_token_ids")
+        texts = data.get("output_tokens")
+        inputs = data.get("input_token_ids")
+        return cls(
+            task=_str(data.get("task")),
+            index=_int(data.get("index")),
+            query=_str(data.get("query")),
+            input_token_ids=_ints(inputs),
+            output_token_ids=tuple(_int(t) for t in outputs) if isinstance(outputs, list) else None,
+            output_tokens=tuple(_str(t) for t in texts) if isinstance(texts, list) else None,
+            output_text=_str(data.get("output_text")),
+            model_name=_str(data.get("model_name")),
+            dtype=_str(data.get("dtype")),
+            logits_dtype=_str(data.get("logits_dtype")),
+            device=_str(data.get("device")),
+            logits_kind=_str(data.get("logits_kind")),
+            replay=ReplaySummary.from_dict(data.get("replay")),
+        )
+
+
+#: Why a case's focus step was chosen: code -> the words the report uses.
+FOCUS_REASONS = {
+    "first-change": "the first argmax change",
+    "failing-step": "the first failing token",
+    "lowest-cosine": "the token with the lowest cosine",
+    "surest-change": "the argmax change where golden was surest",
+    "largest-kl": "the step with the largest KL",
+    "first-step": "the first token",
+}
+
+#: What a judgement found, as codes (`CaseRecord.findings`).
+FINDINGS = {
+    "missing": "a logits file is missing or unreadable",
+    "failed-check": "a step fails msit's checks (shape, NaN or inf)",
+    "threshold-fail": "a step fails the thresholds before any argmax change",
+    "near-tie-change": "the argmax changes where golden's margin is within the tolerance",
+    "clear-change": "the argmax changes where golden was clearly sure",
+    "drift": "the distributions drift beyond the noise tolerances",
+}
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """The verdict of one case, with the numbers behind it. Truthy when it passes."""
+
+    subject: str
+    key: int | str
+    verdict: str
+    #: The reasoning in words (for people); `findings` says the same as codes (for programs).
+    reason: str
+    tokens_total: int
+    tokens_compared: int
+    tokens_judged: int
+    first_diff_token: int | None
+    worst_cosine: float | None
+    worst_kl: float | None
+    #: `flip_margin` at the first argmax change.
+    flip_margin: float | None
+    golden_token: int | None
+    my_token: int | None
+    steps: tuple[Step, ...] = field(repr=False)
+    #: "step" or "prefill" for a replayed case (`dump --replay`), None for a free run.
+    replay_mode: str | None = None
+    #: The judged steps where the argmax differs (a free run: at most the first).
+    changes: tuple[ArgmaxChange, ...] = ()
+    #: Over the judged steps with metrics (p95: nearest rank; for cosine the low tail: 95% are >= it).
+    mean_kl: float | None = None
+    p95_kl: float | None = None
+    mean_cosine: float | None = None
+    p95_cosine: float | None = None
+    #: Codes of `FINDINGS`, in the order found.
+    findings: tuple[str, ...] = ()
+    #: The token the report centres on, and why (a code of `FOCUS_REASONS`).
+    focus_step: int | None = None
+    focus_why: str | None = None
+    golden_token_text: str | None = None
+    my_token_text: str | None = None
+    golden_manifest: ManifestSummary | None = field(default=None, repr=False)
+    my_manifest: ManifestSummary | None = field(default=None, repr=False)
+
+    def __bool__(self) -> bool:
+        return self.verdict in PASSING
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    @property
+    def replayed(self) -> bool:
+        return self.replay_mode is not None
+
+    @property
+    def changed_steps(self) -> tuple[int, ...]:
+        return tuple(c.token for c in self.changes)
+
+    @property
+    def label(self) -> str:
+        """`subject #key`, or `#key` when the subject is empty."""
+        return f"{self.subject} #{self.key}" if self.subject else f"#{self.key}"
+
+    @property
+    def task(self) -> str:
+        """The task named in either manifest, else `UNKNOWN_TASK`."""
+        for manifest in (self.golden_manifest, self.my_manifest):
+            if manifest is not None and manifest.task:
+                return manifest.task
+        return UNKNOWN_TASK
+
+    @property
+    def query(self) -> str | None:
+        """The question, from either manifest."""
+        for manifest in (self.golden_manifest, self.my_manifest):
+            if manifest is not None and manifest.query is not None:
+                return manifest.query
+        return None
+
+    def focus(self) -> Step | None:
+        """The step at `focus_step`, if the case has it."""
+        return next((s for s in self.steps if s.token_id == self.focus_step), None)
+
+    def change_at(self, token: int | None) -> ArgmaxChange | None:
+        return next((c for c in self.changes if c.token == token), None)
+
+    def manifest(self, *, golden: bool) -> ManifestSummary | None:
+        return self.golden_manifest if golden else self.my_manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "key": self.key,
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "reason": self.reason,
+            "findings": list(self.findings),
+            "focus_step": self.focus_step,
+            "focus_why": self.focus_why,
+            "tokens_total": self.tokens_total,
+            "tokens_compared": self.tokens_compared,
+            "tokens_judged": self.tokens_judged,
+            "first_diff_token": self.first_diff_token,
+            "worst_cosine": self.worst_cosine,
+            "worst_kl": self.worst_kl,
+            "flip_margin": self.flip_margin,
+            "golden_token": self.golden_token,
+            "my_token": self.my_token,
+            "golden_token_text": self.golden_token_text,
+            "my_token_text": self.my_token_text,
+            "replay_mode": self.replay_mode,
+            "changed_steps": list(self.changed_steps),
+            "changes": [c.to_dict() for c in self.changes],
+            "mean_kl": self.mean_kl,
+            "p95_kl": self.p95_kl,
+            "mean_cosine": self.mean_cosine,
+            "p95_cosine": self.p95_cosine,
+            "steps": [s.to_dict() for s in self.steps],
+            "golden_manifest": self.golden_manifest.to_dict() if self.golden_manifest else None,
+            "my_manifest": self.my_manifest.to_dict() if self.my_manifest else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseRecord:
+        subject = _str(data.get("subject")) or ""
+        raw_steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+        steps = tuple(Step.from_dict(s, subject) for s in raw_steps if isinstance(s, Mapping))
+        raw_changes = data.get("changes") if isinstance(data.get("changes"), list) else []
+        changes = tuple(c for c in (ArgmaxChange.from_dict(d) for d in raw_changes if isinstance(d, Mapping)) if c)
+        key = _key(data.get("key"))
+        findings = data.get("findings")
+        return cls(
+            subject=subject,
+            key=key if key is not None else "",
+            verdict=_str(data.get("verdict")) or "",
+            reason=_str(data.get("reason")) or "",
+            tokens_total=_int(data.get("tokens_total")) or len(steps),
+            tokens_compared=_int(data.get("tokens_compared")) or 0,
+            tokens_judged=_int(data.get("tokens_judged")) or 0,
+            first_diff_token=_int(data.get("first_diff_token")),
+            worst_cosine=finite_float(data.get("worst_cosine")),
+            worst_kl=finite_float(data.get("worst_kl")),
+            flip_margin=finite_float(data.get("flip_margin")),
+            golden_token=_int(data.get("golden_token")),
+            my_token=_int(data.get("my_token")),
+            steps=steps,
+            replay_mode=_str(data.get("replay_mode")),
+            changes=changes,
+            mean_kl=finite_float(data.get("mean_kl")),
+            p95_kl=finite_float(data.get("p95_kl")),
+            mean_cosine=finite_float(data.get("mean_cosine")),
+            p95_cosine=finite_float(data.get("p95_cosine")),
+            findings=tuple(f for f in findings if isinstance(f, str)) if isinstance(findings, list) else (),
+            focus_step=_int(data.get("focus_step")),
+            focus_why=_str(data.get("focus_why")),
+            golden_token_text=_str(data.get("golden_token_text")),
+            my_token_text=_str(data.get("my_token_text")),
+            golden_manifest=ManifestSummary.from_dict(data.get("golden_manifest")),
+            my_manifest=ManifestSummary.from_dict(data.get("my_manifest")),
+        )
+
+
+@dataclass(frozen=True)
+class CompareDocument:
+    """The case JSON of one compare run."""
+
+    tool: str
+    timestamp: str
+    #: `CompareOptions.to_dict()`: the thresholds, tolerances and input folders.
+    options: Mapping[str, Any]
+    #: `CompareSummary.to_dict()`: output paths, row and verdict counts.
+    summary: Mapping[str, Any]
+    cases: tuple[CaseRecord, ...]
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "tool": self.tool,
+            "timestamp": self.timestamp,
+            "options": dict(self.options),
+            "summary": dict(self.summary),
+            "cases": [case.to_dict() for case in self.cases],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompareDocument:
+        """The document; raises ValueError for another schema version or a missing `cases` list."""
+        version = data.get("schema_version")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"schema_version {version!r} is not supported (this version reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}); use the logitsdump that wrote it")
+        if not isinstance(data.get("cases"), list):
+            raise ValueError("expected compare's case JSON with a 'cases' list")
+        raw = [c for c in data["cases"] if isinstance(c, Mapping)]
+        cases = tuple(CaseRecord.from_dict(_upgrade_v1(c) if version == 1 else c) for c in raw)
+        options = data.get("options")
+        summary = data.get("summary")
+        return cls(
+            tool=_str(data.get("tool")) or "logitsdump",
+            timestamp=_str(data.get("timestamp")) or "",
+            options=dict(options) if isinstance(options, Mapping) else {},
+            summary=dict(summary) if isinstance(summary, Mapping) else {},
+            cases=cases,
+            schema_version=SCHEMA_VERSION,
+        )
+
+
+# ---- version 1 ---------------------------------------------------------------------------------
+
+
+def _upgrade_v1(case: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-1 case as version 2: renamed change margins, `unavailable` steps, and the findings and
+    focus that version 1 only said in words (its `reason`, whose wording version 1 fixed)."""
+    data = dict(case)
+    changes = []
+    for change in data.get("changes") or []:
+        if isinstance(change, Mapping):
+            change = dict(change)
+            change["flip_margin"] = change.pop("golden_margin", None)
+            change["my_flip_margin"] = change.pop("my_margin", None)
+            changes.append(change)
+    data["changes"] = changes
+    steps = []
+    for step in data.get("steps") or []:
+        if isinstance(step, Mapping):
+            step = dict(step)
+            step.setdefault("unavailable", _v1_unavailable(_str(step.get("reason")) or ""))
+            steps.append(step)
+    data["steps"] = steps
+    record = CaseRecord.from_dict(data)
+    findings = _v1_findings(record)
+    step, why = choose_focus(replace(record, findings=findings))
+    data["findings"], data["focus_step"], data["focus_why"] = list(findings), step, why
+    return data
+
+
+def _v1_unavailable(reason: str) -> bool:
+    """Version 1's reasons for a file missing or unreadable (the pairing's and the loader's words)."""
+    return reason in (ONLY_IN_GOLDEN, ONLY_IN_MY) or "unreadable" in reason
+
+
+def _v1_findings(case: CaseRecord) -> tuple[str, ...]:
+    """What version 1's judge found, from its verdict and its reason's fixed phrases, in the judge's order."""
+    reason, verdict = case.reason, case.verdict
+    if verdict == INCOMPLETE:
+        return ("missing",)
+    if verdict in (NOISE, TIE_FLIP):
+        return ("near-tie-change",)
+    if verdict == DIVERGENT:
+        if "fails the thresholds" in reason:
+            return ("threshold-fail",)
+        return ("clear-change",) if "argmax" in reason else ("failed-check",)
+    if verdict != PRECISION_SUSPECT:
+        return ()
+    found = []
+    if any(part.startswith("token ") for part in reason.split("; ")):  # "token N: <the check that failed>"
+        found.append("failed-check")
+    if "with a clear golden margin" in reason:
+        found.append("clear-change")
+    if "drift apart" in reason:
+        found.append("drift")
+    return tuple(found)
+
+
+def choose_focus(case: CaseRecord) -> tuple[int | None, str | None]:
+    """The step the report centres on, and why.
+
+    A free run: the first argmax change; else, for a divergent or incomplete case,
+    the last judged token (the one that failed); else the worst cosine.
+    A replayed case: the argmax change where golden was surest (largest flip
+    margin), unless the case is precision-suspect without a clear change (drift or
+    a failed check): then, as without changes, the step with the largest KL.
+    """
+    steps = case.steps
+    if not steps:
+        return None, None
+    if case.replayed:
+        by_token = {s.token_id: s for s in steps}
+        drift_only = case.verdict == PRECISION_SUSPECT and "clear-change" not in case.findings
+        changes = [c for c in case.changes if c.token in by_token]
+        if changes and not drift_only:
+            return max(changes, key=lambda c: c.flip_margin).token, "surest-change"
+        measured = [s for s in steps if s.metrics is not None]
+        if measured:
+            return max(measured, key=lambda s: s.metrics.kl_divergence).token_id, "largest-kl"  # type: ignore[union-attr]
+        return steps[0].token_id, "first-step"
+    if case.first_diff_token is not None and any(s.token_id == case.first_diff_token for s in steps):
+        return case.first_diff_token, "first-change"
+    if case.verdict in (DIVERGENT, INCOMPLETE) and 0 < case.tokens_judged <= len(steps):
+        return steps[case.tokens_judged - 1].token_id, "failing-step"
+    measured = [s for s in steps if s.metrics is not None]
+    if measured:
+        return min(measured, key=lambda s: s.metrics.cosine_similarity).token_id, "lowest-cosine"  # type: ignore[union-attr]
+    return steps[0].token_id, "first-step"
+
+
+# ---- lenient readers ---------------------------------------------------------------------------
+
+
+def _typed(value: Any, kind: type) -> Any:
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind is int:
+        return _int(value)
+    return finite_float(value)
+
+
+def finite_float(value: Any) -> float | None:
+    """`value` as a finite float, else None (None, booleans, text that is no number, NaN, infinities)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _ints(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, list):
+        return None
+    return tuple(number for number in (_int(v) for v in value) if number is not None)
+
+
+def _key(value: Any) -> int | str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    return value if isinstance(value, (int, str)) else str(value)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+

@@ -1,0 +1,74 @@
+"""The compare records: one definition written by compare and read by the report, and version 1 read too.
+
+tests/data/cases_v1_*.json are real case JSONs written by logitsdump before the records (schema
+version 1: the focus step and the findings were only in the words of `reason`), from the demo's
+mmlu_zero_shot free run and boolq replay (paths shortened).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from logitsdump.compare.judge import ReplayedCase, Tolerances, judge_case, judge_replay_case
+from logitsdump.compare.records import SCHEMA_VERSION, CaseRecord, CompareDocument
+
+DATA = Path(__file__).parent / "data"
+
+
+def _v1(name: str) -> CompareDocument:
+    data = json.loads((DATA / name).read_text(encoding="utf-8"))
+    assert data["schema_version"] == 1
+    return CompareDocument.from_dict(data)
+
+
+def _rejudged(case: CaseRecord, tolerances: Tolerances) -> CaseRecord:
+    """The same steps judged again by today's judge, which sets the structured fields from the metrics."""
+    if case.replayed:
+        return judge_replay_case(case.subject, case.key, case.steps, tolerances, ReplayedCase(case.replay_mode))
+    return judge_case(case.subject, case.key, case.steps, tolerances)
+
+
+@pytest.mark.parametrize("name", ["cases_v1_free_run.json", "cases_v1_replay.json"])
+def test_version_1_is_read_with_the_findings_and_focus_todays_judge_gives(name: str) -> None:
+    document = _v1(name)
+    assert document.schema_version == SCHEMA_VERSION and document.cases
+    tolerances = Tolerances()  # the demo ran with the defaults
+    for case in document.cases:
+        again = _rejudged(case, tolerances)
+        assert (case.verdict, case.reason) == (again.verdict, again.reason)
+        assert case.findings == again.findings
+        assert bool(case.findings) == (case.verdict not in ("identical", "consistent"))
+        assert (case.focus_step, case.focus_why) == (again.focus_step, again.focus_why)
+        assert case.focus_step is not None and case.focus() is not None
+        # renamed margins (flip_margin, my_flip_margin); token texts are added later, from vocab.json
+        assert [replace(c, golden_token_text=None, my_token_text=None) for c in case.changes] == list(again.changes)
+
+
+def test_version_1_files_cover_every_focus_rule_the_demo_meets() -> None:
+    whys = {case.focus_why for name in ("cases_v1_free_run.json", "cases_v1_replay.json") for case in _v1(name).cases}
+    assert whys >= {"first-change", "failing-step", "surest-change", "largest-kl"}
+
+
+@pytest.mark.parametrize("name", ["cases_v1_free_run.json", "cases_v1_replay.json"])
+def test_a_record_survives_its_own_round_trip(name: str) -> None:
+    document = _v1(name)
+    written = json.loads(json.dumps(document.to_dict(), allow_nan=False))
+    assert written["schema_version"] == SCHEMA_VERSION
+    again = CompareDocument.from_dict(written)
+    assert again.cases == document.cases
+    assert again.options == document.options and again.summary == document.summary
+
+
+def test_reading_is_lenient_but_never_invents_numbers() -> None:
+    data = json.loads((DATA / "cases_v1_free_run.json").read_text(encoding="utf-8"))
+    case = dict(data["cases"][0])
+    case["worst_kl"] = "not a number"
+    case["steps"] = [dict(case["steps"][0], cosine_similarity=None), *case["steps"][1:]]
+    record = CaseRecord.from_dict(case)
+    assert record.worst_kl is None
+    assert record.steps[0].metrics is None  # one field missing: no metrics rather than made-up ones
+    assert record.steps[1].metrics is not None
