@@ -240,3 +240,23 @@ def test_top_k_matches_a_stable_sort_on_long_vectors(seed: int) -> None:
     x = rng.integers(-20, 21, size).astype(np.float32) if seed % 2 else rng.standard_normal(size).astype(np.float16)
     expected = np.argsort(-x, kind="stable")[:k]
     assert list(K.top_k(x, k)) == list(expected)
+
+
+def test_signed_dp_is_the_change_in_golden_tokens_probability() -> None:
+    rng = np.random.default_rng(7)
+    g = (rng.standard_normal(500) * 3).astype(np.float32)
+    m = g + (rng.standard_normal(500) * 0.3).astype(np.float32)
+    t = int(np.argmax(g))
+
+    def softmax(x: np.ndarray) -> np.ndarray:
+        e = np.exp(x.astype(np.float64) - x.max())
+        return e / e.sum()
+
+    expected = softmax(m)[t] - softmax(g)[t]
+    got = M.pair_metrics(g, m, TH).signed_dp
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15) and got != 0.0
+    assert M.signed_dp(g, m) == pytest.approx(expected, rel=1e-12)
+    assert M.pair_metrics(g, g.copy(), TH).signed_dp == 0.0
+    sharper = g.copy()
+    sharper[t] += 2.0  # the test is surer of golden's choice
+    assert M.pair_metrics(g, sharper, TH).signed_dp > 0 > M.pair_metrics(sharper, g, TH).signed_dp

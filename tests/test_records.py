@@ -72,3 +72,6 @@ def test_reading_is_lenient_but_never_invents_numbers() -> None:
     assert record.worst_kl is None
     assert record.steps[0].metrics is None  # one field missing: no metrics rather than made-up ones
     assert record.steps[1].metrics is not None
+    assert record.steps[1].metrics.signed_dp is None  # a metric added after version 1: absent, not made up
+    bad = dict(case["steps"][1], signed_dp="0.5x")
+    assert CaseRecord.from_dict(dict(case, steps=[bad])).steps[0].metrics is None  # present but mistyped

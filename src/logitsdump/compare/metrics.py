@@ -79,6 +79,16 @@ def _ulp_at(top: float, dtype: str) -> float:
     return max(2.0 ** math.floor(math.log2(top)) * DTYPE_EPS[dtype], tiny)
 
 
+def signed_dp(g: np.ndarray, m: np.ndarray, sums: PairSums | None = None, top1: int | None = None) -> float:
+    """p_m(t) - p_g(t) for golden's top-1 token t (softmax probabilities, float64): how much more (> 0)
+    or less (< 0) probable the test makes golden's choice; in [-1, 1]. `top1`: t, when already known."""
+    s = sums or pair_sums(g, m)
+    t = int(top_k(g, 1)[0]) if top1 is None else top1
+    p_g = math.exp(float(g[t]) - s.g_shift) / s.z_g
+    p_m = math.exp(float(m[t]) - s.m_shift) / s.z_m
+    return p_m - p_g
+
+
 def topk_overlap(g: np.ndarray, m: np.ndarray, k: int) -> float:
     """|top-k(g) ∩ top-k(m)| / k."""
     g_top, m_top = top_k(g, k), top_k(m, k)
@@ -158,11 +168,12 @@ def pair_metrics(
     margin = float(g[g1]) - float(g[g_top[1]]) if g.size > 1 else 0.0
     g_max, m_max = float(g[g1]), float(m[m1])  # the first index of the maximum
     if identical:
-        cos, kl, l1, udiff, mad = 1.0, 0.0, 0.0, 0.0, 0.0
+        cos, kl, l1, udiff, mad, dp = 1.0, 0.0, 0.0, 0.0, 0.0, 0.0
     else:
         sums = pair_sums(g, m, workspace, g_max=g_max, m_max=m_max)
         cos, kl, l1 = cosine_similarity(g, m, sums), kl_divergence(g, m, sums), l1_norm(g, m, sums)
         udiff, mad = abs(g_max - m_max), max_abs_diff(g, m, sums)
+        dp = signed_dp(g, m, sums, top1=g1)
     unit = _ulp_at(m_max, thresholds.dtype)
     changed = g1 != m1
     return PairMetrics(
@@ -179,6 +190,7 @@ def pair_metrics(
         top1_match=g1 == m1,
         topk_overlap=overlap,
         golden_margin=margin,
+        signed_dp=dp,
         flip_margin=float(g[g1]) - float(g[m1]),
         my_flip_margin=float(m[m1]) - float(m[g1]),
         my_top1_rank_in_golden=rank_of(g, m1) if changed else 1,

@@ -80,7 +80,9 @@ def _num(value: float) -> str:
 
 
 def _cell(value: Any) -> Any:
-    """A CSV cell of one of our metric columns: bools as True/False, numbers as they are."""
+    """A CSV cell of one of our metric columns: bools as True/False, numbers as they are, None as NA."""
+    if value is None:
+        return NA
     if isinstance(value, bool):
         return str(value)
     return float(value) if isinstance(value, float) else value

@@ -50,7 +50,8 @@ def _extra() -> Any:
 class PairMetrics:
     """All metrics of one file pair. Truthy when it passes.
 
-    Fields marked `_extra()` are also columns of the per-token CSV, in this order.
+    Fields marked `_extra()` are also columns of the per-token CSV, in this order. A metric added
+    after schema version 1 is typed `float | None`: files written before it read back with None there.
     """
 
     cosine_similarity: float
@@ -67,6 +68,8 @@ class PairMetrics:
     topk_overlap: float = _extra()
     #: golden's top-1 minus top-2 logit: how sure golden was.
     golden_margin: float = _extra()
+    #: p_test - p_golden of golden's top-1 token (softmax probabilities): > 0 when the test is surer of it.
+    signed_dp: float | None = _extra()
     #: g[golden_top1] - g[my_top1]: how far behind golden put the test's choice; 0 on a match.
     flip_margin: float = 0.0
     #: m[my_top1] - m[golden_top1]: how far ahead the test put its own choice; 0 on a match.
@@ -88,8 +91,9 @@ class PairMetrics:
         """The metrics in `data`, or None when a field is missing or not of its type."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            value = _typed(data.get(f.name), _FIELD_TYPES[f.name])
-            if value is None:
+            kind, optional = _FIELD_TYPES[f.name]
+            value = _typed(data.get(f.name), kind)
+            if value is None and not (optional and data.get(f.name) is None):
                 return None
             values[f.name] = value
         return cls(**values)
@@ -98,7 +102,13 @@ class PairMetrics:
 METRIC_FIELDS = tuple(f.name for f in fields(PairMetrics))
 #: The per-token CSV's columns after msit's ten.
 CSV_EXTRA_COLUMNS = tuple(f.name for f in fields(PairMetrics) if f.metadata.get("column") == CSV_EXTRA)
-_FIELD_TYPES = {f.name: {"float": float, "int": int, "bool": bool}[str(f.type)] for f in fields(PairMetrics)}
+#: name -> (type, optional): an optional field (`float | None`, a metric added after schema version 1) may be
+#: absent from older files and reads as None; any other missing or mistyped field means no metrics at all.
+_FIELD_TYPES = {
+    f.name: ({"float": float, "int": int, "bool": bool}[str(f.type).removesuffix(" | None")],
+             str(f.type).endswith(" | None"))
+    for f in fields(PairMetrics)
+}
 
 
 @dataclass(frozen=True)
