@@ -24,6 +24,7 @@ from typing import Any
 from logitsdump.compare import verdicts
 from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
+from logitsdump.report import numbers
 from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
 
@@ -645,13 +646,11 @@ _slug = verdicts.slug
 
 
 def _fmt(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4g}"
+    return numbers.general(value, 4, "–")
 
 
 def _fmt_cos(value: float | None) -> str:
-    return "–" if value is None else f"{value:.6f}"
+    return numbers.cosine(value, "–")
 
 
 def _g(value: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from logitsdump.compare import verdicts
 from logitsdump.compare.records import CaseRecord
+from logitsdump.report import numbers
 from logitsdump.report.load import CompareResult, load_compare, parse_document
 
 #: How many of the worst cases are listed.
@@ -151,13 +152,11 @@ def _margin(case: CaseRecord) -> float | None:
 
 
 def _num(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}"
+    return numbers.general(value, 3, "-")
 
 
 def _cos(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
+    return numbers.cosine(value, "-")
 
 
 def _clip(text: str, width: int) -> str:
