@@ -13,8 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from logitsdump import __version__
+from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import EXIT_FAILURE, UserError
 from logitsdump.logs import LEVELS, get_logger, setup_logging
+from logitsdump.protocol import REPLAY_MODES
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -173,7 +175,7 @@ def _add_dump_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--replay-mode",
-        choices=("step", "prefill"),
+        choices=REPLAY_MODES,
         default="step",
         help="our addition: step = forced decoding through the KV-cache decode path (default); "
         "prefill = score the whole golden continuation in one forward pass",
@@ -240,7 +242,7 @@ def _add_compare_parser(subparsers) -> None:
                         help="pass when KL divergence < this, >= 0 (default 0.0001)")
     checks.add_argument("-l1", "--l1-norm", type=_number_at_least(-1.0), default=0.01,
                         help="pass when |relative L1 difference| < this, >= -1 (default 0.01)")
-    checks.add_argument("-d", "--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+    checks.add_argument("-d", "--dtype", choices=DATA_TYPES, default="fp16",
                         help="dtype whose ULP the max-logit test uses (default fp16)")
     checks.add_argument("--topk", type=positive_int, default=10,
                         help="our addition: k of the top-k overlap, at most the vocabulary (default 10)")
