@@ -34,7 +34,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
-from logitsdump.compare.records import ArgmaxChange, CaseRecord, PairMetrics, Step, choose_focus
+from logitsdump.compare.focus import choose_focus
+from logitsdump.compare.records import ArgmaxChange, CaseRecord, PairMetrics, Step
 from logitsdump.compare.stats import percentile_high, percentile_low
 from logitsdump.compare.verdicts import (
     CONSISTENT,

@@ -10,7 +10,8 @@
 Each has `to_dict` (what is written) and `from_dict` (what is read back; the
 report's only reader). Reading is lenient: a missing or mistyped field becomes
 None, so a hand-edited file still renders. The case JSON carries
-`schema_version`; version 1 (logitsdump before the records) is read too.
+`schema_version`; version 1 (logitsdump before the records) is read too
+(`schema_v1.py` upgrades it).
 
 Names: a *margin* is always in logits. `golden_margin` is golden's top-1 minus
 its top-2 (how sure golden was); `flip_margin` is golden's logit of its own
@@ -23,10 +24,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from logitsdump.compare.verdicts import DIVERGENT, INCOMPLETE, NOISE, PASSING, PRECISION_SUSPECT, TIE_FLIP
+from logitsdump.compare.verdicts import PASSING
 
 #: The version of the case JSON this module writes, and those it reads.
 SCHEMA_VERSION = 2
@@ -507,7 +508,11 @@ class CompareDocument:
         if not isinstance(data.get("cases"), list):
             raise ValueError("expected compare's case JSON with a 'cases' list")
         raw = [c for c in data["cases"] if isinstance(c, Mapping)]
-        cases = tuple(CaseRecord.from_dict(_upgrade_v1(c) if version == 1 else c) for c in raw)
+        if version == 1:
+            from logitsdump.compare.schema_v1 import upgrade_case
+
+            raw = [upgrade_case(c) for c in raw]
+        cases = tuple(CaseRecord.from_dict(c) for c in raw)
         options = data.get("options")
         summary = data.get("summary")
         return cls(
@@ -518,95 +523,6 @@ class CompareDocument:
             cases=cases,
             schema_version=SCHEMA_VERSION,
         )
-
-
-# ---- version 1 ---------------------------------------------------------------------------------
-
-
-def _upgrade_v1(case: Mapping[str, Any]) -> dict[str, Any]:
-    """A version-1 case as version 2: renamed change margins, `unavailable` steps, and the findings and
-    focus that version 1 only said in words (its `reason`, whose wording version 1 fixed)."""
-    data = dict(case)
-    changes = []
-    for change in data.get("changes") or []:
-        if isinstance(change, Mapping):
-            change = dict(change)
-            change["flip_margin"] = change.pop("golden_margin", None)
-            change["my_flip_margin"] = change.pop("my_margin", None)
-            changes.append(change)
-    data["changes"] = changes
-    steps = []
-    for step in data.get("steps") or []:
-        if isinstance(step, Mapping):
-            step = dict(step)
-            step.setdefault("unavailable", _v1_unavailable(_str(step.get("reason")) or ""))
-            steps.append(step)
-    data["steps"] = steps
-    record = CaseRecord.from_dict(data)
-    findings = _v1_findings(record)
-    step, why = choose_focus(replace(record, findings=findings))
-    data["findings"], data["focus_step"], data["focus_why"] = list(findings), step, why
-    return data
-
-
-def _v1_unavailable(reason: str) -> bool:
-    """Version 1's reasons for a file missing or unreadable (the pairing's and the loader's words)."""
-    return reason in (ONLY_IN_GOLDEN, ONLY_IN_MY) or "unreadable" in reason
-
-
-def _v1_findings(case: CaseRecord) -> tuple[str, ...]:
-    """What version 1's judge found, from its verdict and its reason's fixed phrases, in the judge's order."""
-    reason, verdict = case.reason, case.verdict
-    if verdict == INCOMPLETE:
-        return ("missing",)
-    if verdict in (NOISE, TIE_FLIP):
-        return ("near-tie-change",)
-    if verdict == DIVERGENT:
-        if "fails the thresholds" in reason:
-            return ("threshold-fail",)
-        return ("clear-change",) if "argmax" in reason else ("failed-check",)
-    if verdict != PRECISION_SUSPECT:
-        return ()
-    found = []
-    if any(part.startswith("token ") for part in reason.split("; ")):  # "token N: <the check that failed>"
-        found.append("failed-check")
-    if "with a clear golden margin" in reason:
-        found.append("clear-change")
-    if "drift apart" in reason:
-        found.append("drift")
-    return tuple(found)
-
-
-def choose_focus(case: CaseRecord) -> tuple[int | None, str | None]:
-    """The step the report centres on, and why.
-
-    A free run: the first argmax change; else, for a divergent or incomplete case,
-    the last judged token (the one that failed); else the worst cosine.
-    A replayed case: the argmax change where golden was surest (largest flip
-    margin), unless the case is precision-suspect without a clear change (drift or
-    a failed check): then, as without changes, the step with the largest KL.
-    """
-    steps = case.steps
-    if not steps:
-        return None, None
-    if case.replayed:
-        by_token = {s.token_id: s for s in steps}
-        drift_only = case.verdict == PRECISION_SUSPECT and "clear-change" not in case.findings
-        changes = [c for c in case.changes if c.token in by_token]
-        if changes and not drift_only:
-            return max(changes, key=lambda c: c.flip_margin).token, "surest-change"
-        measured = [s for s in steps if s.metrics is not None]
-        if measured:
-            return max(measured, key=lambda s: s.metrics.kl_divergence).token_id, "largest-kl"  # type: ignore[union-attr]
-        return steps[0].token_id, "first-step"
-    if case.first_diff_token is not None and any(s.token_id == case.first_diff_token for s in steps):
-        return case.first_diff_token, "first-change"
-    if case.verdict in (DIVERGENT, INCOMPLETE) and 0 < case.tokens_judged <= len(steps):
-        return steps[case.tokens_judged - 1].token_id, "failing-step"
-    measured = [s for s in steps if s.metrics is not None]
-    if measured:
-        return min(measured, key=lambda s: s.metrics.cosine_similarity).token_id, "lowest-cosine"  # type: ignore[union-attr]
-    return steps[0].token_id, "first-step"
 
 
 # ---- lenient readers ---------------------------------------------------------------------------
