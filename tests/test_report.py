@@ -100,6 +100,7 @@ def case_sections(text: str) -> list[str]:
 # ---- the page ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_has_every_section_and_the_verdict_counts(real_run: CompareSummary) -> None:
     path = write_report(real_run)
     assert path == real_run.cases_json_path.parent / "report.html"
@@ -138,6 +139,7 @@ def test_report_has_every_section_and_the_verdict_counts(real_run: CompareSummar
     assert "default-src 'none'" in text
 
 
+@pytest.mark.slow
 def test_first_divergence_is_highlighted_where_the_texts_differ(real_run: CompareSummary) -> None:
     text, _ = parse(write_report(real_run))
     document = json.loads(real_run.cases_json_path.read_text(encoding="utf-8"))
@@ -161,6 +163,7 @@ def test_first_divergence_is_highlighted_where_the_texts_differ(real_run: Compar
     assert any(c["verdict"] in ("tie-flip", "divergent") for c in document["cases"])
 
 
+@pytest.mark.slow
 def test_topk_comes_from_the_logits_files(real_run: CompareSummary) -> None:
     result = load_compare(real_run)
     for index, case in enumerate(result.cases):
@@ -177,6 +180,7 @@ def test_topk_comes_from_the_logits_files(real_run: CompareSummary) -> None:
             assert all(c.text is not None for c in side)  # vocab.json is dumped beside the logits
 
 
+@pytest.mark.slow
 def test_loads_a_folder_a_result_csv_or_the_json(real_run: CompareSummary, tmp_path: Path) -> None:
     folder = real_run.cases_json_path.parent
     expected = real_run.cases_json_path
@@ -215,6 +219,7 @@ def _inputs(summary: CompareSummary) -> tuple[str, str]:
     return document["options"]["golden_path"], document["options"]["my_path"]
 
 
+@pytest.mark.slow
 def test_relative_input_paths_are_found_from_another_folder(real_run, tmp_path, monkeypatch) -> None:
     golden, mine = (Path(p) for p in _inputs(real_run))
     work = tmp_path / "work"
@@ -230,6 +235,7 @@ def test_relative_input_paths_are_found_from_another_folder(real_run, tmp_path, 
     assert len(summary.cases) == 5
 
 
+@pytest.mark.slow
 def test_without_manifests_token_ids_replace_texts(real_run: CompareSummary, tmp_path: Path) -> None:
     golden, mine = (Path(p) for p in _inputs(real_run))
     for src, dst in ((golden, tmp_path / "g"), (mine, tmp_path / "m")):
@@ -251,6 +257,7 @@ def test_without_manifests_token_ids_replace_texts(real_run: CompareSummary, tmp
     assert UNKNOWN_TASK in summary_text
 
 
+@pytest.mark.slow
 def test_text_is_escaped(real_run: CompareSummary, tmp_path: Path) -> None:
     golden, mine = (Path(p) for p in _inputs(real_run))
     shutil.copytree(golden, tmp_path / "g")
@@ -298,6 +305,7 @@ class _Tty(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 def test_terminal_summary_counts_tasks_and_worst_cases(real_run: CompareSummary) -> None:
     text = format_summary(real_run)
     assert not ANSI.search(text)
@@ -314,6 +322,7 @@ def test_terminal_summary_counts_tasks_and_worst_cases(real_run: CompareSummary)
     assert ANSI.search(format_summary(real_run, color=True))
 
 
+@pytest.mark.slow
 def test_colour_only_on_a_terminal_without_no_color(real_run, monkeypatch) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)
     plain = io.StringIO()
@@ -343,6 +352,7 @@ def _restore_logging():
     logger.propagate = propagate
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("_restore_logging")
 def test_cli_report_writes_the_page(real_run: CompareSummary, tmp_path: Path, capsys) -> None:
     out = tmp_path / "r.html"
@@ -357,6 +367,7 @@ def test_cli_report_writes_the_page(real_run: CompareSummary, tmp_path: Path, ca
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("_restore_logging")
 def test_compare_prints_the_summary_table(real_run: CompareSummary, tmp_path: Path, capsys) -> None:
     golden, mine = _inputs(real_run)
@@ -366,6 +377,7 @@ def test_compare_prints_the_summary_table(real_run: CompareSummary, tmp_path: Pa
     assert "results: " in stdout and "logits_cmp_cases_" in stdout
 
 
+@pytest.mark.slow
 def test_installed_command_writes_the_report(real_run: CompareSummary, tmp_path: Path) -> None:
     from helpers import run_cli
 
@@ -386,9 +398,12 @@ def test_a_run_without_cases_still_renders(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("_restore_logging")
-def test_dash_o_is_the_output_folder_of_every_command(real_run: CompareSummary, tmp_path: Path, capsys) -> None:
+def test_dash_o_is_the_output_folder_of_every_command(tmp_path: Path, capsys) -> None:
     """`-o DIR` (or `--output-dir`, or msit's `--output`) names the folder each command writes in."""
-    golden, mine = _inputs(real_run)
+    from test_compare_replay import _build
+
+    _build(tmp_path / "in")
+    golden, mine = str(tmp_path / "in" / "golden"), str(tmp_path / "in" / "mine")
     for spelling in ("-o", "--output-dir", "--output"):
         out = tmp_path / spelling.strip("-") / "new"
         assert main(["compare", "-gp", golden, "-mp", mine, spelling, str(out)]) == 0

@@ -90,6 +90,7 @@ def report(tmp_path_factory) -> tuple[Path, int, int]:
     return write_report(summary), len(summary.cases), summary.verdicts["divergent"]
 
 
+@pytest.mark.slow
 def test_page_renders_sections_and_plots_without_script_errors(report, tmp_path) -> None:
     path, cases, divergent = report
     result = run_chromium(tmp_path, "dom", "--enable-logging=stderr", "--v=0", "--dump-dom",
@@ -112,6 +113,7 @@ def test_page_renders_sections_and_plots_without_script_errors(report, tmp_path)
         assert f'id="{section}"' in dom
 
 
+@pytest.mark.slow
 def test_screenshot_is_a_non_blank_png(report, tmp_path) -> None:
     path, _, _ = report
     shot = tmp_path / "report.png"
