@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,68 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         [sys.executable, "-m", "logitsdump", *args],
         cwd=cwd, env=env if env is not None else cli_env(), capture_output=True, text=True, timeout=timeout,
     )
+
+
+#: A stand-in for modeltest, torchrun or our own runner: records the protocol variables (and the
+#: list file's text) in record.json beside itself, prints a line, then acts as FAKE_MODE says:
+#: exit3, kill (SIGKILL itself), sleep / stubborn (start a grandchild, write pids.json, sleep;
+#: stubborn ignores SIGINT and SIGTERM), write (empty logits files as a dump would name them).
+FAKE_RUNNER = """\
+import ast, json, os, pathlib, signal, subprocess, sys, time
+here = pathlib.Path(__file__).resolve().parent
+names = ["BAD_CASE_LOGITS_DUMP", "LOGITS_DUMP_TOKEN_MAX_LENGTH", "BAD_CASE_LIST",
+         "LOGITSDUMP_BAD_CASE_LIST_FILE", "LOGITSDUMP_RESUME", "LOGITSDUMP_LOGITS_FP32"]
+record = {name: os.environ.get(name) for name in names}
+record["argv"] = sys.argv
+list_file = os.environ.get("LOGITSDUMP_BAD_CASE_LIST_FILE")
+if list_file:
+    record["list_file_text"] = pathlib.Path(list_file).read_text()
+(here / "record.json").write_text(json.dumps(record))
+print("hello from the child", flush=True)
+mode = os.environ.get("FAKE_MODE", "")
+if mode == "exit3":
+    print("the child failed", file=sys.stderr)
+    sys.exit(3)
+if mode == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode in ("sleep", "stubborn"):
+    ready = here / "grandchild-ready"
+    code = "import pathlib, signal, sys, time\\n"
+    if mode == "stubborn":
+        code += "signal.signal(signal.SIGINT, signal.SIG_IGN)\\n"
+        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+    code += "pathlib.Path(sys.argv[1]).touch(); time.sleep(120)"
+    grandchild = subprocess.Popen([sys.executable, "-c", code, str(ready)])
+    while not ready.exists():
+        time.sleep(0.01)
+    (here / "pids.tmp").write_text(json.dumps([os.getpid(), grandchild.pid]))
+    os.replace(here / "pids.tmp", here / "pids.json")
+    time.sleep(120)
+if mode == "write":
+    argv = sys.argv
+    out = argv[argv.index("--output_dir") + 1] if "--output_dir" in argv else "."
+    folder = pathlib.Path(out, "data", "CPU", "precision_test", "boolq", "fp32", "fake", "logits")
+    folder.mkdir(parents=True, exist_ok=True)
+    indices = ast.literal_eval(os.environ["BAD_CASE_LIST"])
+    for index in indices[: int(os.environ.get("FAKE_LIMIT", len(indices)))]:
+        for t in range(int(os.environ["LOGITS_DUMP_TOKEN_MAX_LENGTH"])):
+            (folder / f"logits_dev_{index}_{t}.pth").write_bytes(b"")
+"""
+
+
+def fake_programs(folder: Path, *names: str) -> Path:
+    """`folder` (created if needed) holding executable FAKE_RUNNER copies named `names`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        script = folder / name
+        script.write_text(f"#!{sys.executable}\n{FAKE_RUNNER}")
+        script.chmod(0o755)
+    return folder
+
+
+def fake_record(folder: Path) -> dict:
+    """What the last fake program run from `folder` recorded."""
+    return json.loads((folder / "record.json").read_text())
 
 
 def alive(pid: int) -> bool:

@@ -14,11 +14,13 @@ from helpers import cli_env, run_cli
 
 
 def test_help_does_not_import_torch():
+    """The one start-up test: `--help` of every command (and alias) imports neither torch nor transformers."""
     code = (
         "import sys\n"
         "from logitsdump.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for cmd in ('eval', 'dump', 'bcanalyze', 'compare'):\n"
+        "for cmd in ('eval', 'bcanalyze', 'dump', 'logitsdump', 'compare', 'logitscmp', 'report', 'demo',"
+        " 'examples'):\n"
         "    try:\n        main([cmd, '--help'])\n    except SystemExit:\n        pass\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"
@@ -34,6 +36,7 @@ def test_console_script_and_module_agree():
     assert run_cli("--version").stdout == done.stdout
 
 
+@pytest.mark.slow
 def test_eval_with_modeltest_flags(tmp_path):
     done = run_cli(
         "eval", "--model_config_path", str(examples.model_config("fp32")),
@@ -46,6 +49,7 @@ def test_eval_with_modeltest_flags(tmp_path):
     assert "accuracy per sub-dataset" in done.stdout and str(debug) in done.stdout
 
 
+@pytest.mark.slow
 def test_hyphenated_flags_and_batches(tmp_path):
     done = run_cli(
         "eval", "--model-config-path", str(examples.model_config("bf16")),
@@ -80,7 +84,10 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize(
+    "case",  # a missing model_path is found by the model loader: that case loads transformers
+    [pytest.param(c, marks=pytest.mark.slow) if c == "missing model_path" else c for c in sorted(BAD_INPUTS)],
+)
 def test_bad_input_gives_one_line(tmp_path, case):
     make, code, needle = BAD_INPUTS[case]
     model, task = make(tmp_path)
@@ -113,14 +120,22 @@ def test_usage_errors_exit_2(flag):
     assert done.returncode == 2
 
 
-def test_examples_copy_runs_as_is(tmp_path):
+def test_examples_copies_and_never_overwrites(tmp_path):
     target = tmp_path / "ex"
     done = run_cli("examples", str(target))
     assert done.returncode == 0, done.stderr
     assert (target / "model/tiny_llama/model.safetensors").is_file()
+    assert (target / "configs/model/tiny_llama_fp32.yaml").is_file()
+    assert (target / "configs/task/mmlu_few_shots.yaml").is_file()
+    again = run_cli("examples", str(target))
+    assert again.returncode == 1 and "not an empty folder" in again.stderr
+
+
+@pytest.mark.slow
+def test_examples_copy_runs_as_is(tmp_path):
+    target = tmp_path / "ex"
+    assert run_cli("examples", str(target)).returncode == 0
     done = run_cli("eval", "--model_config_path", str(target / "configs/model/tiny_llama_fp32.yaml"),
                    "--task_config_path", str(target / "configs/task/mmlu_few_shots.yaml"),
                    "--output_dir", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
-    again = run_cli("examples", str(target))
-    assert again.returncode == 1 and "not an empty folder" in again.stderr

@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.outputs import CSV_COLUMNS
 from logitsdump.compare.pairing import pair_files
 from logitsdump.errors import DataError, UsageError, UserError
-from logitsdump.store import CaseManifest, append_manifest, parse_logits_file_name, write_vocab
+from logitsdump.store import CaseManifest, append_manifest, write_vocab
 
 from helpers import ROW7_G, ROW7_M
 
@@ -96,16 +94,6 @@ def test_pairing_order_and_problem_rows(tmp_path: Path) -> None:
     assert pairs[-2].problem.startswith("parse_error:")
     assert pairs[-1].problem == "only_in_my_path"
     assert pairs[3].key == "cpp/2" and pairs[3].subject == "humanevalx_cpp"
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(max_size=60))
-def test_name_parser_raises_only_user_errors(name: str) -> None:
-    try:
-        key, token = parse_logits_file_name(name)
-    except UserError:
-        return
-    assert isinstance(token, int) and isinstance(key, (int, str))
 
 
 # ---- verdicts ---------------------------------------------------------------------------------

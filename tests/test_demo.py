@@ -8,8 +8,9 @@ from logitsdump.demo.run import DemoOptions, run_demo
 
 from helpers import run_cli
 
+pytestmark = pytest.mark.slow  # both run the demo on the tiny model
 
-@pytest.mark.slow
+
 def test_demo_command_runs_the_whole_flow(tmp_path):
     workdir = tmp_path / "demo"
     done = run_cli("demo", "--workdir", str(workdir))

@@ -17,56 +17,12 @@ from logitsdump.cli import main
 from logitsdump.dump import find_logits_folders, output_dir_of
 from logitsdump.store import CaseManifest, append_manifest
 
-from helpers import alive
-
-#: A stand-in for modeltest: records the protocol variables, then acts as FAKE_MODE says.
-FAKE_MODELTEST = """\
-import ast, json, os, pathlib, subprocess, sys, time
-here = pathlib.Path(__file__).resolve().parent
-names = ["BAD_CASE_LOGITS_DUMP", "LOGITS_DUMP_TOKEN_MAX_LENGTH", "BAD_CASE_LIST",
-         "LOGITSDUMP_BAD_CASE_LIST_FILE", "LOGITSDUMP_RESUME", "LOGITSDUMP_LOGITS_FP32"]
-record = {name: os.environ.get(name) for name in names}
-record["argv"] = sys.argv
-(here / "record.json").write_text(json.dumps(record))
-print("hello from the child", flush=True)
-mode = os.environ.get("FAKE_MODE", "")
-if mode == "exit3":
-    print("the child failed", file=sys.stderr)
-    sys.exit(3)
-if mode in ("sleep", "stubborn"):
-    ready = here / "grandchild-ready"
-    code = "import pathlib, signal, sys, time\\n"
-    if mode == "stubborn":
-        code += "signal.signal(signal.SIGINT, signal.SIG_IGN)\\n"
-        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
-    code += "pathlib.Path(sys.argv[1]).touch(); time.sleep(120)"
-    grandchild = subprocess.Popen([sys.executable, "-c", code, str(ready)])
-    while not ready.exists():
-        time.sleep(0.01)
-    (here / "pids.tmp").write_text(json.dumps([os.getpid(), grandchild.pid]))
-    os.replace(here / "pids.tmp", here / "pids.json")
-    time.sleep(120)
-if mode == "write":
-    argv = sys.argv
-    out = argv[argv.index("--output_dir") + 1] if "--output_dir" in argv else "."
-    folder = pathlib.Path(out, "data", "CPU", "precision_test", "boolq", "fp32", "fake", "logits")
-    folder.mkdir(parents=True, exist_ok=True)
-    indices = ast.literal_eval(os.environ["BAD_CASE_LIST"])
-    for index in indices[: int(os.environ.get("FAKE_LIMIT", len(indices)))]:
-        for t in range(int(os.environ["LOGITS_DUMP_TOKEN_MAX_LENGTH"])):
-            (folder / f"logits_dev_{index}_{t}.pth").write_bytes(b"")
-"""
+from helpers import alive, fake_programs, fake_record
 
 
 @pytest.fixture()
 def fake_bin(tmp_path: Path) -> Path:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name in ("modeltest", "torchrun"):
-        script = folder / name
-        script.write_text(f"#!{sys.executable}\n{FAKE_MODELTEST}")
-        script.chmod(0o755)
-    return folder
+    return fake_programs(tmp_path / "bin", "modeltest", "torchrun")
 
 
 def child_env(fake_bin: Path | None, **extra: str) -> dict[str, str]:
@@ -94,10 +50,6 @@ def csv_file(tmp_path: Path, text: str, name: str = "bad.csv") -> Path:
     return path
 
 
-def record(fake_bin: Path) -> dict:
-    return json.loads((fake_bin / "record.json").read_text())
-
-
 # ---- the protocol, as msit sets it --------------------------------------------------------------
 
 
@@ -115,7 +67,7 @@ def test_child_gets_msit_values(tmp_path: Path, fake_bin: Path, keys: list[str],
         tmp_path, "dump", "-e", "modeltest --batch_size 1", "-bcr", str(bad), "-tr", "10", fake_bin=fake_bin
     )
     assert result.returncode == 0, result.stderr
-    got = record(fake_bin)
+    got = fake_record(fake_bin)
     assert got["BAD_CASE_LOGITS_DUMP"] == "True"
     assert got["LOGITS_DUMP_TOKEN_MAX_LENGTH"] == "10"
     assert got["BAD_CASE_LIST"] == expected
@@ -137,7 +89,7 @@ def test_msit_alias_torchrun_and_our_flags(tmp_path: Path, fake_bin: Path) -> No
         fake_bin=fake_bin,
     )
     assert result.returncode == 0, result.stderr
-    got = record(fake_bin)
+    got = fake_record(fake_bin)
     assert got["argv"][1:] == ["--nproc_per_node", "1", "--no-python", "modeltest"]
     assert got["BAD_CASE_LIST"] == "[3]" and got["LOGITS_DUMP_TOKEN_MAX_LENGTH"] == "1"
     assert got["LOGITSDUMP_RESUME"] == "1" and got["LOGITSDUMP_LOGITS_FP32"] == "1"
@@ -270,21 +222,11 @@ def test_in_process_run_leaves_environ_alone(tmp_path: Path, fake_bin: Path, mon
     before = dict(os.environ)
     assert main(["dump", "-e", "modeltest", "-bcr", str(bad), "-tr", "2"]) == 0
     assert dict(os.environ) == before
-    assert record(fake_bin)["BAD_CASE_LIST"] == "[4]"
+    assert fake_record(fake_bin)["BAD_CASE_LIST"] == "[4]"
     monkeypatch.setenv("FAKE_MODE", "exit3")
     before = dict(os.environ)
     assert main(["dump", "-e", "modeltest", "-bcr", str(bad)]) == 1
     assert dict(os.environ) == before
-
-
-def test_help_does_not_import_torch() -> None:
-    code = (
-        "import sys\nfrom logitsdump.cli import main\n"
-        "for args in (['dump', '--help'], ['bcanalyze', '--help']):\n"
-        "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
-        "assert 'torch' not in sys.modules\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
 
 
 # ---- finding what was written -------------------------------------------------------------------

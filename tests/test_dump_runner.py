@@ -30,6 +30,7 @@ def logits_files(folder):
     return sorted(p.name for p in folder.glob("*.pth"))
 
 
+@pytest.mark.slow
 def test_unsorted_duplicated_list_labels_files_by_true_index(tmp_path, monkeypatch):
     result = dump(tmp_path, monkeypatch, "gsm8k", "[7, 2, 7, 999, -1]", 3)
     folder = result.layout.logits_dir
@@ -42,6 +43,7 @@ def test_unsorted_duplicated_list_labels_files_by_true_index(tmp_path, monkeypat
     assert store.read_vocab(folder)[2] == "</s>"
 
 
+@pytest.mark.slow
 def test_dumped_logits_equal_plain_evaluation_bit_for_bit(tmp_path, monkeypatch):
     result = dump(tmp_path, monkeypatch, "gsm8k", "[4]", 10)
     folder = result.layout.logits_dir
@@ -56,6 +58,7 @@ def test_dumped_logits_equal_plain_evaluation_bit_for_bit(tmp_path, monkeypatch)
         assert int(saved.argmax()) == record.output_token_ids[t] == plain.output_ids[t]
 
 
+@pytest.mark.slow
 def test_bf16_logits_keep_model_dtype_unless_asked(tmp_path, monkeypatch):
     folder = dump(tmp_path / "a", monkeypatch, "gsm8k", "[0]", 2, dtype="bf16").layout.logits_dir
     assert torch.load(next(folder.glob("*.pth")), weights_only=True).dtype == torch.bfloat16
@@ -64,11 +67,13 @@ def test_bf16_logits_keep_model_dtype_unless_asked(tmp_path, monkeypatch):
     assert store.read_manifest(folder)[0].logits_dtype == "float32"
 
 
+@pytest.mark.slow
 def test_need_logits_task_saves_token_zero_only(tmp_path, monkeypatch):
     folder = dump(tmp_path, monkeypatch, "boolq", "[0, 3]", 10).layout.logits_dir
     assert logits_files(folder) == ["logits_dev.jsonl_0_0.pth", "logits_dev.jsonl_3_0.pth"]
 
 
+@pytest.mark.slow
 def test_mmlu_keys_count_globally_across_subjects(tmp_path, monkeypatch):
     plain = run_eval(eval_options(tmp_path / "plain", "mmlu_few_shots"))
     last = plain.outcomes[-1]
@@ -78,6 +83,7 @@ def test_mmlu_keys_count_globally_across_subjects(tmp_path, monkeypatch):
     assert {r.subject for r in records} == {plain.outcomes[0].subject, last.subject}
 
 
+@pytest.mark.slow
 def test_humaneval_dump_uses_int_indices(tmp_path, monkeypatch):
     result = dump(tmp_path, monkeypatch, "humaneval", "[3]", 4)
     assert [o.key for o in result.outcomes] == ["HumanEval/3"]
@@ -90,6 +96,7 @@ def test_dump_refuses_batch_size_above_one(tmp_path, monkeypatch):
         dump(tmp_path, monkeypatch, "gsm8k", "[1]", 2, batch_size=2)
 
 
+@pytest.mark.slow
 def test_resume_completes_a_partial_dump(tmp_path, monkeypatch):
     full = dump(tmp_path / "full", monkeypatch, "gsm8k", "[1, 2, 3]", 4).layout.logits_dir
     partial_root = tmp_path / "partial"

@@ -31,6 +31,7 @@ def test_every_task_is_shipped():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_full_evaluation_writes_modeltest_files(tmp_path, task):
     result = evaluate(tmp_path, task)
@@ -55,6 +56,7 @@ def test_full_evaluation_writes_modeltest_files(tmp_path, task):
     assert total["subject"] == "total" and int(total["total"]) == len(rows)
 
 
+@pytest.mark.slow
 def test_fp32_and_bf16_disagree_on_some_cases(tmp_path):
     differing = 0
     for task in ("boolq", "mmlu_few_shots", "gsm8k"):
@@ -65,6 +67,7 @@ def test_fp32_and_bf16_disagree_on_some_cases(tmp_path):
     assert differing > 0
 
 
+@pytest.mark.slow
 def test_batches_match_single_queries(tmp_path):
     single = evaluate(tmp_path / "bs1", "mmlu_zero_shot", batch_size=1)
     batched = evaluate(tmp_path / "bs4", "mmlu_zero_shot", batch_size=4)

@@ -14,7 +14,7 @@ from logitsdump.errors import ConfigError, DataError
 from logitsdump.runner.config import load_task_config, resolve_dataset_root
 from logitsdump.runner.evaluate import run_eval
 from logitsdump.runner.tasks import get_task
-from logitsdump.runner.tasks.base import Case, Generation, pass_label, stop_length
+from logitsdump.runner.tasks.base import Generation, pass_label
 from logitsdump.runner.tasks.humanevalx import (
     LANGUAGES,
     TOOLCHAINS,
@@ -93,15 +93,6 @@ def test_completion_stopping(lang, text, done):
     assert completion_finished(text, lang) is done
 
 
-def test_stop_length_keeps_the_closing_token():
-    task = get_task("humanevalx")
-    case = Case(0, "cpp", "CPP/0", "q", "", {"lang": "cpp"})
-    ids = [ord(ch) for ch in "  return 1;\n}\nint main(){}"]
-    keep = stop_length(task, case, ids, lambda xs: "".join(map(chr, xs)))
-    assert "".join(map(chr, ids[:keep])) == "  return 1;\n}"
-    assert stop_length(get_task("gsm8k"), case, ids, lambda xs: "") == len(ids)  # no rule: keep all
-
-
 @pytest.mark.parametrize(
     ("lang", "code", "cleaned"),
     [
@@ -157,6 +148,7 @@ def _options(tmp_path):
     return eval_options(tmp_path, "humanevalx", save_debug=True)
 
 
+@pytest.mark.slow
 def test_evaluation_writes_one_bad_case_row_per_case(tmp_path):
     result = run_eval(_options(tmp_path))
     bad = read_csv(result.layout.bad_case_file)
@@ -171,6 +163,7 @@ def test_evaluation_writes_one_bad_case_row_per_case(tmp_path):
     assert [r["subject"] for r in scores] == [*load()[0].subjects, "total"]
 
 
+@pytest.mark.slow
 def test_five_list_dump_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("BAD_CASE_LOGITS_DUMP", "True")
     monkeypatch.setenv("LOGITS_DUMP_TOKEN_MAX_LENGTH", "3")

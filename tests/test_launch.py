@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,43 +12,11 @@ from logitsdump.errors import LaunchError, UsageError
 from logitsdump.launch import launch, split_command, validate_command
 from logitsdump.protocol import DumpRequest
 
-#: A stand-in runner: records the protocol variables it receives, then acts as FAKE_MODE says.
-FAKE_RUNNER = """\
-import json, os, pathlib, sys
-here = pathlib.Path(__file__).resolve().parent
-names = ["BAD_CASE_LOGITS_DUMP", "LOGITS_DUMP_TOKEN_MAX_LENGTH", "BAD_CASE_LIST",
-         "LOGITSDUMP_BAD_CASE_LIST_FILE", "LOGITSDUMP_RESUME", "LOGITSDUMP_LOGITS_FP32"]
-record = {name: os.environ.get(name) for name in names}
-record["argv"] = sys.argv
-list_file = os.environ.get("LOGITSDUMP_BAD_CASE_LIST_FILE")
-if list_file:
-    record["list_file_text"] = pathlib.Path(list_file).read_text()
-(here / "record.json").write_text(json.dumps(record))
-mode = os.environ.get("FAKE_MODE", "")
-if mode == "exit3":
-    sys.exit(3)
-if mode == "kill":
-    os.kill(os.getpid(), 9)
-"""
-
-
-def make_bin(tmp_path: Path, *names: str) -> Path:
-    """A folder with executable fake runners named `names`."""
-    folder = tmp_path / "bin"
-    folder.mkdir(exist_ok=True)
-    for name in names:
-        script = folder / name
-        script.write_text(f"#!{sys.executable}\n{FAKE_RUNNER}")
-        script.chmod(0o755)
-    return folder
+from helpers import fake_programs, fake_record
 
 
 def env_with(folder: Path, **extra: str) -> dict[str, str]:
     return {"PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
-
-
-def record(folder: Path) -> dict:
-    return json.loads((folder / "record.json").read_text())
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -104,7 +70,7 @@ def test_missing_program(tmp_path: Path) -> None:
     ],
 )
 def test_runner_detection(tmp_path: Path, command: str, ours: bool) -> None:
-    folder = make_bin(tmp_path, "modeltest", "model-test", "logitsdump", "torchrun")
+    folder = fake_programs(tmp_path / "bin", "modeltest", "model-test", "logitsdump", "torchrun")
     cmd = validate_command(command, path=str(folder))
     assert cmd.is_logitsdump is ours and cmd.executable.startswith(str(folder))
 
@@ -113,12 +79,12 @@ def test_runner_detection(tmp_path: Path, command: str, ours: bool) -> None:
 
 
 def test_protocol_values_and_environ_untouched(tmp_path: Path) -> None:
-    folder = make_bin(tmp_path, "modeltest")
+    folder = fake_programs(tmp_path / "bin", "modeltest")
     before = dict(os.environ)
     handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     request = DumpRequest(token_max_length=3, indices=(1, 2, 5), logits_fp32=True)
     launch("modeltest --output_dir x", request, base_env=env_with(folder))
-    got = record(folder)
+    got = fake_record(folder)
     assert got["BAD_CASE_LOGITS_DUMP"] == "True"
     assert got["LOGITS_DUMP_TOKEN_MAX_LENGTH"] == "3"
     assert got["BAD_CASE_LIST"] == "[1, 2, 5]"
@@ -129,30 +95,30 @@ def test_protocol_values_and_environ_untouched(tmp_path: Path) -> None:
 
 
 def test_child_status_is_reported(tmp_path: Path) -> None:
-    folder = make_bin(tmp_path, "modeltest")
+    folder = fake_programs(tmp_path / "bin", "modeltest")
     with pytest.raises(LaunchError, match="exited with status 3") as info:
         launch("modeltest", DumpRequest(1, (1,)), base_env=env_with(folder, FAKE_MODE="exit3"))
     assert info.value.exit_code == 1
 
 
 def test_child_killed_by_signal(tmp_path: Path) -> None:
-    folder = make_bin(tmp_path, "modeltest")
+    folder = fake_programs(tmp_path / "bin", "modeltest")
     with pytest.raises(LaunchError, match="killed by signal SIGKILL"):
         launch("modeltest", DumpRequest(1, (1,)), base_env=env_with(folder, FAKE_MODE="kill"))
 
 
 def test_long_list_goes_to_a_file_for_our_runner(tmp_path: Path) -> None:
-    folder = make_bin(tmp_path, "logitsdump")
+    folder = fake_programs(tmp_path / "bin", "logitsdump")
     request = DumpRequest(1, tuple(range(100_000, 130_000)))
     launch("logitsdump eval", request, base_env=env_with(folder))
-    got = record(folder)
+    got = fake_record(folder)
     assert got["BAD_CASE_LIST"] is None
     assert got["list_file_text"] == request.list_literal()
     assert not Path(got["LOGITSDUMP_BAD_CASE_LIST_FILE"]).exists()
 
 
 def test_long_list_is_refused_for_modeltest(tmp_path: Path) -> None:
-    folder = make_bin(tmp_path, "modeltest")
+    folder = fake_programs(tmp_path / "bin", "modeltest")
     with pytest.raises(LaunchError, match=r"too long for one environment variable.*Split the bad-case CSV"):
         launch("modeltest", DumpRequest(1, tuple(range(100_000, 130_000))), base_env=env_with(folder))
     assert not (folder / "record.json").exists()

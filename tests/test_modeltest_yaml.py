@@ -12,6 +12,8 @@ from logitsdump.demo import examples
 
 from helpers import SPEC_BOOLQ, run_cli
 
+pytestmark = pytest.mark.slow  # every test runs `logitsdump eval` on the tiny model
+
 
 def model_yaml(folder: Path) -> Path:
     """The spec's model YAML shape, pointing at the embedded model."""

@@ -14,6 +14,8 @@ from logitsdump.runner.evaluate import EvalOptions, run_eval
 
 from helpers import run_cli
 
+pytestmark = pytest.mark.slow  # every test dumps from the tiny model
+
 
 def dump(tmp_path, monkeypatch, dtype, case_list="[1, 4, 9]", tokens=8, replay=None, mode="step", task="gsm8k"):
     monkeypatch.setenv("BAD_CASE_LOGITS_DUMP", "True")

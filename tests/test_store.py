@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logitsdump import store
@@ -57,10 +57,33 @@ def test_bad_names(name):
         store.parse_logits_file_name(name)
 
 
-@given(st.text(max_size=80))
+#: Pieces of a logits file name: real subjects and languages, huge numbers, odd text.
+name_part = st.one_of(
+    st.sampled_from(["logits", "dev.jsonl", "cpp", "go", "java", "js", "python", "", "..", "٣", "=x"]),
+    st.integers(0, 10**30).map(str),
+    st.text(max_size=6),
+)
+names = st.one_of(
+    st.text(max_size=80),
+    st.builds(lambda parts, suffix: "_".join(parts) + suffix,
+              st.lists(name_part, max_size=8), st.sampled_from([".pth", ".safetensors", "", ".pth.tmp"])),
+)
+
+
+@settings(max_examples=200)
+@given(names)
 def test_name_parser_raises_only_user_errors(name):
-    with contextlib.suppress(UserError):  # anything else escaping fails the test
-        store.parse_logits_file_name(name)
+    try:
+        key, token = store.parse_logits_file_name(name)
+    except UserError:  # anything else escaping fails the test
+        return
+    assert isinstance(token, int) and token >= 0 and isinstance(key, (int, str))
+
+
+def test_name_parser_with_more_digits_than_python_converts() -> None:
+    for name in ("logits_a_1_" + "9" * 5000 + ".pth", "logits_cpp_" + "9" * 5000 + "_0.pth"):
+        with contextlib.suppress(UserError):
+            store.parse_logits_file_name(name)
 
 
 def test_save_logits_is_one_cpu_tensor(tmp_path):

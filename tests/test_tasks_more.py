@@ -206,6 +206,7 @@ def test_truthfulqa_answer_extraction_and_scores(tokenizer):
     assert mc1 == 1.0 and mc3 == 0.5 and 0.5 < mc2 < 1
 
 
+@pytest.mark.slow
 def test_truthfulqa_scoring_stage_sums_answer_logprobs(tmp_path):
     result = run_eval(options(tmp_path, "truthfulqa"))
     scoring = [o for o in result.outcomes if o.pass_label == "NotJudged"]
@@ -217,6 +218,7 @@ def test_truthfulqa_scoring_stage_sums_answer_logprobs(tmp_path):
 # --- every new task evaluates and dumps --------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", NEW_TASKS)
 def test_new_task_evaluates_and_dumps(tmp_path, monkeypatch, task):
     plain = run_eval(options(tmp_path / "plain", task))
@@ -240,6 +242,7 @@ def test_new_task_evaluates_and_dumps(tmp_path, monkeypatch, task):
             assert torch.load(dumped.layout.logits_dir / name, weights_only=True).shape == (1, 259)
 
 
+@pytest.mark.slow
 def test_longbench_truncates_long_inputs_in_the_middle(tmp_path):
     result = run_eval(options(tmp_path, "longbench"))
     config = load_task_config(examples.task_config("longbench"))
@@ -252,6 +255,7 @@ def test_longbench_truncates_long_inputs_in_the_middle(tmp_path):
         assert 1 <= len(outcome.output_token_ids) <= maxlen
 
 
+@pytest.mark.slow
 def test_run_time_sub_datasets_get_result_rows(tmp_path):
     config = load_task_config(examples.task_config("needlebench"))
     result = run_eval(options(tmp_path, "needlebench"))

@@ -15,12 +15,11 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from logitsdump.csvsafe import original, write_csv
 from logitsdump.errors import DataError
-from logitsdump.fsutil import ensure_writable_dir
+from logitsdump.fsutil import claim_stamped, ensure_writable_dir, timestamp
 from logitsdump.logs import get_logger
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
 
@@ -244,8 +243,8 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
         log.warning("no difference between the golden and the test results: no file written")
         return BcanalyzeResult(None, 0, count, tuple(warnings))
     folder = ensure_writable_dir(options.output_dir)
-    path = unique_path(folder, f"{RESULT_PREFIX}{timestamp()}", ".csv")
-    write_csv(path, header, out_rows)
+    with claim_stamped(folder, timestamp(), lambda tag: (f"{RESULT_PREFIX}{tag}.csv",)) as (path,):
+        write_csv(path, header, out_rows)
     log.debug("%d bad case(s) of %d compared written to %s", len(out_rows), count, path)
     return BcanalyzeResult(path, len(out_rows), count, tuple(warnings))
 
@@ -278,21 +277,6 @@ def _index(table: ResultTable, join: Sequence[str], warnings: list[str]) -> dict
     return index
 
 
-def timestamp(now: datetime | None = None) -> str:
-    """`YYYYmmddHHMMSS` in local time (msit's file-name stamp)."""
-    return (now or datetime.now()).strftime("%Y%m%d%H%M%S")
-
-
-def unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """`folder/stem+suffix`, or `stem_1`, `stem_2`, ... when it exists: never overwrite."""
-    path = folder / f"{stem}{suffix}"
-    number = 0
-    while path.exists():
-        number += 1
-        path = folder / f"{stem}_{number}{suffix}"
-    return path
-
-
 def _first(items) -> str:
     items = list(items)
     shown = ", ".join(items[:SHOWN_KEYS])
@@ -308,13 +292,6 @@ class BadCaseKeys:
 
     indices: tuple[int, ...] | tuple[tuple[int, ...], ...]
     duplicates: tuple[str, ...]
-
-    @property
-    def count(self) -> int:
-        """Number of distinct cases."""
-        if self.indices and isinstance(self.indices[0], tuple):
-            return sum(len(group) for group in self.indices)
-        return len(self.indices)
 
 
 def read_keys(path: str | os.PathLike[str]) -> list[tuple[int, str]]:

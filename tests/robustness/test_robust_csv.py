@@ -40,6 +40,7 @@ def assert_inert(path: Path) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_eval_debug_and_result_csvs(tmp_path: Path, capsys) -> None:
     data = tmp_path / "data"
     data.mkdir()

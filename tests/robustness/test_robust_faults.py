@@ -45,6 +45,8 @@ from logitsdump.runner.evaluate import EvalOptions, run_eval
 
 from helpers import alive
 
+pytestmark = pytest.mark.slow  # every test runs the tiny model (a real dump, or eval)
+
 #: Every GSM8K row of the sample dataset, 6 tokens each: 132 files, about 1.5 s of dumping.
 KEYS = list(range(22))
 TOKENS = 6

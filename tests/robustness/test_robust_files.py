@@ -214,6 +214,7 @@ def test_report_loader_does_not_run_pickled_code(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow  # eval hands the folder to the model loader (transformers)
 def test_eval_does_not_run_pickled_model_weights(tmp_path: Path, capsys) -> None:
     """A model folder whose weights are a pickle that runs code: refused by torch's safe loader."""
     model = tmp_path / "model"

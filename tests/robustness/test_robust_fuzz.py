@@ -1,13 +1,13 @@
 # ruff: noqa: E501  (the coverage table in the docstring)
-"""Property-based fuzzing of the three parsers that read untrusted text: the bad-case CSV (whole
-files, bytes and near-valid text), the logits file-name parser and the dump's environment protocol.
+"""Property-based fuzzing of the parsers that read untrusted text: the bad-case CSV (whole files,
+bytes and near-valid text) and the dump's environment protocol.
 Nothing but `logitsdump.errors.UserError` may escape.
 
 Already covered elsewhere (arbitrary text into the inner functions):
 | case | covered by |
 |---|---|
 | parse_keys over lists of arbitrary strings | tests/test_badcase.py::test_key_parser_raises_only_user_errors |
-| parse_logits_file_name over arbitrary text (60 chars) | tests/test_store.py::test_name_parser_raises_only_user_errors, tests/test_compare.py::test_name_parser_raises_only_user_errors |
+| parse_logits_file_name over arbitrary text and name-like parts, huge numbers | tests/test_store.py::test_name_parser_raises_only_user_errors, ::test_name_parser_with_more_digits_than_python_converts |
 | parse_case_list over arbitrary text | tests/test_protocol.py::test_parser_raises_only_user_errors |
 """
 
@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from logitsdump import protocol
 from logitsdump.badcase import read_bad_case_request, read_result_csv
 from logitsdump.errors import UserError
-from logitsdump.store import parse_logits_file_name
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _DIR = Path(tempfile.mkdtemp(prefix="logitsdump-fuzz-"))
@@ -61,32 +60,6 @@ def test_bad_case_csv_near_valid(header: str, keys: list[str], tail: str) -> Non
     except UserError:
         return
     assert protocol.parse_case_list(request.list_literal()) == request.indices  # what the runner will read
-
-
-name_part = st.one_of(
-    st.sampled_from(["logits", "dev.jsonl", "cpp", "go", "java", "js", "python", "", "..", "٣", "=x"]),
-    st.integers(0, 10**30).map(str),
-    st.text(max_size=6),
-)
-
-
-@FUZZ
-@given(st.lists(name_part, max_size=8), st.sampled_from([".pth", ".safetensors", "", ".pth.tmp"]))
-def test_file_name_parser(parts: list[str], suffix: str) -> None:
-    name = "_".join(parts) + suffix
-    try:
-        key, token = parse_logits_file_name(name)
-    except UserError:
-        return
-    assert isinstance(token, int) and token >= 0 and isinstance(key, (int, str))
-
-
-def test_file_name_parser_with_more_digits_than_python_converts() -> None:
-    for name in ("logits_a_1_" + "9" * 5000 + ".pth", "logits_cpp_" + "9" * 5000 + "_0.pth"):
-        try:
-            parse_logits_file_name(name)
-        except UserError:
-            continue
 
 
 env_value = st.one_of(

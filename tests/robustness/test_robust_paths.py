@@ -64,6 +64,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_names_cannot_escape_output_dir(tmp_path: Path, monkeypatch, case: str) -> None:
     names = dict(CASES[case])

@@ -82,10 +82,10 @@ def measure(options: CompareOptions) -> Measured:
     options.validate()
     golden_dir = _input_dir(options.golden_path, "-gp/--golden-path")
     my_dir = _input_dir(options.my_path, "-mp/--my-path")
-    folders = DumpFolders(golden_dir, my_dir)
-    topk = _bounded_topk(options.topk, folders.vocab_size())
     out_dir = ensure_writable_dir(options.output_dir)
     pairs = pair_files(golden_dir, my_dir)
+    folders = DumpFolders(golden_dir, my_dir)
+    topk = _bounded_topk(options.topk, folders.vocab_size())
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
     steps = list(measure_all(pairs, options.thresholds(), topk, options.workers))
     cases = [folders.annotate(case) for case in judge_cases(steps, options.tolerances(), folders.replays(steps))]

@@ -25,11 +25,6 @@ class Defect:
     factor: float = 1.05
     head: int = 0
 
-    def describe(self) -> str:
-        if self.kind == "scale-layer":
-            return f"layer {self.layer}'s output scaled by {self.factor:g}"
-        return f"head {self.head} of layer {self.layer} zeroed"
-
 
 def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
     """Copy the model folder `source` to `target` with `defect` planted in its safetensors weights."""

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
 
 log = get_logger("config")
 
-DATA_TYPES = ("fp16", "bf16", "fp32")
 FRAMEWORKS = ("Huggingface", "Vllm")
 
 

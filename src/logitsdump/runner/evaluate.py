@@ -1,8 +1,10 @@
-"""The evaluation loop of `logitsdump eval`: cases -> batches -> model -> judge -> files.
+"""The evaluation loop of `logitsdump eval`: cases -> batches -> decode -> judge -> record -> files.
 
-It never names a task: the registry gives the task, the task gives its cases
-and judges them. With the dump protocol set, it re-infers only the bad cases
-and writes their logits through `dumping.LogitsWriter`.
+It never names a task nor a framework: the task registry gives the task, which gives
+its cases and judges them; the backend registry gives the model, which the loop
+reaches only through the `Backend` protocol (via `decoding.Decoder`). With the dump
+protocol set, it re-infers only the bad cases and records their logits through
+`dumping.LogitsWriter`.
 """
 
 from __future__ import annotations
@@ -11,20 +13,25 @@ import contextlib
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logitsdump import protocol
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
-from logitsdump.runner import outputs
-from logitsdump.runner.config import load_model_config, load_task_config, resolve_dataset_root
+from logitsdump.runner import backends, outputs
+from logitsdump.runner.config import TaskConfig, load_model_config, load_task_config, resolve_dataset_root
+from logitsdump.runner.decoding import Decoder, Inferred, batches
 from logitsdump.runner.tasks import get_task
-from logitsdump.runner.tasks.base import Case, Generation, is_forward_only, needs_tokenizer, pass_label, stop_rule
+from logitsdump.runner.tasks.base import Case, Task, Tokenizer, needs_tokenizer, pass_label
 
 if TYPE_CHECKING:
-    from logitsdump.runner.backend import HFBackend
+    from logitsdump.protocol import DumpRequest
+    from logitsdump.runner.backends import Backend
+    from logitsdump.runner.distributed import World
+    from logitsdump.runner.dumping import LogitsWriter
+    from logitsdump.runner.replay import ReplaySource
 
 log = get_logger("eval")
 
@@ -68,20 +75,49 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _batches(items: Sequence[Case], size: int, need_logits: bool = False) -> Iterator[Sequence[Case]]:
-    """Consecutive cases, `size` at most, never mixing forward-only and generated cases."""
-    batch: list[Case] = []
-    for case in items:
-        mode_changes = is_forward_only(case, need_logits) != is_forward_only(batch[0], need_logits) if batch else False
-        if batch and (len(batch) == size or mode_changes):
-            yield batch
-            batch = []
-        batch.append(case)
-    if batch:
-        yield batch
+@dataclass(frozen=True)
+class _Plan:
+    """What `run_eval` knows before the model loads."""
+
+    options: EvalOptions
+    task: Task
+    task_config: TaskConfig
+    dataset_root: Path
+    cases: list[Case]  # empty for tasks that build their cases with the model's tokenizer
+    request: DumpRequest | None  # the dump protocol's request; None for a plain evaluation
 
 
-def run_eval(options: EvalOptions, backend: HFBackend | None = None) -> EvalResult:
+@dataclass(frozen=True)
+class _Run:
+    """One evaluation with its model loaded: what every stage reads."""
+
+    options: EvalOptions
+    task: Task
+    task_config: TaskConfig
+    request: DumpRequest | None
+    backend: Backend
+    world: World
+    layout: outputs.OutputLayout
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A batch of cases and its position among all batches (outcomes are put back in that order)."""
+
+    number: int
+    cases: Sequence[Case]
+
+
+@dataclass
+class _Tally:
+    """What one rank sends rank 0: its outcomes with their batch numbers, files written, cases skipped."""
+
+    outcomes: list[tuple[int, outputs.CaseOutcome]] = field(default_factory=list)
+    dumped_files: int = 0
+    skipped: int = 0  # complete already (resume)
+
+
+def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult:
     """Evaluate (or, under the dump protocol, re-infer the bad cases of) one model on one task.
 
     `backend`: an already loaded model to reuse (single process only), e.g. for benchmarks.
@@ -92,73 +128,81 @@ def run_eval(options: EvalOptions, backend: HFBackend | None = None) -> EvalResu
         task = get_task(task_config.task_name)
     except ConfigError as err:
         raise ConfigError(f"task config {task_config.source}: {err}") from None
+    try:  # before anything loads; checked even when a loaded backend is given
+        backend_class = backends.backend_class(model_config.requested_gpu_framework)
+    except ConfigError as err:
+        raise ConfigError(f"model config {model_config.source}: {err}") from None
     request = protocol.read_request()
     if request is not None and options.batch_size != 1:
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")
     dataset_root = resolve_dataset_root(task_config)
     # data errors show before the model loads, except for tasks that build cases with its tokenizer
     cases = [] if needs_tokenizer(task) else task.load_cases(task_config, dataset_root)
+    plan = _Plan(options, task, task_config, dataset_root, cases, request)
 
     from logitsdump.runner import distributed
-    from logitsdump.runner.backend import HFBackend, choose_device
+    from logitsdump.runner.device import choose_device
 
     world = distributed.detect_world(options.tp)
     if backend is not None:
         if world.distributed:
             raise ConfigError("a preloaded backend cannot be shared by torchrun's processes")
-        return _run_loaded(options, task, task_config, dataset_root, cases, request, backend, world)
+        return _run_loaded(plan, backend, world)
     device = choose_device(options.device, world.local_rank if world.distributed else None)
     distributed.init_process_group(world, device.kind)
     try:
-        backend = HFBackend(model_config, device, tensor_parallel=world.tensor_parallel)
-        return _run_loaded(options, task, task_config, dataset_root, cases, request, backend, world)
+        return _run_loaded(plan, backend_class(model_config, device, tensor_parallel=world.tensor_parallel), world)
     finally:
         distributed.shutdown(world)
 
 
-def _run_loaded(options, task, task_config, dataset_root, cases, request, backend, world) -> EvalResult:
-    device = backend.device
-    model_config = backend.config
-    if needs_tokenizer(task):
-        cases = task.load_cases(task_config, dataset_root, tokenizer=backend.tokenizer)
-    if request is not None:
+def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:
+    """Load tokenizer-built cases, pick the dump's bad cases, lay out the outputs, then evaluate."""
+    cases = plan.cases
+    if needs_tokenizer(plan.task):
+        cases = plan.task.load_cases(plan.task_config, plan.dataset_root, tokenizer=backend.tokenizer)
+    if plan.request is not None:
         from logitsdump.runner.dumping import select_cases
 
-        cases = select_cases(cases, request)
-        log.info("dump: %d bad cases to re-infer, %d tokens each", len(cases), request.token_max_length)
+        cases = select_cases(cases, plan.request)
+        log.info("dump: %d bad cases to re-infer, %d tokens each", len(cases), plan.request.token_max_length)
+    model_config = backend.config
     layout = outputs.OutputLayout(
-        output_dir=Path(options.output_dir or "."),
-        device_label=device.label,
-        task_name=task_config.task_name,
+        output_dir=Path(plan.options.output_dir or "."),
+        device_label=backend.device.label,
+        task_name=plan.task_config.task_name,
         data_type=model_config.data_type,
         model_name=model_config.model_name,
         model_type=model_config.model_type,
-        batch_size=options.batch_size,
-        tp=options.tp,
+        batch_size=plan.options.batch_size,
+        tp=plan.options.tp,
     )
+    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout)
     with _sigterm_as_interrupt():
-        return _evaluate(options, task, task_config, cases, backend, layout, request, world)
+        return _evaluate(run, cases)
 
 
-def _make_writer(layout, request, task_config, backend, world):
+def _make_writer(run: _Run, request: DumpRequest) -> LogitsWriter | None:
     """The logits writer of this rank (None when it writes none); rank 0 prepares the folder first."""
     from logitsdump import store
     from logitsdump.runner import distributed
     from logitsdump.runner.dumping import DumpContext, LogitsWriter
 
+    backend, world = run.backend, run.world
     writer = None
     if world.writes_logits:
+        provenance = backend.provenance()
         writer = LogitsWriter(
-            layout.logits_dir,
+            run.layout.logits_dir,
             request,
             DumpContext(
-                task=task_config.task_name,
+                task=run.task_config.task_name,
                 model_name=backend.config.model_name,
-                model_path=str(backend.model_path),
+                model_path=provenance.model_path,
                 dtype=backend.config.data_type,
                 vocab_size=backend.vocab_size,
-                device=backend.device.torch_device,
-                versions=backend.versions(),
+                device=provenance.device,
+                versions=dict(provenance.versions),
             ),
             manifest_name=store.manifest_part_name(world.rank) if world.data_parallel else store.MANIFEST_NAME,
         )
@@ -170,103 +214,100 @@ def _make_writer(layout, request, task_config, backend, world):
     return writer
 
 
-def _evaluate(options, task, task_config, cases, backend, layout, request, world) -> EvalResult:
+def _evaluate(run: _Run, cases: Sequence[Case]) -> EvalResult:
+    """This rank's share of the batches, then (rank 0) everyone's outcomes into the output files."""
     from logitsdump.runner import distributed
 
-    writer = _make_writer(layout, request, task_config, backend, world) if request is not None else None
-    batches = list(_batches(cases, options.batch_size, task_config.need_logits))
+    world = run.world
+    writer = _make_writer(run, run.request) if run.request is not None else None
+    numbered = [_Batch(n, b) for n, b in enumerate(batches(cases, run.options.batch_size, run.task_config.need_logits))]
     error: BaseException | None = None
-    mine: list[tuple[int, outputs.CaseOutcome]] = []
-    dumped_files = skipped = 0
+    tally = _Tally()
     try:
-        mine, dumped_files, skipped = _run_batches(
-            world.my_share(list(enumerate(batches))), options, task, task_config, backend, request, writer, world
-        )
+        tally = _run_batches(run, world.my_share(numbered), writer)
     except Exception as err:  # reported to every rank below; KeyboardInterrupt ends the process as usual
         error = err
     distributed.raise_if_any_failed(world, error)
     counts_here = world.data_parallel or world.is_main  # in tensor parallel, rank 0's results are the results
-    gathered = distributed.gather_to_main(world, (mine, dumped_files, skipped) if counts_here else ([], 0, 0))
-    if not world.is_main:
-        return EvalResult(layout, (), (), dumped_files)
-    ordered = sorted((item for part in gathered for item in part[0]), key=lambda item: item[0])
+    gathered: list[_Tally] | None = distributed.gather_to_main(world, tally if counts_here else _Tally())
+    if not world.is_main or gathered is None:
+        return EvalResult(run.layout, (), (), tally.dumped_files)
+    ordered = sorted((item for part in gathered for item in part.outcomes), key=lambda item: item[0])
     outcomes = [outcome for _, outcome in ordered]
-    dumped_files = sum(part[1] for part in gathered)
-    skipped = sum(part[2] for part in gathered)
+    dumped_files = sum(part.dumped_files for part in gathered)
+    skipped = sum(part.skipped for part in gathered)
     if writer is not None:
         records = writer.finish()
         log.info("dump: %d files for %d cases in %s (%d already complete)",
-                 dumped_files, len(records), layout.logits_dir, skipped)
-    return _write_outputs(options, task, task_config, layout, outcomes, dumped_files)
+                 dumped_files, len(records), run.layout.logits_dir, skipped)
+    return _write_outputs(run.options, run.task, run.task_config, run.layout, outcomes, dumped_files)
 
 
-def _run_batches(numbered_batches, options, task, task_config, backend, request, writer, world):
-    """Infer and judge this rank's batches; returns ((position, outcome) pairs, files written, cases skipped)."""
+def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter | None) -> _Tally:
+    """Decode, judge and record this rank's batches."""
     from tqdm import tqdm
 
-    from logitsdump.runner.dumping import prompt_sha256
-
-    keep_steps = request.token_max_length if request is not None else 0
+    request = run.request
     replay = None
     if request is not None and request.replay_dir is not None:
         from logitsdump.runner.replay import ReplaySource
 
         replay = ReplaySource(request.replay_dir, request.replay_mode)
-    max_input = task_config.requested_max_input_length
-    outcomes: list[tuple[int, outputs.CaseOutcome]] = []
-    dumped_files = 0
-    skipped = 0
-    total = sum(len(batch) for _, batch in numbered_batches)
-    progress = tqdm(total=total, desc=task_config.task_name, unit="case", file=sys.stderr,
-                    disable=None if world.is_main else True, dynamic_ncols=True)
-    for number, batch in numbered_batches:
-        if writer is not None and writer.is_complete(batch[0]):
-            skipped += 1
+    keep_steps = request.token_max_length if request is not None else 0
+    decoder = Decoder(run.backend, run.task, run.task_config, keep_steps, replay)
+    tally = _Tally()
+    total = sum(len(batch.cases) for batch in my_batches)
+    progress = tqdm(total=total, desc=run.task_config.task_name, unit="case", file=sys.stderr,
+                    disable=None if run.world.is_main else True, dynamic_ncols=True)
+    for batch in my_batches:
+        if writer is not None and writer.is_complete(batch.cases[0]):
+            tally.skipped += 1
             progress.update(1)
             continue
-        encoded = [_fit_input(backend.encode(c.query), max_input, task_config.need_truncate_input) for c in batch]
-        forced = None
-        if replay is not None:  # a dump: batch size 1
-            forced = replay.forced_tokens(batch[0], prompt_sha256(batch[0].query), keep_steps)
-            if forced is None:
-                progress.update(1)
-                continue
-        if forced is not None and not is_forward_only(batch[0], task_config.need_logits):
-            decoded = [replay.decode(backend, encoded[0], forced, keep_steps)]
-        elif is_forward_only(batch[0], task_config.need_logits):
-            decoded = _forward_as_decoded(backend, encoded)
-        else:
-            limits = [c.max_new_tokens or task_config.requested_max_output_length for c in batch]
-            stops = [stop_rule(task, c, backend.decode) for c in batch]
-            decoded = backend.greedy(encoded, max(limits), keep_steps, limits=limits, stops=stops)
-        for case, ids, result in zip(batch, encoded, decoded, strict=True):
-            text = backend.decode(result.output_ids)
-            scored = _continuation_logprobs(backend, ids, case.continuation_from)
-            generation = Generation(tuple(ids), tuple(result.output_ids), text, result.first_logits, scored)
-            judgement = task.judge(case, generation, backend.tokenizer)
-            outcomes.append((
-                number,
-                outputs.CaseOutcome(
-                    key=case.key, subject=case.subject, query=case.query,
-                    input_token_ids=tuple(ids), output_token_ids=tuple(result.output_ids), output_text=text,
-                    test_result=judgement.test_result, golden_result=judgement.golden_result,
-                    passed=judgement.passed, pass_label=pass_label(task, judgement.passed),
-                ),
-            ))
+        inferred = decoder.decode(batch.cases)
+        if inferred is None:  # a replay without golden tokens for this case
+            progress.update(1)
+            continue
+        for item in inferred:
+            tally.outcomes.append((batch.number, _judge(run.task, item, run.backend.tokenizer)))
             if writer is not None:
-                extra = None
-                if replay is not None:
-                    extra = replay.extra(result.own_ids or result.output_ids[: len(result.step_logits)])
-                dumped_files += len(
-                    writer.save(case, result.step_logits, ids, result.output_ids,
-                                backend.token_texts(result.output_ids), text, extra)
-                )
-        progress.update(len(batch))
+                tally.dumped_files += _record(writer, item, run.backend, replay)
+        progress.update(len(batch.cases))
     progress.close()
-    return outcomes, dumped_files, skipped
+    return tally
 
 
-def _write_outputs(options, task, task_config, layout, outcomes, dumped_files) -> EvalResult:
+def _judge(task: Task, item: Inferred, tokenizer: Tokenizer) -> outputs.CaseOutcome:
+    """The task's verdict on one decoded case, as the output files show it."""
+    case, generation = item.case, item.generation
+    judgement = task.judge(case, generation, tokenizer)
+    return outputs.CaseOutcome(
+        key=case.key, subject=case.subject, query=case.query,
+        input_token_ids=generation.input_ids, output_token_ids=generation.output_ids, output_text=generation.text,
+        test_result=judgement.test_result, golden_result=judgement.golden_result,
+        passed=judgement.passed, pass_label=pass_label(task, judgement.passed),
+    )
+
+
+def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: ReplaySource | None) -> int:
+    """Write one case's logits files and manifest line; the number of files written."""
+    decoded, generation = item.decoded, item.generation
+    extra = None
+    if replay is not None:
+        extra = replay.extra(decoded.own_ids or decoded.output_ids[: len(decoded.step_logits)])
+    names = writer.save(item.case, decoded.step_logits, generation.input_ids, decoded.output_ids,
+                        backend.token_texts(decoded.output_ids), generation.text, extra)
+    return len(names)
+
+
+def _write_outputs(
+    options: EvalOptions,
+    task: Task,
+    task_config: TaskConfig,
+    layout: outputs.OutputLayout,
+    outcomes: Sequence[outputs.CaseOutcome],
+    dumped_files: int,
+) -> EvalResult:
     """Rank 0: the result file, infer results, debug CSVs, and the table on the terminal."""
     subjects = dict.fromkeys([*task_config.subjects, *(o.subject for o in outcomes)])  # + run-time sub-datasets
     scores = outputs.subject_scores(outcomes, list(subjects))
@@ -281,35 +322,3 @@ def _write_outputs(options, task, task_config, layout, outcomes, dumped_files) -
     if options.save_debug:
         print(f"debug:   {layout.debug_file}")
     return EvalResult(layout, tuple(outcomes), tuple(scores), dumped_files)
-
-
-def _forward_as_decoded(backend, encoded):
-    """need_logits tasks: one forward pass; the argmax is the one 'generated' token."""
-    from logitsdump.runner.backend import Decoded
-
-    results = []
-    for logits in backend.last_logits(encoded):
-        results.append(Decoded([int(logits.argmax())], [logits], logits.float().clone()))
-    return results
-
-
-def _continuation_logprobs(backend, ids, prefix):
-    """log P(ids[k] | ids[:k]) for each query token after `prefix` (none when prefix is None)."""
-    if prefix is None:
-        return ()
-    import torch
-
-    start = min(max(len(backend.encode(prefix)), 1), len(ids))
-    if start >= len(ids):
-        return ()
-    logits = backend.last_logits([ids[:k] for k in range(start, len(ids))])
-    positions = range(start, len(ids))
-    return tuple(float(torch.log_softmax(row.float(), -1)[ids[k]]) for row, k in zip(logits, positions, strict=True))
-
-
-def _fit_input(ids: list[int], max_length: int, truncate: bool) -> list[int]:
-    """Middle-truncate inputs longer than `max_length` when the task asks for it."""
-    if len(ids) <= max_length or not truncate:
-        return ids
-    half = max_length // 2
-    return ids[:half] + ids[len(ids) - (max_length - half):]

@@ -15,6 +15,7 @@ from typing import Any
 from logitsdump import store
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
+from logitsdump.runner.backends.base import Backend, Decoded
 from logitsdump.runner.tasks.base import Case
 
 log = get_logger("replay")
@@ -47,10 +48,8 @@ class ReplaySource:
             return None
         return [int(t) for t in record.output_token_ids[:max_steps]]
 
-    def decode(self, backend: Any, prompt: Sequence[int], forced: Sequence[int], keep_steps: int) -> Any:
+    def decode(self, backend: Backend, prompt: Sequence[int], forced: Sequence[int], keep_steps: int) -> Decoded:
         """Run the forced tokens through the model (step by step, or in one prefill pass)."""
-        from logitsdump.runner.backend import Decoded
-
         if not forced:
             return Decoded([], [], None)
         if self.mode == "prefill":

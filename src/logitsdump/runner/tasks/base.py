@@ -118,14 +118,3 @@ def stop_rule(task: Task, case: Case, decode: Any) -> Callable[[Sequence[int]], 
     if finished is None:
         return None
     return lambda output_ids: bool(finished(case, decode(output_ids)))
-
-
-def stop_length(task: Task, case: Case, output_ids: Sequence[int], decode: Any) -> int:
-    """How many generated tokens to keep: up to and including the one after which the task's
-    stopping rule first holds; all otherwise."""
-    rule = stop_rule(task, case, decode)
-    if rule is not None:
-        for length in range(1, len(output_ids) + 1):
-            if rule(output_ids[:length]):
-                return length
-    return len(output_ids)

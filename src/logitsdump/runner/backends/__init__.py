@@ -1,0 +1,53 @@
+"""The backend registry: the model YAML's `requested_gpu_framework` -> the class that loads it.
+
+Lazy: a backend's module (and its framework: torch, transformers, ...) is imported only
+when that framework is asked for, so importing this registry costs nothing. Adding a
+framework is one module with a class satisfying `base.Backend` and one line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, cast
+
+from logitsdump.errors import ConfigError
+from logitsdump.runner.backends.base import Backend, BackendClass, Decoded, Provenance
+
+if TYPE_CHECKING:
+    from logitsdump.runner.config import ModelConfig
+    from logitsdump.runner.device import Device
+
+__all__ = ["REGISTRY", "Backend", "BackendClass", "Decoded", "Provenance", "backend_class", "load_backend"]
+
+#: requested_gpu_framework (as modeltest spells it; looked up in any case) -> "module:Class"
+REGISTRY: dict[str, str] = {
+    "Huggingface": "logitsdump.runner.backends.huggingface:HFBackend",
+}
+
+#: frameworks modeltest accepts that have no backend here yet -> what to tell the user
+NOT_YET: dict[str, str] = {
+    "Vllm": "the vLLM backend is not available yet (a later release adds it)",
+}
+
+
+def _canonical(name: str, table: dict[str, str]) -> str | None:
+    folded = name.strip().lower()
+    return next((known for known in table if known.lower() == folded), None)
+
+
+def backend_class(framework: str) -> BackendClass:
+    """The class of `framework`'s backend, its module imported now; ConfigError when there is none."""
+    name = _canonical(framework, REGISTRY)
+    if name is None:
+        known = ", ".join(REGISTRY)
+        pending = _canonical(framework, NOT_YET)
+        if pending is not None:
+            raise ConfigError(f"requested_gpu_framework {framework!r}: {NOT_YET[pending]}; available: {known}")
+        raise ConfigError(f"requested_gpu_framework {framework!r}: no such backend; available: {known}")
+    module_name, _, class_name = REGISTRY[name].partition(":")
+    return cast(BackendClass, getattr(importlib.import_module(module_name), class_name))
+
+
+def load_backend(config: ModelConfig, device: Device, *, tensor_parallel: bool = False) -> Backend:
+    """Load the model of `config` with its framework's backend on `device`."""
+    return backend_class(config.requested_gpu_framework)(config, device, tensor_parallel=tensor_parallel)

@@ -1,0 +1,107 @@
+"""Decoding batches of cases through the `Backend` protocol: generation, one forward pass, or a replay.
+
+The evaluation loop hands a batch here and gets back, per case, the `Generation` the
+task judges and the `Decoded` steps the dump records. Nothing here judges or writes,
+and nothing names a framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from logitsdump.runner.backends.base import Backend, Decoded
+from logitsdump.runner.dumping import prompt_sha256
+from logitsdump.runner.tasks.base import Case, Generation, Task, is_forward_only, stop_rule
+
+if TYPE_CHECKING:
+    from logitsdump.runner.config import TaskConfig
+    from logitsdump.runner.replay import ReplaySource
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """One case after decoding: what the judge and the recorder read."""
+
+    case: Case
+    generation: Generation  # for the task's judge
+    decoded: Decoded  # the kept raw steps and replay's own choices, for the dump
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How this run decodes: the backend, the task and its YAML, and the dump's steps and replay."""
+
+    backend: Backend
+    task: Task
+    task_config: TaskConfig
+    keep_steps: int = 0  # steps of raw logits to keep per case (the dump's N; 0 outside a dump)
+    replay: ReplaySource | None = None
+
+    def decode(self, batch: Sequence[Case]) -> list[Inferred] | None:
+        """Decode one batch; None when a replay has no golden tokens for its case (skipped)."""
+        config = self.task_config
+        encoded = [
+            fit_input(self.backend.encode(c.query), config.requested_max_input_length, config.need_truncate_input)
+            for c in batch
+        ]
+        forward_only = is_forward_only(batch[0], config.need_logits)
+        forced = None
+        if self.replay is not None:  # a dump: batch size 1
+            forced = self.replay.forced_tokens(batch[0], prompt_sha256(batch[0].query), self.keep_steps)
+            if forced is None:
+                return None
+        if self.replay is not None and forced is not None and not forward_only:
+            decoded = [self.replay.decode(self.backend, encoded[0], forced, self.keep_steps)]
+        elif forward_only:
+            decoded = forward_as_decoded(self.backend, encoded)
+        else:
+            limits = [c.max_new_tokens or config.requested_max_output_length for c in batch]
+            stops = [stop_rule(self.task, c, self.backend.decode) for c in batch]
+            decoded = self.backend.greedy(encoded, max(limits), self.keep_steps, limits=limits, stops=stops)
+        return [self._inferred(c, ids, result) for c, ids, result in zip(batch, encoded, decoded, strict=True)]
+
+    def _inferred(self, case: Case, ids: list[int], result: Decoded) -> Inferred:
+        text = self.backend.decode(result.output_ids)
+        scored = continuation_logprobs(self.backend, ids, case.continuation_from)
+        generation = Generation(tuple(ids), tuple(result.output_ids), text, result.first_logits, scored)
+        return Inferred(case, generation, result)
+
+
+def batches(items: Sequence[Case], size: int, need_logits: bool = False) -> Iterator[Sequence[Case]]:
+    """Consecutive cases, `size` at most, never mixing forward-only and generated cases."""
+    batch: list[Case] = []
+    for case in items:
+        mode_changes = is_forward_only(case, need_logits) != is_forward_only(batch[0], need_logits) if batch else False
+        if batch and (len(batch) == size or mode_changes):
+            yield batch
+            batch = []
+        batch.append(case)
+    if batch:
+        yield batch
+
+
+def forward_as_decoded(backend: Backend, encoded: Sequence[Sequence[int]]) -> list[Decoded]:
+    """need_logits cases: one forward pass; the argmax is the one 'generated' token."""
+    return [Decoded([int(row.argmax())], [row], row.float().clone()) for row in backend.last_logits(encoded)]
+
+
+def continuation_logprobs(backend: Backend, ids: Sequence[int], prefix: str | None) -> tuple[float, ...]:
+    """log P(ids[k] | ids[:k]) for each query token after `prefix` (none when prefix is None)."""
+    if prefix is None:
+        return ()
+    start = min(max(len(backend.encode(prefix)), 1), len(ids))
+    if start >= len(ids):
+        return ()
+    logits = backend.last_logits([ids[:k] for k in range(start, len(ids))])
+    positions = range(start, len(ids))
+    return tuple(float(row.float().log_softmax(-1)[ids[k]]) for row, k in zip(logits, positions, strict=True))
+
+
+def fit_input(ids: list[int], max_length: int, truncate: bool) -> list[int]:
+    """Middle-truncate inputs longer than `max_length` when the task asks for it."""
+    if len(ids) <= max_length or not truncate:
+        return ids
+    half = max_length // 2
+    return ids[:half] + ids[len(ids) - (max_length - half):]
