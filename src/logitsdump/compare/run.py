@@ -68,8 +68,6 @@ class CompareSummary:
 class Measured:
     """The measuring half of a compare run: every step and every case's verdict, nothing written yet."""
 
-    golden_dir: Path
-    my_dir: Path
     out_dir: Path
     steps: list[Step]
     #: Judged, with token texts and manifest summaries.
@@ -89,7 +87,7 @@ def measure(options: CompareOptions) -> Measured:
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
     steps = list(measure_all(pairs, options.thresholds(), topk, options.workers))
     cases = [folders.annotate(case) for case in judge_cases(steps, options.tolerances(), folders.replays(steps))]
-    return Measured(golden_dir, my_dir, out_dir, steps, cases)
+    return Measured(out_dir, steps, cases)
 
 
 def run_compare(options: CompareOptions, *, now: datetime | None = None) -> CompareSummary:

@@ -154,7 +154,8 @@ def _overview(result: CompareResult) -> str:
     for verdict in shown:
         count = counts.get(verdict, 0)
         cards.append(
-            f'<div class="card v-{_slug(verdict)}{" zero" if count == 0 else ""}" data-verdict="{escape(verdict)}">'
+            f'<div class="card v-{verdicts.slug(verdict)}{" zero" if count == 0 else ""}" '
+            f'data-verdict="{escape(verdict)}">'
             f'<div class="count">{count}</div><div class="name">{escape(verdict)}</div>'
             f'<p>{escape(verdicts.meaning(verdict))}</p></div>'
         )
@@ -167,7 +168,7 @@ def _overview(result: CompareResult) -> str:
         task_rows.append(f"<tr><th>{escape(task)}</th><td class=\"num\">{sum(row.values())}</td>{cells}</tr>")
     if not task_rows:
         task_rows.append(f'<tr><td colspan="{len(shown) + 2}" class="muted">no cases</td></tr>')
-    head = "".join(f'<th class="num"><span class="pill v-{_slug(v)}">{escape(v)}</span></th>' for v in shown)
+    head = "".join(f'<th class="num"><span class="pill v-{verdicts.slug(v)}">{escape(v)}</span></th>' for v in shown)
     summary = result.summary
     replay_note = ""
     if result.replayed:
@@ -246,7 +247,7 @@ def _case_table(result: CompareResult) -> str:
                f"<b>{len(result.cases)}</b></button>"]
     for verdict in result.verdicts_shown():
         buttons.append(
-            f'<button type="button" class="filter on v-{_slug(verdict)}" data-verdict="{escape(verdict)}" '
+            f'<button type="button" class="filter on v-{verdicts.slug(verdict)}" data-verdict="{escape(verdict)}" '
             f'aria-pressed="true">{escape(verdict)} <b>{counts.get(verdict, 0)}</b></button>'
         )
     head = "".join(
@@ -258,7 +259,7 @@ def _case_table(result: CompareResult) -> str:
         cells = [
             _cell(f'<a href="#case-{number}">{escape(case.label)}</a>', case.label.lower()),
             _cell(escape(case.task), case.task),
-            _cell(f'<span class="pill v-{_slug(case.verdict)}">{escape(case.verdict)}</span>',
+            _cell(f'<span class="pill v-{verdicts.slug(case.verdict)}">{escape(case.verdict)}</span>',
                   str(verdicts.rank(case.verdict))),
             _num_cell(case.first_diff_token, str),
             *([_num_cell(len(case.changes) if case.replayed else None, str)] if result.replayed else []),
@@ -327,8 +328,9 @@ def _case_section(result: CompareResult, case: CaseRecord, number: int, k: int) 
         ]
     fact_html = "".join(f"<div><dt>{escape(a)}</dt><dd>{escape(b)}</dd></div>" for a, b in facts)
     parts = [
-        f'<section class="case v-{_slug(case.verdict)}" id="case-{number}" data-verdict="{escape(case.verdict)}">',
-        f'<h3><span class="pill v-{_slug(case.verdict)}">{escape(case.verdict)}</span> {escape(case.label)} '
+        f'<section class="case v-{verdicts.slug(case.verdict)}" id="case-{number}" '
+        f'data-verdict="{escape(case.verdict)}">',
+        f'<h3><span class="pill v-{verdicts.slug(case.verdict)}">{escape(case.verdict)}</span> {escape(case.label)} '
         f'<span class="task">{escape(case.task)}</span></h3>',
         f'<p class="explain">{escape(verdicts.meaning(case.verdict))}</p>',
     ]
@@ -641,7 +643,6 @@ def _steps_table(case: CaseRecord) -> str:
 # ---- formatting -------------------------------------------------------------------------------
 
 
-_slug = verdicts.slug
 
 
 def _fmt(value: float | None) -> str:

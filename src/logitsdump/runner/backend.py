@@ -7,7 +7,7 @@ New code imports from `runner.backends` (the protocol and the registry),
 from __future__ import annotations
 
 from logitsdump.runner.backends.base import Decoded
-from logitsdump.runner.backends.huggingface import DTYPE_NAMES, HFBackend
+from logitsdump.runner.backends.huggingface import HFBackend
 from logitsdump.runner.device import Device, choose_device, npu_available
 
-__all__ = ["DTYPE_NAMES", "Decoded", "Device", "HFBackend", "choose_device", "npu_available"]
+__all__ = ["Decoded", "Device", "HFBackend", "choose_device", "npu_available"]

@@ -23,9 +23,6 @@ from logitsdump.runner.device import Device
 
 log = get_logger("backend")
 
-#: data_type -> torch dtype name
-DTYPE_NAMES = TORCH_NAMES
-
 
 class HFBackend:
     """A local HF transformers causal LM, greedy decoding on one device."""
@@ -39,7 +36,7 @@ class HFBackend:
         self.config = config
         self.device = device
         self.model_path = resolve_model_path(config)
-        self.dtype = getattr(torch, DTYPE_NAMES[config.data_type])
+        self.dtype = getattr(torch, TORCH_NAMES[config.data_type])
         transformers.utils.logging.disable_progress_bar()
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
