@@ -1,6 +1,11 @@
 """Build the embedded tiny Llama (weights, config, byte-level tokenizer) from a seed.
 
     python tools/make_tiny_model.py [--out src/logitsdump/demo/assets/model/tiny_llama]
+    python tools/make_tiny_model.py --head-dim 32 --out DIR   # a variant vLLM can load
+
+vLLM's attention kernels take head sizes 32, 64, 80, 96, 112, 128, ... only, not the shipped
+model's 16: `--head-dim 32` builds the same architecture with wider heads (other weights, since
+the seeded draws change shape), for the vLLM backend's tests and benchmarks.
 
 The weights come from numpy's seeded generator, not from transformers' init
 code, so they are the same whatever the library versions. The init std (0.3)
@@ -70,16 +75,16 @@ def byte_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def build_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    hidden, inter = CONFIG["hidden_size"], CONFIG["intermediate_size"]
-    heads, kv_heads, head_dim = CONFIG["num_attention_heads"], CONFIG["num_key_value_heads"], CONFIG["head_dim"]
-    vocab = CONFIG["vocab_size"]
+def build_weights(rng: np.random.Generator, config: dict = CONFIG) -> dict[str, np.ndarray]:
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    heads, kv_heads, head_dim = config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]
+    vocab = config["vocab_size"]
 
     def normal(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * INIT_STD).astype(np.float32)
 
     weights = {"model.embed_tokens.weight": normal(vocab, hidden)}
-    for layer in range(CONFIG["num_hidden_layers"]):
+    for layer in range(config["num_hidden_layers"]):
         prefix = f"model.layers.{layer}."
         weights[prefix + "self_attn.q_proj.weight"] = normal(heads * head_dim, hidden)
         weights[prefix + "self_attn.k_proj.weight"] = normal(kv_heads * head_dim, hidden)
@@ -137,12 +142,16 @@ def main() -> None:
     default_out = Path(__file__).resolve().parents[1] / "src/logitsdump/demo/assets/model/tiny_llama"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_out)
-    out = parser.parse_args().out
+    parser.add_argument("--head-dim", type=int, default=CONFIG["head_dim"],
+                        help=f"width of each attention head (default {CONFIG['head_dim']}; vLLM needs 32 or more)")
+    args = parser.parse_args()
+    out = args.out
+    config = {**CONFIG, "head_dim": args.head_dim}
     out.mkdir(parents=True, exist_ok=True)
-    weights = build_weights(np.random.default_rng(SEED))
+    weights = build_weights(np.random.default_rng(SEED), config)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "model.safetensors").chmod(0o644)
-    (out / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": False}, indent=2) + "\n"
     )

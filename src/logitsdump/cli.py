@@ -85,6 +85,17 @@ def _add_eval_parser(subparsers) -> None:
         default="auto",
         help="our extension: auto (CUDA, else NPU, else CPU), cpu, cuda, cuda:N, npu, npu:N",
     )
+    from logitsdump.runner.backends import REGISTRY
+
+    add_flag(
+        parser,
+        "backend",
+        type=str.lower,
+        choices=[name.lower() for name in REGISTRY],
+        default=None,
+        help="our extension: the framework that runs the model, instead of the model YAML's "
+        "requested_gpu_framework (vllm needs the logitsdump[vllm] extra)",
+    )
     add_log_level(parser)
     parser.set_defaults(handler=_run_eval)
 
@@ -100,6 +111,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         save_debug=args.save_debug_enable,
         device=args.device,
+        backend=args.backend,
     )
     run_eval(options)
     return 0

@@ -10,6 +10,7 @@ protocol set, it re-infers only the bad cases and records their logits through
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -47,6 +48,7 @@ class EvalOptions:
     output_dir: str = ""
     save_debug: bool = False
     device: str = "auto"
+    backend: str | None = None  # overrides the model YAML's requested_gpu_framework
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     `backend`: an already loaded model to reuse (single process only), e.g. for benchmarks.
     """
     model_config = load_model_config(options.model_config_path)
+    if options.backend is not None:
+        model_config = dataclasses.replace(model_config, requested_gpu_framework=options.backend)
     task_config = load_task_config(options.task_config_path)
     try:
         task = get_task(task_config.task_name)
@@ -131,7 +135,8 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     try:  # before anything loads; checked even when a loaded backend is given
         backend_class = backends.backend_class(model_config.requested_gpu_framework)
     except ConfigError as err:
-        raise ConfigError(f"model config {model_config.source}: {err}") from None
+        where = "--backend" if options.backend is not None else f"model config {model_config.source}"
+        raise ConfigError(f"{where}: {err}") from None
     request = protocol.read_request()
     if request is not None and options.batch_size != 1:
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")

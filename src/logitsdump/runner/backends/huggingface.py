@@ -18,13 +18,14 @@ from logitsdump.dtypes import TORCH_NAMES
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
 from logitsdump.runner.backends.base import Decoded, Provenance, StopRule
+from logitsdump.runner.backends.hf_tokenizer import TokenizerMethods, eos_ids, load_tokenizer
 from logitsdump.runner.config import ModelConfig, resolve_model_path
 from logitsdump.runner.device import Device
 
 log = get_logger("backend")
 
 
-class HFBackend:
+class HFBackend(TokenizerMethods):
     """A local HF transformers causal LM, greedy decoding on one device."""
 
     def __init__(self, config: ModelConfig, device: Device, *, tensor_parallel: bool = False) -> None:
@@ -39,9 +40,7 @@ class HFBackend:
         self.dtype = getattr(torch, TORCH_NAMES[config.data_type])
         transformers.utils.logging.disable_progress_bar()
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                self.model_path, trust_remote_code=config.trust_remote_code, local_files_only=True
-            )
+            self.tokenizer = load_tokenizer(self.model_path, config)
             dtype_kw = "dtype" if _transformers_major_minor() >= (4, 56) else "torch_dtype"
             placement: dict[str, Any] = {}
             if tensor_parallel:
@@ -70,7 +69,7 @@ class HFBackend:
         self.model.eval()
         self.input_device = str(self.model.get_input_embeddings().weight.device)
         self._forward_kwargs = _forward_kwarg_names(self.model)
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.eos_ids = eos_ids((getattr(self.model, "generation_config", None), self.model.config), self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = next(iter(sorted(self.eos_ids)), 0)
@@ -79,25 +78,6 @@ class HFBackend:
     def vocab_size(self) -> int:
         """Rows of the output embedding."""
         return int(self.model.get_output_embeddings().weight.shape[0])
-
-    def encode(self, query: str) -> list[int]:
-        """Token ids of a query (through the chat template when the model YAML asks for it)."""
-        if self.config.use_chat_template:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": query}], tokenize=True, add_generation_prompt=True
-            )
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            return [int(i) for i in ids]
-        return [int(i) for i in self.tokenizer(query)["input_ids"]]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """The text of `ids`, special tokens left out."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    def token_texts(self, ids: Sequence[int]) -> list[str]:
-        """The text of each token on its own (special tokens included)."""
-        return [self.tokenizer.decode([int(i)], skip_special_tokens=False) for i in ids]
 
     def _batch(self, batch: Sequence[Sequence[int]]):
         import torch
@@ -228,19 +208,6 @@ class HFBackend:
     def provenance(self) -> Provenance:
         """Model path, device and versions, for the dump's manifest."""
         return Provenance(model_path=str(self.model_path), device=self.device.torch_device, versions=self.versions())
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
 
 
 def _transformers_major_minor() -> tuple[int, int]:
