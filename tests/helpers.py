@@ -152,3 +152,24 @@ BCANALYZE_EXPECTED = (
 #: `pair_sums` (the C pair loop and the numpy path) round to exactly msit's printed KL.
 ROW7_G = np.array([10.0, 7.000000000000001, -8.0, 6.999999999999999])
 ROW7_M = np.array([9.3984375, 8.140565779930418, -9.687172859140887, 5.267613410131603])
+
+
+def build_tiny_model(out: Path, head_dim: int) -> Path:
+    """The embedded tiny model's architecture with `head_dim`-wide heads (vLLM needs >= 32), built by
+    tools/make_tiny_model.py into `out`."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "make_tiny_model.py"
+    subprocess.run([sys.executable, str(tool), "--head-dim", str(head_dim), "--out", str(out)], check=True,
+                   capture_output=True, timeout=120)
+    return out
+
+
+def model_yaml_for(path: Path, model_dir: Path, name: str, data_type: str = "fp32",
+                   framework: str = "Huggingface") -> Path:
+    """The shipped tiny-model YAML pointed at `model_dir`, with another name, dtype and framework."""
+    text = examples.model_config("fp32").read_text(encoding="utf-8")
+    text = text.replace("model_path: ../../model/tiny_llama", f"model_path: {model_dir}")
+    text = text.replace("model_name: tiny_llama", f"model_name: {name}").replace("data_type: fp32",
+                                                                                 f"data_type: {data_type}")
+    text = text.replace("requested_gpu_framework: Huggingface", f"requested_gpu_framework: {framework}")
+    path.write_text(text, encoding="utf-8")
+    return path

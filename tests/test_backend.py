@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ import pytest
 from logitsdump import store
 from logitsdump.demo import examples
 from logitsdump.errors import ConfigError, UserError
-from logitsdump.runner.backends import REGISTRY, Backend, Decoded, Provenance, backend_class
+from logitsdump.runner.backends import REGISTRY, REQUIRES, Backend, Decoded, Provenance, backend_class
 from logitsdump.runner.config import ModelConfig, load_model_config
 from logitsdump.runner.device import Device
 from logitsdump.runner.evaluate import run_eval
@@ -32,9 +33,14 @@ def test_lookup_by_name_in_any_case(name):
     assert backend_class(name) is HFBackend
 
 
+def _installed(name: str) -> bool:
+    return name not in REQUIRES or importlib.util.find_spec(REQUIRES[name][0]) is not None
+
+
 def test_every_registered_backend_resolves():
     for name in REGISTRY:
-        assert callable(backend_class(name))
+        if _installed(name):
+            assert callable(backend_class(name))
 
 
 def test_unknown_framework_names_the_known_ones():
@@ -46,11 +52,27 @@ def test_unknown_framework_names_the_known_ones():
     assert all(name in message for name in REGISTRY)
 
 
+NO_VLLM = pytest.mark.skipif(_installed("Vllm"), reason="vLLM is installed here (tests/test_vllm_backend.py runs it)")
+
+
+@NO_VLLM
 @pytest.mark.parametrize("name", ["Vllm", "vllm", "VLLM"])
-def test_vllm_is_not_available_yet(name):
-    with pytest.raises(ConfigError, match="vLLM backend is not available yet") as info:
+def test_vllm_missing_names_the_extra(name):
+    with pytest.raises(ConfigError, match=r"needs vllm, which is not installed") as info:
         backend_class(name)
-    assert "Huggingface" in str(info.value) and "\n" not in str(info.value)
+    assert "logitsdump[vllm]" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_vllm_backend_module_imports_without_vllm():
+    """The registry's module path is real, and importing it loads neither vLLM nor torch."""
+    code = (
+        "import sys, logitsdump.runner.backends as b, logitsdump.runner.backends.vllm as v\n"
+        "assert b.REGISTRY['Vllm'] == v.__name__ + ':' + v.VllmBackend.__name__\n"
+        "print(sorted(m for m in ('torch', 'vllm') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_registry_and_loop_import_no_framework():
@@ -79,14 +101,28 @@ def _yaml_with_framework(tmp_path: Path, framework: str) -> Path:
     return path
 
 
+@NO_VLLM
 def test_eval_with_vllm_yaml_is_one_line_error(tmp_path):
     model = _yaml_with_framework(tmp_path, "Vllm")
     done = run_cli("eval", "--model_config_path", str(model), "--task_config_path", str(examples.task_config("gsm8k")),
                    "--output_dir", str(tmp_path / "out"), "--device", "cpu")
     assert done.returncode == 1
-    assert "vLLM backend is not available yet" in done.stderr and str(model) in done.stderr
-    assert "Traceback" not in done.stderr
+    assert "logitsdump[vllm]" in done.stderr and str(model) in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@NO_VLLM
+def test_eval_backend_flag_overrides_the_yaml(tmp_path):
+    done = run_cli("eval", "--model_config_path", str(examples.model_config("fp32")), "--task_config_path",
+                   str(examples.task_config("gsm8k")), "--output_dir", str(tmp_path / "out"), "--backend", "vllm")
+    assert done.returncode == 1 and "--backend" in done.stderr and "logitsdump[vllm]" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_eval_backend_flag_is_checked_by_argparse(tmp_path):
+    done = run_cli("eval", "--model_config_path", "m.yaml", "--task_config_path", "t.yaml", "--backend", "onnx")
+    assert done.returncode == 2 and "huggingface" in done.stderr and "vllm" in done.stderr
 
 
 @dataclass
@@ -203,3 +239,24 @@ def test_hf_backend_logits_agree_across_its_entry_points(hf_backend):
     (last,) = hf_backend.last_logits([prompt])
     assert torch.allclose(last, free.step_logits[0], atol=1e-4, rtol=1e-4)
     assert hf_backend.token_texts(free.output_ids[:1]) == [hf_backend.tokenizer.decode(free.output_ids[:1])]
+
+
+def test_vllm_engine_arguments_ask_for_raw_full_vocabulary_logits(monkeypatch):
+    from logitsdump.runner.backends import vllm as vllm_backend
+
+    config = load_model_config(examples.model_config("bf16"))
+    monkeypatch.delenv(vllm_backend.ENGINE_ARGS_ENV, raising=False)
+    on_cpu = vllm_backend.engine_arguments("/m", config, Device("cpu", "CPU"))
+    assert on_cpu["max_logprobs"] == -1 and on_cpu["logprobs_mode"] == "raw_logits"
+    assert on_cpu["dtype"] == "bfloat16" and on_cpu["enable_prefix_caching"] is False
+    assert on_cpu["enforce_eager"] is True and on_cpu["kv_cache_memory_bytes"] == vllm_backend.CPU_KV_CACHE_BYTES
+    assert on_cpu["logits_processors"] == [vllm_backend.FORCED_PROCESSOR]
+    on_gpu = vllm_backend.engine_arguments("/m", config, Device("cuda:0", "GPU"))
+    assert "enforce_eager" not in on_gpu and "kv_cache_memory_bytes" not in on_gpu
+    monkeypatch.setenv(vllm_backend.ENGINE_ARGS_ENV, '{"enforce_eager": false, "tensor_parallel_size": 2}')
+    overridden = vllm_backend.engine_arguments("/m", config, Device("cpu", "CPU"))
+    assert overridden["enforce_eager"] is False and overridden["tensor_parallel_size"] == 2
+    for bad in ("{not json", "[1, 2]"):
+        monkeypatch.setenv(vllm_backend.ENGINE_ARGS_ENV, bad)
+        with pytest.raises(ConfigError, match=vllm_backend.ENGINE_ARGS_ENV):
+            vllm_backend.engine_arguments("/m", config, Device("cpu", "CPU"))
