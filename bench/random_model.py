@@ -51,10 +51,12 @@ def write_random_llama(folder: Path, hidden: int = 512, layers: int = 8, vocab: 
     return folder
 
 
-def write_model_yaml(path: Path, model_dir: Path, name: str, data_type: str) -> Path:
-    """A modeltest model YAML for `model_dir`."""
+def write_model_yaml(path: Path, model_dir: Path, name: str, data_type: str, framework: str = "Huggingface") -> Path:
+    """A modeltest model YAML for `model_dir`, loaded by `framework` (requested_gpu_framework)."""
     path.write_text(
-        f"model_name: {name}\nmodel_path: {model_dir}\nmodel_type: pa\ndata_type: {data_type}\n", encoding="utf-8"
+        f"model_name: {name}\nmodel_path: {model_dir}\nmodel_type: pa\ndata_type: {data_type}\n"
+        f"requested_gpu_framework: {framework}\n",
+        encoding="utf-8",
     )
     return path
 

@@ -60,7 +60,6 @@ def engine_arguments(model_path: str, config: ModelConfig, device: Device) -> di
         "max_logprobs": -1,
         "logprobs_mode": "raw_logits",
         "enable_prefix_caching": False,  # every prompt is computed, the same way each time
-        "skip_tokenizer_init": True,  # we send ids and decode ourselves; logprobs are not detokenized
         "logits_processors": [FORCED_PROCESSOR],
     }
     if device.kind == "cpu":
@@ -147,7 +146,7 @@ class VllmBackend(TokenizerMethods):
             logprobs=-1 if full_logits else None,
             prompt_logprobs=-1 if prompt_logits else None,
             flat_logprobs=True,
-            detokenize=False,
+            detokenize=False,  # we decode ourselves; this also spares detokenizing the whole vocabulary per step
             extra_args={FORCED_KEY: [int(t) for t in forced]} if forced is not None else None,
         )
 
