@@ -1,10 +1,10 @@
 """What the runner asks of a model backend, whatever the framework behind it.
 
 `runner/evaluate.py` and `runner/replay.py` talk only to `Backend`; a framework
-(HF transformers today) is one module with one class satisfying it, plus one
-line in the registry (`backends/__init__.py`). Logits are framework tensors
-(torch today) of shape [vocab], **raw**: what the model computed, before any
-logits processor, on the CPU.
+(HF transformers, vLLM) is one module with one class satisfying it, plus one
+line in the registry (`backends/__init__.py`). Logits are torch tensors of
+shape [vocab], **raw**: what the model computed, before any logits processor,
+on the CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class Decoded:
 
     output_ids: list[int]
     step_logits: list[Any]  # raw logits [vocab] of the first kept steps, model dtype, on CPU
-    first_logits: Any  # raw logits [vocab] of step 0 as float32, on CPU
+    #: raw logits [vocab] of step 0 as float32, on CPU; a backend that fetches logits only on demand (vLLM)
+    #: leaves it None when no step is kept (generated cases are judged from their text)
+    first_logits: Any
     own_ids: list[int] = field(default_factory=list)  # replay: the argmax at each forced step
 
 
