@@ -120,3 +120,19 @@ def test_last_logits_match_hf(backends):
     batch = [hf.encode(p) for p in PROMPTS]
     for a, b in zip(vl.last_logits(batch), hf.last_logits(batch), strict=True):
         assert a.shape == (259,) and _max_delta(a, b) < TOLERANCE
+
+
+def test_end_of_sequence_stops_both_backends_alike(backends):
+    """A token made an EOS id stops both at its first occurrence, the token kept (the tiny model rarely
+    chooses its real EOS)."""
+    hf, vl = backends
+    prompt = hf.encode(PROMPTS[0])
+    free = hf.greedy([prompt], 10)[0].output_ids
+    stop_token = free[4]
+    saved = (hf.eos_ids, vl.eos_ids)
+    try:
+        hf.eos_ids, vl.eos_ids = {stop_token}, {stop_token}
+        ours, theirs = vl.greedy([prompt], 10)[0].output_ids, hf.greedy([prompt], 10)[0].output_ids
+    finally:
+        hf.eos_ids, vl.eos_ids = saved
+    assert ours == theirs == free[: free.index(stop_token) + 1]
