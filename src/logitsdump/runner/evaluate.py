@@ -9,10 +9,8 @@ protocol set, it re-infers only the bad cases and records their logits through
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING
 from logitsdump import protocol
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
-from logitsdump.runner import backends, outputs
+from logitsdump.runner import backends, interrupt, outputs
 from logitsdump.runner.config import TaskConfig, load_model_config, load_task_config, resolve_dataset_root
 from logitsdump.runner.decoding import Decoder, Inferred, batches
 from logitsdump.runner.tasks import get_task
@@ -55,24 +53,6 @@ class EvalResult:
     outcomes: tuple[outputs.CaseOutcome, ...]
     scores: tuple[outputs.SubjectScore, ...]
     dumped_files: int = 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so temporary files are cleaned up on the way out."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -178,7 +158,7 @@ def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:
         tp=plan.options.tp,
     )
     run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout)
-    with _sigterm_as_interrupt():
+    with interrupt.stop_on_signals():  # SIGINT/SIGTERM: exit 130/143, also inside a forward pass
         return _evaluate(run, cases)
 
 
@@ -274,6 +254,7 @@ def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter |
                 tally.dumped_files += _record(writer, item, run.backend, replay)
         progress.update(len(batch.cases))
     progress.close()
+    decoder.warn_cut_prompts()
     return tally
 
 
