@@ -19,7 +19,7 @@ from pathlib import Path
 
 from logitsdump.csvsafe import original, write_csv
 from logitsdump.errors import DataError
-from logitsdump.fsutil import claim_stamped, ensure_writable_dir, timestamp
+from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE, check_path_fits, claim_stamped, ensure_writable_dir, timestamp
 from logitsdump.logs import get_logger
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
 
@@ -80,6 +80,7 @@ def canonical_key(value: str) -> str:
 def check_csv_path(path: str | os.PathLike[str]) -> Path:
     """An existing, non-empty `.csv` file, else a one-line DataError."""
     csv_path = Path(path)
+    check_path_fits(csv_path, "input file")
     if csv_path.suffix.lower() != ".csv":
         raise DataError(f"{csv_path} is not a .csv file: give the CSV written by eval/modeltest or bcanalyze")
     if not csv_path.exists():
@@ -184,6 +185,7 @@ def bcanalyze(
 
 def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     """msit's bcanalyze (msit-cli.md §2) without its bugs; warnings are logged and returned."""
+    check_path_fits(options.output_dir, "output folder", OUTPUT_NAME_ALLOWANCE)  # before any work
     golden = read_result_csv(options.golden_path)
     test = read_result_csv(options.test_path)
     warnings: list[str] = []

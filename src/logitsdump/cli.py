@@ -9,6 +9,8 @@ Exit codes: 0 success, 1 runtime failure, 2 usage error (as msit).
 from __future__ import annotations
 
 import argparse
+import errno
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -143,7 +145,8 @@ def _add_dump_parser(subparsers) -> None:
         help="re-run only the bad cases with a runner (modeltest or logitsdump eval) and dump their logits",
         description="msit llm logitsdump: run the command with BAD_CASE_LOGITS_DUMP=True, "
         "LOGITS_DUMP_TOKEN_MAX_LENGTH=N and BAD_CASE_LIST=<keys of the bad-case CSV>. The command is "
-        "split on white space (no shell) and must start with modeltest, torchrun or logitsdump.",
+        "split into words as a shell would (quote a path with spaces) but run without a shell; it must "
+        "start with modeltest, torchrun or logitsdump, and its --batch_size, if given, must be 1.",
     )
     parser.add_argument(
         "-e",
@@ -355,8 +358,13 @@ def _add_report_parser(subparsers) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE, check_path_fits
     from logitsdump.report import load_compares, print_summary, write_report
 
+    for source in args.compare_output:  # every path, before any work
+        check_path_fits(source, "COMPARE_OUTPUT")
+    if args.output_dir is not None:
+        check_path_fits(args.output_dir, "-o/--output-dir", OUTPUT_NAME_ALLOWANCE)
     result = load_compares(args.compare_output)
     path = write_report(result, args.output_dir, topk=args.topk)
     print_summary(result)
@@ -382,9 +390,11 @@ def _run_examples(args: argparse.Namespace) -> int:
 
     folder = copy_examples(args.directory)
     print(f"examples written to {folder}")
-    print(f"try: logitsdump eval --model_config_path {folder}/configs/model/tiny_llama_fp32.yaml "
-          f"--task_config_path {folder}/configs/task/boolq.yaml --output_dir {folder}/outputs "
-          "--save_debug_enable")
+    print("try: " + shlex.join([
+        "logitsdump", "eval", "--model_config_path", f"{folder}/configs/model/tiny_llama_fp32.yaml",
+        "--task_config_path", f"{folder}/configs/task/boolq.yaml", "--output_dir", f"{folder}/outputs",
+        "--save_debug_enable",
+    ]))
     return 0
 
 
@@ -429,6 +439,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"logitsdump {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno != errno.ENAMETOOLONG:  # a name no check caught: still one line, never a traceback
+            raise
+        from logitsdump.fsutil import shorten
+
+        print(f"logitsdump {args.command}: error: {shorten(err.filename or '')}: {err.strerror}: choose a shorter "
+              "path", file=sys.stderr)
+        return EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_FAILURE
 

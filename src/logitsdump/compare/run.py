@@ -26,7 +26,7 @@ from logitsdump.compare.provenance import DumpFolders
 from logitsdump.compare.records import CaseRecord, CompareDocument, Step
 from logitsdump.compare.verdicts import VERDICTS
 from logitsdump.errors import DataError
-from logitsdump.fsutil import claim_stamped, ensure_writable_dir, timestamp
+from logitsdump.fsutil import check_path_fits, claim_stamped, ensure_writable_dir, timestamp
 from logitsdump.logs import get_logger
 
 _log = get_logger("compare")
@@ -136,6 +136,7 @@ def _bounded_topk(topk: int, vocab: int | None) -> int:
 
 def _input_dir(path: str | os.PathLike[str], flag: str) -> Path:
     folder = Path(path)
+    check_path_fits(folder, flag)
     if not folder.exists():
         raise DataError(f"{flag}: folder {folder} does not exist")
     if not folder.is_dir():

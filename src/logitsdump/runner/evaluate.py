@@ -17,9 +17,17 @@ from typing import TYPE_CHECKING
 
 from logitsdump import protocol
 from logitsdump.errors import ConfigError
+from logitsdump.fsutil import check_path_fits, ensure_writable_dir
 from logitsdump.logs import get_logger
 from logitsdump.runner import backends, interrupt, outputs
-from logitsdump.runner.config import TaskConfig, load_model_config, load_task_config, resolve_dataset_root
+from logitsdump.runner.config import (
+    ModelConfig,
+    TaskConfig,
+    check_model_folder,
+    load_model_config,
+    load_task_config,
+    resolve_dataset_root,
+)
 from logitsdump.runner.decoding import Decoder, Inferred, batches
 from logitsdump.runner.tasks import get_task
 from logitsdump.runner.tasks.base import Case, Task, Tokenizer, needs_tokenizer, pass_label
@@ -115,9 +123,11 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     request = protocol.read_request()
     if request is not None and options.batch_size != 1:
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")
+    _check_output_paths(options, model_config, task_config)
     dataset_root = resolve_dataset_root(task_config)
     # data errors show before the model loads, except for tasks that build cases with its tokenizer
     cases = [] if needs_tokenizer(task) else task.load_cases(task_config, dataset_root)
+    ensure_writable_dir(options.output_dir or ".")  # before the model loads, after the input checks
     plan = _Plan(options, task, task_config, dataset_root, cases, request)
 
     from logitsdump.runner import distributed
@@ -128,12 +138,27 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
         if world.distributed:
             raise ConfigError("a preloaded backend cannot be shared by torchrun's processes")
         return _run_loaded(plan, backend, world)
+    check_model_folder(model_config)
     device = choose_device(options.device, world.local_rank if world.distributed else None)
     distributed.init_process_group(world, device.kind)
     try:
         return _run_loaded(plan, backend_class(model_config, device, tensor_parallel=world.tensor_parallel), world)
     finally:
         distributed.shutdown(world)
+
+
+def _check_output_paths(options: EvalOptions, model_config: ModelConfig, task_config: TaskConfig) -> None:
+    """Refuse, before any work, output paths too long for the file system (e.g. a long model_name).
+
+    The device label is not known yet: "CPU", "GPU" and "NPU" have the same length.
+    """
+    layout = outputs.OutputLayout(
+        output_dir=Path(options.output_dir or "."), device_label="CPU", task_name=task_config.task_name,
+        data_type=model_config.data_type, model_name=model_config.model_name, model_type=model_config.model_type,
+        batch_size=options.batch_size, tp=options.tp,
+    )
+    for path in layout.planned_paths():
+        check_path_fits(path, f"an output path (model_name from {model_config.source})")
 
 
 def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:
@@ -217,7 +242,7 @@ def _evaluate(run: _Run, cases: Sequence[Case]) -> EvalResult:
     dumped_files = sum(part.dumped_files for part in gathered)
     skipped = sum(part.skipped for part in gathered)
     if writer is not None:
-        records = writer.finish()
+        records = writer.finish(matched=len(cases))
         log.info("dump: %d files for %d cases in %s (%d already complete)",
                  dumped_files, len(records), run.layout.logits_dir, skipped)
     return _write_outputs(run.options, run.task, run.task_config, run.layout, outcomes, dumped_files)
