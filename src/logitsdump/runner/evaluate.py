@@ -127,6 +127,8 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     dataset_root = resolve_dataset_root(task_config)
     # data errors show before the model loads, except for tasks that build cases with its tokenizer
     cases = [] if needs_tokenizer(task) else task.load_cases(task_config, dataset_root)
+    if backend is None:
+        check_model_folder(model_config)
     ensure_writable_dir(options.output_dir or ".")  # before the model loads, after the input checks
     plan = _Plan(options, task, task_config, dataset_root, cases, request)
 
@@ -138,7 +140,6 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
         if world.distributed:
             raise ConfigError("a preloaded backend cannot be shared by torchrun's processes")
         return _run_loaded(plan, backend, world)
-    check_model_folder(model_config)
     device = choose_device(options.device, world.local_rank if world.distributed else None)
     distributed.init_process_group(world, device.kind)
     try:
