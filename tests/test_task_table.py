@@ -2,15 +2,14 @@
 
 The rows are read from the document, so the table and these tests cannot drift apart:
 every supported row's sample YAML (modeltest's form, on the shipped sample data) parses and
-is evaluated through the tiny model; every multimodal row's YAML, as modeltest ships it
+loads its cases here, and is evaluated through the tiny model by test_evaluate.py, which takes
+its cases from the same rows; every multimodal row's YAML, as modeltest ships it
 (tests/data/modeltest/), is refused with a one-line "not supported yet". The files under
 tests/data/modeltest/ are copies of MindIE-LLM's `modeltest/config/` files.
 """
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,11 @@ import pytest
 from logitsdump.cli import main
 from logitsdump.demo import examples
 from logitsdump.runner.config import load_task_config, resolve_dataset_root
-from logitsdump.runner.evaluate import run_eval
 from logitsdump.runner.tasks import MULTIMODAL, REGISTRY, get_task
 
-from helpers import eval_options, run_cli
+from helpers import TaskRow, run_cli, task_table_rows
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "tasks.md"
 MODELTEST = Path(__file__).resolve().parent / "data" / "modeltest"
-SECTION = "## modeltest's tasks and their status"
 #: The task YAML files of modeltest's `modeltest/config/task/` (MindIE-LLM master, dev and v3.0.0 alike).
 MODELTEST_TASK_YAMLS = {
     "aime2024.yaml", "boolq.yaml", "boolq_edge.yaml", "ceval_few_shots.yaml", "ceval_zero_shot.yaml",
@@ -35,47 +31,19 @@ MODELTEST_TASK_YAMLS = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Row:
-    modeltest_yaml: str  # "" where modeltest has none (longbench_e)
-    task_name: str
-    status: str
-    sample_yaml: str  # "" for the tasks not supported
-
-    @property
-    def supported(self) -> bool:
-        return self.status.startswith("supported")
-
-
-def _cell(text: str) -> str:
-    text = text.strip()
-    return "" if text == "—" else text.strip("`")
-
-
-def table_rows() -> list[Row]:
-    """The rows of the status table of docs/tasks.md."""
-    section = DOC.read_text(encoding="utf-8").split(SECTION, 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    assert lines[0].startswith("| modeltest YAML | task_name | status | sample YAML |"), lines[0]
-    rows = []
-    for line in lines[2:]:  # after the header and its rule
-        cells = [_cell(c) for c in line.strip().strip("|").split("|")]
-        assert len(cells) == 4, line
-        rows.append(Row(*cells))
-    return rows
-
-
-ROWS = table_rows()
+ROWS = task_table_rows()
 SUPPORTED = [r for r in ROWS if r.supported]
 REFUSED = [r for r in ROWS if not r.supported]
 
 
-def _id(row: Row) -> str:
-    return row.modeltest_yaml or row.task_name
+def _id(row: TaskRow) -> str:
+    return row.id
 
 
 def test_one_row_per_modeltest_task():
     assert {r.modeltest_yaml for r in ROWS if r.modeltest_yaml} == MODELTEST_TASK_YAMLS
+    # each shipped task YAML is a supported row's, which test_evaluate.py evaluates through the tiny model
+    assert sorted(Path(r.sample_yaml).stem for r in SUPPORTED) == examples.shipped_task_names()
     assert len({_id(r) for r in ROWS}) == len(ROWS)
     assert {r.task_name for r in SUPPORTED} == set(REGISTRY)  # every task we run has its row, and only those
     assert {r.task_name for r in REFUSED} == set(MULTIMODAL)
@@ -94,20 +62,6 @@ def test_supported_row_parses_and_loads_its_sample(row):
 @pytest.mark.parametrize("row", [r for r in ROWS if (MODELTEST / r.modeltest_yaml).is_file()], ids=_id)
 def test_modeltest_file_names_the_rows_task(row):
     assert load_task_config(MODELTEST / row.modeltest_yaml).task_name == row.task_name
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("row", SUPPORTED, ids=_id)
-def test_supported_row_runs_on_sample_data(tmp_path, row):
-    task = get_task(row.task_name)
-    options = eval_options(tmp_path, Path(row.sample_yaml).stem, save_debug=True)
-    result = run_eval(options)
-    assert result.outcomes and result.layout.task_name == row.task_name
-    with open(result.layout.debug_file, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == len(result.outcomes)
-    assert {r["pass"] for r in rows} <= {*task.pass_labels, "NotJudged"}
-    assert result.layout.result_file.is_file()
 
 
 def _eval(capsys, model: Path, task: Path) -> tuple[int, str]:
