@@ -143,6 +143,12 @@ class _Checker:
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read and check a model YAML file."""
     file, data = _load_yaml_mapping(path, "model config")
+    if data.get("mm_model"):  # modeltest too treats an empty or null mm_model as a text model
+        name = data.get("model_name") or file.stem
+        raise ConfigError(
+            f"model config {file}: not supported yet: multimodal model {name} (its 'mm_model' section; "
+            "logitsdump eval runs text-only models)"
+        )
     check = _Checker(file, data)
     data_type = str(check.get("data_type", str, "fp16")).lower()
     if data_type not in DATA_TYPES:
