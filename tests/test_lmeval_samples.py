@@ -101,6 +101,13 @@ def test_recognised_by_content_not_by_name(tmp_path):
     assert task_of(renamed) == "golden"
 
 
+def test_a_first_line_longer_than_the_sniffed_part_is_recognised(tmp_path):
+    line = mc_line(0, 1.0, prompt="few-shot example\n" * 8000)  # ~136 KB, as long few-shot prompts are
+    path = write_samples(tmp_path, "g", [line])
+    assert path.stat().st_size > 100_000
+    assert is_samples_file(path)
+
+
 def test_rolling_requests_are_read(tmp_path):
     line = mc_line(0, 1.0)
     line["arguments"] = {"gen_args_0": {"arg_0": line["arguments"]["gen_args_0"]["arg_0"]}}

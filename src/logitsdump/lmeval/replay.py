@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 from logitsdump.badcase import read_key_rows
 from logitsdump.dump import DumpFolder, DumpResult
 from logitsdump.errors import DataError, UsageError
-from logitsdump.lmeval.samples import GENERATE, LOGLIKELIHOOD, ROLLING, Request, Sample, prompt_hash, read_samples
+from logitsdump.lmeval.samples import GENERATE, LOGLIKELIHOOD, ROLLING, Request, Sample, read_samples
 from logitsdump.logs import get_logger
 from logitsdump.protocol import DumpRequest
+from logitsdump.runner.dumping import prompt_sha256
 from logitsdump.runner.tasks.base import Case
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def _check_replayable(path: Path, sample: Sample) -> None:
         raise DataError(f"{where}: loglikelihood_rolling (perplexity) requests cannot be replayed yet")
     if len(kinds) > 1:
         raise DataError(f"{where}: mixes generation and log-likelihood requests")
-    if prompt_hash(sample.prompt) != sample.prompt_hash:
+    if prompt_sha256(sample.prompt) != sample.prompt_hash:  # lm-eval's hash_string is our prompt hash
         raise DataError(f"{where}: prompt_hash is not the sha256 of the logged context: the file was edited")
     if GENERATE in kinds and len(sample.requests) > 1:
         raise DataError(f"{where}: {len(sample.requests)} generation requests per doc (repeats > 1): "

@@ -12,7 +12,6 @@ No torch here: bcanalyze reads these files too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from logitsdump.errors import DataError
 _FILE_NAME = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9-]+(?:\.\d+)?)\.jsonl")
 #: lm-eval's default `max_gen_toks` when a task's generation kwargs give none (`HFLM.max_gen_toks`).
 DEFAULT_MAX_GEN_TOKS = 256
-#: How much of a file's start is read to recognise it.
+#: How much of a file's start is read to tell a JSON-lines file from anything else.
 SNIFF_BYTES = 64 * 1024
 
 GENERATE = "generate_until"
@@ -96,15 +95,16 @@ def is_samples_file(path: str | os.PathLike[str]) -> bool:
     and `doc_hash` (by content, whatever its name)."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(SNIFF_BYTES)
+            if not handle.read(SNIFF_BYTES).lstrip().startswith(b"{"):
+                return False  # a CSV, or anything else, without reading on
+            handle.seek(0)
+            first = b""
+            while not first.strip():
+                first = handle.readline()  # whole: a few-shot prompt can make it long
+                if not first:
+                    return False
     except OSError:
         return False
-    text = head.lstrip()
-    if not text.startswith(b"{"):
-        return False
-    first, newline, _ = text.partition(b"\n")
-    if not newline and len(head) == SNIFF_BYTES:  # a first line longer than the sniffed part
-        return b'"doc_id"' in first and b'"doc_hash"' in first
     try:
         data = json.loads(first.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -216,11 +216,6 @@ def _ordinal(where: str, name: str, prefix: str) -> int:
     if not name.startswith(prefix) or not name[len(prefix):].isdigit():
         raise DataError(f"{where}: unexpected arguments entry {name!r} (expected {prefix}<i>)")
     return int(name[len(prefix):])
-
-
-def prompt_hash(text: str) -> str:
-    """lm-eval's `hash_string`: the sha256 hex digest of the UTF-8 text (as our manifest's prompt_sha256)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def pass_value(value: Any) -> bool | None:
