@@ -102,8 +102,8 @@ def _check_replayable(path: Path, sample: Sample) -> None:
     if prompt_sha256(sample.prompt) != sample.prompt_hash:  # lm-eval's hash_string is our prompt hash
         raise DataError(f"{where}: prompt_hash is not the sha256 of the logged context: the file was edited")
     if GENERATE in kinds and len(sample.requests) > 1:
-        raise DataError(f"{where}: {len(sample.requests)} generation requests per doc (repeats > 1): "
-                        "only one can be replayed greedily")
+        raise DataError(f"{where}: {len(sample.requests)} generation requests for one doc: a doc is replayed "
+                        "as one greedy generation")
 
 
 def run_samples_dump(options: SamplesDumpOptions, backend: Backend | None = None) -> DumpResult:
