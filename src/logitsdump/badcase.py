@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logitsdump.csvsafe import original, write_csv
-from logitsdump.errors import DataError
+from logitsdump.errors import DataError, UsageError
 from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE, check_path_fits, claim_stamped, ensure_writable_dir, timestamp
 from logitsdump.logs import get_logger
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
@@ -162,6 +162,10 @@ class BcanalyzeOptions:
     golden_path: str
     test_path: str
     output_dir: str = DEFAULT_ANALYZER_DIR
+    #: lm-eval samples only: the per-doc metric that decides pass/fail (None: the first pass/fail one)
+    metric: str | None = None
+    #: lm-eval samples only: the filter whose lines are compared (None: the first one logged)
+    lm_eval_filter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,27 @@ def bcanalyze(
 
 
 def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
-    """msit's bcanalyze (msit-cli.md §2) without its bugs; warnings are logged and returned."""
+    """msit's bcanalyze (msit-cli.md §2) without its bugs; warnings are logged and returned.
+
+    Two lm-eval `--log_samples` files (recognised by their content) go to `lmeval.badcases`.
+    """
+    from logitsdump.lmeval.samples import is_samples_file
+
     check_path_fits(options.output_dir, "output folder", OUTPUT_NAME_ALLOWANCE)  # before any work
+    for path in (options.golden_path, options.test_path):
+        check_path_fits(path, "input file")
+
+    kinds = [is_samples_file(p) for p in (options.golden_path, options.test_path)]
+    if any(kinds):
+        if not all(kinds):
+            which = options.golden_path if kinds[0] else options.test_path
+            raise DataError(f"{which} is an lm-eval samples file but the other input is not: give two "
+                            "samples_<task>_*.jsonl files of the same task, or two result CSVs")
+        from logitsdump.lmeval.badcases import analyze_samples
+
+        return analyze_samples(options)
+    if options.metric is not None or options.lm_eval_filter is not None:
+        raise UsageError("--metric and --filter apply to lm-eval samples files only, not to result CSVs")
     golden = read_result_csv(options.golden_path)
     test = read_result_csv(options.test_path)
     warnings: list[str] = []
@@ -209,11 +232,11 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     if missing:
         warnings.append(
             f"{len(missing)} golden case(s) not found in {test.path}, "
-            f"e.g. keys {_first(k for k, *_ in missing)}"
+            f"e.g. keys {first_keys(k for k, *_ in missing)}"
         )
     if extra:
         warnings.append(
-            f"{len(extra)} test case(s) not found in {golden.path}, e.g. keys {_first(k for k, *_ in extra)}"
+            f"{len(extra)} test case(s) not found in {golden.path}, e.g. keys {first_keys(k for k, *_ in extra)}"
         )
 
     out_rows: list[list[str]] = []
@@ -236,7 +259,7 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
         out_rows.append(row)
     if unjudged:
         warnings.append(
-            f"{len(unjudged)} case(s) have an empty pass/passed cell, e.g. keys {_first(unjudged)}"
+            f"{len(unjudged)} case(s) have an empty pass/passed cell, e.g. keys {first_keys(unjudged)}"
         )
 
     for message in warnings:
@@ -269,17 +292,18 @@ def _index(table: ResultTable, join: Sequence[str], warnings: list[str]) -> dict
             index[ident] = row
     if empty:
         warnings.append(
-            f"{table.path}: {len(empty)} row(s) with an empty key skipped, on lines {_first(empty)}"
+            f"{table.path}: {len(empty)} row(s) with an empty key skipped, on lines {first_keys(empty)}"
         )
     if duplicates:
         warnings.append(
             f"{table.path}: {len(duplicates)} duplicated key(s), only the first row of each is used: "
-            f"{_first(duplicates)}"
+            f"{first_keys(duplicates)}"
         )
     return index
 
 
-def _first(items) -> str:
+def first_keys(items) -> str:
+    """The first few of `items`, comma-separated, with "..." when there are more (for warnings)."""
     items = list(items)
     shown = ", ".join(items[:SHOWN_KEYS])
     return shown + (", ..." if len(items) > SHOWN_KEYS else "")
@@ -296,22 +320,29 @@ class BadCaseKeys:
     duplicates: tuple[str, ...]
 
 
-def read_keys(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
-    """(line, key text) of every data row of a bad-case CSV; DataError on a missing column or empty cell."""
+def read_key_rows(path: str | os.PathLike[str]) -> list[ResultRow]:
+    """Every data row of a bad-case CSV (cells by column, `key` stripped); DataError on a missing
+    `key` column, an empty key cell, or no rows."""
     csv_path = check_csv_path(path)
-    keys: list[tuple[int, str]] = []
+    rows: list[ResultRow] = []
     with _rows(csv_path) as (header, body):
         if "key" not in header:
             raise DataError(f"{csv_path} has no 'key' column (found: {', '.join(header)})")
         column = header.index("key")
         for line, cells in body:
-            text = cells[column].strip() if column < len(cells) else ""
-            if not text:
+            values = dict(zip(header, cells, strict=False))
+            values["key"] = cells[column].strip() if column < len(cells) else ""
+            if not values["key"]:
                 raise DataError(f"{csv_path}: empty key cell on line {line}")
-            keys.append((line, text))
-    if not keys:
+            rows.append(ResultRow(line, values))
+    if not rows:
         raise DataError(f"{csv_path} has a header but no bad cases: nothing to dump")
-    return keys
+    return rows
+
+
+def read_keys(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """(line, key text) of every data row of a bad-case CSV; DataError on a missing column or empty cell."""
+    return [(row.line, row.cells["key"]) for row in read_key_rows(path)]
 
 
 def parse_keys(keys: Sequence[tuple[int, str]], source: str = "the bad-case CSV") -> BadCaseKeys:
@@ -386,7 +417,7 @@ def read_bad_case_request(
     keys = parse_keys(read_keys(path), source=str(path))
     if keys.duplicates:
         log.warning(
-            "%s: %d duplicated key(s) dumped once: %s", path, len(keys.duplicates), _first(keys.duplicates)
+            "%s: %d duplicated key(s) dumped once: %s", path, len(keys.duplicates), first_keys(keys.duplicates)
         )
     return DumpRequest(
         token_max_length=token_max_length, indices=keys.indices, resume=resume, logits_fp32=logits_fp32

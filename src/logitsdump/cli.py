@@ -115,10 +115,19 @@ def _add_bcanalyze_parser(subparsers) -> None:
         "bcanalyze",
         help="find the bad cases: cases whose pass/fail differs between golden and test debug CSVs",
         description="msit llm bcanalyze: compare two result CSVs (key + pass/passed columns) and write "
-        "msit_bad_case_result_<timestamp>.csv with the cases whose verdict differs.",
+        "msit_bad_case_result_<timestamp>.csv with the cases whose verdict differs. Two lm-eval "
+        "--log_samples files (samples_<task>_*.jsonl, recognised by content) work too: docs joined on "
+        "doc_id and doc_hash, pass/fail from a per-doc metric (docs/lm-eval.md).",
     )
-    add_golden_and_test(parser, "result CSV (modeltest's debug CSV, or any CSV with key and pass columns)")
+    add_golden_and_test(parser, "result CSV (modeltest's debug CSV, or any CSV with key and pass columns), "
+                        "or lm-eval samples file")
     add_output_dir(parser, None, "./msit_bad_case/analyzer, as msit; -o is our addition")
+    lm_eval = parser.add_argument_group("lm-eval samples files only")
+    lm_eval.add_argument("--metric", default=None,
+                         help="the per-doc metric that decides pass/fail, logged as 0/1 (default: the first such "
+                         "metric of the task, e.g. acc or exact_match)")
+    lm_eval.add_argument("--filter", dest="lm_eval_filter", default=None,
+                         help="the filter whose lines are compared (default: the first one logged)")
     add_log_level(parser)
     parser.set_defaults(handler=_run_bcanalyze)
 
@@ -126,7 +135,8 @@ def _add_bcanalyze_parser(subparsers) -> None:
 def _run_bcanalyze(args: argparse.Namespace) -> int:
     from logitsdump.badcase import DEFAULT_ANALYZER_DIR, BcanalyzeOptions, analyze
 
-    options = BcanalyzeOptions(args.golden_path, args.my_path, args.output_dir or DEFAULT_ANALYZER_DIR)
+    options = BcanalyzeOptions(args.golden_path, args.my_path, args.output_dir or DEFAULT_ANALYZER_DIR,
+                               metric=args.metric, lm_eval_filter=args.lm_eval_filter)
     result = analyze(options)
     if result.output_path is None:
         print(f"no bad cases: the {result.compared} cases in both files have the same verdict")
@@ -146,14 +156,15 @@ def _add_dump_parser(subparsers) -> None:
         description="msit llm logitsdump: run the command with BAD_CASE_LOGITS_DUMP=True, "
         "LOGITS_DUMP_TOKEN_MAX_LENGTH=N and BAD_CASE_LIST=<keys of the bad-case CSV>. The command is "
         "split into words as a shell would (quote a path with spaces) but run without a shell; it must "
-        "start with modeltest, torchrun or logitsdump, and its --batch_size, if given, must be 1.",
+        "start with modeltest, torchrun or logitsdump, and its --batch_size, if given, must be 1. "
+        "Or, with --from-samples, replay the bad docs of an lm-eval run in-process (docs/lm-eval.md).",
     )
     parser.add_argument(
         "-e",
         "--exec",
         dest="exec_command",
-        required=True,
-        help='runner command, e.g. "modeltest --model_config_path ..."',
+        default=None,
+        help='runner command, e.g. "modeltest --model_config_path ..." (required unless --from-samples)',
     )
     parser.add_argument("-bcr", "--bad-case-result", required=True, help="bad-case CSV (from bcanalyze)")
     parser.add_argument(
@@ -183,13 +194,29 @@ def _add_dump_parser(subparsers) -> None:
         help="our addition: step = forced decoding through the KV-cache decode path (default); "
         "prefill = score the whole golden continuation in one forward pass",
     )
+    lm_eval = parser.add_argument_group("our addition: replaying an lm-eval run (instead of -e)")
+    lm_eval.add_argument("--from-samples", metavar="SAMPLES_JSONL", default=None,
+                         help="lm-eval's samples_<task>_*.jsonl (--log_samples): replay the logged prompts of the "
+                         "bad-case CSV's docs through the model of --model_config_path")
+    add_flag(lm_eval, "model_config_path", default=None, help="--from-samples: the model YAML to replay on")
+    add_flag(lm_eval, "output_dir", default="", help="--from-samples: root of data/.../logits/ (default: .)")
+    add_flag(lm_eval, "device", default="auto",
+             help="--from-samples: auto (CUDA, else NPU, else CPU), cpu, cuda, cuda:N, npu, npu:N")
     add_log_level(parser)
     parser.set_defaults(handler=_run_dump)
 
 
 def _run_dump(args: argparse.Namespace) -> int:
     from logitsdump.dump import DumpOptions, run_dump
+    from logitsdump.errors import UsageError
 
+    if args.from_samples is not None:
+        return _run_samples_dump(args)
+    if args.exec_command is None:
+        raise UsageError("give the runner command with -e, or an lm-eval samples file with --from-samples")
+    if args.model_config_path is not None or args.output_dir or args.device != "auto":
+        raise UsageError("--model_config_path, --output_dir and --device go with --from-samples; with -e they "
+                         "belong in the runner command")
     options = DumpOptions(
         exec_command=args.exec_command,
         bad_case_csv=args.bad_case_result,
@@ -200,6 +227,24 @@ def _run_dump(args: argparse.Namespace) -> int:
         replay_mode=args.replay_mode,
     )
     result = run_dump(options)
+    for line in result.summary_lines():
+        print(line, flush=True)
+    return 0
+
+
+def _run_samples_dump(args: argparse.Namespace) -> int:
+    from logitsdump.errors import UsageError
+    from logitsdump.lmeval.replay import SamplesDumpOptions, run_samples_dump
+
+    if args.exec_command is not None:
+        raise UsageError("--from-samples replays in this process: leave out -e")
+    if args.model_config_path is None:
+        raise UsageError("--from-samples needs --model_config_path, the model YAML to replay on")
+    result = run_samples_dump(SamplesDumpOptions(
+        samples_path=args.from_samples, bad_case_csv=args.bad_case_result, model_config_path=args.model_config_path,
+        token_range=args.token_range, output_dir=args.output_dir, device=args.device, resume=args.resume,
+        logits_fp32=args.logits_fp32, replay=args.replay, replay_mode=args.replay_mode,
+    ))
     for line in result.summary_lines():
         print(line, flush=True)
     return 0
