@@ -130,6 +130,7 @@ def _run_bcanalyze(args: argparse.Namespace) -> int:
         print(f"no bad cases: the {result.compared} cases in both files have the same verdict")
     else:
         print(f"{result.bad_cases} bad case(s) of {result.compared} compared: {result.output_path}")
+    print(result.flips.describe())
     return 0
 
 

@@ -190,6 +190,7 @@ def _bcanalyze(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
     run.bad_case_csv = result.output_path
     where = f"-> {result.output_path.relative_to(workdir)}" if result.output_path else "(nothing to dump)"
     say(f"  {run.task:<16} {run.bad_cases} bad case(s) of {result.compared} {where}")
+    say(f"  {'':<16} {result.flips.describe()}")
 
 
 @dataclass
