@@ -93,6 +93,8 @@ svg.plot .dot{fill:#1f5fbf}svg.plot .dot.mark{fill:var(--v-divergent)}
 svg.plot .threshold{stroke:#667085;stroke-dasharray:5 4;stroke-width:1.2}
 svg.plot .marker{stroke:var(--v-divergent);stroke-width:1.6;stroke-dasharray:3 2}
 svg.plot .marker.minor{stroke:#e07b7b;stroke-width:1;stroke-dasharray:2 3}
+svg.plot .bar{fill:#7ea6e0}svg.plot .zero{stroke:#98a2b3;stroke-width:1}
+svg.plot .mean{stroke:var(--v-divergent);stroke-width:1.6;stroke-dasharray:3 2}
 svg.plot .unjudged{fill:#eef0f3;opacity:.7}svg.plot .empty{font-size:12px;fill:#98a2b3}
 .legend .key{display:inline-block;width:18px;height:0;vertical-align:middle;margin:0 4px 0 12px}
 .legend .key.marker{border-top:2px dashed var(--v-divergent)}
