@@ -506,6 +506,8 @@ class CompareDocument:
     summary: Mapping[str, Any]
     cases: tuple[CaseRecord, ...]
     schema_version: int = SCHEMA_VERSION
+    #: `floor.Floor.to_dict()`: which noise floor the replayed verdicts used (None: not recorded).
+    floor: Mapping[str, Any] | None = None
 
     @cached_property
     def stats(self) -> StepStatistics | None:
@@ -518,6 +520,7 @@ class CompareDocument:
             "tool": self.tool,
             "timestamp": self.timestamp,
             "options": dict(self.options),
+            "floor": dict(self.floor) if self.floor is not None else None,
             "summary": dict(self.summary),
             "stats": self.stats.to_dict() if self.stats is not None else None,
             "cases": [case.to_dict() for case in self.cases],
@@ -547,6 +550,7 @@ class CompareDocument:
             summary=dict(summary) if isinstance(summary, Mapping) else {},
             cases=cases,
             schema_version=SCHEMA_VERSION,
+            floor=dict(data["floor"]) if isinstance(data.get("floor"), Mapping) else None,
         )
 
 
