@@ -19,7 +19,6 @@ import torch
 from logitsdump.cli import main
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.calibrate import calibrate, format_calibration, load_tolerances
-from logitsdump.compare.judge import DEFAULT_NOISE_COSINE, DEFAULT_NOISE_KL, DEFAULT_NOISE_MARGIN
 from logitsdump.compare.kernels import rank_of
 from logitsdump.compare.metrics import Thresholds, pair_metrics
 from logitsdump.compare.outputs import CASE_COLUMNS
@@ -94,8 +93,13 @@ def _near_tie(seed: int, margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     return g, _swap(g, top, other) + 1e-4
 
 
+#: The floor these synthetic cases are judged against (the tiny model's measured one): the rules are
+#: tested here; the floor without a tolerances file (the dtype's default) has its own tests below.
+FLOOR = {"noise_margin": 1.0, "noise_kl": 0.13, "noise_cosine": 0.989}
+
+
 def _run(root: Path, **kwargs):
-    return run_compare(CompareOptions(root / "golden", root / "mine", root / "out", **kwargs), now=NOW)
+    return run_compare(CompareOptions(root / "golden", root / "mine", root / "out", **(FLOOR | kwargs)), now=NOW)
 
 
 def _build(root: Path) -> None:
@@ -171,12 +175,12 @@ def test_replay_verdicts(replay_dirs: Path) -> None:
     suspect = cases[4]
     assert suspect.changed_steps == (1, 3)
     clear = suspect.changes[1]
-    assert clear.flip_margin > DEFAULT_NOISE_MARGIN and clear.my_flip_margin == pytest.approx(2.0, abs=1e-5)
+    assert clear.flip_margin > FLOOR["noise_margin"] and clear.my_flip_margin == pytest.approx(2.0, abs=1e-5)
     assert clear.golden_rank_in_mine == 2 and clear.my_rank_in_golden > 1
     assert "clear golden margin" in suspect.reason and "token 3" in suspect.reason
     drift = cases[5]
     assert drift.changes == () and "drift apart" in drift.reason
-    assert drift.worst_kl > DEFAULT_NOISE_KL and drift.mean_kl < drift.worst_kl
+    assert drift.worst_kl > FLOOR["noise_kl"] and drift.mean_kl < drift.worst_kl
     assert "token 2" in cases[6].reason
     assert dict(summary.verdicts)["noise"] == 1 and dict(summary.verdicts)["precision-suspect"] == 2
 
@@ -293,9 +297,8 @@ def test_case_csv_and_json_fields(replay_dirs: Path) -> None:
     assert by_key["3"]["my_ranks_in_golden"] == "2 2" and by_key["1"]["changed_steps"] == ""
     assert float(by_key["5"]["p95_kl"]) >= float(by_key["5"]["mean_kl"]) > 0
     document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
-    assert document["options"]["noise_margin"] == DEFAULT_NOISE_MARGIN
-    assert document["options"]["noise_kl"] == DEFAULT_NOISE_KL
-    assert document["options"]["noise_cosine"] == DEFAULT_NOISE_COSINE
+    assert {k: document["options"][k] for k in FLOOR} == FLOOR
+    assert document["floor"]["source"] == "flags" and document["floor"]["tolerances"]["noise_kl"] == 0.13
     case = next(c for c in document["cases"] if c["key"] == 4)
     assert case["replay_mode"] == "step" and case["changed_steps"] == [1, 3]
     change = case["changes"][1]

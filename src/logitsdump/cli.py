@@ -251,35 +251,79 @@ def _add_compare_parser(subparsers) -> None:
     verdict.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
                         help="a first argmax change is a tie-flip when golden's top-1 logit leads the "
                         "test's choice by at most this (logits; default 0.1)")
+    verdict.add_argument("--tolerances", metavar="FILE", default=None,
+                        help="the model's measured noise floor: a tolerances file written by `logitsdump calibrate` "
+                        "(flags given here win). Without it, replayed cases are judged against the conservative "
+                        "default of the dumps' dtype (docs/compare.md)")
     verdict.add_argument("--noise-margin", type=_number_at_least(0.0), default=None,
                         help="replayed cases (dump --replay): an argmax change is noise when golden's top-1 logit "
-                        "leads the test's choice by at most this (logits; default 1.0)")
+                        "leads the test's choice by at most this (logits; default: sqrt(2 x the dtype's KL "
+                        "bound), bf16 0.04)")
     verdict.add_argument("--noise-kl", type=_number_at_least(0.0), default=None,
-                        help="replayed cases: a step is close when its KL is at most this (default 0.13)")
+                        help="replayed cases: a step is close when its KL is at most this (default: the dtype's "
+                        "bound, bf16 8e-4, fp16 1.25e-5, fp32 1.86e-13)")
     verdict.add_argument("--noise-cosine", type=_number_at_least(-1.0, 1.0), default=None,
-                        help="replayed cases: a step is close when its cosine is at least this (default 0.989)")
-    verdict.add_argument("--tolerances", metavar="FILE", default=None,
-                        help="read --tie-tolerance, --noise-margin, --noise-kl and --noise-cosine from a JSON file "
-                        "written by --calibrate (flags given here win)")
+                        help="replayed cases: a step is close when its cosine is at least this (default -1: not "
+                        "used; cosine of logits is not scale-free)")
+    verdict.add_argument("--noise-mean-kl", type=_number_at_least(0.0), default=None,
+                        help="replayed cases: a case drifts when the mean KL of its steps is above this "
+                        "(default: not used; `calibrate` measures it)")
     calibration = parser.add_argument_group("our additions: calibration")
     calibration.add_argument("--calibrate", action="store_true",
-                        help="treat the two folders as known-good noise: print the spread of the per-step "
-                        "metrics and suggested tolerances, and write them to "
-                        "<-o>/logits_cmp_tolerances_<ts>.json (no verdict files)")
+                        help="the same as `logitsdump calibrate` with these folders: measure them as a "
+                        "known-healthy pair and write the tolerances file (no verdict files)")
     calibration.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
                         help="--calibrate: each tolerance is this times the 0.99 quantile of the spread (default 2)")
     add_log_level(parser)
     parser.set_defaults(handler=_run_compare)
 
 
+def _add_calibrate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="measure a model's noise floor on a known-healthy pair of dumps and write the tolerances file "
+        "compare --tolerances reads",
+        description="Treat the two folders as a known-healthy pair of the same model: the same device twice, "
+        "or a higher precision (golden, e.g. fp32) against the dtype under test (e.g. bf16), the test side "
+        "replayed (dump --replay). Print the spread of the per-step metrics and write the tolerances "
+        "(each the safety factor times the 0.99 quantile) to <-o>/logits_cmp_tolerances_<ts>.json, or to "
+        "--tolerances-file. Calibrate on other cases than those you will judge.",
+    )
+    add_golden_and_test(parser, "folder of logits files of a known-healthy pair")
+    add_output_dir(parser, "./output", "./output")
+    parser.add_argument("--tolerances-file", metavar="FILE", default=None,
+                        help="write the tolerances here instead of <-o>/logits_cmp_tolerances_<ts>.json")
+    parser.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
+                        help="each tolerance is this times the quantile of the spread (default 2)")
+    parser.add_argument("--quantile", type=_number_at_least(0.5, 1.0), default=None,
+                        help="the quantile (nearest rank) of the spread each tolerance is based on (default 0.99)")
+    parser.add_argument("--topk", type=positive_int, default=10, help="k of the top-k overlap (default 10)")
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from logitsdump.compare import CompareOptions
+    from logitsdump.compare.calibrate import DEFAULT_QUANTILE, DEFAULT_SAFETY_FACTOR, calibrate, format_calibration
+
+    options = CompareOptions(golden_path=args.golden_path, my_path=args.my_path, output_dir=args.output_dir,
+                             topk=args.topk)
+    result = calibrate(
+        options,
+        safety_factor=DEFAULT_SAFETY_FACTOR if args.safety_factor is None else args.safety_factor,
+        quantile=DEFAULT_QUANTILE if args.quantile is None else args.quantile,
+        output_path=args.tolerances_file,
+    )
+    print(format_calibration(result))
+    return 0
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from logitsdump.compare import CompareOptions, run_compare
-    from logitsdump.compare.calibrate import DEFAULT_SAFETY_FACTOR, calibrate, format_calibration, load_tolerances
+    from logitsdump.compare.calibrate import DEFAULT_SAFETY_FACTOR, calibrate, format_calibration
+    from logitsdump.compare.floor import TOLERANCE_KEYS
 
-    tolerances = load_tolerances(args.tolerances) if args.tolerances else {}
-    for name in ("tie_tolerance", "noise_margin", "noise_kl", "noise_cosine"):
-        if getattr(args, name) is not None:
-            tolerances[name] = getattr(args, name)
+    tolerances = {name: getattr(args, name) for name in TOLERANCE_KEYS if getattr(args, name) is not None}
     options = CompareOptions(
         golden_path=args.golden_path,
         my_path=args.my_path,
@@ -289,6 +333,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         l1=args.l1_norm,
         dtype=args.dtype,
         topk=args.topk,
+        tolerances_file=args.tolerances,
         **tolerances,
     )
     if args.calibrate:
@@ -299,6 +344,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     from logitsdump.report.terminal import print_summary
 
     print_summary(summary)
+    if summary.floor is not None:
+        print(f"floor:   {summary.floor.description}")
     print(f"results: {summary.csv_path}")
     print(f"cases:   {summary.cases_csv_path}")
     print(f"         {summary.cases_json_path}")
@@ -404,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bcanalyze_parser(subparsers)
     _add_dump_parser(subparsers)
     _add_compare_parser(subparsers)
+    _add_calibrate_parser(subparsers)
     _add_report_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_examples_parser(subparsers)
