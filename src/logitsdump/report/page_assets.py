@@ -53,6 +53,7 @@ table.sortable thead th[aria-sort=descending]::after{content:" ▼";color:var(--
 td.reason{color:#475467;font-size:12px;min-width:240px}
 table.sortable thead th{white-space:normal;vertical-align:bottom}
 table.thresholds th,table.thresholds td.num{white-space:nowrap}
+table.stats-kld td,table.stats-dp td,table.stats-kld th,table.stats-dp th{white-space:nowrap}
 .case{border:1px solid var(--line);border-left:5px solid var(--vc,#999);border-radius:8px;padding:14px 18px;
 margin:0 0 22px;background:#fff}
 .case .task{font-size:12px;font-weight:400;color:var(--muted);margin-left:6px}
