@@ -75,3 +75,18 @@ def test_reading_is_lenient_but_never_invents_numbers() -> None:
     assert record.steps[1].metrics.signed_dp is None  # a metric added after version 1: absent, not made up
     bad = dict(case["steps"][1], signed_dp="0.5x")
     assert CaseRecord.from_dict(dict(case, steps=[bad])).steps[0].metrics is None  # present but mistyped
+
+
+@pytest.mark.parametrize("name", ["cases_v1_free_run.json", "cases_v1_replay.json"])
+def test_version_1_gets_the_statistics_of_its_judged_steps(name: str) -> None:
+    document = _v1(name)
+    for case in document.cases:
+        judged = [s.metrics.kl_divergence for s in case.steps[: case.tokens_judged] if s.metrics is not None]
+        assert case.stats is not None and case.stats.kld_steps == len(judged)
+        assert case.stats.kld_mean == pytest.approx(case.mean_kl, rel=1e-12)  # the judge's mean, same steps
+        assert case.stats.kld_max == case.worst_kl
+        assert case.stats.dp_steps == 0 and case.stats.dp_mean is None  # no signed_dp before version 2
+    assert document.stats is not None
+    assert document.stats.kld_steps == sum(c.stats.kld_steps for c in document.cases)
+    written = document.to_dict()
+    assert written["stats"] == document.stats.to_dict() and written["cases"][0]["stats"]["kld_steps"] > 0
