@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from logitsdump import __version__
 from logitsdump.dtypes import DATA_TYPES
-from logitsdump.errors import EXIT_FAILURE, UserError
+from logitsdump.errors import EXIT_FAILURE, UsageError, UserError
 from logitsdump.logs import LEVELS, get_logger, setup_logging
 from logitsdump.protocol import REPLAY_MODES
 
@@ -268,6 +268,9 @@ def _add_compare_parser(subparsers) -> None:
     verdict.add_argument("--noise-mean-kl", type=_number_at_least(0.0), default=None,
                         help="replayed cases: a case drifts when the mean KL of its steps is above this "
                         "(default: not used; `calibrate` measures it)")
+    verdict.add_argument("--noise-mean-kl-steps", type=_number_at_least(1.0), default=None,
+                        help="the number of steps --noise-mean-kl holds for; a case of n steps gets it times "
+                        "sqrt(this / n), at most --noise-kl (default 1; `calibrate` measures it)")
     calibration = parser.add_argument_group("our additions: calibration")
     calibration.add_argument("--calibrate", action="store_true",
                         help="the same as `logitsdump calibrate` with these folders: measure them as a "
@@ -289,7 +292,13 @@ def _add_calibrate_parser(subparsers) -> None:
         "(each the safety factor times the 0.99 quantile) to <-o>/logits_cmp_tolerances_<ts>.json, or to "
         "--tolerances-file. Calibrate on other cases than those you will judge.",
     )
-    add_golden_and_test(parser, "folder of logits files of a known-healthy pair")
+    group = parser.add_argument_group("inputs")
+    group.add_argument("-gp", "--golden-path", required=True, metavar="PATH", action="append",
+                       help="the golden (or higher-precision) side's folder of logits files; repeat -gp/-mp for "
+                       "several pairs (e.g. one per task), measured together")
+    group.add_argument("-mp", "--my-path", required=True, metavar="PATH", action="append",
+                       help="the dtype under test's folder of logits files (replayed), paired with the -gp "
+                       "in the same position")
     add_output_dir(parser, "./output", "./output")
     parser.add_argument("--tolerances-file", metavar="FILE", default=None,
                         help="write the tolerances here instead of <-o>/logits_cmp_tolerances_<ts>.json")
@@ -306,10 +315,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from logitsdump.compare import CompareOptions
     from logitsdump.compare.calibrate import DEFAULT_QUANTILE, DEFAULT_SAFETY_FACTOR, calibrate, format_calibration
 
-    options = CompareOptions(golden_path=args.golden_path, my_path=args.my_path, output_dir=args.output_dir,
-                             topk=args.topk)
+    if len(args.golden_path) != len(args.my_path):
+        raise UsageError(f"give as many -mp as -gp (found {len(args.golden_path)} -gp, {len(args.my_path)} -mp)")
+    pairs = [CompareOptions(golden_path=g, my_path=m, output_dir=args.output_dir, topk=args.topk)
+             for g, m in zip(args.golden_path, args.my_path, strict=True)]
     result = calibrate(
-        options,
+        pairs,
         safety_factor=DEFAULT_SAFETY_FACTOR if args.safety_factor is None else args.safety_factor,
         quantile=DEFAULT_QUANTILE if args.quantile is None else args.quantile,
         output_path=args.tolerances_file,

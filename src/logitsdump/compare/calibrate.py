@@ -28,7 +28,6 @@ from typing import Any
 
 from logitsdump import __version__
 from logitsdump.compare.floor import (
-    TOLERANCE_KEYS,
     TOLERANCES_PREFIX,
     TOLERANCES_SCHEMA,
     TOLERANCES_VERSION,
@@ -38,7 +37,7 @@ from logitsdump.compare.options import CompareOptions
 from logitsdump.compare.records import CaseRecord, Step
 from logitsdump.compare.run import measure
 from logitsdump.compare.stats import percentile_high
-from logitsdump.errors import DataError, UsageError
+from logitsdump.errors import UsageError
 from logitsdump.fsutil import atomic_write_text, claim_stamped, timestamp
 
 #: Default safety factor and quantile of the suggestions.
@@ -104,7 +103,9 @@ class Calibration:
                 "1 - cosine, noise_mean_kl from each case's mean KL, noise_margin and tie_tolerance from "
                 "golden's margin at the steps where the argmax differs")
 
-    def to_dict(self, options: CompareOptions, stamp: str) -> dict[str, Any]:
+    def to_dict(self, pairs: Sequence[CompareOptions], stamp: str) -> dict[str, Any]:
+        golden = [str(p.golden_path) for p in pairs]
+        mine = [str(p.my_path) for p in pairs]
         return {
             "schema": TOLERANCES_SCHEMA,
             "schema_version": TOLERANCES_VERSION,
@@ -116,8 +117,8 @@ class Calibration:
             "quantile": self.quantile,
             "notes": list(self.notes),
             "measured": {
-                "golden_path": str(options.golden_path),
-                "my_path": str(options.my_path),
+                "golden_path": golden[0] if len(golden) == 1 else golden,
+                "my_path": mine[0] if len(mine) == 1 else mine,
                 "cases": self.cases,
                 "replayed_cases": self.replayed_cases,
                 "steps": self.steps,
@@ -133,32 +134,39 @@ class Calibration:
 
 
 def calibrate(
-    options: CompareOptions,
+    options: CompareOptions | Sequence[CompareOptions],
     *,
     safety_factor: float = DEFAULT_SAFETY_FACTOR,
     quantile: float = DEFAULT_QUANTILE,
     output_path: str | os.PathLike[str] | None = None,
     now: datetime | None = None,
 ) -> Calibration:
-    """Measure the pair of `options` as known-good noise, write the suggested tolerances, return them.
+    """Measure the pair of `options` (or several pairs together, e.g. one per task) as known-good noise,
+    write the suggested tolerances, return them.
 
     The JSON goes to `output_path`, by default `logits_cmp_tolerances_<ts>.json` in
-    the output folder (never overwritten: `_1`, `_2`, ... are added).
+    the (first pair's) output folder (never overwritten: `_1`, `_2`, ... are added).
     """
+    pairs = [options] if isinstance(options, CompareOptions) else list(options)
+    if not pairs:
+        raise UsageError("calibrate needs at least one pair of folders")
     if not (safety_factor >= 1.0 and math.isfinite(safety_factor)):
         raise UsageError(f"--safety-factor must be a finite number >= 1, found {safety_factor}")
     if not (0.0 < quantile <= 1.0):
         raise UsageError(f"the calibration quantile must be in (0, 1], found {quantile}")
-    measured = measure(options)
+    runs = [measure(pair) for pair in pairs]
+    cases = [case for run in runs for case in run.cases]
     kls: list[float] = []
     gaps: list[float] = []
     diffs: list[float] = []
     margins: list[float] = []
-    means: list[float] = []
-    for case in measured.cases:
-        case_kls = [s.metrics.kl_divergence for s in judged_steps(case) if s.metrics is not None]
-        if case_kls:
-            means.append(math.fsum(case_kls) / len(case_kls))
+    case_kls = [[s.metrics.kl_divergence for s in judged_steps(c) if s.metrics is not None] for c in cases]
+    case_kls = [values for values in case_kls if values]
+    # each case's mean KL, brought to the median case length N (a mean over n steps spreads as 1/sqrt(n)):
+    # the judge allows noise_mean_kl * sqrt(N / n) for a case of n steps
+    steps_per_case = float(sorted(len(v) for v in case_kls)[(len(case_kls) - 1) // 2]) if case_kls else 1.0
+    means = [math.fsum(v) / len(v) * math.sqrt(min(1.0, len(v) / steps_per_case)) for v in case_kls]
+    for case in cases:
         for step in judged_steps(case):
             m = step.metrics
             if m is None:
@@ -177,15 +185,16 @@ def calibrate(
         suggested["tie_tolerance"] = suggested["noise_margin"] = _round_up(safety_factor * change.at_quantile)
     else:
         notes.append("no argmax change among the judged steps: tie_tolerance and noise_margin not measured "
-                     "(keep the defaults, or calibrate on more cases)")
+                     "(compare then takes noise_margin = sqrt(2 x noise_kl); or calibrate on more cases)")
     if kl.at_quantile is not None and gap.at_quantile is not None:
         suggested["noise_kl"] = _round_up(safety_factor * kl.at_quantile)
         suggested["noise_cosine"] = max(-1.0, 1.0 - _round_up(safety_factor * gap.at_quantile))
         if case_mean.at_quantile is not None:
             suggested["noise_mean_kl"] = _round_up(safety_factor * case_mean.at_quantile)
+            suggested["noise_mean_kl_steps"] = steps_per_case
     else:
         notes.append("no step could be measured: noise_kl and noise_cosine not suggested")
-    if measured.cases and not any(c.replayed for c in measured.cases):
+    if cases and not any(c.replayed for c in cases):
         notes.append("no replayed case: only the steps up to each case's first argmax change were used; "
                      "replay the test side (dump --replay) to measure every step")
     stamp = timestamp(now)
@@ -195,25 +204,25 @@ def calibrate(
             path=path,
             safety_factor=safety_factor,
             quantile=quantile,
-            cases=len(measured.cases),
-            replayed_cases=sum(1 for c in measured.cases if c.replayed),
+            cases=len(cases),
+            replayed_cases=sum(1 for c in cases if c.replayed),
             steps=len(kls),
             kl=kl,
             one_minus_cosine=gap,
             max_abs_diff=diff,
             change_margins=change,
             case_mean_kl=case_mean,
-            dtypes=(_dtype(measured.cases, golden=True), _dtype(measured.cases, golden=False)),
+            dtypes=(_dtype(cases, golden=True), _dtype(cases, golden=False)),
             suggested=suggested,
             notes=tuple(notes),
         )
-        document = result.to_dict(options, stamp)
+        document = result.to_dict(pairs, stamp)
         atomic_write_text(path, json.dumps(document, ensure_ascii=False, indent=1, allow_nan=False) + "\n")
         return result
 
     if output_path is not None:
         return write(Path(output_path))
-    with claim_stamped(measured.out_dir, stamp, lambda tag: (f"{TOLERANCES_PREFIX}{tag}.json",)) as (path,):
+    with claim_stamped(runs[0].out_dir, stamp, lambda tag: (f"{TOLERANCES_PREFIX}{tag}.json",)) as (path,):
         return write(path)
 
 
@@ -258,7 +267,8 @@ def format_calibration(result: Calibration) -> str:
                      f"{num(spread.max):>10}")
     lines += ["", f"rule: {result.rule}", "suggested:"]
     flags = {"tie_tolerance": "--tie-tolerance", "noise_margin": "--noise-margin", "noise_kl": "--noise-kl",
-             "noise_cosine": "--noise-cosine", "noise_mean_kl": "--noise-mean-kl"}
+             "noise_cosine": "--noise-cosine", "noise_mean_kl": "--noise-mean-kl",
+             "noise_mean_kl_steps": "--noise-mean-kl-steps"}
     for key, flag in flags.items():
         value = result.suggested.get(key)
         lines.append(f"  {flag:<16} {value:.6g}" if value is not None else f"  {flag:<16} (not measured)")

@@ -13,8 +13,8 @@ Three sources, in this order of preference:
   calls anything noise on weaker evidence than a measured floor would. The argmax-change margin
   follows from the KL bound: two candidates that hold nearly all the probability and are m logits
   apart, swapped, give KL ~ m^2 / 2, so a swap the margin rule accepts is one the KL rule accepts:
-  `sqrt(2 * noise_kl)` logits (bf16: 0.04). Cosine of logits is not scale-free (adding a constant to every logit changes it),
-  so the default does not use it (-1).
+  `sqrt(2 * noise_kl)` logits (bf16: 0.04). Cosine of logits is not scale-free (adding a constant
+  to every logit changes it), so the default does not use it (-1).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from logitsdump.errors import DataError
 BF16_ANCHOR_KL = 8e-4
 MEASURED, FLAGS, DEFAULT = "measured", "flags", "default"
 #: The noise tolerances a floor sets (CompareOptions fields); `tie_tolerance` is the free runs' own.
-NOISE_KEYS = ("noise_margin", "noise_kl", "noise_cosine", "noise_mean_kl")
+NOISE_KEYS = ("noise_margin", "noise_kl", "noise_cosine", "noise_mean_kl", "noise_mean_kl_steps")
 #: The keys of a tolerances file, with the CompareOptions field each sets.
 TOLERANCE_KEYS = ("tie_tolerance", *NOISE_KEYS)
 #: Tolerance files are named `{TOLERANCES_PREFIX}<timestamp>[_N].json`.
@@ -49,7 +49,7 @@ def default_tolerances(dtype: str) -> dict[str, float | None]:
     """The conservative, scale-free noise tolerances of `dtype` (see the module docstring)."""
     kl = BF16_ANCHOR_KL * (DTYPE_EPS[dtype] / DTYPE_EPS["bf16"]) ** 2
     return {"noise_kl": float(f"{kl:.3g}"), "noise_margin": float(f"{math.sqrt(2.0 * kl):.3g}"),
-            "noise_cosine": -1.0, "noise_mean_kl": None}
+            "noise_cosine": -1.0, "noise_mean_kl": None, "noise_mean_kl_steps": 1.0}
 
 
 def least_precise(dtypes: Iterable[str | None], fallback: str) -> str:
@@ -75,11 +75,11 @@ class Floor:
     def description(self) -> str:
         """One line for people: which floor the verdicts used."""
         t = self.tolerances
-        values = f"KL <= {t.noise_kl:.3g}, margin <= {t.noise_margin:.3g} logits"
+        values = f"step KL <= {t.noise_kl:.3g}, margin <= {t.noise_margin:.3g} logits"
         if t.noise_cosine > -1.0:
             values += f", cosine >= {t.noise_cosine:.6g}"
         if t.noise_mean_kl is not None:
-            values += f", case mean KL <= {t.noise_mean_kl:.3g}"
+            values += f", case mean KL <= {t.noise_mean_kl:.3g} at {t.noise_mean_kl_steps:g} steps"
         if self.source == MEASURED:
             cases = self.measured_on.get("cases")
             on = f", measured on {cases} known-healthy case(s)" if isinstance(cases, int) else ""
@@ -102,9 +102,13 @@ def resolve_floor(given: Mapping[str, float | None], *, file: str | None, measur
     dtype = least_precise(dtypes, fallback_dtype)
     values = dict(default_tolerances(dtype))
     chosen = {k: v for k, v in given.items() if k in NOISE_KEYS and v is not None}
+    if "noise_kl" in chosen and "noise_margin" not in chosen:
+        # no argmax change measured: the margin follows from the given KL bound, as the default's does
+        values["noise_margin"] = float(f"{math.sqrt(2.0 * chosen['noise_kl']):.3g}")
     values.update(chosen)
     tolerances = Tolerances(tie=tie, noise_margin=values["noise_margin"], noise_kl=values["noise_kl"],
-                            noise_cosine=values["noise_cosine"], noise_mean_kl=values["noise_mean_kl"])
+                            noise_cosine=values["noise_cosine"], noise_mean_kl=values["noise_mean_kl"],
+                            noise_mean_kl_steps=max(1.0, values["noise_mean_kl_steps"]))
     if file is not None:
         measured = dict(measured_on or {})
         return Floor(MEASURED, tolerances, measured.get("dtype") or dtype, file, measured)
@@ -145,6 +149,8 @@ def read_tolerances_file(path: str | os.PathLike[str]) -> tuple[dict[str, float]
         raise DataError(f"--tolerances {file}: none of {', '.join(TOLERANCE_KEYS)} is given")
     if any(values.get(key, 0.0) < 0 for key in ("tie_tolerance", "noise_margin", "noise_kl", "noise_mean_kl")):
         raise DataError(f"--tolerances {file}: tie_tolerance, noise_margin, noise_kl and noise_mean_kl must be >= 0")
+    if values.get("noise_mean_kl_steps", 1.0) < 1.0:
+        raise DataError(f"--tolerances {file}: noise_mean_kl_steps must be >= 1")
     if not -1.0 <= values.get("noise_cosine", 0.0) <= 1.0:
         raise DataError(f"--tolerances {file}: noise_cosine must be in [-1, 1]")
     measured = document.get("measured")

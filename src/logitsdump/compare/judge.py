@@ -78,6 +78,16 @@ class Tolerances:
     noise_kl: float = DEFAULT_NOISE_KL
     noise_cosine: float = DEFAULT_NOISE_COSINE
     noise_mean_kl: float | None = None
+    #: The number of steps `noise_mean_kl` holds for (the calibration cases' median); a case with n steps
+    #: gets `noise_mean_kl * sqrt(noise_mean_kl_steps / n)` (a mean over fewer steps spreads more), at most
+    #: noise_kl.
+    noise_mean_kl_steps: float = 1.0
+
+    def mean_kl_tolerance(self, steps: int) -> float | None:
+        """The case mean KL tolerance for a case of `steps` measured steps (None: the rule is off)."""
+        if self.noise_mean_kl is None or steps < 1:
+            return None
+        return min(self.noise_kl, self.noise_mean_kl * math.sqrt(max(1.0, self.noise_mean_kl_steps / steps)))
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -182,9 +192,10 @@ def judge_replay_case(
         )
         findings.append("drift")
     mean_kl = math.fsum(m.kl_divergence for m in measured) / len(measured) if measured else None
-    if tolerances.noise_mean_kl is not None and mean_kl is not None and mean_kl > tolerances.noise_mean_kl:
+    mean_tolerance = tolerances.mean_kl_tolerance(len(measured))
+    if mean_tolerance is not None and mean_kl is not None and mean_kl > mean_tolerance:
         problems.append(f"the mean KL of its {len(measured)} steps, {mean_kl:.3g}, is above the floor's "
-                        f"{tolerances.noise_mean_kl:.3g}")
+                        f"{mean_tolerance:.3g} for {len(measured)} steps")
         if "drift" not in findings:
             findings.append("drift")
     if problems:

@@ -38,6 +38,7 @@ class CompareOptions:
     noise_kl: float | None = None
     noise_cosine: float | None = None
     noise_mean_kl: float | None = None
+    noise_mean_kl_steps: float | None = None
     #: A tolerances file written by `logitsdump calibrate`: the measured noise floor.
     tolerances_file: str | os.PathLike[str] | None = None
     #: Reader threads; None: the CPU count, at most 8.
@@ -77,6 +78,8 @@ class CompareOptions:
             value = getattr(self, name)
             if value is not None and not (value >= 0.0 and math.isfinite(value)):
                 raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, found {value}")
+        if self.noise_mean_kl_steps is not None and not (1.0 <= self.noise_mean_kl_steps < math.inf):
+            raise UsageError(f"--noise-mean-kl-steps must be a finite number >= 1, found {self.noise_mean_kl_steps}")
         if self.noise_cosine is not None and not (-1.0 <= self.noise_cosine <= 1.0):
             raise UsageError(f"--noise-cosine must be in [-1, 1], found {self.noise_cosine}")
         if self.workers is not None and self.workers < 1:
@@ -100,5 +103,6 @@ class CompareOptions:
             "noise_kl": tolerances.noise_kl,
             "noise_cosine": tolerances.noise_cosine,
             "noise_mean_kl": tolerances.noise_mean_kl,
+            "noise_mean_kl_steps": tolerances.noise_mean_kl_steps,
             "tolerances_file": str(self.tolerances_file) if self.tolerances_file is not None else None,
         }
