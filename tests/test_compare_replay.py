@@ -471,7 +471,7 @@ def test_calibrate_command_writes_the_floor_compare_names(tmp_path: Path, capsys
     args = ["compare", "-gp", str(tmp_path / "a" / "golden"), "-mp", str(tmp_path / "a" / "mine")]
     assert main([*args, "-o", str(tmp_path / "o"), "--tolerances", str(floor_file)]) == 0
     out = capsys.readouterr().out
-    assert f"floor:   measured noise floor from {floor_file}, measured on 12 known-healthy case(s)" in out
+    assert f"floor: measured noise floor from {floor_file}, measured on 12 known-healthy case(s)" in out
     (cases_json,) = (tmp_path / "o").glob("logits_cmp_cases_*.json")
     result = json.loads(cases_json.read_text())
     assert result["floor"]["source"] == "measured" and result["floor"]["path"] == str(floor_file)

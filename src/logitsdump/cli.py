@@ -355,8 +355,6 @@ def _run_compare(args: argparse.Namespace) -> int:
     from logitsdump.report.terminal import print_summary
 
     print_summary(summary)
-    if summary.floor is not None:
-        print(f"floor:   {summary.floor.description}")
     print(f"results: {summary.csv_path}")
     print(f"cases:   {summary.cases_csv_path}")
     print(f"         {summary.cases_json_path}")

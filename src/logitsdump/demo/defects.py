@@ -16,6 +16,7 @@ A "device with a defect" is simulated by a copy of a model folder that carries t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
     layers = int(config["num_hidden_layers"])
     if not 0 <= defect.layer < layers:
         raise ConfigError(f"defect {defect.kind}: layer {defect.layer} is not in 0..{layers - 1}")
-    shutil.copytree(source, target)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("model.safetensors"))
     prefix = f"model.layers.{defect.layer}."
     if defect.kind in ("scale-layer", "scale-o-proj", "zero-head"):
         weights = load_file(str(source / "model.safetensors"))
@@ -72,6 +73,7 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
                 weights[prefix + name] = weights[prefix + name] * defect.factor
         save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
         return target
+    _link_or_copy(source / "model.safetensors", target / "model.safetensors")  # the weights are unchanged
     if defect.kind == "rms-eps":
         config["rms_norm_eps"] = defect.value
     elif defect.kind == "rope-base":
@@ -84,6 +86,14 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
         config["planted_fp16_norm_layer"] = defect.layer
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return target
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no second copy of a large file), or a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def write_model_yaml(path: Path, model_dir: Path, model_name: str, data_type: str, *,

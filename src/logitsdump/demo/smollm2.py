@@ -26,6 +26,8 @@ FOLDER = "smollm2-135m"
 #: What `build_model` writes last: a folder with it is complete.
 COMPLETE_MARK = "logitsdump-model.json"
 MODEL_NAME = "smollm2_135m"
+#: Its measured noise floor, fp32 golden vs bf16 replayed (`bench/planted_bug.py --model smollm2`).
+FLOOR = Path(__file__).resolve().parent / "assets" / "configs" / "tolerances" / "smollm2_135m_bf16.json"
 
 _log = get_logger("smollm2")
 
