@@ -212,13 +212,14 @@ def smollm2_main(args: argparse.Namespace) -> None:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="planted_smollm2_"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
-    golden_yaml = write_model_yaml(work / "golden.yaml", model, smollm2.MODEL_NAME, "fp32")
+    chat = {"use_chat_template": True}  # an instruct model: asked through its chat template, it answers
+    golden_yaml = write_model_yaml(work / "golden.yaml", model, smollm2.MODEL_NAME, "fp32", **chat)
     conditions = []
     for name in names:
         defect = SMOLLM2_CONDITIONS[name]
         folder = model if defect is None else write_defective_model(model, work / "models" / _slug(name), defect)
         yaml = write_model_yaml(work / f"{_slug(name)}.yaml", folder, smollm2.MODEL_NAME, "bf16",
-                                trust_remote_code=defect is not None and defect.needs_code)
+                                trust_remote_code=defect is not None and defect.needs_code, **chat)
         conditions.append(Condition(name, yaml))
     per_task = max(1, args.cases // len(tasks)) if args.cases else None
     plans = {task: (_task_yaml(task, work, args.tokens), {}) for task in tasks}
@@ -237,7 +238,7 @@ def smollm2_main(args: argparse.Namespace) -> None:
                                        args.tokens, None, args.replay_mode, work / "logs" / f"golden_{part}_{task}.log")
             _say(f"  golden fp32 {task} {part}: {count} cases ({time.monotonic() - t0:.0f} s)")
 
-    healthy = write_model_yaml(work / "healthy.yaml", model, smollm2.MODEL_NAME, "bf16")
+    healthy = write_model_yaml(work / "healthy.yaml", model, smollm2.MODEL_NAME, "bf16", **chat)
     pairs = []
     for task, (task_yaml, parts) in plans.items():
         t0 = time.monotonic()

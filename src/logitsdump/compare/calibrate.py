@@ -1,4 +1,4 @@
-"""`compare --calibrate`: measure the spread of a known-good pair and suggest the noise tolerances.
+"""`logitsdump calibrate`: measure the spread of known-good pairs and write the noise tolerances (the floor).
 
 The pair is taken as pure numerical noise (two dumps of one healthy model in
 two dtypes, or on two healthy devices, the test side replayed). Over every
@@ -10,9 +10,10 @@ golden's margin at each argmax change, and suggests
 
 (`noise_kl` from KL, `noise_mean_kl` from each case's mean KL over its judged steps, `noise_cosine`
 = 1 - that of 1 - cosine, `noise_margin` and `tie_tolerance` from the golden margins at argmax
-changes). The suggestions are written as a JSON file, the model's measured noise floor, that
-`compare --tolerances FILE` reads (`floor.read_tolerances_file`). `logitsdump calibrate` is the
-command; `compare --calibrate` the older spelling of it.
+changes, `noise_margin` at least `floor.margin_of_kl(noise_kl)`). The suggestions are written as a
+JSON file, the model's measured noise floor, that `compare --tolerances FILE` reads
+(`floor.read_tolerances_file`). `logitsdump calibrate` is the command; `compare --calibrate` the
+older spelling of it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from logitsdump.compare.floor import (
     TOLERANCES_PREFIX,
     TOLERANCES_SCHEMA,
     TOLERANCES_VERSION,
+    margin_of_kl,
     read_tolerances_file,
 )
 from logitsdump.compare.options import CompareOptions
@@ -185,9 +187,15 @@ def calibrate(
         suggested["tie_tolerance"] = suggested["noise_margin"] = _round_up(safety_factor * change.at_quantile)
     else:
         notes.append("no argmax change among the judged steps: tie_tolerance and noise_margin not measured "
-                     "(compare then takes noise_margin = sqrt(2 x noise_kl); or calibrate on more cases)")
+                     "(compare then takes noise_margin = 2 x sqrt(noise_kl); or calibrate on more cases)")
     if kl.at_quantile is not None and gap.at_quantile is not None:
         suggested["noise_kl"] = _round_up(safety_factor * kl.at_quantile)
+        from_kl = margin_of_kl(suggested["noise_kl"])
+        if "noise_margin" in suggested and suggested["noise_margin"] < from_kl:
+            # a handful of argmax changes says little about the margins noise overturns
+            notes.append(f"noise_margin raised from {suggested['noise_margin']:g} (the {change.count} argmax "
+                         f"change(s)) to {from_kl:g} = 2 x sqrt(noise_kl), what noise at that KL overturns")
+            suggested["noise_margin"] = from_kl
         suggested["noise_cosine"] = max(-1.0, 1.0 - _round_up(safety_factor * gap.at_quantile))
         if case_mean.at_quantile is not None:
             suggested["noise_mean_kl"] = _round_up(safety_factor * case_mean.at_quantile)

@@ -11,10 +11,12 @@ Three sources, in this order of preference:
   a small logit perturbation): bf16 8e-4, fp16 1.25e-5, fp32 1.86e-13. A larger model is less noisy
   than a small one, so on a small model the default calls some plain noise precision-suspect; it never
   calls anything noise on weaker evidence than a measured floor would. The argmax-change margin
-  follows from the KL bound: two candidates that hold nearly all the probability and are m logits
-  apart, swapped, give KL ~ m^2 / 2, so a swap the margin rule accepts is one the KL rule accepts:
-  `sqrt(2 * noise_kl)` logits (bf16: 0.04). Cosine of logits is not scale-free (adding a constant
-  to every logit changes it), so the default does not use it (-1).
+  follows from the KL bound: a logit perturbation of standard deviation s gives KL ~ s^2 / 2 (the
+  variance under golden's distribution), and the gap between two candidates then moves by
+  s * sqrt(2), so noise at the KL bound K overturns margins up to `2 * sqrt(K)` logits (bf16: 0.057).
+  A floor measured with few argmax changes takes at least this margin too (the changes' own margins
+  are a poor estimate from a handful). Cosine of logits is not scale-free (adding a constant to
+  every logit changes it), so the default does not use it (-1).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from logitsdump.compare.judge import Tolerances
 from logitsdump.dtypes import DATA_TYPES, DTYPE_EPS
 from logitsdump.errors import DataError
+from logitsdump.logs import get_logger
 
 #: llama.cpp `--kl-divergence` on LLaMA-3-8B, bf16 against fp16: the 99.9th percentile of per-token KL.
 BF16_ANCHOR_KL = 8e-4
@@ -44,12 +47,19 @@ TOLERANCES_PREFIX = "logits_cmp_tolerances_"
 TOLERANCES_SCHEMA = "logitsdump-tolerances"
 TOLERANCES_VERSION = 1
 
+_log = get_logger("compare")
+
 
 def default_tolerances(dtype: str) -> dict[str, float | None]:
     """The conservative, scale-free noise tolerances of `dtype` (see the module docstring)."""
     kl = BF16_ANCHOR_KL * (DTYPE_EPS[dtype] / DTYPE_EPS["bf16"]) ** 2
-    return {"noise_kl": float(f"{kl:.3g}"), "noise_margin": float(f"{math.sqrt(2.0 * kl):.3g}"),
+    return {"noise_kl": float(f"{kl:.3g}"), "noise_margin": margin_of_kl(kl),
             "noise_cosine": -1.0, "noise_mean_kl": None, "noise_mean_kl_steps": 1.0}
+
+
+def margin_of_kl(kl: float) -> float:
+    """The argmax-change margin (logits) noise at the KL bound `kl` can overturn: 2 x sqrt(kl)."""
+    return float(f"{2.0 * math.sqrt(kl):.3g}")
 
 
 def least_precise(dtypes: Iterable[str | None], fallback: str) -> str:
@@ -99,19 +109,24 @@ def resolve_floor(given: Mapping[str, float | None], *, file: str | None, measur
                   dtypes: Iterable[str | None], fallback_dtype: str, tie: float) -> Floor:
     """The floor of a run: `given` (field -> value or None, from the file and the flags), completed by
     the default of the least precise of `dtypes` (else `fallback_dtype`, compare's -d)."""
+    dtypes = list(dtypes)
     dtype = least_precise(dtypes, fallback_dtype)
     values = dict(default_tolerances(dtype))
     chosen = {k: v for k, v in given.items() if k in NOISE_KEYS and v is not None}
     if "noise_kl" in chosen and "noise_margin" not in chosen:
         # no argmax change measured: the margin follows from the given KL bound, as the default's does
-        values["noise_margin"] = float(f"{math.sqrt(2.0 * chosen['noise_kl']):.3g}")
+        values["noise_margin"] = margin_of_kl(chosen["noise_kl"])
     values.update(chosen)
     tolerances = Tolerances(tie=tie, noise_margin=values["noise_margin"], noise_kl=values["noise_kl"],
                             noise_cosine=values["noise_cosine"], noise_mean_kl=values["noise_mean_kl"],
                             noise_mean_kl_steps=max(1.0, values["noise_mean_kl_steps"]))
     if file is not None:
         measured = dict(measured_on or {})
-        return Floor(MEASURED, tolerances, measured.get("dtype") or dtype, file, measured)
+        measured_dtype = measured.get("dtype")
+        if measured_dtype in DATA_TYPES and measured_dtype != dtype and any(d in DATA_TYPES for d in dtypes):
+            _log.warning("the floor %s was measured on %s, but these dumps are %s: measure one for %s", file,
+                         measured_dtype, dtype, dtype)
+        return Floor(MEASURED, tolerances, measured_dtype or dtype, file, measured)
     if chosen:
         return Floor(FLAGS, tolerances, dtype)
     return Floor(DEFAULT, tolerances, dtype)

@@ -54,9 +54,9 @@ from logitsdump.compare.verdicts import (
 DEFAULT_TIE_TOLERANCE = 0.1
 #: Default noise tolerances of replayed cases without a measured floor: `floor.default_tolerances("bf16")`,
 #: scale-free and conservative (KL on probabilities, anchored on llama.cpp's bf16 noise of LLaMA-3-8B; the
-#: margin sqrt(2 x KL); cosine of logits is not scale-free and not used). A compare run takes them for the
+#: margin 2 x sqrt(KL); cosine of logits is not scale-free and not used). A compare run takes them for the
 #: dumps' own dtype (`floor.resolve_floor`); these are what a bare `Tolerances()` holds.
-DEFAULT_NOISE_MARGIN = 0.04
+DEFAULT_NOISE_MARGIN = 0.0566
 DEFAULT_NOISE_KL = 8e-4
 DEFAULT_NOISE_COSINE = -1.0
 

@@ -97,11 +97,14 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def write_model_yaml(path: Path, model_dir: Path, model_name: str, data_type: str, *,
-                     trust_remote_code: bool = False) -> Path:
+                     trust_remote_code: bool = False, use_chat_template: bool = False) -> Path:
     """A model YAML for `model_dir` (absolute path)."""
+    def flag(value: bool) -> str:
+        return "true" if value else "false"
+
     path.write_text(
         f"model_name: {model_name}\nmodel_path: {model_dir.resolve()}\nmodel_type: pa\ndata_type: {data_type}\n"
-        f"trust_remote_code: {'true' if trust_remote_code else 'false'}\n",
+        f"trust_remote_code: {flag(trust_remote_code)}\nuse_chat_template: {flag(use_chat_template)}\n",
         encoding="utf-8",
     )
     return path
