@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from logitsdump.compare import CompareOptions
 from logitsdump.compare.judge import ReplayedCase, Tolerances, judge_case, judge_replay_case
 from logitsdump.compare.records import SCHEMA_VERSION, CaseRecord, CompareDocument
+from logitsdump.demo import examples
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,7 +38,8 @@ def _rejudged(case: CaseRecord, tolerances: Tolerances) -> CaseRecord:
 def test_version_1_is_read_with_the_findings_and_focus_todays_judge_gives(name: str) -> None:
     document = _v1(name)
     assert document.schema_version == SCHEMA_VERSION and document.cases
-    tolerances = Tolerances()  # the demo ran with the defaults
+    # the demo ran with what was then the default, the tiny model's floor (now shipped as examples.TINY_FLOOR)
+    tolerances = CompareOptions("golden", "test", tolerances_file=examples.TINY_FLOOR).floor().tolerances
     for case in document.cases:
         again = _rejudged(case, tolerances)
         assert (case.verdict, case.reason) == (again.verdict, again.reason)
