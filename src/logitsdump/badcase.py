@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from logitsdump.compare.stats import mcnemar_exact
 from logitsdump.csvsafe import original, write_csv
 from logitsdump.errors import DataError, UsageError
 from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE, check_path_fits, claim_stamped, ensure_writable_dir, timestamp
@@ -169,6 +170,35 @@ class BcanalyzeOptions:
 
 
 @dataclass(frozen=True)
+class Flips:
+    """McNemar's test of the pass/fail flips between two accuracy runs over the same cases.
+
+    Noise flips cases both ways about equally often; a real defect of the test side makes
+    `pass_to_fail` outnumber `fail_to_pass`. `p_value` is the exact two-sided test (a binomial with p = 1/2
+    over the flipped cases): small means the flips lean one way by more than chance would.
+    """
+
+    #: Cases passed and failed on each side (of those judged on both).
+    golden_passed: int = 0
+    test_passed: int = 0
+    judged: int = 0
+    #: Golden passed, test failed (McNemar's b).
+    pass_to_fail: int = 0
+    #: Golden failed, test passed (McNemar's c).
+    fail_to_pass: int = 0
+
+    @property
+    def p_value(self) -> float:
+        return mcnemar_exact(self.pass_to_fail, self.fail_to_pass)
+
+    def describe(self) -> str:
+        """One line: both accuracies, the flips each way and the p-value."""
+        return (f"golden passed {self.golden_passed}/{self.judged}, test {self.test_passed}/{self.judged}; "
+                f"flips pass->fail {self.pass_to_fail}, fail->pass {self.fail_to_pass}, "
+                f"McNemar exact p = {self.p_value:.3g}")
+
+
+@dataclass(frozen=True)
 class BcanalyzeResult:
     """What `analyze` found. `output_path` is None when there was no difference."""
 
@@ -176,6 +206,8 @@ class BcanalyzeResult:
     bad_cases: int
     compared: int
     warnings: tuple[str, ...]
+    #: The pass/fail flips of the cases judged on both sides, and McNemar's p-value.
+    flips: Flips = Flips()
 
 
 def bcanalyze(
@@ -242,6 +274,7 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     out_rows: list[list[str]] = []
     unjudged: list[str] = []
     count = 0
+    tally = {"golden": 0, "test": 0, "judged": 0, "b": 0, "c": 0}
     for ident, golden_row in golden_index.items():
         test_row = test_index.get(ident)
         if test_row is None:
@@ -251,6 +284,7 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
         if not g_cells["passed"] or not t_cells["passed"]:
             unjudged.append(ident[0])
             continue
+        _count_flip(tally, g_cells["passed"], t_cells["passed"])
         if g_cells["passed"] == t_cells["passed"]:
             continue
         row = [g_cells["key"].strip()] + ([g_cells["queries"]] if "queries" in golden.columns else [])
@@ -262,16 +296,29 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
             f"{len(unjudged)} case(s) have an empty pass/passed cell, e.g. keys {first_keys(unjudged)}"
         )
 
+    flips = Flips(tally["golden"], tally["test"], tally["judged"], tally["b"], tally["c"])
     for message in warnings:
         log.warning(message)
+    log.info("%s", flips.describe())
     if not out_rows:
         log.warning("no difference between the golden and the test results: no file written")
-        return BcanalyzeResult(None, 0, count, tuple(warnings))
+        return BcanalyzeResult(None, 0, count, tuple(warnings), flips)
     folder = ensure_writable_dir(options.output_dir)
     with claim_stamped(folder, timestamp(), lambda tag: (f"{RESULT_PREFIX}{tag}.csv",)) as (path,):
         write_csv(path, header, out_rows)
     log.debug("%d bad case(s) of %d compared written to %s", len(out_rows), count, path)
-    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings))
+    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings), flips)
+
+
+def _count_flip(tally: dict[str, int], golden: str, test: str) -> None:
+    """Count one case judged on both sides (normalised `passed`: only true/false are passes and fails)."""
+    if golden not in ("true", "false") or test not in ("true", "false"):
+        return
+    tally["judged"] += 1
+    tally["golden"] += golden == "true"
+    tally["test"] += test == "true"
+    tally["b"] += golden == "true" and test == "false"
+    tally["c"] += golden == "false" and test == "true"
 
 
 def _index(table: ResultTable, join: Sequence[str], warnings: list[str]) -> dict[tuple[str, ...], ResultRow]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from logitsdump import __version__
 from logitsdump.dtypes import DATA_TYPES
-from logitsdump.errors import EXIT_FAILURE, UserError
+from logitsdump.errors import EXIT_FAILURE, UsageError, UserError
 from logitsdump.logs import LEVELS, get_logger, setup_logging
 from logitsdump.protocol import REPLAY_MODES
 
@@ -142,6 +142,7 @@ def _run_bcanalyze(args: argparse.Namespace) -> int:
         print(f"no bad cases: the {result.compared} cases in both files have the same verdict")
     else:
         print(f"{result.bad_cases} bad case(s) of {result.compared} compared: {result.output_path}")
+    print(result.flips.describe())
     return 0
 
 
@@ -298,35 +299,90 @@ def _add_compare_parser(subparsers) -> None:
     verdict.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
                         help="a first argmax change is a tie-flip when golden's top-1 logit leads the "
                         "test's choice by at most this (logits; default 0.1)")
+    verdict.add_argument("--tolerances", metavar="FILE", default=None,
+                        help="the model's measured noise floor: a tolerances file written by `logitsdump calibrate` "
+                        "(flags given here win). Without it, replayed cases are judged against the conservative "
+                        "default of the dumps' dtype (docs/compare.md)")
     verdict.add_argument("--noise-margin", type=_number_at_least(0.0), default=None,
                         help="replayed cases (dump --replay): an argmax change is noise when golden's top-1 logit "
-                        "leads the test's choice by at most this (logits; default 1.0)")
+                        "leads the test's choice by at most this (logits; default: 2 x sqrt(the KL bound), "
+                        "bf16 0.0566)")
     verdict.add_argument("--noise-kl", type=_number_at_least(0.0), default=None,
-                        help="replayed cases: a step is close when its KL is at most this (default 0.13)")
+                        help="replayed cases: a step is close when its KL is at most this (default: the dtype's "
+                        "bound, bf16 8e-4, fp16 1.25e-5, fp32 1.86e-13)")
     verdict.add_argument("--noise-cosine", type=_number_at_least(-1.0, 1.0), default=None,
-                        help="replayed cases: a step is close when its cosine is at least this (default 0.989)")
-    verdict.add_argument("--tolerances", metavar="FILE", default=None,
-                        help="read --tie-tolerance, --noise-margin, --noise-kl and --noise-cosine from a JSON file "
-                        "written by --calibrate (flags given here win)")
+                        help="replayed cases: a step is close when its cosine is at least this (default -1: not "
+                        "used; cosine of logits is not scale-free)")
+    verdict.add_argument("--noise-mean-kl", type=_number_at_least(0.0), default=None,
+                        help="replayed cases: a case drifts when the mean KL of its steps is above this "
+                        "(default: not used; `calibrate` measures it)")
+    verdict.add_argument("--noise-mean-kl-steps", type=_number_at_least(1.0), default=None,
+                        help="the number of steps --noise-mean-kl holds for; a case of n steps gets it times "
+                        "sqrt(this / n), at most --noise-kl (default 1; `calibrate` measures it)")
     calibration = parser.add_argument_group("our additions: calibration")
     calibration.add_argument("--calibrate", action="store_true",
-                        help="treat the two folders as known-good noise: print the spread of the per-step "
-                        "metrics and suggested tolerances, and write them to "
-                        "<-o>/logits_cmp_tolerances_<ts>.json (no verdict files)")
+                        help="the same as `logitsdump calibrate` with these folders: measure them as a "
+                        "known-healthy pair and write the tolerances file (no verdict files)")
     calibration.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
                         help="--calibrate: each tolerance is this times the 0.99 quantile of the spread (default 2)")
     add_log_level(parser)
     parser.set_defaults(handler=_run_compare)
 
 
+def _add_calibrate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="measure a model's noise floor on a known-healthy pair of dumps and write the tolerances file "
+        "compare --tolerances reads",
+        description="Treat the two folders as a known-healthy pair of the same model: the same device twice, "
+        "or a higher precision (golden, e.g. fp32) against the dtype under test (e.g. bf16), the test side "
+        "replayed (dump --replay). Print the spread of the per-step metrics and write the tolerances "
+        "(each the safety factor times the 0.99 quantile) to <-o>/logits_cmp_tolerances_<ts>.json, or to "
+        "--tolerances-file. Calibrate on other cases than those you will judge.",
+    )
+    group = parser.add_argument_group("inputs")
+    group.add_argument("-gp", "--golden-path", required=True, metavar="PATH", action="append",
+                       help="the golden (or higher-precision) side's folder of logits files; repeat -gp/-mp for "
+                       "several pairs (e.g. one per task), measured together")
+    group.add_argument("-mp", "--my-path", required=True, metavar="PATH", action="append",
+                       help="the dtype under test's folder of logits files (replayed), paired with the -gp "
+                       "in the same position")
+    add_output_dir(parser, "./output", "./output")
+    parser.add_argument("--tolerances-file", metavar="FILE", default=None,
+                        help="write the tolerances here instead of <-o>/logits_cmp_tolerances_<ts>.json")
+    parser.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
+                        help="each tolerance is this times the quantile of the spread (default 2)")
+    parser.add_argument("--quantile", type=_number_at_least(0.5, 1.0), default=None,
+                        help="the quantile (nearest rank) of the spread each tolerance is based on (default 0.99)")
+    parser.add_argument("--topk", type=positive_int, default=10, help="k of the top-k overlap (default 10)")
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from logitsdump.compare import CompareOptions
+    from logitsdump.compare.calibrate import DEFAULT_QUANTILE, DEFAULT_SAFETY_FACTOR, calibrate, format_calibration
+
+    if len(args.golden_path) != len(args.my_path):
+        raise UsageError(f"give as many -mp as -gp (found {len(args.golden_path)} -gp, {len(args.my_path)} -mp)")
+    pairs = [CompareOptions(golden_path=g, my_path=m, output_dir=args.output_dir, topk=args.topk)
+             for g, m in zip(args.golden_path, args.my_path, strict=True)]
+    result = calibrate(
+        pairs,
+        safety_factor=DEFAULT_SAFETY_FACTOR if args.safety_factor is None else args.safety_factor,
+        quantile=DEFAULT_QUANTILE if args.quantile is None else args.quantile,
+        output_path=args.tolerances_file,
+    )
+    print(format_calibration(result))
+    return 0
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from logitsdump.compare import CompareOptions, run_compare
-    from logitsdump.compare.calibrate import DEFAULT_SAFETY_FACTOR, calibrate, format_calibration, load_tolerances
+    from logitsdump.compare.calibrate import DEFAULT_SAFETY_FACTOR, calibrate, format_calibration
+    from logitsdump.compare.floor import TOLERANCE_KEYS
 
-    tolerances = load_tolerances(args.tolerances) if args.tolerances else {}
-    for name in ("tie_tolerance", "noise_margin", "noise_kl", "noise_cosine"):
-        if getattr(args, name) is not None:
-            tolerances[name] = getattr(args, name)
+    tolerances = {name: getattr(args, name) for name in TOLERANCE_KEYS if getattr(args, name) is not None}
     options = CompareOptions(
         golden_path=args.golden_path,
         my_path=args.my_path,
@@ -336,6 +392,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         l1=args.l1_norm,
         dtype=args.dtype,
         topk=args.topk,
+        tolerances_file=args.tolerances,
         **tolerances,
     )
     if args.calibrate:
@@ -458,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bcanalyze_parser(subparsers)
     _add_dump_parser(subparsers)
     _add_compare_parser(subparsers)
+    _add_calibrate_parser(subparsers)
     _add_report_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_examples_parser(subparsers)
