@@ -122,7 +122,9 @@ def test_join_lists_the_docs_whose_metric_flips(tmp_path, capsys):
     golden = write_samples(tmp_path, "g", [mc_line(0, 1.0), mc_line(1, 0.0), mc_line(2, 1.0), mc_line(3, 0.0)])
     test = write_samples(tmp_path, "t", [mc_line(0, 1.0), mc_line(1, 1.0), mc_line(2, 0.0), mc_line(3, 0.0)])
     assert run_bcanalyze(golden, test, tmp_path / "out") == 0
-    assert "2 bad case(s) of 4 compared" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 bad case(s) of 4 compared" in printed
+    assert "golden passed 2/4, test 2/4; flips pass->fail 1, fail->pass 1, McNemar exact p = 1" in printed
     rows = result_rows(tmp_path / "out")
     assert [(r["key"], r["passed_golden"], r["passed_test"]) for r in rows] == [("1", "false", "true"),
                                                                               ("2", "true", "false")]

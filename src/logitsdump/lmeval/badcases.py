@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from logitsdump.badcase import RESULT_PREFIX, BcanalyzeOptions, BcanalyzeResult, first_keys
+from logitsdump.badcase import RESULT_PREFIX, BcanalyzeOptions, BcanalyzeResult, Flips, first_keys
 from logitsdump.csvsafe import write_csv
 from logitsdump.errors import DataError
 from logitsdump.fsutil import claim_stamped, ensure_writable_dir, timestamp
@@ -42,25 +42,33 @@ def analyze_samples(options: BcanalyzeOptions) -> BcanalyzeResult:
 
     rows: list[list[str]] = []
     compared = 0
+    tally = {"golden": 0, "test": 0, "judged": 0, "b": 0, "c": 0}  # McNemar's counts, as bcanalyze's CSV path
     for ident, g in golden_docs.items():
         t = test_docs.get(ident)
         if t is None:
             continue
         compared += 1
         passed_g, passed_t = pass_value(g.metrics[metric]), pass_value(t.metrics[metric])
+        if passed_g is not None and passed_t is not None:
+            tally["judged"] += 1
+            tally["golden"] += passed_g
+            tally["test"] += passed_t
+            tally["b"] += passed_g and not passed_t
+            tally["c"] += passed_t and not passed_g
         if passed_g != passed_t:
             rows.append([str(g.doc_id), g.prompt, _label(passed_g), _label(passed_t), golden.task, g.doc_hash,
                          metric, chosen])
+    flips = Flips(tally["golden"], tally["test"], tally["judged"], tally["b"], tally["c"])
     for message in warnings:
         log.warning(message)
     if not rows:
         log.warning("no difference in %s between the golden and the test samples: no file written", metric)
-        return BcanalyzeResult(None, 0, compared, tuple(warnings))
+        return BcanalyzeResult(None, 0, compared, tuple(warnings), flips)
     folder = ensure_writable_dir(options.output_dir)
     with claim_stamped(folder, timestamp(), lambda tag: (f"{RESULT_PREFIX}{tag}.csv",)) as (path,):
         write_csv(path, list(COLUMNS), rows)
     log.info("%s, filter %s: %d of %d docs flip %s", golden.task, chosen, len(rows), compared, metric)
-    return BcanalyzeResult(path, len(rows), compared, tuple(warnings))
+    return BcanalyzeResult(path, len(rows), compared, tuple(warnings), flips)
 
 
 def _label(passed: bool | None) -> str:
