@@ -13,8 +13,10 @@ import shlex
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,20 +57,16 @@ def _rows(path: Path) -> list[dict[str, str]]:
 # ---- 1. concurrent runs into one output folder -------------------------------------------------
 
 
-def test_concurrent_compares_in_the_same_second_keep_every_result_set(tmp_path: Path) -> None:
-    """20 compares of different folders, all stamped with the same second, into one -o."""
-    out = tmp_path / "out"
-    now = datetime(2026, 12, 3, 12, 0, 0)
-    inputs = [_logits_folders(tmp_path / f"run{i}", i + 1) for i in range(RUNS)]
-    summaries: dict[int, object] = {}
+def _together(run: Callable[[int], Any]) -> dict[int, Any]:
+    """`run(0)` .. `run(RUNS - 1)` in RUNS threads released at once; their results by number."""
+    results: dict[int, Any] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(RUNS)
 
     def one(i: int) -> None:
-        golden, mine = inputs[i]
         try:
             start.wait()
-            summaries[i] = run_compare(CompareOptions(golden_path=golden, my_path=mine, output_dir=out), now=now)
+            results[i] = run(i)
         except BaseException as err:
             errors.append(err)
 
@@ -78,6 +76,16 @@ def test_concurrent_compares_in_the_same_second_keep_every_result_set(tmp_path: 
     for thread in threads:
         thread.join()
     assert not errors, errors
+    return results
+
+
+def test_concurrent_compares_in_the_same_second_keep_every_result_set(tmp_path: Path) -> None:
+    """20 compares of different folders, all stamped with the same second, into one -o."""
+    out = tmp_path / "out"
+    now = datetime(2026, 12, 3, 12, 0, 0)
+    inputs = [_logits_folders(tmp_path / f"run{i}", i + 1) for i in range(RUNS)]
+    summaries = _together(lambda i: run_compare(
+        CompareOptions(golden_path=inputs[i][0], my_path=inputs[i][1], output_dir=out), now=now))
     paths = {s.csv_path for s in summaries.values()} | {s.cases_json_path for s in summaries.values()}
     assert len(paths) == 2 * RUNS  # distinct names
     assert len(list(out.iterdir())) == 3 * RUNS  # three files per run, nothing else, nothing lost
@@ -113,28 +121,13 @@ def test_concurrent_compare_commands_each_print_their_own_summary(tmp_path: Path
 def test_concurrent_bcanalyze_in_the_same_second_keep_every_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("logitsdump.badcase.timestamp", lambda: "20261203120000")
     out = tmp_path / "out"
-    results: dict[int, object] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(RUNS)
     for i in range(RUNS):
         flips = i + 1
         (tmp_path / f"g{i}.csv").write_text("key,pass\n" + "".join(f"{k},True\n" for k in range(RUNS + 1)))
         (tmp_path / f"t{i}.csv").write_text(
             "key,pass\n" + "".join(f"{k},{k >= flips}\n" for k in range(RUNS + 1)))
 
-    def one(i: int) -> None:
-        try:
-            start.wait()
-            results[i] = analyze(BcanalyzeOptions(tmp_path / f"g{i}.csv", tmp_path / f"t{i}.csv", out))
-        except BaseException as err:
-            errors.append(err)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(RUNS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    results = _together(lambda i: analyze(BcanalyzeOptions(tmp_path / f"g{i}.csv", tmp_path / f"t{i}.csv", out)))
     assert len({r.output_path for r in results.values()}) == RUNS == len(list(out.iterdir()))
     for i, result in results.items():
         assert result.bad_cases == i + 1 and len(_rows(result.output_path)) == i + 1
