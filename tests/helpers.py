@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,44 @@ def model_yaml_for(path: Path, model_dir: Path, name: str, data_type: str = "fp3
     text = text.replace("requested_gpu_framework: Huggingface", f"requested_gpu_framework: {framework}")
     path.write_text(text, encoding="utf-8")
     return path
+
+
+#: docs/tasks.md and the heading of its table of modeltest's tasks, which tests read row by row.
+TASKS_DOC = Path(__file__).resolve().parents[1] / "docs" / "tasks.md"
+TASKS_DOC_SECTION = "## modeltest's tasks and their status"
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One row of the status table of docs/tasks.md."""
+
+    modeltest_yaml: str  # "" where modeltest has none (longbench_e)
+    task_name: str
+    status: str
+    sample_yaml: str  # "" for the tasks not supported
+
+    @property
+    def id(self) -> str:
+        return self.modeltest_yaml or self.task_name
+
+    @property
+    def supported(self) -> bool:
+        return self.status.startswith("supported")
+
+
+def _cell(text: str) -> str:
+    text = text.strip()
+    return "" if text == "—" else text.strip("`")
+
+
+def task_table_rows() -> list[TaskRow]:
+    """The rows of the status table of docs/tasks.md."""
+    section = TASKS_DOC.read_text(encoding="utf-8").split(TASKS_DOC_SECTION, 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| modeltest YAML | task_name | status | sample YAML |"), lines[0]
+    rows = []
+    for line in lines[2:]:  # after the header and its rule
+        cells = [_cell(c) for c in line.strip().strip("|").split("|")]
+        assert len(cells) == 4, line
+        rows.append(TaskRow(*cells))
+    return rows

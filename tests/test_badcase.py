@@ -231,3 +231,34 @@ def test_key_parser_raises_only_user_errors(texts: list[str]) -> None:
     )
     assert len(flat) <= len(texts)
     assert all(isinstance(i, int) and i >= 0 for i in flat)
+
+
+# ---- McNemar: the pass/fail flips between the two runs ------------------------------------------
+
+
+def _results(path: Path, passed: list[str]) -> Path:
+    rows = "".join(f"{i},q{i},[1],[2],a,a,{p}\n" for i, p in enumerate(passed))
+    return write(path, RESULT_HEADER + rows)
+
+
+def test_flips_are_counted_each_way_with_the_exact_p_value(tmp_path: Path) -> None:
+    # 20 cases: 6 pass on both, 7 fail on both, 6 pass->fail, 1 fail->pass
+    golden = ["True"] * 6 + ["False"] * 7 + ["True"] * 6 + ["False"]
+    test = ["True"] * 6 + ["False"] * 7 + ["False"] * 6 + ["True"]
+    result = analyze(BcanalyzeOptions(str(_results(tmp_path / "g.csv", golden)),
+                                      str(_results(tmp_path / "t.csv", test)), str(tmp_path / "o")))
+    flips = result.flips
+    assert (flips.golden_passed, flips.test_passed, flips.judged) == (12, 7, 20)
+    assert (flips.pass_to_fail, flips.fail_to_pass) == (6, 1) and result.bad_cases == 7
+    assert flips.p_value == 2 * (1 + 7) / 2**7  # Bin(7, 1/2): P[X <= 1] = 8/128, two-sided
+    assert flips.describe() == ("golden passed 12/20, test 7/20; flips pass->fail 6, fail->pass 1, "
+                                "McNemar exact p = 0.125")
+
+
+def test_flips_ignore_unjudged_cells_and_no_difference_is_p_1(tmp_path: Path) -> None:
+    golden = _results(tmp_path / "g.csv", ["True", "False", "", "error"])
+    test = _results(tmp_path / "t.csv", ["False", "False", "True", "True"])
+    flips = analyze(BcanalyzeOptions(str(golden), str(test), str(tmp_path / "o"))).flips
+    assert (flips.judged, flips.pass_to_fail, flips.fail_to_pass) == (2, 1, 0)  # '' and 'error' are neither
+    same = analyze(BcanalyzeOptions(str(golden), str(golden), str(tmp_path / "o2")))
+    assert same.output_path is None and same.flips.p_value == 1.0 and same.flips.pass_to_fail == 0

@@ -38,6 +38,9 @@ def test_default_folder_and_msit_output(tmp_path: Path, inputs: tuple[Path, Path
     assert len(files) == 1 and re.fullmatch(r"msit_bad_case_result_\d{14}\.csv", files[0].name)
     assert files[0].read_bytes() == BCANALYZE_EXPECTED.encode()
     assert "2 bad case(s) of 3 compared" in result.stdout and str(files[0].name) in result.stdout
+    # key 1 fail->pass, key 2 pass->fail, key 3 passes on both: balanced, p = 1
+    assert ("golden passed 2/3, test 2/3; flips pass->fail 1, fail->pass 1, McNemar exact p = 1"
+            in result.stdout)
 
 
 def test_output_dir_and_no_overwrite(tmp_path: Path, inputs: tuple[Path, Path]) -> None:

@@ -165,7 +165,7 @@ def test_case_outputs(tmp_path: Path) -> None:
     ))
     summary = _run(tmp_path)
     document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
-    assert document["schema_version"] == 2
+    assert document["schema_version"] == 3
     assert document["options"]["tie_tolerance"] == 0.1 and document["options"]["dtype"] == "fp16"
     case = next(c for c in document["cases"] if c["key"] == 3)
     assert case["verdict"] == "tie-flip" and case["passed"] is True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,8 @@ import torch
 from logitsdump.cli import main
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.calibrate import calibrate, format_calibration, load_tolerances
-from logitsdump.compare.judge import DEFAULT_NOISE_COSINE, DEFAULT_NOISE_KL, DEFAULT_NOISE_MARGIN
+from logitsdump.compare.floor import default_tolerances, least_precise
+from logitsdump.compare.judge import Tolerances
 from logitsdump.compare.kernels import rank_of
 from logitsdump.compare.metrics import Thresholds, pair_metrics
 from logitsdump.compare.outputs import CASE_COLUMNS
@@ -94,8 +96,13 @@ def _near_tie(seed: int, margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     return g, _swap(g, top, other) + 1e-4
 
 
+#: The floor these synthetic cases are judged against (the tiny model's measured one): the rules are
+#: tested here; the floor without a tolerances file (the dtype's default) has its own tests below.
+FLOOR = {"noise_margin": 1.0, "noise_kl": 0.13, "noise_cosine": 0.989}
+
+
 def _run(root: Path, **kwargs):
-    return run_compare(CompareOptions(root / "golden", root / "mine", root / "out", **kwargs), now=NOW)
+    return run_compare(CompareOptions(root / "golden", root / "mine", root / "out", **(FLOOR | kwargs)), now=NOW)
 
 
 def _build(root: Path) -> None:
@@ -171,12 +178,12 @@ def test_replay_verdicts(replay_dirs: Path) -> None:
     suspect = cases[4]
     assert suspect.changed_steps == (1, 3)
     clear = suspect.changes[1]
-    assert clear.flip_margin > DEFAULT_NOISE_MARGIN and clear.my_flip_margin == pytest.approx(2.0, abs=1e-5)
+    assert clear.flip_margin > FLOOR["noise_margin"] and clear.my_flip_margin == pytest.approx(2.0, abs=1e-5)
     assert clear.golden_rank_in_mine == 2 and clear.my_rank_in_golden > 1
     assert "clear golden margin" in suspect.reason and "token 3" in suspect.reason
     drift = cases[5]
     assert drift.changes == () and "drift apart" in drift.reason
-    assert drift.worst_kl > DEFAULT_NOISE_KL and drift.mean_kl < drift.worst_kl
+    assert drift.worst_kl > FLOOR["noise_kl"] and drift.mean_kl < drift.worst_kl
     assert "token 2" in cases[6].reason
     assert dict(summary.verdicts)["noise"] == 1 and dict(summary.verdicts)["precision-suspect"] == 2
 
@@ -293,9 +300,8 @@ def test_case_csv_and_json_fields(replay_dirs: Path) -> None:
     assert by_key["3"]["my_ranks_in_golden"] == "2 2" and by_key["1"]["changed_steps"] == ""
     assert float(by_key["5"]["p95_kl"]) >= float(by_key["5"]["mean_kl"]) > 0
     document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
-    assert document["options"]["noise_margin"] == DEFAULT_NOISE_MARGIN
-    assert document["options"]["noise_kl"] == DEFAULT_NOISE_KL
-    assert document["options"]["noise_cosine"] == DEFAULT_NOISE_COSINE
+    assert {k: document["options"][k] for k in FLOOR} == FLOOR
+    assert document["floor"]["source"] == "flags" and document["floor"]["tolerances"]["noise_kl"] == 0.13
     case = next(c for c in document["cases"] if c["key"] == 4)
     assert case["replay_mode"] == "step" and case["changed_steps"] == [1, 3]
     change = case["changes"][1]
@@ -336,8 +342,10 @@ def test_calibrate_suggests_factor_times_the_p99(tmp_path: Path) -> None:
     assert result.change_margins.count == sum(1 for k in range(12) for s in range(8) if (k + s) % 5 == 0)
     # the rule: 2 x the nearest-rank 0.99 quantile, rounded up to two significant digits
     assert result.suggested["noise_kl"] >= 2 * result.kl.p99 and result.suggested["noise_kl"] <= 2.2 * result.kl.p99
-    assert result.suggested["noise_margin"] == result.suggested["tie_tolerance"]
-    assert 2 * 0.04 <= result.suggested["noise_margin"] <= 2 * 0.045
+    assert 2 * 0.04 <= result.suggested["tie_tolerance"] <= 2 * 0.045
+    # the margin: what the changes measured, at least what noise at the KL bound overturns
+    assert result.suggested["noise_margin"] == max(result.suggested["tie_tolerance"],
+                                                   2 * math.sqrt(result.suggested["noise_kl"]))
     assert 1 - result.suggested["noise_cosine"] >= 2 * result.one_minus_cosine.p99
     text = format_calibration(result)
     assert "rule: each tolerance = 2 x the 0.99 quantile" in text and "--noise-kl" in text
@@ -398,6 +406,94 @@ def test_new_flag_ranges_exit_2(tmp_path: Path, flags: list[str]) -> None:
         main(["compare", "-gp", str(tmp_path / "golden"), "-mp", str(tmp_path / "mine"), "-o", str(tmp_path / "o"),
               *flags])
     assert info.value.code == 2
+
+
+# ---- the noise floor: measured, flags, or the dtype's default -----------------------------------
+
+
+def test_default_floor_is_scale_free_and_conservative() -> None:
+    bf16, fp16, fp32 = (default_tolerances(d) for d in ("bf16", "fp16", "fp32"))
+    # KL (on probabilities) anchored on llama.cpp's bf16 measurement on LLaMA-3-8B, scaled by eps^2
+    assert bf16["noise_kl"] == 8e-4 and fp16["noise_kl"] == pytest.approx(8e-4 / 64, rel=1e-2)
+    assert fp32["noise_kl"] < 1e-12
+    for table in (bf16, fp16, fp32):  # the margin noise at the KL bound overturns
+        assert table["noise_margin"] == pytest.approx(2 * math.sqrt(table["noise_kl"]), rel=1e-2)
+        assert table["noise_cosine"] == -1.0 and table["noise_mean_kl"] is None
+    bare = Tolerances()
+    assert (bare.noise_kl, bare.noise_margin, bare.noise_cosine) == (
+        bf16["noise_kl"], bf16["noise_margin"], bf16["noise_cosine"])
+    assert least_precise(["fp32", "bf16", None], "fp32") == "bf16" and least_precise([], "fp16") == "fp16"
+    # far below the old tiny-model constants a real model's bug would hide under (KL 0.13, margin 1.0)
+    assert bf16["noise_kl"] < 0.13 / 100 and bf16["noise_margin"] < 1.0 / 10
+
+
+def _drift_case(root: Path, key: int, scale: float, steps: int = 6) -> None:
+    """A replayed case whose test logits are golden's times `scale` (sharper or flatter), no argmax change."""
+    golden = [_base(500 + key * steps + s) for s in range(steps)]
+    write_replay_case(root, "floor", key, golden, [g * scale for g in golden])
+
+
+def test_without_a_floor_a_small_real_bug_is_not_called_noise(tmp_path: Path) -> None:
+    _drift_case(tmp_path, 1, 0.75)  # a systematic bug: every step's distribution flattened
+    _drift_case(tmp_path, 2, 1.0 + 1e-6)  # pure rounding-size noise
+    default = {c.key: c for c in run_compare(CompareOptions(tmp_path / "golden", tmp_path / "mine",
+                                                            tmp_path / "d"), now=NOW).cases}
+    assert 0.01 < default[1].worst_kl < 0.13  # the premise: the old tiny-model default (0.13) called it noise
+    assert default[1].verdict == "precision-suspect" and "drift apart" in default[1].reason
+    assert default[2].verdict == "consistent"
+    old = {c.key: c.verdict for c in _run(tmp_path).cases}
+    assert old == {1: "consistent", 2: "consistent"}  # what the old constants said
+    (document,) = [json.loads(p.read_text()) for p in (tmp_path / "d").glob("logits_cmp_cases_*.json")]
+    floor = document["floor"]
+    assert floor["source"] == "default" and floor["dtype"] == "bf16"  # the test manifests' dtype
+    assert "logitsdump calibrate" in floor["description"] and floor["tolerances"]["noise_kl"] == 8e-4
+    assert document["options"]["noise_kl"] == 8e-4 and document["options"]["noise_margin"] == 0.0566
+
+
+def test_the_case_mean_kl_rule_scales_with_the_number_of_steps() -> None:
+    tol = Tolerances(noise_kl=1.0, noise_mean_kl=0.01, noise_mean_kl_steps=16)
+    assert tol.mean_kl_tolerance(16) == pytest.approx(0.01) and tol.mean_kl_tolerance(32) == pytest.approx(0.01)
+    assert tol.mean_kl_tolerance(4) == pytest.approx(0.02) and Tolerances().mean_kl_tolerance(4) is None
+    assert Tolerances(noise_kl=0.015, noise_mean_kl=0.01, noise_mean_kl_steps=16).mean_kl_tolerance(1) == 0.015
+
+
+def test_calibrate_command_writes_the_floor_compare_names(tmp_path: Path, capsys) -> None:
+    _noise_pair(tmp_path / "a", cases=6)
+    _noise_pair(tmp_path / "b", cases=6)
+    floor_file = tmp_path / "floor.json"
+    pairs = ["-gp", str(tmp_path / "a" / "golden"), "-mp", str(tmp_path / "a" / "mine"),
+             "-gp", str(tmp_path / "b" / "golden"), "-mp", str(tmp_path / "b" / "mine")]
+    assert main(["calibrate", *pairs, "-o", str(tmp_path / "cal"), "--tolerances-file", str(floor_file)]) == 0
+    out = capsys.readouterr().out
+    assert "calibration: 12 case(s) (12 replayed), 96 judged step(s)" in out and f"tolerances: {floor_file}" in out
+    document = json.loads(floor_file.read_text())
+    assert document["measured"]["golden_path"] == [str(tmp_path / "a" / "golden"), str(tmp_path / "b" / "golden")]
+    assert document["measured"]["dtype"] == "bf16" and document["tolerances"]["noise_mean_kl_steps"] == 8
+    assert document["tolerances"]["noise_mean_kl"] > 0
+    args = ["compare", "-gp", str(tmp_path / "a" / "golden"), "-mp", str(tmp_path / "a" / "mine")]
+    assert main([*args, "-o", str(tmp_path / "o"), "--tolerances", str(floor_file)]) == 0
+    out = capsys.readouterr().out
+    assert f"floor: measured noise floor from {floor_file}, measured on 12 known-healthy case(s)" in out
+    (cases_json,) = (tmp_path / "o").glob("logits_cmp_cases_*.json")
+    result = json.loads(cases_json.read_text())
+    assert result["floor"]["source"] == "measured" and result["floor"]["path"] == str(floor_file)
+    assert result["options"]["tolerances_file"] == str(floor_file)
+    assert all(c["verdict"] in ("consistent", "noise") for c in result["cases"])
+    assert main(["calibrate", *pairs[:6], "-o", str(tmp_path / "cal")]) == 2  # unpaired folders: a usage error
+    assert "give as many -mp as -gp" in capsys.readouterr().err
+
+
+def test_a_floor_without_argmax_changes_takes_the_margin_from_its_kl(tmp_path: Path) -> None:
+    floor_file = tmp_path / "floor.json"
+    floor_file.write_text(json.dumps({"tolerances": {"noise_kl": 0.02, "noise_cosine": 0.99}}))
+    floor = CompareOptions("g", "m", tolerances_file=floor_file).floor(["bf16"])
+    assert floor.source == "measured"
+    assert floor.tolerances.noise_margin == pytest.approx(2 * math.sqrt(0.02), rel=1e-2)
+    assert floor.tolerances.noise_cosine == 0.99 and floor.tolerances.noise_mean_kl is None
+    flags = CompareOptions("g", "m", noise_kl=0.5).floor(["fp32"])
+    assert flags.source == "flags" and flags.tolerances.noise_kl == 0.5
+    assert flags.tolerances.noise_margin == pytest.approx(2 * math.sqrt(0.5), rel=1e-2)
+    assert CompareOptions("g", "m", dtype="fp16").floor([]).tolerances.noise_kl == pytest.approx(1.25e-5)
 
 
 # ---- the report of a replayed run -------------------------------------------------------------

@@ -129,3 +129,24 @@ def test_dataset_root_relative_to_yaml_and_parent(tmp_path, monkeypatch):
     config = load_task_config(write(tmp_path / "cfg", "v.yaml", "task_name: boolq\nlocal_dataset_path: none\n"))
     with pytest.raises(DataError, match="not found"):
         resolve_dataset_root(config)
+
+
+@pytest.mark.parametrize("section", ["mm_model: {path: run_pa, classname: PARunner}", "mm_model:\n  path: qwen2_audio"])
+def test_multimodal_model_is_refused(tmp_path, section):
+    path = write(tmp_path, "vl.yaml", SPEC_MODEL + section + "\n")
+    with pytest.raises(ConfigError, match=r"vl\.yaml: not supported yet: multimodal model llama3_8b \(") as info:
+        load_model_config(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("section", ["mm_model:", "mm_model: {}", "mm_model: null"])
+def test_empty_mm_model_is_a_text_model(tmp_path, section):
+    assert load_model_config(write(tmp_path, "m.yaml", SPEC_MODEL + section + "\n")).model_name == "llama3_8b"
+
+
+@pytest.mark.parametrize("name", ["textvqa", "videobench", "vocalsound"])
+def test_multimodal_task_names_are_refused(name):
+    from logitsdump.runner.tasks import get_task
+
+    with pytest.raises(ConfigError, match=rf"^not supported yet: multimodal task {name} \("):
+        get_task(name)

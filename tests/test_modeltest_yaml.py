@@ -51,3 +51,30 @@ def test_shipped_yaml_with_modeltest_paths(tmp_path, task):
                    "--save_debug_enable", cwd=tmp_path / "work")  # the dataset is found as ../data/<name>
     assert done.returncode == 0, done.stderr
     assert list((tmp_path / "work" / "debug").rglob("*_debug_info.csv"))
+
+
+MODELTEST = Path(__file__).resolve().parent / "data" / "modeltest"  # MindIE-LLM's config files, verbatim
+
+
+def debug_rows(folder: Path, task_name: str) -> list[dict[str, str]]:
+    (debug,) = (folder / "debug").rglob(f"{task_name}_*_debug_info.csv")
+    with open(debug, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize(("variant", "task_name", "file"), [("boolq_edge", "boolq", "dev.jsonl"),
+                                                            ("gsm8k_edge", "gsm8k", "GSM8K.jsonl")])
+def test_modeltest_edge_yaml_runs_unchanged(tmp_path, variant, task_name, file):
+    """modeltest's boolq_edge.yaml / gsm8k_edge.yaml as shipped: task_name boolq / gsm8k on data/<variant>."""
+    shutil.copytree(examples.DATASETS / variant, tmp_path / "data" / variant)
+    shutil.copy(MODELTEST / f"{variant}.yaml", tmp_path / f"{variant}.yaml")
+    # all six rows in one batch: gsm8k_edge asks for up to 512 new tokens
+    done = run_cli("eval", "--model_config_path", str(model_yaml(tmp_path)), "--task_config_path", f"{variant}.yaml",
+                   "--batch_size", "6", "--save_debug_enable", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = debug_rows(tmp_path, task_name)
+    lines = (tmp_path / "data" / variant / file).read_text().splitlines()
+    assert [row["key"] for row in rows] == [str(i) for i in range(len(lines))]
+    assert rows[0]["queries"].startswith("Ice -- " if task_name == "boolq" else "What is 2 + 3?")
+    assert {row["pass"] for row in rows} <= {"True", "False"}
+

@@ -44,3 +44,32 @@ def test_defects_change_only_what_they_say(tmp_path):
     times = load_file(str(scaled / "model.safetensors"))
     changed = sorted(name for name in source if not (source[name] == times[name]).all())
     assert changed == ["model.layers.1.mlp.down_proj.weight", "model.layers.1.self_attn.o_proj.weight"]
+
+
+def test_config_and_code_defects(tmp_path):
+    import json
+    import os
+
+    from logitsdump.demo.defects import CODE_FILE
+    from logitsdump.errors import ConfigError
+
+    source = examples.TINY_MODEL
+    eps = write_defective_model(source, tmp_path / "eps", Defect("rms-eps", value=1e-3))
+    assert json.loads((eps / "config.json").read_text())["rms_norm_eps"] == 1e-3
+    # the weights are the source's, hard-linked (no second copy of a large file)
+    assert os.path.samefile(eps / "model.safetensors", source / "model.safetensors")
+    rope = json.loads((write_defective_model(source, tmp_path / "rope", Defect("rope-base", value=500.0))
+                       / "config.json").read_text())
+    assert rope["rope_theta"] == 500.0 and rope.get("rope_parameters", {"rope_theta": 500.0})["rope_theta"] == 500.0
+    overflow = Defect("fp16-norm", layer=1)
+    folder = write_defective_model(source, tmp_path / "fp16", overflow)
+    config = json.loads((folder / "config.json").read_text())
+    assert overflow.needs_code and config["planted_fp16_norm_layer"] == 1
+    assert config["auto_map"]["AutoModelForCausalLM"] == "planted_modeling.PlantedLlamaForCausalLM"
+    assert (folder / CODE_FILE.name).read_text() == CODE_FILE.read_text()
+    assert "trust_remote_code: true" in write_model_yaml(tmp_path / "m.yaml", folder, "x", "bf16",
+                                                         trust_remote_code=True).read_text()
+    for bad in (Defect("no-such-kind"), Defect("rms-eps"), Defect("zero-head", layer=7)):
+        with pytest.raises(ConfigError):
+            write_defective_model(source, tmp_path / "bad", bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

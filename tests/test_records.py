@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from logitsdump.compare import CompareOptions
 from logitsdump.compare.judge import ReplayedCase, Tolerances, judge_case, judge_replay_case
 from logitsdump.compare.records import SCHEMA_VERSION, CaseRecord, CompareDocument
+from logitsdump.demo import examples
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,7 +38,8 @@ def _rejudged(case: CaseRecord, tolerances: Tolerances) -> CaseRecord:
 def test_version_1_is_read_with_the_findings_and_focus_todays_judge_gives(name: str) -> None:
     document = _v1(name)
     assert document.schema_version == SCHEMA_VERSION and document.cases
-    tolerances = Tolerances()  # the demo ran with the defaults
+    # the demo ran with what was then the default, the tiny model's floor (now shipped as examples.TINY_FLOOR)
+    tolerances = CompareOptions("golden", "test", tolerances_file=examples.TINY_FLOOR).floor().tolerances
     for case in document.cases:
         again = _rejudged(case, tolerances)
         assert (case.verdict, case.reason) == (again.verdict, again.reason)
@@ -75,3 +78,18 @@ def test_reading_is_lenient_but_never_invents_numbers() -> None:
     assert record.steps[1].metrics.signed_dp is None  # a metric added after version 1: absent, not made up
     bad = dict(case["steps"][1], signed_dp="0.5x")
     assert CaseRecord.from_dict(dict(case, steps=[bad])).steps[0].metrics is None  # present but mistyped
+
+
+@pytest.mark.parametrize("name", ["cases_v1_free_run.json", "cases_v1_replay.json"])
+def test_version_1_gets_the_statistics_of_its_judged_steps(name: str) -> None:
+    document = _v1(name)
+    for case in document.cases:
+        judged = [s.metrics.kl_divergence for s in case.steps[: case.tokens_judged] if s.metrics is not None]
+        assert case.stats is not None and case.stats.kld_steps == len(judged)
+        assert case.stats.kld_mean == pytest.approx(case.mean_kl, rel=1e-12)  # the judge's mean, same steps
+        assert case.stats.kld_max == case.worst_kl
+        assert case.stats.dp_steps == 0 and case.stats.dp_mean is None  # no signed_dp before version 2
+    assert document.stats is not None
+    assert document.stats.kld_steps == sum(c.stats.kld_steps for c in document.cases)
+    written = document.to_dict()
+    assert written["stats"] == document.stats.to_dict() and written["cases"][0]["stats"]["kld_steps"] > 0

@@ -124,9 +124,9 @@ def test_report_has_every_section_and_the_verdict_counts(real_run: CompareSummar
     assert "&gt; 0.999" in text and "&lt; 0.0001" in text and "0.1 logits" in text
     rows = [a for t, a in page.tags if t == "tr" and "data-index" in a]
     assert len(rows) == 5
-    # three plots per case, each with a marked divergence step
+    # three plots per case, each with a marked divergence step; two distribution plots per case and the run's
     plots = page.find("svg", class_="plot")
-    assert len(plots) == 3 * 5
+    assert len(plots) == 3 * 5 + 2 * 5 + 2
     assert text.count('class="marker"') == 3 * 5
     for name in ("plot-cosine", "plot-kl", "plot-margin"):
         assert len(page.find("svg", class_=name)) == 5
@@ -250,7 +250,7 @@ def test_without_manifests_token_ids_replace_texts(real_run: CompareSummary, tmp
     assert f"<th>{UNKNOWN_TASK}</th>" in text
     assert re.search(r'<span class="tok id" title="token id \d+">#\d+</span>', text)
     assert 'class="tok" title="id' not in text  # no texts anywhere: no vocab either
-    assert len(page.find("svg", class_="plot")) == 15
+    assert len(page.find("svg", class_="plot")) == 3 * 5 + 2 * 5 + 2  # 3 + 2 per case, 2 for the run
     assert len(page.find("table", class_="cand")) == 10
     assert "first-diff" in text
     summary_text = format_summary(tmp_path / "cmp")

@@ -45,7 +45,7 @@ PROBE_JS = """
 (function(){var b=document.body,res=[];
 var plots=document.querySelectorAll('svg.plot'),drawn=0;
 Array.prototype.forEach.call(plots,function(p){var r=p.getBoundingClientRect();
-  if(r.width>0&&r.height>0&&p.querySelectorAll('.series,.dot').length>0){drawn++;}});
+  if(r.width>0&&r.height>0&&p.querySelectorAll('.series,.dot,.bar').length>0){drawn++;}});
 b.dataset.plots=String(plots.length);b.dataset.plotsDrawn=String(drawn);
 b.dataset.sections=String(document.querySelectorAll('section.case').length);
 var table=document.getElementById('case-table');if(!table){return;}
@@ -102,7 +102,8 @@ def test_page_renders_sections_and_plots_without_script_errors(report, tmp_path)
     assert "data-errors" not in html_tag, html_tag
     assert 'data-ready="1"' in body_tag, body_tag
     assert f'data-sections="{cases}"' in body_tag
-    assert f'data-plots="{3 * cases}"' in body_tag and f'data-plots-drawn="{3 * cases}"' in body_tag, body_tag
+    plots = 3 * cases + 2 * (cases + 1)  # per case: 3 per-token plots, 2 distributions; the run's 2 distributions
+    assert f'data-plots="{plots}"' in body_tag and f'data-plots-drawn="{plots}"' in body_tag, body_tag
     # the probe clicked a column (sorted both ways) and the divergent filter
     selftest = re.search(r'data-selftest="([^"]*)"', body_tag).group(1)
     assert "sort:ok" in selftest and f"filter:ok:{divergent}" in selftest, selftest
@@ -177,6 +178,7 @@ def test_a_replayed_report_renders_every_step_and_filters(tmp_path) -> None:
     assert "data-errors" not in html_tag, html_tag
     cases = len(summary.cases)
     assert 'data-ready="1"' in body_tag and f'data-sections="{cases}"' in body_tag, body_tag
-    assert f'data-plots="{3 * cases}"' in body_tag and f'data-plots-drawn="{3 * cases}"' in body_tag, body_tag
+    plots = 3 * cases + 2 * (cases + 1)  # per case: 3 per-token plots, 2 distributions; the run's 2 distributions
+    assert f'data-plots="{plots}"' in body_tag and f'data-plots-drawn="{plots}"' in body_tag, body_tag
     selftest = re.search(r'data-selftest="([^"]*)"', body_tag).group(1)
     assert "sort:ok" in selftest and f"filter:ok:{summary.verdicts['precision-suspect']}" in selftest, selftest

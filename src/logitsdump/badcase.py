@@ -17,9 +17,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from logitsdump.compare.stats import mcnemar_exact
 from logitsdump.csvsafe import original, write_csv
-from logitsdump.errors import DataError
-from logitsdump.fsutil import claim_stamped, ensure_writable_dir, timestamp
+from logitsdump.errors import DataError, UsageError
+from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE, check_path_fits, claim_stamped, ensure_writable_dir, timestamp
 from logitsdump.logs import get_logger
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
 
@@ -80,6 +81,7 @@ def canonical_key(value: str) -> str:
 def check_csv_path(path: str | os.PathLike[str]) -> Path:
     """An existing, non-empty `.csv` file, else a one-line DataError."""
     csv_path = Path(path)
+    check_path_fits(csv_path, "input file")
     if csv_path.suffix.lower() != ".csv":
         raise DataError(f"{csv_path} is not a .csv file: give the CSV written by eval/modeltest or bcanalyze")
     if not csv_path.exists():
@@ -161,6 +163,39 @@ class BcanalyzeOptions:
     golden_path: str
     test_path: str
     output_dir: str = DEFAULT_ANALYZER_DIR
+    #: lm-eval samples only: the per-doc metric that decides pass/fail (None: the first pass/fail one)
+    metric: str | None = None
+    #: lm-eval samples only: the filter whose lines are compared (None: the first one logged)
+    lm_eval_filter: str | None = None
+
+
+@dataclass(frozen=True)
+class Flips:
+    """McNemar's test of the pass/fail flips between two accuracy runs over the same cases.
+
+    Noise flips cases both ways about equally often; a real defect of the test side makes
+    `pass_to_fail` outnumber `fail_to_pass`. `p_value` is the exact two-sided test (a binomial with p = 1/2
+    over the flipped cases): small means the flips lean one way by more than chance would.
+    """
+
+    #: Cases passed and failed on each side (of those judged on both).
+    golden_passed: int = 0
+    test_passed: int = 0
+    judged: int = 0
+    #: Golden passed, test failed (McNemar's b).
+    pass_to_fail: int = 0
+    #: Golden failed, test passed (McNemar's c).
+    fail_to_pass: int = 0
+
+    @property
+    def p_value(self) -> float:
+        return mcnemar_exact(self.pass_to_fail, self.fail_to_pass)
+
+    def describe(self) -> str:
+        """One line: both accuracies, the flips each way and the p-value."""
+        return (f"golden passed {self.golden_passed}/{self.judged}, test {self.test_passed}/{self.judged}; "
+                f"flips pass->fail {self.pass_to_fail}, fail->pass {self.fail_to_pass}, "
+                f"McNemar exact p = {self.p_value:.3g}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +206,8 @@ class BcanalyzeResult:
     bad_cases: int
     compared: int
     warnings: tuple[str, ...]
+    #: The pass/fail flips of the cases judged on both sides, and McNemar's p-value.
+    flips: Flips = Flips()
 
 
 def bcanalyze(
@@ -183,7 +220,27 @@ def bcanalyze(
 
 
 def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
-    """msit's bcanalyze (msit-cli.md §2) without its bugs; warnings are logged and returned."""
+    """msit's bcanalyze (msit-cli.md §2) without its bugs; warnings are logged and returned.
+
+    Two lm-eval `--log_samples` files (recognised by their content) go to `lmeval.badcases`.
+    """
+    from logitsdump.lmeval.samples import is_samples_file
+
+    check_path_fits(options.output_dir, "output folder", OUTPUT_NAME_ALLOWANCE)  # before any work
+    for path in (options.golden_path, options.test_path):
+        check_path_fits(path, "input file")
+
+    kinds = [is_samples_file(p) for p in (options.golden_path, options.test_path)]
+    if any(kinds):
+        if not all(kinds):
+            which = options.golden_path if kinds[0] else options.test_path
+            raise DataError(f"{which} is an lm-eval samples file but the other input is not: give two "
+                            "samples_<task>_*.jsonl files of the same task, or two result CSVs")
+        from logitsdump.lmeval.badcases import analyze_samples
+
+        return analyze_samples(options)
+    if options.metric is not None or options.lm_eval_filter is not None:
+        raise UsageError("--metric and --filter apply to lm-eval samples files only, not to result CSVs")
     golden = read_result_csv(options.golden_path)
     test = read_result_csv(options.test_path)
     warnings: list[str] = []
@@ -207,16 +264,17 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     if missing:
         warnings.append(
             f"{len(missing)} golden case(s) not found in {test.path}, "
-            f"e.g. keys {_first(k for k, *_ in missing)}"
+            f"e.g. keys {first_keys(k for k, *_ in missing)}"
         )
     if extra:
         warnings.append(
-            f"{len(extra)} test case(s) not found in {golden.path}, e.g. keys {_first(k for k, *_ in extra)}"
+            f"{len(extra)} test case(s) not found in {golden.path}, e.g. keys {first_keys(k for k, *_ in extra)}"
         )
 
     out_rows: list[list[str]] = []
     unjudged: list[str] = []
     count = 0
+    tally = {"golden": 0, "test": 0, "judged": 0, "b": 0, "c": 0}
     for ident, golden_row in golden_index.items():
         test_row = test_index.get(ident)
         if test_row is None:
@@ -226,6 +284,7 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
         if not g_cells["passed"] or not t_cells["passed"]:
             unjudged.append(ident[0])
             continue
+        _count_flip(tally, g_cells["passed"], t_cells["passed"])
         if g_cells["passed"] == t_cells["passed"]:
             continue
         row = [g_cells["key"].strip()] + ([g_cells["queries"]] if "queries" in golden.columns else [])
@@ -234,19 +293,32 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
         out_rows.append(row)
     if unjudged:
         warnings.append(
-            f"{len(unjudged)} case(s) have an empty pass/passed cell, e.g. keys {_first(unjudged)}"
+            f"{len(unjudged)} case(s) have an empty pass/passed cell, e.g. keys {first_keys(unjudged)}"
         )
 
+    flips = Flips(tally["golden"], tally["test"], tally["judged"], tally["b"], tally["c"])
     for message in warnings:
         log.warning(message)
+    log.info("%s", flips.describe())
     if not out_rows:
         log.warning("no difference between the golden and the test results: no file written")
-        return BcanalyzeResult(None, 0, count, tuple(warnings))
+        return BcanalyzeResult(None, 0, count, tuple(warnings), flips)
     folder = ensure_writable_dir(options.output_dir)
     with claim_stamped(folder, timestamp(), lambda tag: (f"{RESULT_PREFIX}{tag}.csv",)) as (path,):
         write_csv(path, header, out_rows)
     log.debug("%d bad case(s) of %d compared written to %s", len(out_rows), count, path)
-    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings))
+    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings), flips)
+
+
+def _count_flip(tally: dict[str, int], golden: str, test: str) -> None:
+    """Count one case judged on both sides (normalised `passed`: only true/false are passes and fails)."""
+    if golden not in ("true", "false") or test not in ("true", "false"):
+        return
+    tally["judged"] += 1
+    tally["golden"] += golden == "true"
+    tally["test"] += test == "true"
+    tally["b"] += golden == "true" and test == "false"
+    tally["c"] += golden == "false" and test == "true"
 
 
 def _index(table: ResultTable, join: Sequence[str], warnings: list[str]) -> dict[tuple[str, ...], ResultRow]:
@@ -267,17 +339,18 @@ def _index(table: ResultTable, join: Sequence[str], warnings: list[str]) -> dict
             index[ident] = row
     if empty:
         warnings.append(
-            f"{table.path}: {len(empty)} row(s) with an empty key skipped, on lines {_first(empty)}"
+            f"{table.path}: {len(empty)} row(s) with an empty key skipped, on lines {first_keys(empty)}"
         )
     if duplicates:
         warnings.append(
             f"{table.path}: {len(duplicates)} duplicated key(s), only the first row of each is used: "
-            f"{_first(duplicates)}"
+            f"{first_keys(duplicates)}"
         )
     return index
 
 
-def _first(items) -> str:
+def first_keys(items) -> str:
+    """The first few of `items`, comma-separated, with "..." when there are more (for warnings)."""
     items = list(items)
     shown = ", ".join(items[:SHOWN_KEYS])
     return shown + (", ..." if len(items) > SHOWN_KEYS else "")
@@ -294,22 +367,29 @@ class BadCaseKeys:
     duplicates: tuple[str, ...]
 
 
-def read_keys(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
-    """(line, key text) of every data row of a bad-case CSV; DataError on a missing column or empty cell."""
+def read_key_rows(path: str | os.PathLike[str]) -> list[ResultRow]:
+    """Every data row of a bad-case CSV (cells by column, `key` stripped); DataError on a missing
+    `key` column, an empty key cell, or no rows."""
     csv_path = check_csv_path(path)
-    keys: list[tuple[int, str]] = []
+    rows: list[ResultRow] = []
     with _rows(csv_path) as (header, body):
         if "key" not in header:
             raise DataError(f"{csv_path} has no 'key' column (found: {', '.join(header)})")
         column = header.index("key")
         for line, cells in body:
-            text = cells[column].strip() if column < len(cells) else ""
-            if not text:
+            values = dict(zip(header, cells, strict=False))
+            values["key"] = cells[column].strip() if column < len(cells) else ""
+            if not values["key"]:
                 raise DataError(f"{csv_path}: empty key cell on line {line}")
-            keys.append((line, text))
-    if not keys:
+            rows.append(ResultRow(line, values))
+    if not rows:
         raise DataError(f"{csv_path} has a header but no bad cases: nothing to dump")
-    return keys
+    return rows
+
+
+def read_keys(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """(line, key text) of every data row of a bad-case CSV; DataError on a missing column or empty cell."""
+    return [(row.line, row.cells["key"]) for row in read_key_rows(path)]
 
 
 def parse_keys(keys: Sequence[tuple[int, str]], source: str = "the bad-case CSV") -> BadCaseKeys:
@@ -384,7 +464,7 @@ def read_bad_case_request(
     keys = parse_keys(read_keys(path), source=str(path))
     if keys.duplicates:
         log.warning(
-            "%s: %d duplicated key(s) dumped once: %s", path, len(keys.duplicates), _first(keys.duplicates)
+            "%s: %d duplicated key(s) dumped once: %s", path, len(keys.duplicates), first_keys(keys.duplicates)
         )
     return DumpRequest(
         token_max_length=token_max_length, indices=keys.indices, resume=resume, logits_fp32=logits_fp32

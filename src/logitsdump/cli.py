@@ -9,12 +9,14 @@ Exit codes: 0 success, 1 runtime failure, 2 usage error (as msit).
 from __future__ import annotations
 
 import argparse
+import errno
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
 from logitsdump import __version__
 from logitsdump.dtypes import DATA_TYPES
-from logitsdump.errors import EXIT_FAILURE, UserError
+from logitsdump.errors import EXIT_FAILURE, UsageError, UserError
 from logitsdump.logs import LEVELS, get_logger, setup_logging
 from logitsdump.protocol import REPLAY_MODES
 
@@ -125,10 +127,19 @@ def _add_bcanalyze_parser(subparsers) -> None:
         "bcanalyze",
         help="find the bad cases: cases whose pass/fail differs between golden and test debug CSVs",
         description="msit llm bcanalyze: compare two result CSVs (key + pass/passed columns) and write "
-        "msit_bad_case_result_<timestamp>.csv with the cases whose verdict differs.",
+        "msit_bad_case_result_<timestamp>.csv with the cases whose verdict differs. Two lm-eval "
+        "--log_samples files (samples_<task>_*.jsonl, recognised by content) work too: docs joined on "
+        "doc_id and doc_hash, pass/fail from a per-doc metric (docs/lm-eval.md).",
     )
-    add_golden_and_test(parser, "result CSV (modeltest's debug CSV, or any CSV with key and pass columns)")
+    add_golden_and_test(parser, "result CSV (modeltest's debug CSV, or any CSV with key and pass columns), "
+                        "or lm-eval samples file")
     add_output_dir(parser, None, "./msit_bad_case/analyzer, as msit; -o is our addition")
+    lm_eval = parser.add_argument_group("lm-eval samples files only")
+    lm_eval.add_argument("--metric", default=None,
+                         help="the per-doc metric that decides pass/fail, logged as 0/1 (default: the first such "
+                         "metric of the task, e.g. acc or exact_match)")
+    lm_eval.add_argument("--filter", dest="lm_eval_filter", default=None,
+                         help="the filter whose lines are compared (default: the first one logged)")
     add_log_level(parser)
     parser.set_defaults(handler=_run_bcanalyze)
 
@@ -136,12 +147,14 @@ def _add_bcanalyze_parser(subparsers) -> None:
 def _run_bcanalyze(args: argparse.Namespace) -> int:
     from logitsdump.badcase import DEFAULT_ANALYZER_DIR, BcanalyzeOptions, analyze
 
-    options = BcanalyzeOptions(args.golden_path, args.my_path, args.output_dir or DEFAULT_ANALYZER_DIR)
+    options = BcanalyzeOptions(args.golden_path, args.my_path, args.output_dir or DEFAULT_ANALYZER_DIR,
+                               metric=args.metric, lm_eval_filter=args.lm_eval_filter)
     result = analyze(options)
     if result.output_path is None:
         print(f"no bad cases: the {result.compared} cases in both files have the same verdict")
     else:
         print(f"{result.bad_cases} bad case(s) of {result.compared} compared: {result.output_path}")
+    print(result.flips.describe())
     return 0
 
 
@@ -155,14 +168,16 @@ def _add_dump_parser(subparsers) -> None:
         help="re-run only the bad cases with a runner (modeltest or logitsdump eval) and dump their logits",
         description="msit llm logitsdump: run the command with BAD_CASE_LOGITS_DUMP=True, "
         "LOGITS_DUMP_TOKEN_MAX_LENGTH=N and BAD_CASE_LIST=<keys of the bad-case CSV>. The command is "
-        "split on white space (no shell) and must start with modeltest, torchrun or logitsdump.",
+        "split into words as a shell would (quote a path with spaces) but run without a shell; it must "
+        "start with modeltest, torchrun or logitsdump, and its --batch_size, if given, must be 1. "
+        "Or, with --from-samples, replay the bad docs of an lm-eval run in-process (docs/lm-eval.md).",
     )
     parser.add_argument(
         "-e",
         "--exec",
         dest="exec_command",
-        required=True,
-        help='runner command, e.g. "modeltest --model_config_path ..."',
+        default=None,
+        help='runner command, e.g. "modeltest --model_config_path ..." (required unless --from-samples)',
     )
     parser.add_argument("-bcr", "--bad-case-result", required=True, help="bad-case CSV (from bcanalyze)")
     parser.add_argument(
@@ -192,13 +207,29 @@ def _add_dump_parser(subparsers) -> None:
         help="our addition: step = forced decoding through the KV-cache decode path (default); "
         "prefill = score the whole golden continuation in one forward pass",
     )
+    lm_eval = parser.add_argument_group("our addition: replaying an lm-eval run (instead of -e)")
+    lm_eval.add_argument("--from-samples", metavar="SAMPLES_JSONL", default=None,
+                         help="lm-eval's samples_<task>_*.jsonl (--log_samples): replay the logged prompts of the "
+                         "bad-case CSV's docs through the model of --model_config_path")
+    add_flag(lm_eval, "model_config_path", default=None, help="--from-samples: the model YAML to replay on")
+    add_flag(lm_eval, "output_dir", default="", help="--from-samples: root of data/.../logits/ (default: .)")
+    add_flag(lm_eval, "device", default="auto",
+             help="--from-samples: auto (CUDA, else NPU, else CPU), cpu, cuda, cuda:N, npu, npu:N")
     add_log_level(parser)
     parser.set_defaults(handler=_run_dump)
 
 
 def _run_dump(args: argparse.Namespace) -> int:
     from logitsdump.dump import DumpOptions, run_dump
+    from logitsdump.errors import UsageError
 
+    if args.from_samples is not None:
+        return _run_samples_dump(args)
+    if args.exec_command is None:
+        raise UsageError("give the runner command with -e, or an lm-eval samples file with --from-samples")
+    if args.model_config_path is not None or args.output_dir or args.device != "auto":
+        raise UsageError("--model_config_path, --output_dir and --device go with --from-samples; with -e they "
+                         "belong in the runner command")
     options = DumpOptions(
         exec_command=args.exec_command,
         bad_case_csv=args.bad_case_result,
@@ -209,6 +240,24 @@ def _run_dump(args: argparse.Namespace) -> int:
         replay_mode=args.replay_mode,
     )
     result = run_dump(options)
+    for line in result.summary_lines():
+        print(line, flush=True)
+    return 0
+
+
+def _run_samples_dump(args: argparse.Namespace) -> int:
+    from logitsdump.errors import UsageError
+    from logitsdump.lmeval.replay import SamplesDumpOptions, run_samples_dump
+
+    if args.exec_command is not None:
+        raise UsageError("--from-samples replays in this process: leave out -e")
+    if args.model_config_path is None:
+        raise UsageError("--from-samples needs --model_config_path, the model YAML to replay on")
+    result = run_samples_dump(SamplesDumpOptions(
+        samples_path=args.from_samples, bad_case_csv=args.bad_case_result, model_config_path=args.model_config_path,
+        token_range=args.token_range, output_dir=args.output_dir, device=args.device, resume=args.resume,
+        logits_fp32=args.logits_fp32, replay=args.replay, replay_mode=args.replay_mode,
+    ))
     for line in result.summary_lines():
         print(line, flush=True)
     return 0
@@ -262,35 +311,90 @@ def _add_compare_parser(subparsers) -> None:
     verdict.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
                         help="a first argmax change is a tie-flip when golden's top-1 logit leads the "
                         "test's choice by at most this (logits; default 0.1)")
+    verdict.add_argument("--tolerances", metavar="FILE", default=None,
+                        help="the model's measured noise floor: a tolerances file written by `logitsdump calibrate` "
+                        "(flags given here win). Without it, replayed cases are judged against the conservative "
+                        "default of the dumps' dtype (docs/compare.md)")
     verdict.add_argument("--noise-margin", type=_number_at_least(0.0), default=None,
                         help="replayed cases (dump --replay): an argmax change is noise when golden's top-1 logit "
-                        "leads the test's choice by at most this (logits; default 1.0)")
+                        "leads the test's choice by at most this (logits; default: 2 x sqrt(the KL bound), "
+                        "bf16 0.0566)")
     verdict.add_argument("--noise-kl", type=_number_at_least(0.0), default=None,
-                        help="replayed cases: a step is close when its KL is at most this (default 0.13)")
+                        help="replayed cases: a step is close when its KL is at most this (default: the dtype's "
+                        "bound, bf16 8e-4, fp16 1.25e-5, fp32 1.86e-13)")
     verdict.add_argument("--noise-cosine", type=_number_at_least(-1.0, 1.0), default=None,
-                        help="replayed cases: a step is close when its cosine is at least this (default 0.989)")
-    verdict.add_argument("--tolerances", metavar="FILE", default=None,
-                        help="read --tie-tolerance, --noise-margin, --noise-kl and --noise-cosine from a JSON file "
-                        "written by --calibrate (flags given here win)")
+                        help="replayed cases: a step is close when its cosine is at least this (default -1: not "
+                        "used; cosine of logits is not scale-free)")
+    verdict.add_argument("--noise-mean-kl", type=_number_at_least(0.0), default=None,
+                        help="replayed cases: a case drifts when the mean KL of its steps is above this "
+                        "(default: not used; `calibrate` measures it)")
+    verdict.add_argument("--noise-mean-kl-steps", type=_number_at_least(1.0), default=None,
+                        help="the number of steps --noise-mean-kl holds for; a case of n steps gets it times "
+                        "sqrt(this / n), at most --noise-kl (default 1; `calibrate` measures it)")
     calibration = parser.add_argument_group("our additions: calibration")
     calibration.add_argument("--calibrate", action="store_true",
-                        help="treat the two folders as known-good noise: print the spread of the per-step "
-                        "metrics and suggested tolerances, and write them to "
-                        "<-o>/logits_cmp_tolerances_<ts>.json (no verdict files)")
+                        help="the same as `logitsdump calibrate` with these folders: measure them as a "
+                        "known-healthy pair and write the tolerances file (no verdict files)")
     calibration.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
                         help="--calibrate: each tolerance is this times the 0.99 quantile of the spread (default 2)")
     add_log_level(parser)
     parser.set_defaults(handler=_run_compare)
 
 
+def _add_calibrate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="measure a model's noise floor on a known-healthy pair of dumps and write the tolerances file "
+        "compare --tolerances reads",
+        description="Treat the two folders as a known-healthy pair of the same model: the same device twice, "
+        "or a higher precision (golden, e.g. fp32) against the dtype under test (e.g. bf16), the test side "
+        "replayed (dump --replay). Print the spread of the per-step metrics and write the tolerances "
+        "(each the safety factor times the 0.99 quantile) to <-o>/logits_cmp_tolerances_<ts>.json, or to "
+        "--tolerances-file. Calibrate on other cases than those you will judge.",
+    )
+    group = parser.add_argument_group("inputs")
+    group.add_argument("-gp", "--golden-path", required=True, metavar="PATH", action="append",
+                       help="the golden (or higher-precision) side's folder of logits files; repeat -gp/-mp for "
+                       "several pairs (e.g. one per task), measured together")
+    group.add_argument("-mp", "--my-path", required=True, metavar="PATH", action="append",
+                       help="the dtype under test's folder of logits files (replayed), paired with the -gp "
+                       "in the same position")
+    add_output_dir(parser, "./output", "./output")
+    parser.add_argument("--tolerances-file", metavar="FILE", default=None,
+                        help="write the tolerances here instead of <-o>/logits_cmp_tolerances_<ts>.json")
+    parser.add_argument("--safety-factor", type=_number_at_least(1.0), default=None,
+                        help="each tolerance is this times the quantile of the spread (default 2)")
+    parser.add_argument("--quantile", type=_number_at_least(0.5, 1.0), default=None,
+                        help="the quantile (nearest rank) of the spread each tolerance is based on (default 0.99)")
+    parser.add_argument("--topk", type=positive_int, default=10, help="k of the top-k overlap (default 10)")
+    add_log_level(parser)
+    parser.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from logitsdump.compare import CompareOptions
+    from logitsdump.compare.calibrate import DEFAULT_QUANTILE, DEFAULT_SAFETY_FACTOR, calibrate, format_calibration
+
+    if len(args.golden_path) != len(args.my_path):
+        raise UsageError(f"give as many -mp as -gp (found {len(args.golden_path)} -gp, {len(args.my_path)} -mp)")
+    pairs = [CompareOptions(golden_path=g, my_path=m, output_dir=args.output_dir, topk=args.topk)
+             for g, m in zip(args.golden_path, args.my_path, strict=True)]
+    result = calibrate(
+        pairs,
+        safety_factor=DEFAULT_SAFETY_FACTOR if args.safety_factor is None else args.safety_factor,
+        quantile=DEFAULT_QUANTILE if args.quantile is None else args.quantile,
+        output_path=args.tolerances_file,
+    )
+    print(format_calibration(result))
+    return 0
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from logitsdump.compare import CompareOptions, run_compare
-    from logitsdump.compare.calibrate import DEFAULT_SAFETY_FACTOR, calibrate, format_calibration, load_tolerances
+    from logitsdump.compare.calibrate import DEFAULT_SAFETY_FACTOR, calibrate, format_calibration
+    from logitsdump.compare.floor import TOLERANCE_KEYS
 
-    tolerances = load_tolerances(args.tolerances) if args.tolerances else {}
-    for name in ("tie_tolerance", "noise_margin", "noise_kl", "noise_cosine"):
-        if getattr(args, name) is not None:
-            tolerances[name] = getattr(args, name)
+    tolerances = {name: getattr(args, name) for name in TOLERANCE_KEYS if getattr(args, name) is not None}
     options = CompareOptions(
         golden_path=args.golden_path,
         my_path=args.my_path,
@@ -300,6 +404,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         l1=args.l1_norm,
         dtype=args.dtype,
         topk=args.topk,
+        tolerances_file=args.tolerances,
         **tolerances,
     )
     if args.calibrate:
@@ -367,8 +472,13 @@ def _add_report_parser(subparsers) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE, check_path_fits
     from logitsdump.report import load_compares, print_summary, write_report
 
+    for source in args.compare_output:  # every path, before any work
+        check_path_fits(source, "COMPARE_OUTPUT")
+    if args.output_dir is not None:
+        check_path_fits(args.output_dir, "-o/--output-dir", OUTPUT_NAME_ALLOWANCE)
     result = load_compares(args.compare_output)
     path = write_report(result, args.output_dir, topk=args.topk)
     print_summary(result)
@@ -394,9 +504,11 @@ def _run_examples(args: argparse.Namespace) -> int:
 
     folder = copy_examples(args.directory)
     print(f"examples written to {folder}")
-    print(f"try: logitsdump eval --model_config_path {folder}/configs/model/tiny_llama_fp32.yaml "
-          f"--task_config_path {folder}/configs/task/boolq.yaml --output_dir {folder}/outputs "
-          "--save_debug_enable")
+    print("try: " + shlex.join([
+        "logitsdump", "eval", "--model_config_path", f"{folder}/configs/model/tiny_llama_fp32.yaml",
+        "--task_config_path", f"{folder}/configs/task/boolq.yaml", "--output_dir", f"{folder}/outputs",
+        "--save_debug_enable",
+    ]))
     return 0
 
 
@@ -415,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bcanalyze_parser(subparsers)
     _add_dump_parser(subparsers)
     _add_compare_parser(subparsers)
+    _add_calibrate_parser(subparsers)
     _add_report_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_examples_parser(subparsers)
@@ -441,6 +554,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"logitsdump {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno != errno.ENAMETOOLONG:  # a name no check caught: still one line, never a traceback
+            raise
+        from logitsdump.fsutil import shorten
+
+        print(f"logitsdump {args.command}: error: {shorten(err.filename or '')}: {err.strerror}: choose a shorter "
+              "path", file=sys.stderr)
+        return EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_FAILURE
 

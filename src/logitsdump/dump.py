@@ -9,18 +9,28 @@ since the launch.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from logitsdump.badcase import read_bad_case_request
-from logitsdump.errors import DataError, UsageError
-from logitsdump.launch import launch, validate_command
+from logitsdump.errors import DataError, LaunchError, UsageError
+from logitsdump.fsutil import ensure_writable_dir
+from logitsdump.launch import Interrupted, flag_value, launch, validate_command
 from logitsdump.logs import get_logger
 from logitsdump.protocol import MAX_LIST_LENGTH, DumpRequest
 from logitsdump.runner.outputs import LOGITS_FOLDER, data_root
-from logitsdump.store import LOGITS_SUFFIX, MANIFEST_NAME, parse_logits_file_name, read_manifest
+from logitsdump.store import (
+    DUMP_SUMMARY_NAME,
+    LOGITS_SUFFIX,
+    MANIFEST_NAME,
+    DumpSummary,
+    parse_logits_file_name,
+    read_dump_summary,
+    read_manifest,
+)
 
 #: How deep under `<output_dir>/data` a logits folder may be (DEV/precision_test/task/dtype/model/logits).
 MAX_DEPTH = 8
@@ -46,11 +56,13 @@ class DumpOptions:
 
 @dataclass(frozen=True)
 class DumpFolder:
-    """One logits folder written by the child: cases (manifest lines, else keys in file names) and files."""
+    """One logits folder written by the child: cases (manifest lines, else keys in file names), files,
+    and our runner's account of the dump (None for a real modeltest's folder)."""
 
     path: Path
     cases: int
     files: int
+    summary: DumpSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,24 @@ class DumpResult:
         lines.append(f"dumped {self.cases} of {self.requested} bad cases, {self.files} logits files")
         return lines
 
+    def shortfall_lines(self) -> list[str]:
+        """Why fewer cases than requested were dumped, as exactly as the folders tell (warnings)."""
+        if self.cases >= self.requested:
+            return []
+        accounts = [f.summary for f in self.folders]
+        if not all(accounts):  # a real modeltest says nothing about the cases it skipped
+            return [f"only {self.cases} of {self.requested} bad cases were dumped: see the child's output "
+                    "for the cases that failed or match no dataset row"]
+        matched = sum(a.matched for a in accounts)  # type: ignore[union-attr]
+        lines = []
+        if matched < self.requested:
+            lines.append(f"{self.requested - matched} of the {self.requested} bad cases match no row of the "
+                         "dataset (the runner lists them above): nothing to dump for them")
+        if self.cases < matched:
+            lines.append(f"{matched - self.cases} of the {matched} bad cases found in the dataset were not "
+                         "dumped: see the child's output")
+        return lines
+
 
 def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None) -> DumpResult:
     """Read the bad-case CSV, run the child command with the dump protocol, report what it wrote."""
@@ -90,26 +120,31 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
     if options.replay is not None:
         request = replace(request, replay_dir=_replay_dir(options.replay, command), replay_mode=options.replay_mode)
     _check_list_length(request, options.bad_case_csv)
-    requested = _count(request)
+    requested = request.case_count
     root = Path(os.path.abspath(output_dir_of(command.argv) or os.getcwd()))
+    ensure_writable_dir(root)  # a read-only or too long output folder fails here, before anything runs
     log.info(
         "dumping %d bad case(s), %d token(s) each, with: %s",
         requested,
         request.token_max_length,
-        " ".join(command.argv),
+        shlex.join(command.argv),
     )
     started = time.time()
-    launch(command.argv, request, base_env=env)
+    try:
+        launch(command.argv, request, base_env=env)
+    except LaunchError as err:
+        done = sum(f.cases for f in find_logits_folders(root, since=started - MTIME_SLACK_SECONDS))
+        if done and not isinstance(err, Interrupted):
+            raise LaunchError(f"{err}; {done} case(s) were dumped before it stopped: fix the cause above "
+                              "and continue with dump --resume (same flags)") from None
+        raise
     folders = tuple(find_logits_folders(root, since=started - MTIME_SLACK_SECONDS))
     result = DumpResult(requested, folders)
     if not folders:
         log.warning("no logits folder was written under %s (looked for data/.../logits/)", data_root(root))
-    elif result.cases < requested:
-        log.warning(
-            "only %d of %d bad cases were dumped: see the child's output for the cases that failed",
-            result.cases,
-            requested,
-        )
+    else:
+        for line in result.shortfall_lines():
+            log.warning(line)
     return result
 
 
@@ -131,14 +166,7 @@ def _replay_dir(folder: str, command) -> str:
 
 def output_dir_of(argv: Sequence[str]) -> str:
     """The value of `--output_dir`/`--output-dir` in the child's argv ('' when absent)."""
-    value = ""
-    for i, word in enumerate(argv):
-        for flag in ("--output_dir", "--output-dir"):
-            if word == flag and i + 1 < len(argv):
-                value = argv[i + 1]
-            elif word.startswith(flag + "="):
-                value = word[len(flag) + 1 :]
-    return value
+    return flag_value(argv, ("--output_dir", "--output-dir")) or ""
 
 
 def find_logits_folders(root: Path, since: float) -> list[DumpFolder]:
@@ -155,7 +183,8 @@ def find_logits_folders(root: Path, since: float) -> list[DumpFolder]:
         dirs.clear()
         pth = [name for name in files if name.endswith(LOGITS_SUFFIX)]
         manifest = read_manifest(here) if MANIFEST_NAME in files else []
-        found.append(DumpFolder(here, len(manifest) if manifest else _keys_in_names(pth), len(pth)))
+        found.append(DumpFolder(here, len(manifest) if manifest else _keys_in_names(pth), len(pth),
+                                read_dump_summary(here) if DUMP_SUMMARY_NAME in files else None))
     return sorted(found, key=lambda f: str(f.path))
 
 
@@ -177,12 +206,6 @@ def _keys_in_names(names: Sequence[str]) -> int:
         except DataError:
             continue
     return len(keys)
-
-
-def _count(request: DumpRequest) -> int:
-    if request.per_language:
-        return sum(len(group) for group in request.indices)  # type: ignore[arg-type]
-    return len(request.indices)
 
 
 def _check_list_length(request: DumpRequest, source: str) -> None:

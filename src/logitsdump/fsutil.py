@@ -74,21 +74,25 @@ def temporary_file(folder: str | os.PathLike[str], prefix: str, suffix: str) -> 
 
 
 @contextlib.contextmanager
-def write_errors(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Turn a disk-full, quota, file-size-limit or permission error while writing `path` into a
-    one-line `WriteError` (exit status 1) instead of a traceback."""
+def write_errors(path: str | os.PathLike[str], what: str = "write") -> Iterator[None]:
+    """Turn a disk-full, quota, file-size-limit or permission error while writing `path` (or a name
+    too long for its file system) into a one-line `WriteError` (exit status 1) instead of a traceback.
+
+    `what`: the verb of the message (`cannot {what} {path}`). Whether the work can be resumed is the
+    caller's to say (`dump` says it; eval, report and compare have nothing to resume).
+    """
     from logitsdump.errors import WriteError
 
     try:
         yield
     except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise WriteError(f"cannot {what} {shorten(path)}: {os.strerror(err.errno)}: choose a shorter "
+                             "output path") from err
         if err.errno not in WRITE_ERRNOS:
             raise
         hint = "free some space" if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else "check permissions"
-        raise WriteError(
-            f"cannot write {path}: {os.strerror(err.errno)}: {hint} and run again "
-            "(a logits dump continues with dump --resume)"
-        ) from err
+        raise WriteError(f"cannot {what} {path}: {os.strerror(err.errno)}: {hint} and run again") from err
 
 
 def current_umask() -> int:
@@ -118,7 +122,7 @@ def make_dirs(path: str | os.PathLike[str]) -> Path:
             break
         folder = folder.parent
     for new in reversed(missing):
-        with contextlib.suppress(FileExistsError):
+        with write_errors(new, "create folder"), contextlib.suppress(FileExistsError):
             os.mkdir(new, DIR_MODE)
     return Path(path)
 
@@ -141,6 +145,11 @@ def safe_component(name: str) -> str:
     return cleaned
 
 
+#: The longest file name we create in an output folder is shorter than this (`logits_cmp_cases_<ts>_N.json`,
+#: `msit_bad_case_result_<ts>_N.csv`): a folder is checked with room for it.
+OUTPUT_NAME_ALLOWANCE = "n" * 64
+
+
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     """Create `path` if needed and check that files can be written in it.
 
@@ -149,6 +158,7 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     from logitsdump.errors import UserError
 
     folder = Path(path)
+    check_path_fits(folder, "output folder", OUTPUT_NAME_ALLOWANCE)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"output path {folder} exists and is not a folder: choose another path")
     try:
@@ -158,6 +168,57 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     except OSError as err:
         raise UserError(f"cannot write in output folder {folder}: {err.strerror or err}") from err
     return folder
+
+
+#: Used where the file system cannot tell its limits (POSIX minimums are smaller; Linux's are these).
+DEFAULT_NAME_MAX = 255
+DEFAULT_PATH_MAX = 4096
+
+
+def check_path_fits(path: str | os.PathLike[str], what: str, longest_child: str = "") -> None:
+    """Raise a one-line `UserError` when `path` (with `longest_child`, the longest name we will create
+    in it, appended) cannot exist: a component or the whole path longer than its file system allows.
+
+    Called on every input and output path before any work, so a long `-o` or model name fails at
+    once instead of after an evaluation (ENAMETOOLONG).
+    """
+    from logitsdump.errors import UserError
+
+    full = Path(path) / longest_child if longest_child else Path(path)
+    name_max, path_max = _limits(full)
+    for part in full.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise UserError(f"{what} {shorten(path)}: a name in it is {size} bytes long, more than the "
+                            f"{name_max} its file system allows: choose a shorter name")
+    size = len(os.fsencode(os.path.abspath(full)))
+    if size >= path_max:
+        raise UserError(f"{what} {shorten(path)}: with the file names it will hold the path is {size} bytes "
+                        f"long, more than the {path_max - 1} its file system allows: choose a shorter path")
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    """(NAME_MAX, PATH_MAX) of the file system of `path`'s nearest existing folder."""
+    folder = Path(os.path.abspath(path))
+    while True:
+        try:
+            if folder.is_dir():
+                break
+        except OSError:
+            pass
+        if folder.parent == folder:
+            return DEFAULT_NAME_MAX, DEFAULT_PATH_MAX
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return DEFAULT_NAME_MAX, DEFAULT_PATH_MAX
+
+
+def shorten(text: str | os.PathLike[str], keep: int = 60) -> str:
+    """`text`, cut in the middle past `keep` characters, so one message stays one readable line."""
+    text = str(text)
+    return text if len(text) <= keep else f"{text[: keep // 2]}...{text[-keep // 2:]} ({len(text)} characters)"
 
 
 def timestamp(now: datetime | None = None) -> str:

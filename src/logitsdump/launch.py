@@ -1,6 +1,7 @@
 """Validating and running the child command of `dump`.
 
-The command is split on white space and never run through a shell (as msit). The child gets a
+The command is split into words as a POSIX shell would (quotes group a path with spaces) but never
+run through a shell (msit splits on white space and runs no shell either). The child gets a
 new environment (os.environ is never modified), inherits stdout/stderr (live output), and runs
 in its own session: SIGINT/SIGTERM received by us are forwarded to its whole process group,
 which is killed after a grace period, so nothing is left running.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,8 +30,8 @@ from logitsdump.protocol import ENV_BAD_CASE_LIST, DumpRequest, child_environmen
 
 #: First words accepted (basename): modeltest's console scripts, torchrun, and our own runner.
 ALLOWED_PROGRAMS = ("modeltest", "model_test", "model-test", "torchrun", "logitsdump")
-#: Characters that only mean something to a shell; refused because no shell runs the command.
-UNSAFE_CHARACTERS = frozenset(";|&$`<>\\!(){}*?'\"~")
+#: Characters that only mean something to a shell; refused unquoted because no shell runs the command.
+UNSAFE_CHARACTERS = frozenset(";|&$`<>!(){}*?~")
 #: Seconds between forwarding SIGINT/SIGTERM and killing the child's process group.
 GRACE_SECONDS = 5.0
 
@@ -57,23 +59,56 @@ class Command:
 
 
 def split_command(command: str) -> list[str]:
-    """Split on white space; refuse shell syntax (UsageError, exit 2) and an empty command (exit 1)."""
-    unsafe = sorted({c for c in command if c in UNSAFE_CHARACTERS})
+    """Split like a POSIX shell splits words (quotes and backslashes group, e.g. a path with spaces),
+    but run nothing through a shell: characters that only mean something to a shell are refused
+    unless quoted (UsageError, exit 2); an empty command is refused too (exit 1)."""
+    unsafe = sorted(unquoted_shell_characters(command))
     if unsafe:
         shown = " ".join(repr(c) for c in unsafe)
         raise UsageError(
-            f"unsafe character(s) {shown} in the command: it is run without a shell, so "
-            "; | & $ ` < > \\ ! ( ) { } * ? ' \" ~ are refused (set variables and redirections outside dump)"
+            f"unsafe character(s) {shown} in the command: it is run without a shell, so unquoted "
+            "; | & $ ` < > ! ( ) { } * ? ~ are refused (set variables and redirections outside dump; "
+            "quote a path that holds them)"
         )
-    argv = command.split()
+    try:
+        argv = shlex.split(command)
+    except ValueError as err:  # "No closing quotation", "No escaped character"
+        raise UsageError(f"cannot split the command: {err}") from None
     if not argv:
         raise LaunchError('the command to run is empty: give e.g. -e "modeltest --model_config_path ..."')
     return argv
 
 
+def unquoted_shell_characters(command: str) -> set[str]:
+    """The characters of `UNSAFE_CHARACTERS` outside single or double quotes and not escaped by a
+    backslash (the quoting rules `shlex.split` applies)."""
+    found: set[str] = set()
+    quote = ""
+    escaped = False
+    for char in command:
+        if escaped:
+            escaped = False
+        elif quote == "'":
+            quote = "" if char == "'" else quote
+        elif char == "\\":
+            escaped = True
+        elif quote == '"':
+            quote = "" if char == '"' else quote
+        elif char in "'\"":
+            quote = char
+        elif char in UNSAFE_CHARACTERS:
+            found.add(char)
+    return found
+
+
 def validate_command(command: str | Sequence[str], path: str | None = None) -> Command:
-    """Check the command: safe, starts with an allowed program, and that program exists on `path`."""
-    argv = split_command(command) if isinstance(command, str) else split_command(" ".join(command))
+    """Check the command: safe, starts with an allowed program, and that program exists on `path`.
+
+    A string is split by `split_command`; a sequence is taken as the words themselves.
+    """
+    argv = split_command(command) if isinstance(command, str) else list(command)
+    if not argv:
+        raise LaunchError('the command to run is empty: give e.g. -e "modeltest --model_config_path ..."')
     program = os.path.basename(argv[0])
     if program not in ALLOWED_PROGRAMS:
         raise LaunchError(f"the command must start with torchrun, modeltest or logitsdump, found {argv[0]!r}")
@@ -83,7 +118,42 @@ def validate_command(command: str | Sequence[str], path: str | None = None) -> C
     is_ours = program == "logitsdump" or (
         program == "torchrun" and any(os.path.basename(word) == "logitsdump" for word in argv[1:])
     )
+    check_batch_size(argv)
     return Command(tuple(argv), executable, is_ours)
+
+
+def _is_one(text: str) -> bool:
+    try:
+        return int(text) == 1
+    except ValueError:
+        return False
+
+
+#: The runner flag whose value must be 1 in a logits dump (modeltest's, and our eval's, spellings).
+BATCH_SIZE_FLAGS = ("--batch_size", "--batch-size")
+
+
+def flag_value(argv: Sequence[str], flags: Sequence[str]) -> str | None:
+    """The value of the last of `flags` in `argv` (`--flag value` or `--flag=value`); None when absent."""
+    value = None
+    for i, word in enumerate(argv):
+        for flag in flags:
+            if word == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif word.startswith(flag + "="):
+                value = word[len(flag) + 1 :]
+    return value
+
+
+def check_batch_size(argv: Sequence[str]) -> None:
+    """Refuse (UsageError, exit 2) a runner command whose `--batch_size` is not 1: msit's dump
+    re-infers each bad case alone, and modeltest dumps nothing at a larger batch size."""
+    value = flag_value(argv, BATCH_SIZE_FLAGS)
+    if value is not None and not _is_one(value):
+        raise UsageError(
+            f"the command has --batch_size {value}: a logits dump re-infers each bad case alone, so the "
+            "runner needs --batch_size 1 (modeltest writes no logits otherwise)"
+        )
 
 
 def launch(

@@ -66,6 +66,13 @@ class DumpRequest:
         """True for the five-list HumanEval-X form."""
         return bool(self.indices) and isinstance(self.indices[0], tuple)
 
+    @property
+    def case_count(self) -> int:
+        """How many cases are asked for (all five lists together for HumanEval-X)."""
+        if self.per_language:
+            return sum(len(group) for group in self.indices)  # type: ignore[arg-type]
+        return len(self.indices)
+
     def list_literal(self) -> str:
         """BAD_CASE_LIST exactly as msit writes it (Python repr of lists)."""
         if self.per_language:

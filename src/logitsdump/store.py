@@ -25,6 +25,8 @@ MANIFEST_NAME = "manifest.jsonl"
 #: Token id -> text for the model's vocabulary, beside the manifest (for reports).
 VOCAB_NAME = "vocab.json"
 MANIFEST_SCHEMA_VERSION = 1
+#: Our runner's account of one dump: cases asked for, found in the dataset, complete (for `dump`'s summary).
+DUMP_SUMMARY_NAME = "dump_summary.json"
 
 #: The HumanEval-X language tags that msit's parser recognises in a file name.
 LANGUAGE_TAGS = ("cpp", "go", "java", "js", "python")
@@ -231,3 +233,31 @@ def read_vocab(folder: str | os.PathLike[str]) -> list[str] | None:
     except (OSError, ValueError, RecursionError):
         return None
     return [str(t) for t in data] if isinstance(data, list) else None
+
+
+@dataclass(frozen=True)
+class DumpSummary:
+    """What one dump of our runner did: `requested` cases, `matched` (found in the dataset), `complete`."""
+
+    requested: int
+    matched: int
+    complete: int
+
+
+def write_dump_summary(folder: str | os.PathLike[str], summary: DumpSummary) -> None:
+    """Write the dump's summary beside the manifest (atomically)."""
+    with atomic_open(Path(folder) / DUMP_SUMMARY_NAME, "w", encoding="utf-8", newline="") as handle:
+        json.dump(asdict(summary), handle)
+
+
+def read_dump_summary(folder: str | os.PathLike[str]) -> DumpSummary | None:
+    """The summary `write_dump_summary` wrote; None when absent, unreadable or malformed (a real
+    modeltest writes none)."""
+    try:
+        data = json.loads((Path(folder) / DUMP_SUMMARY_NAME).read_text(encoding="utf-8"))
+        values = [data[name] for name in ("requested", "matched", "complete")]
+    except (OSError, ValueError, RecursionError, TypeError, KeyError):
+        return None
+    if not all(type(v) is int and v >= 0 for v in values):
+        return None
+    return DumpSummary(*values)

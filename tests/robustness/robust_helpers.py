@@ -48,7 +48,8 @@ def one_error_line(done: subprocess.CompletedProcess, command: str) -> str:
 
 def runner_command(output_dir: Path | str, task: str = "gsm8k", dtype: str = "fp32",
                    task_yaml: Path | None = None) -> str:
-    """`logitsdump eval ...` as `dump -e` takes it (no shell: the path must hold no space)."""
+    """`logitsdump eval ...` as `dump -e` takes it (split with shell rules, run without a shell: quote a
+    path with spaces, e.g. with shlex.quote)."""
     return (
         f"logitsdump eval --model_config_path {examples.model_config(dtype)} "
         f"--task_config_path {task_yaml or examples.task_config(task)} --output_dir {output_dir} --device cpu"

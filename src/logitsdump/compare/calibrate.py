@@ -1,4 +1,4 @@
-"""`compare --calibrate`: measure the spread of a known-good pair and suggest the noise tolerances.
+"""`logitsdump calibrate`: measure the spread of known-good pairs and write the noise tolerances (the floor).
 
 The pair is taken as pure numerical noise (two dumps of one healthy model in
 two dtypes, or on two healthy devices, the test side replayed). Over every
@@ -8,9 +8,12 @@ golden's margin at each argmax change, and suggests
 
     tolerance = safety_factor x the `quantile` quantile (nearest rank) of the spread
 
-(`noise_kl` from KL, `noise_cosine` = 1 - that of 1 - cosine, `noise_margin`
-and `tie_tolerance` from the golden margins at argmax changes). The suggestions are written as a
-JSON file that `compare --tolerances FILE` reads (`load_tolerances`).
+(`noise_kl` from KL, `noise_mean_kl` from each case's mean KL over its judged steps, `noise_cosine`
+= 1 - that of 1 - cosine, `noise_margin` and `tie_tolerance` from the golden margins at argmax
+changes, `noise_margin` at least `floor.margin_of_kl(noise_kl)`). The suggestions are written as a
+JSON file, the model's measured noise floor, that `compare --tolerances FILE` reads
+(`floor.read_tolerances_file`). `logitsdump calibrate` is the command; `compare --calibrate` the
+older spelling of it.
 """
 
 from __future__ import annotations
@@ -25,23 +28,23 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump import __version__
+from logitsdump.compare.floor import (
+    TOLERANCES_PREFIX,
+    TOLERANCES_SCHEMA,
+    TOLERANCES_VERSION,
+    margin_of_kl,
+    read_tolerances_file,
+)
 from logitsdump.compare.options import CompareOptions
 from logitsdump.compare.records import CaseRecord, Step
 from logitsdump.compare.run import measure
 from logitsdump.compare.stats import percentile_high
-from logitsdump.errors import DataError, UsageError
+from logitsdump.errors import UsageError
 from logitsdump.fsutil import atomic_write_text, claim_stamped, timestamp
 
-#: Tolerance files are named `{TOLERANCES_PREFIX}<timestamp>[_N].json`.
-TOLERANCES_PREFIX = "logits_cmp_tolerances_"
-#: The `schema` of a tolerances file.
-TOLERANCES_SCHEMA = "logitsdump-tolerances"
-TOLERANCES_VERSION = 1
 #: Default safety factor and quantile of the suggestions.
 DEFAULT_SAFETY_FACTOR = 2.0
 DEFAULT_QUANTILE = 0.99
-#: The keys of a tolerances file, with the CompareOptions field each sets.
-TOLERANCE_KEYS = ("tie_tolerance", "noise_margin", "noise_kl", "noise_cosine")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class Calibration:
     one_minus_cosine: Spread
     max_abs_diff: Spread
     change_margins: Spread
+    #: Each case's mean KL over its judged steps.
+    case_mean_kl: Spread
+    #: The data types the dumps' manifests record (golden, test), when known.
+    dtypes: tuple[str | None, str | None] = (None, None)
     #: The suggested tolerances; a key is missing when nothing was measured for it.
     suggested: Mapping[str, float] = field(default_factory=dict)
     #: Why a tolerance has no suggestion.
@@ -95,10 +102,12 @@ class Calibration:
     def rule(self) -> str:
         return (f"each tolerance = {self.safety_factor:g} x the {self.quantile:g} quantile (nearest rank) of the "
                 "known-good pair's judged steps: noise_kl from per-step KL, noise_cosine = 1 - that of "
-                "1 - cosine, noise_margin and tie_tolerance from golden's margin at the steps where the argmax "
-                "differs")
+                "1 - cosine, noise_mean_kl from each case's mean KL, noise_margin and tie_tolerance from "
+                "golden's margin at the steps where the argmax differs")
 
-    def to_dict(self, options: CompareOptions, stamp: str) -> dict[str, Any]:
+    def to_dict(self, pairs: Sequence[CompareOptions], stamp: str) -> dict[str, Any]:
+        golden = [str(p.golden_path) for p in pairs]
+        mine = [str(p.my_path) for p in pairs]
         return {
             "schema": TOLERANCES_SCHEMA,
             "schema_version": TOLERANCES_VERSION,
@@ -110,42 +119,56 @@ class Calibration:
             "quantile": self.quantile,
             "notes": list(self.notes),
             "measured": {
-                "golden_path": str(options.golden_path),
-                "my_path": str(options.my_path),
+                "golden_path": golden[0] if len(golden) == 1 else golden,
+                "my_path": mine[0] if len(mine) == 1 else mine,
                 "cases": self.cases,
                 "replayed_cases": self.replayed_cases,
                 "steps": self.steps,
+                "golden_dtype": self.dtypes[0],
+                "dtype": self.dtypes[1],
                 "kl": self.kl.to_dict(),
                 "one_minus_cosine": self.one_minus_cosine.to_dict(),
                 "max_abs_diff": self.max_abs_diff.to_dict(),
                 "golden_margin_at_changes": self.change_margins.to_dict(),
+                "case_mean_kl": self.case_mean_kl.to_dict(),
             },
         }
 
 
 def calibrate(
-    options: CompareOptions,
+    options: CompareOptions | Sequence[CompareOptions],
     *,
     safety_factor: float = DEFAULT_SAFETY_FACTOR,
     quantile: float = DEFAULT_QUANTILE,
     output_path: str | os.PathLike[str] | None = None,
     now: datetime | None = None,
 ) -> Calibration:
-    """Measure the pair of `options` as known-good noise, write the suggested tolerances, return them.
+    """Measure the pair of `options` (or several pairs together, e.g. one per task) as known-good noise,
+    write the suggested tolerances, return them.
 
     The JSON goes to `output_path`, by default `logits_cmp_tolerances_<ts>.json` in
-    the output folder (never overwritten: `_1`, `_2`, ... are added).
+    the (first pair's) output folder (never overwritten: `_1`, `_2`, ... are added).
     """
+    pairs = [options] if isinstance(options, CompareOptions) else list(options)
+    if not pairs:
+        raise UsageError("calibrate needs at least one pair of folders")
     if not (safety_factor >= 1.0 and math.isfinite(safety_factor)):
         raise UsageError(f"--safety-factor must be a finite number >= 1, found {safety_factor}")
     if not (0.0 < quantile <= 1.0):
         raise UsageError(f"the calibration quantile must be in (0, 1], found {quantile}")
-    measured = measure(options)
+    runs = [measure(pair) for pair in pairs]
+    cases = [case for run in runs for case in run.cases]
     kls: list[float] = []
     gaps: list[float] = []
     diffs: list[float] = []
     margins: list[float] = []
-    for case in measured.cases:
+    case_kls = [[s.metrics.kl_divergence for s in judged_steps(c) if s.metrics is not None] for c in cases]
+    case_kls = [values for values in case_kls if values]
+    # each case's mean KL, brought to the median case length N (a mean over n steps spreads as 1/sqrt(n)):
+    # the judge allows noise_mean_kl * sqrt(N / n) for a case of n steps
+    steps_per_case = float(sorted(len(v) for v in case_kls)[(len(case_kls) - 1) // 2]) if case_kls else 1.0
+    means = [math.fsum(v) / len(v) * math.sqrt(min(1.0, len(v) / steps_per_case)) for v in case_kls]
+    for case in cases:
         for step in judged_steps(case):
             m = step.metrics
             if m is None:
@@ -157,19 +180,29 @@ def calibrate(
                 margins.append(m.flip_margin)
     kl, gap = Spread.of(kls, quantile), Spread.of(gaps, quantile)
     diff, change = Spread.of(diffs, quantile), Spread.of(margins, quantile)
+    case_mean = Spread.of(means, quantile)
     suggested: dict[str, float] = {}
     notes: list[str] = []
     if change.at_quantile is not None:
         suggested["tie_tolerance"] = suggested["noise_margin"] = _round_up(safety_factor * change.at_quantile)
     else:
         notes.append("no argmax change among the judged steps: tie_tolerance and noise_margin not measured "
-                     "(keep the defaults, or calibrate on more cases)")
+                     "(compare then takes noise_margin = 2 x sqrt(noise_kl); or calibrate on more cases)")
     if kl.at_quantile is not None and gap.at_quantile is not None:
         suggested["noise_kl"] = _round_up(safety_factor * kl.at_quantile)
+        from_kl = margin_of_kl(suggested["noise_kl"])
+        if "noise_margin" in suggested and suggested["noise_margin"] < from_kl:
+            # a handful of argmax changes says little about the margins noise overturns
+            notes.append(f"noise_margin raised from {suggested['noise_margin']:g} (the {change.count} argmax "
+                         f"change(s)) to {from_kl:g} = 2 x sqrt(noise_kl), what noise at that KL overturns")
+            suggested["noise_margin"] = from_kl
         suggested["noise_cosine"] = max(-1.0, 1.0 - _round_up(safety_factor * gap.at_quantile))
+        if case_mean.at_quantile is not None:
+            suggested["noise_mean_kl"] = _round_up(safety_factor * case_mean.at_quantile)
+            suggested["noise_mean_kl_steps"] = steps_per_case
     else:
         notes.append("no step could be measured: noise_kl and noise_cosine not suggested")
-    if measured.cases and not any(c.replayed for c in measured.cases):
+    if cases and not any(c.replayed for c in cases):
         notes.append("no replayed case: only the steps up to each case's first argmax change were used; "
                      "replay the test side (dump --replay) to measure every step")
     stamp = timestamp(now)
@@ -179,29 +212,40 @@ def calibrate(
             path=path,
             safety_factor=safety_factor,
             quantile=quantile,
-            cases=len(measured.cases),
-            replayed_cases=sum(1 for c in measured.cases if c.replayed),
+            cases=len(cases),
+            replayed_cases=sum(1 for c in cases if c.replayed),
             steps=len(kls),
             kl=kl,
             one_minus_cosine=gap,
             max_abs_diff=diff,
             change_margins=change,
+            case_mean_kl=case_mean,
+            dtypes=(_dtype(cases, golden=True), _dtype(cases, golden=False)),
             suggested=suggested,
             notes=tuple(notes),
         )
-        document = result.to_dict(options, stamp)
+        document = result.to_dict(pairs, stamp)
         atomic_write_text(path, json.dumps(document, ensure_ascii=False, indent=1, allow_nan=False) + "\n")
         return result
 
     if output_path is not None:
         return write(Path(output_path))
-    with claim_stamped(measured.out_dir, stamp, lambda tag: (f"{TOLERANCES_PREFIX}{tag}.json",)) as (path,):
+    with claim_stamped(runs[0].out_dir, stamp, lambda tag: (f"{TOLERANCES_PREFIX}{tag}.json",)) as (path,):
         return write(path)
 
 
 def judged_steps(case: CaseRecord) -> tuple[Step, ...]:
     """The steps a case's verdict was judged on (a free run: up to the first change; a replay: all)."""
     return case.steps[: case.tokens_judged]
+
+
+def _dtype(cases: Sequence[CaseRecord], *, golden: bool) -> str | None:
+    """The data type one side's manifests record (the first found), or None."""
+    for case in cases:
+        manifest = case.golden_manifest if golden else case.my_manifest
+        if manifest is not None and manifest.dtype:
+            return manifest.dtype
+    return None
 
 
 def _round_up(value: float) -> float:
@@ -225,12 +269,14 @@ def format_calibration(result: Calibration) -> str:
     ]
     for name, spread in (("KL", result.kl), ("1 - cosine", result.one_minus_cosine),
                          ("max |diff| (logits)", result.max_abs_diff),
-                         ("golden margin at changes", result.change_margins)):
+                         ("golden margin at changes", result.change_margins),
+                         ("case mean KL", result.case_mean_kl)):
         lines.append(f"  {name:<26} {num(spread.p50):>10} {num(spread.p90):>10} {num(spread.p99):>10} "
                      f"{num(spread.max):>10}")
     lines += ["", f"rule: {result.rule}", "suggested:"]
     flags = {"tie_tolerance": "--tie-tolerance", "noise_margin": "--noise-margin", "noise_kl": "--noise-kl",
-             "noise_cosine": "--noise-cosine"}
+             "noise_cosine": "--noise-cosine", "noise_mean_kl": "--noise-mean-kl",
+             "noise_mean_kl_steps": "--noise-mean-kl-steps"}
     for key, flag in flags.items():
         value = result.suggested.get(key)
         lines.append(f"  {flag:<16} {value:.6g}" if value is not None else f"  {flag:<16} (not measured)")
@@ -241,36 +287,6 @@ def format_calibration(result: Calibration) -> str:
 
 
 def load_tolerances(path: str | os.PathLike[str]) -> dict[str, float]:
-    """The tolerances of a file written by `calibrate` (or by hand): CompareOptions field -> value.
-
-    Accepts `{"tolerances": {...}}` or the keys at the top level; only
-    `tie_tolerance`, `noise_margin`, `noise_kl` and `noise_cosine` are read, each checked.
-    Raises DataError (exit 1) when the file is missing or malformed.
-    """
-    file = Path(path)
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DataError(f"--tolerances {file}: cannot read it: {err.strerror or err}") from err
-    except (ValueError, RecursionError) as err:
-        raise DataError(f"--tolerances {file}: not valid JSON ({err})") from err
-    if not isinstance(document, Mapping):
-        raise DataError(f"--tolerances {file}: expected a JSON object")
-    table = document.get("tolerances", document)
-    if not isinstance(table, Mapping):
-        raise DataError(f"--tolerances {file}: 'tolerances' is not an object")
-    values: dict[str, float] = {}
-    for key in TOLERANCE_KEYS:
-        if key not in table:
-            continue
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"--tolerances {file}: {key} must be a finite number, found {value!r}")
-        values[key] = float(value)
-    if not values:
-        raise DataError(f"--tolerances {file}: none of {', '.join(TOLERANCE_KEYS)} is given")
-    if any(values.get(key, 0.0) < 0 for key in ("tie_tolerance", "noise_margin", "noise_kl")):
-        raise DataError(f"--tolerances {file}: tie_tolerance, noise_margin and noise_kl must be >= 0")
-    if not -1.0 <= values.get("noise_cosine", 0.0) <= 1.0:
-        raise DataError(f"--tolerances {file}: noise_cosine must be in [-1, 1]")
-    return values
+    """The tolerances of a file written by `calibrate` (or by hand): CompareOptions field -> value
+    (`floor.read_tolerances_file`, without what it was measured on)."""
+    return read_tolerances_file(path)[0]

@@ -18,7 +18,8 @@ manifest has `extra.replay`): step t of both sides follows the same prefix for
 every t, so every step is judged, against the noise tolerances (`Tolerances`):
 - `identical`: every step is bitwise equal;
 - `consistent`: the argmax never differs and every step is close
-  (KL <= noise_kl and cosine >= noise_cosine);
+  (KL <= noise_kl and cosine >= noise_cosine), and the case's mean KL is
+  at most noise_mean_kl (when set);
 - `noise`: the argmax differs only where golden's margin over the test's choice
   is <= noise_margin (the replay's tie tolerance), and every step is close;
 - `precision-suspect`: an argmax change with a clear golden margin (> noise
@@ -26,6 +27,8 @@ every t, so every step is judged, against the noise tolerances (`Tolerances`):
   check (shape, NaN/inf);
 - `incomplete`: a file is missing or unreadable and the others show no problem.
 A verdict is truthy (passes) for identical, consistent, tie-flip and noise.
+The noise tolerances come from a floor (`floor.py`): measured by `logitsdump calibrate`, or the
+conservative default of the dumps' dtype.
 """
 
 from __future__ import annotations
@@ -49,11 +52,13 @@ from logitsdump.compare.verdicts import (
 
 #: Default tie tolerance, in logits.
 DEFAULT_TIE_TOLERANCE = 0.1
-#: Default noise tolerances of replayed cases: what `compare --calibrate` (2 x the 0.99 quantile) suggests
-#: for the embedded tiny model, fp32 golden vs bf16 replayed, 135 cases of 8 tasks (docs/compare.md).
-DEFAULT_NOISE_MARGIN = 1.0
-DEFAULT_NOISE_KL = 0.13
-DEFAULT_NOISE_COSINE = 0.989
+#: Default noise tolerances of replayed cases without a measured floor: `floor.default_tolerances("bf16")`,
+#: scale-free and conservative (KL on probabilities, anchored on llama.cpp's bf16 noise of LLaMA-3-8B; the
+#: margin 2 x sqrt(KL); cosine of logits is not scale-free and not used). A compare run takes them for the
+#: dumps' own dtype (`floor.resolve_floor`); these are what a bare `Tolerances()` holds.
+DEFAULT_NOISE_MARGIN = 0.0566
+DEFAULT_NOISE_KL = 8e-4
+DEFAULT_NOISE_COSINE = -1.0
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,26 @@ class Tolerances:
     `tie` (free runs) and `noise_margin` (replayed cases): an argmax change is a
     near-tie (tie-flip; noise) when golden's top-1 logit leads the test's choice by
     at most this (logits). `noise_kl` and `noise_cosine`: a replayed step is close
-    when KL <= noise_kl and cosine >= noise_cosine.
+    when KL <= noise_kl and cosine >= noise_cosine. `noise_mean_kl` (None: not used): a replayed case
+    also drifts when the mean KL of its steps is above it (a mean over a case's steps separates a small
+    systematic shift from noise better than its worst step does).
     """
 
     tie: float = DEFAULT_TIE_TOLERANCE
     noise_margin: float = DEFAULT_NOISE_MARGIN
     noise_kl: float = DEFAULT_NOISE_KL
     noise_cosine: float = DEFAULT_NOISE_COSINE
+    noise_mean_kl: float | None = None
+    #: The number of steps `noise_mean_kl` holds for (the calibration cases' median); a case with n steps
+    #: gets `noise_mean_kl * sqrt(noise_mean_kl_steps / n)` (a mean over fewer steps spreads more), at most
+    #: noise_kl.
+    noise_mean_kl_steps: float = 1.0
+
+    def mean_kl_tolerance(self, steps: int) -> float | None:
+        """The case mean KL tolerance for a case of `steps` measured steps (None: the rule is off)."""
+        if self.noise_mean_kl is None or steps < 1:
+            return None
+        return min(self.noise_kl, self.noise_mean_kl * math.sqrt(max(1.0, self.noise_mean_kl_steps / steps)))
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -169,9 +187,17 @@ def judge_replay_case(
         problems.append(
             f"{len(far)} of {len(measured)} steps drift apart, the worst at token {worst_step.token_id}: "
             f"KL {m.kl_divergence:.3g} (tolerance {tolerances.noise_kl:g}), "
-            f"cosine {m.cosine_similarity:.6f} (tolerance {tolerances.noise_cosine:g})"
+            f"cosine {m.cosine_similarity:.6f}"
+            + (f" (tolerance {tolerances.noise_cosine:g})" if tolerances.noise_cosine > -1.0 else "")
         )
         findings.append("drift")
+    mean_kl = math.fsum(m.kl_divergence for m in measured) / len(measured) if measured else None
+    mean_tolerance = tolerances.mean_kl_tolerance(len(measured))
+    if mean_tolerance is not None and mean_kl is not None and mean_kl > mean_tolerance:
+        problems.append(f"the mean KL of its {len(measured)} steps, {mean_kl:.3g}, is above the floor's "
+                        f"{mean_tolerance:.3g} for {len(measured)} steps")
+        if "drift" not in findings:
+            findings.append("drift")
     if problems:
         verdict, reason = PRECISION_SUSPECT, "; ".join(problems)
     elif missing:

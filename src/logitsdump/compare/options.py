@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from logitsdump.compare.judge import (
-    DEFAULT_NOISE_COSINE,
-    DEFAULT_NOISE_KL,
-    DEFAULT_NOISE_MARGIN,
-    DEFAULT_TIE_TOLERANCE,
-    Tolerances,
-)
+from logitsdump.compare.floor import NOISE_KEYS, Floor, read_tolerances_file, resolve_floor
+from logitsdump.compare.judge import DEFAULT_TIE_TOLERANCE
 from logitsdump.compare.metrics import Thresholds
 from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import UsageError
@@ -31,21 +27,38 @@ class CompareOptions:
     l1: float = 0.01
     dtype: str = "fp16"
     topk: int = 10
-    tie_tolerance: float = DEFAULT_TIE_TOLERANCE
+    #: Free runs: a first argmax change is a tie-flip when golden's margin is at most this (logits).
+    #: None: from `tolerances_file`, else DEFAULT_TIE_TOLERANCE.
+    tie_tolerance: float | None = None
     #: Replayed cases: an argmax change is noise when golden's margin is at most noise_margin (logits),
-    #: and a step is close when KL <= noise_kl and cosine >= noise_cosine.
-    noise_margin: float = DEFAULT_NOISE_MARGIN
-    noise_kl: float = DEFAULT_NOISE_KL
-    noise_cosine: float = DEFAULT_NOISE_COSINE
+    #: a step is close when KL <= noise_kl and cosine >= noise_cosine, and a case when its mean KL is at
+    #: most noise_mean_kl. None: from `tolerances_file`, else the conservative default of the dumps' dtype
+    #: (`floor.resolve_floor`); a value given here wins over the file.
+    noise_margin: float | None = None
+    noise_kl: float | None = None
+    noise_cosine: float | None = None
+    noise_mean_kl: float | None = None
+    noise_mean_kl_steps: float | None = None
+    #: A tolerances file written by `logitsdump calibrate`: the measured noise floor.
+    tolerances_file: str | os.PathLike[str] | None = None
     #: Reader threads; None: the CPU count, at most 8.
     workers: int | None = None
 
     def thresholds(self) -> Thresholds:
         return Thresholds(cosine=self.cosine, kl=self.kl, l1=self.l1, dtype=self.dtype)
 
-    def tolerances(self) -> Tolerances:
-        return Tolerances(tie=self.tie_tolerance, noise_margin=self.noise_margin, noise_kl=self.noise_kl,
-                          noise_cosine=self.noise_cosine)
+    def floor(self, dtypes: Iterable[str | None] = ()) -> Floor:
+        """The noise floor of this run: the fields given here, then the tolerances file, then the default
+        of the least precise of `dtypes` (the dumps' data types; none known: `dtype`, compare's -d)."""
+        given: dict[str, float | None] = {}
+        measured_on = None
+        if self.tolerances_file is not None:
+            given, measured_on = read_tolerances_file(self.tolerances_file)
+        given.update({k: getattr(self, k) for k in NOISE_KEYS if getattr(self, k) is not None})
+        tie = self.tie_tolerance if self.tie_tolerance is not None else given.get("tie_tolerance")
+        file = str(self.tolerances_file) if self.tolerances_file is not None else None
+        return resolve_floor(given, file=file, measured_on=measured_on, dtypes=dtypes, fallback_dtype=self.dtype,
+                             tie=DEFAULT_TIE_TOLERANCE if tie is None else tie)
 
     def validate(self) -> None:
         """Raise UsageError (exit 2) for a value out of range, as msit checks its flags."""
@@ -59,18 +72,23 @@ class CompareOptions:
             raise UsageError(f"-d/--dtype must be one of {', '.join(DATA_TYPES)}, found {self.dtype!r}")
         if self.topk < 1:
             raise UsageError(f"--topk must be >= 1, found {self.topk}")
-        if not (self.tie_tolerance >= 0.0 and math.isfinite(self.tie_tolerance)):
+        if self.tie_tolerance is not None and not (self.tie_tolerance >= 0.0 and math.isfinite(self.tie_tolerance)):
             raise UsageError(f"--tie-tolerance must be a finite number >= 0, found {self.tie_tolerance}")
-        if not (self.noise_margin >= 0.0 and math.isfinite(self.noise_margin)):
-            raise UsageError(f"--noise-margin must be a finite number >= 0, found {self.noise_margin}")
-        if not (self.noise_kl >= 0.0 and math.isfinite(self.noise_kl)):
-            raise UsageError(f"--noise-kl must be a finite number >= 0, found {self.noise_kl}")
-        if not (-1.0 <= self.noise_cosine <= 1.0):
+        for name in ("noise_margin", "noise_kl", "noise_mean_kl"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0.0 and math.isfinite(value)):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, found {value}")
+        if self.noise_mean_kl_steps is not None and not (1.0 <= self.noise_mean_kl_steps < math.inf):
+            raise UsageError(f"--noise-mean-kl-steps must be a finite number >= 1, found {self.noise_mean_kl_steps}")
+        if self.noise_cosine is not None and not (-1.0 <= self.noise_cosine <= 1.0):
             raise UsageError(f"--noise-cosine must be in [-1, 1], found {self.noise_cosine}")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be >= 1, found {self.workers}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, floor: Floor | None = None) -> dict[str, Any]:
+        """The options; with `floor`, the noise tolerances it resolved to (what the verdicts used)."""
+        tolerances = floor.tolerances if floor is not None else self
+        tie = floor.tolerances.tie if floor is not None else self.tie_tolerance
         return {
             "golden_path": str(self.golden_path),
             "my_path": str(self.my_path),
@@ -80,8 +98,11 @@ class CompareOptions:
             "l1_norm": self.l1,
             "dtype": self.dtype,
             "topk": self.topk,
-            "tie_tolerance": self.tie_tolerance,
-            "noise_margin": self.noise_margin,
-            "noise_kl": self.noise_kl,
-            "noise_cosine": self.noise_cosine,
+            "tie_tolerance": tie,
+            "noise_margin": tolerances.noise_margin,
+            "noise_kl": tolerances.noise_kl,
+            "noise_cosine": tolerances.noise_cosine,
+            "noise_mean_kl": tolerances.noise_mean_kl,
+            "noise_mean_kl_steps": tolerances.noise_mean_kl_steps,
+            "tolerances_file": str(self.tolerances_file) if self.tolerances_file is not None else None,
         }

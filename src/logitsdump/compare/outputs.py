@@ -2,7 +2,8 @@
 
 In `<output_dir>` (checked writable before any work):
 - `logits_cmp_res_<tag>.csv`: msit's ten columns, then ours (one row per file pair);
-- `logits_cmp_cases_<tag>.csv` and `.json`: one verdict per case (`records.CaseRecord`).
+- `logits_cmp_cases_<tag>.csv` and `.json`: one verdict per case (`records.CaseRecord`), with llama.cpp's
+  statistics of its judged steps (the JSON also has the run's, over every case: `stats`).
 `<tag>` is `<YYYYmmddHHMMSS>`, or `<YYYYmmddHHMMSS>_N` when a run of the same second
 already claimed the plain stamp: names are never reused.
 """
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from logitsdump.compare.distribution import STATISTICS_FIELDS, StepStatistics
 from logitsdump.compare.records import (
     CSV_EXTRA_COLUMNS,
     ONLY_IN_GOLDEN,
@@ -41,6 +43,7 @@ CASE_COLUMNS = (
     "flip_margin", "worst_cosine", "worst_kl", "reason",
     "replay_mode", "changed_steps", "flip_margins", "my_flip_margins", "my_ranks_in_golden",
     "golden_ranks_in_mine", "mean_kl", "p95_kl", "mean_cosine", "p95_cosine",
+    *STATISTICS_FIELDS,  # llama.cpp's statistics of the judged steps (`distribution.StepStatistics`)
 )
 NA = "NA"
 
@@ -118,6 +121,7 @@ def _case_row(case: CaseRecord) -> dict[str, Any]:
     data["my_flip_margins"] = " ".join(_num(c.my_flip_margin) for c in case.changes)
     data["my_ranks_in_golden"] = " ".join(str(c.my_rank_in_golden) for c in case.changes)
     data["golden_ranks_in_mine"] = " ".join(str(c.golden_rank_in_mine) for c in case.changes)
+    data.update(case.stats.to_dict() if case.stats is not None else StepStatistics.empty_row())
     return {name: ("" if data.get(name) is None else data[name]) for name in CASE_COLUMNS}
 
 

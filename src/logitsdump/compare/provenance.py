@@ -35,6 +35,11 @@ class DumpFolders:
         sizes = [len(v) for v in (self.golden_vocab, self.my_vocab) if v is not None]
         return max(sizes) if sizes else None
 
+    def dtypes(self) -> set[str]:
+        """The data types (model YAML `data_type`) the two manifests record; empty without manifests."""
+        records = (*self.golden_cases.values(), *self.my_cases.values())
+        return {r.dtype for r in records if r.dtype}
+
     def token(self, token_id: int | None, *, golden: bool) -> str | None:
         """The text of a token: from that side's vocabulary, else the other side's."""
         vocabs = (self.golden_vocab, self.my_vocab) if golden else (self.my_vocab, self.golden_vocab)

@@ -7,6 +7,10 @@
 - `CaseRecord`: the verdict of one case, the numbers behind it, and the step to look at first;
 - `CompareDocument`: the case JSON (`logits_cmp_cases_<ts>.json`) as a whole.
 
+`CaseRecord.stats` and `CompareDocument.stats` (llama.cpp's `--kl-divergence` statistics of a case's
+judged steps, and of every case's together: `distribution.StepStatistics`) are derived from the steps,
+never read back: a file of any schema version gets them, computed the same way.
+
 Each has `to_dict` (what is written) and `from_dict` (what is read back; the
 report's only reader). Reading is lenient: a missing or mistyped field becomes
 None, so a hand-edited file still renders. The case JSON carries
@@ -23,15 +27,18 @@ the test's side.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
+from logitsdump.compare.distribution import StepStatistics, summarize
 from logitsdump.compare.verdicts import PASSING
 
-#: The version of the case JSON this module writes, and those it reads.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: The version of the case JSON this module writes, and those it reads. Version 3 added `stats` (per case
+#: and for the run); version 2 reads as it is (the statistics are derived from the steps).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 #: The task of a case whose dumps have no manifest.
 UNKNOWN_TASK = "unknown"
@@ -392,6 +399,17 @@ class CaseRecord:
                 return manifest.query
         return None
 
+    @property
+    def judged_steps(self) -> tuple[Step, ...]:
+        """The steps the verdict rests on: the first `tokens_judged` (the steps are in token order; a free run
+        stops at its first argmax change, a replay judges every step it dumped)."""
+        return self.steps[: self.tokens_judged]
+
+    @cached_property
+    def stats(self) -> StepStatistics | None:
+        """llama.cpp's statistics of the judged steps with metrics; None when there are none."""
+        return step_statistics(self.judged_steps)
+
     def focus(self) -> Step | None:
         """The step at `focus_step`, if the case has it."""
         return next((s for s in self.steps if s.token_id == self.focus_step), None)
@@ -430,6 +448,7 @@ class CaseRecord:
             "p95_kl": self.p95_kl,
             "mean_cosine": self.mean_cosine,
             "p95_cosine": self.p95_cosine,
+            "stats": self.stats.to_dict() if self.stats is not None else None,
             "steps": [s.to_dict() for s in self.steps],
             "golden_manifest": self.golden_manifest.to_dict() if self.golden_manifest else None,
             "my_manifest": self.my_manifest.to_dict() if self.my_manifest else None,
@@ -487,6 +506,13 @@ class CompareDocument:
     summary: Mapping[str, Any]
     cases: tuple[CaseRecord, ...]
     schema_version: int = SCHEMA_VERSION
+    #: `floor.Floor.to_dict()`: which noise floor the replayed verdicts used (None: not recorded).
+    floor: Mapping[str, Any] | None = None
+
+    @cached_property
+    def stats(self) -> StepStatistics | None:
+        """llama.cpp's statistics of the judged steps of every case together (the run's figures)."""
+        return step_statistics(step for case in self.cases for step in case.judged_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -494,7 +520,9 @@ class CompareDocument:
             "tool": self.tool,
             "timestamp": self.timestamp,
             "options": dict(self.options),
+            "floor": dict(self.floor) if self.floor is not None else None,
             "summary": dict(self.summary),
+            "stats": self.stats.to_dict() if self.stats is not None else None,
             "cases": [case.to_dict() for case in self.cases],
         }
 
@@ -522,7 +550,20 @@ class CompareDocument:
             summary=dict(summary) if isinstance(summary, Mapping) else {},
             cases=cases,
             schema_version=SCHEMA_VERSION,
+            floor=dict(data["floor"]) if isinstance(data.get("floor"), Mapping) else None,
         )
+
+
+def step_statistics(steps: Iterable[Step]) -> StepStatistics | None:
+    """`distribution.summarize` of the steps that have metrics (Δp over those that have a `signed_dp`)."""
+    measured = [s.metrics for s in steps if s.metrics is not None]
+    return summarize(
+        [m.kl_divergence for m in measured],
+        [m.signed_dp for m in measured if m.signed_dp is not None],
+        [m.top1_match for m in measured],
+        [m.my_top1_rank_in_golden for m in measured],
+        [m.golden_top1_rank_in_mine for m in measured],
+    )
 
 
 # ---- lenient readers ---------------------------------------------------------------------------

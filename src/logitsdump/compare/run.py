@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump import __version__
+from logitsdump.compare.floor import Floor
 from logitsdump.compare.judge import judge_cases
 from logitsdump.compare.measure import measure_all
 from logitsdump.compare.options import CompareOptions
@@ -26,7 +27,7 @@ from logitsdump.compare.provenance import DumpFolders
 from logitsdump.compare.records import CaseRecord, CompareDocument, Step
 from logitsdump.compare.verdicts import VERDICTS
 from logitsdump.errors import DataError
-from logitsdump.fsutil import claim_stamped, ensure_writable_dir, timestamp
+from logitsdump.fsutil import check_path_fits, claim_stamped, ensure_writable_dir, timestamp
 from logitsdump.logs import get_logger
 
 _log = get_logger("compare")
@@ -48,6 +49,8 @@ class CompareSummary:
     #: verdict -> number of cases, every verdict present (0 when none).
     verdicts: Mapping[str, int]
     cases: tuple[CaseRecord, ...] = field(repr=False)
+    #: The noise floor the replayed cases were judged against.
+    floor: Floor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,8 @@ class Measured:
     steps: list[Step]
     #: Judged, with token texts and manifest summaries.
     cases: list[CaseRecord]
+    #: The noise floor the cases were judged against (measured, flags, or the dtype's default).
+    floor: Floor
 
 
 def measure(options: CompareOptions) -> Measured:
@@ -85,9 +90,10 @@ def measure(options: CompareOptions) -> Measured:
     folders = DumpFolders(golden_dir, my_dir)
     topk = _bounded_topk(options.topk, folders.vocab_size())
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
+    floor = options.floor(folders.dtypes())
     steps = list(measure_all(pairs, options.thresholds(), topk, options.workers))
-    cases = [folders.annotate(case) for case in judge_cases(steps, options.tolerances(), folders.replays(steps))]
-    return Measured(out_dir, steps, cases)
+    cases = [folders.annotate(case) for case in judge_cases(steps, floor.tolerances, folders.replays(steps))]
+    return Measured(out_dir, steps, cases, floor)
 
 
 def run_compare(options: CompareOptions, *, now: datetime | None = None) -> CompareSummary:
@@ -113,10 +119,11 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
             parse_errors=sum(1 for s in steps if s.key is None),
             verdicts=counts,
             cases=tuple(cases),
+            floor=measured.floor,
         )
         document = CompareDocument(
-            tool=f"logitsdump {__version__}", timestamp=stamp, options=options.to_dict(),
-            summary=summary.to_dict(), cases=summary.cases,
+            tool=f"logitsdump {__version__}", timestamp=stamp, options=options.to_dict(measured.floor),
+            summary=summary.to_dict(), cases=summary.cases, floor=measured.floor.to_dict(),
         )
         write_cases_json(cases_json, document)
     _log.info("wrote %s", csv_path)
@@ -136,6 +143,7 @@ def _bounded_topk(topk: int, vocab: int | None) -> int:
 
 def _input_dir(path: str | os.PathLike[str], flag: str) -> Path:
     folder = Path(path)
+    check_path_fits(folder, flag)
     if not folder.exists():
         raise DataError(f"{flag}: folder {folder} does not exist")
     if not folder.is_dir():

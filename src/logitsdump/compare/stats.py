@@ -1,4 +1,5 @@
-"""Order statistics over measured values (nearest rank, no interpolation)."""
+"""Statistics over measured values: nearest-rank percentiles (the judge, calibration), and llama.cpp's
+estimators (mean and standard error, interpolated quantiles, RMS, binomial rates, the exact McNemar test)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,82 @@ def percentile_low(values: Sequence[float], q: float = 0.95) -> float | None:
         return None
     ordered = sorted(values, reverse=True)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+# ---- llama.cpp's `--kl-divergence` statistics (tools/perplexity) --------------------------------
+# The same estimators as llama.cpp, computed in float64 with `math.fsum`; where llama.cpp prints 0 for a
+# standard error of fewer than 11 values, these give None below 2 values (read one of a few values as rough).
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float | None] | None:
+    """(mean, standard error of the mean): SE = sqrt(sum (x - mean)^2 / (n (n - 1))); None when empty,
+    SE None for one value."""
+    n = len(values)
+    if n == 0:
+        return None
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (n * (n - 1)))
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile by linear interpolation between order statistics at q (n - 1) (llama.cpp's and
+    numpy's default); q = 0.5 is the median (the mean of the middle two for an even count)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return _interpolated(ordered, q)
+
+
+def quantiles(values: Sequence[float], qs: Sequence[float]) -> tuple[float | None, ...]:
+    """`quantile` at each of `qs`, sorting once."""
+    if not values:
+        return tuple(None for _ in qs)
+    ordered = sorted(values)
+    return tuple(_interpolated(ordered, q) for q in qs)
+
+
+def _interpolated(ordered: Sequence[float], q: float) -> float:
+    if q <= 0:
+        return ordered[0]
+    if q >= 1:
+        return ordered[-1]
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    fraction = position - low
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] if fraction == 0 else (1 - fraction) * ordered[low] + fraction * ordered[high]
+
+
+def rms_se(values: Sequence[float]) -> tuple[float, float | None] | None:
+    """(root mean square, its standard error): the SE of the mean square, carried through the square root
+    to first order (SE(rms) = SE(mean square) / (2 rms), as llama.cpp's RMS Δp); 0 when every value is 0."""
+    squares = mean_se([x * x for x in values])
+    if squares is None:
+        return None
+    mean_square, se = squares
+    rms = math.sqrt(mean_square)
+    if se is None:
+        return rms, None
+    return rms, (0.5 * se / rms if rms > 0 else 0.0)
+
+
+def rate_se(hits: int, n: int) -> tuple[float, float | None] | None:
+    """(hits / n, binomial standard error sqrt(p (1 - p) / (n - 1))); None for n = 0, SE None for n = 1."""
+    if n <= 0:
+        return None
+    p = hits / n
+    return p, (math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """The exact two-sided McNemar p-value of b discordant pairs one way and c the other:
+    min(1, 2 P[X <= min(b, c)]) with X ~ Binomial(b + c, 1/2); 1 when there is no discordant pair."""
+    if b < 0 or c < 0:
+        raise ValueError("McNemar counts must be >= 0")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)

@@ -12,6 +12,8 @@ TINY_MODEL = ASSETS / "model" / "tiny_llama"
 DATASETS = ASSETS / "datasets"
 MODEL_CONFIGS = ASSETS / "configs" / "model"
 TASK_CONFIGS = ASSETS / "configs" / "task"
+#: The tiny model's measured noise floor, fp32 golden vs bf16 (a tolerances file for `compare --tolerances`).
+TINY_FLOOR = ASSETS / "configs" / "tolerances" / "tiny_llama_bf16.json"
 
 
 def model_config(dtype: str = "fp32") -> Path:

@@ -58,6 +58,8 @@ class DemoOptions:
     #: the device under test replays the golden tokens (`dump --replay`)
     replay: bool = True
     report: bool = True
+    #: the noise floor compare judges with (a tolerances file; None: compare's dtype default)
+    tolerances: Path | None = field(default_factory=lambda: examples.TINY_FLOOR)
 
 
 @dataclass
@@ -72,6 +74,8 @@ class TaskRun:
     logits_dirs: dict[str, Path] = field(default_factory=dict)
     compare_json: Path | None = None
     verdicts: dict[str, int] = field(default_factory=dict)
+    #: which noise floor compare used (`Floor.description`)
+    floor: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,10 @@ def run_demo(options: DemoOptions) -> DemoResult:
     with _step("[4/5] compare the two devices' logits (logitsdump compare)"):
         for run in runs:
             if len(run.logits_dirs) == 2:
-                _compare(run, golden, test, workdir)
+                _compare(run, golden, test, workdir, options.tolerances)
+        floors = {run.floor for run in runs if run.floor}
+        for floor in sorted(floors):
+            say(f"  verdicts judged against the {floor}")
     report = None
     if options.report and any(r.compare_json for r in runs):
         with _step("[5/5] write the report (logitsdump report)"):
@@ -190,6 +197,7 @@ def _bcanalyze(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
     run.bad_case_csv = result.output_path
     where = f"-> {result.output_path.relative_to(workdir)}" if result.output_path else "(nothing to dump)"
     say(f"  {run.task:<16} {run.bad_cases} bad case(s) of {result.compared} {where}")
+    say(f"  {'':<16} {result.flips.describe()}")
 
 
 @dataclass
@@ -257,7 +265,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _compare(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
+def _compare(run: TaskRun, golden: Side, test: Side, workdir: Path, tolerances: Path | None) -> None:
     from logitsdump.compare import CompareOptions, run_compare
     from logitsdump.runner.config import load_model_config
 
@@ -266,9 +274,11 @@ def _compare(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
         my_path=str(run.logits_dirs[test.name]),
         output_dir=str(workdir / "compare" / run.task),
         dtype=load_model_config(test.model_yaml).data_type,
+        tolerances_file=tolerances,
     )
     summary = run_compare(options)
     run.compare_json = summary.cases_json_path
+    run.floor = summary.floor.description if summary.floor is not None else ""
     run.verdicts = {name: count for name, count in summary.verdicts.items() if count}
     counts = ", ".join(f"{count} {name}" for name, count in run.verdicts.items()) or "no cases"
     say(f"  {run.task:<16} {summary.compared} token pairs: {counts} -> {summary.csv_path.relative_to(workdir)}")

@@ -1,10 +1,12 @@
 """The HTML report: one self-contained page (inline CSS, JS and SVG; no network) for a compare run.
 
-Sections: an overview (cases by verdict and by task, the thresholds), a
-sortable and filterable table of all cases, and one section per case (the
-question, both generated texts aligned token by token with the first
-divergence highlighted, per-token plots, the top-k candidates of both devices
-at the divergence step, the per-token metrics).
+Sections: an overview (cases by verdict and by task, the thresholds), the
+run's statistics (llama.cpp's KLD and Δp figures, tables and plots:
+`statistics.py`), a sortable and filterable table of all cases, and one
+section per case (the question, both generated texts aligned token by token
+with the first divergence highlighted, per-token plots, the case's statistics
+and distribution plots, the top-k candidates of both devices at the divergence
+step, the per-token metrics).
 
 Every piece of data is escaped with `html.escape`; the page carries no data
 inside its script, and a Content-Security-Policy forbids any network access.
@@ -23,7 +25,7 @@ from typing import Any
 from logitsdump.compare import verdicts
 from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
-from logitsdump.report import numbers, page_assets
+from logitsdump.report import numbers, page_assets, statistics
 from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
 
@@ -81,6 +83,7 @@ def render_report(result: CompareResult, *, topk: int | None = None) -> str:
         "<body>",
         _header(result),
         _overview(result),
+        statistics.run_section(result),
         _case_table(result),
         '<section id="cases" class="cases">',
         f"<h2>Cases <span class=\"muted\">({len(result.cases)})</span></h2>",
@@ -140,7 +143,8 @@ def _header(result: CompareResult) -> str:
         f'<dt><span class="dev m">test</span></dt><dd>{escape(_test_name(result))} · '
         f"<code>{escape(str(mine))}</code></dd>"
         "</dl>"
-        '<nav><a href="#overview">Overview</a><a href="#all-cases">All cases</a><a href="#cases">Case details</a>'
+        '<nav><a href="#overview">Overview</a><a href="#statistics">Statistics</a><a href="#all-cases">All cases</a>'
+        '<a href="#cases">Case details</a>'
         "</nav>"
         "</header>"
     )
@@ -345,6 +349,7 @@ def _case_section(result: CompareResult, case: CaseRecord, number: int, k: int) 
         parts.append(f'<pre class="query">{escape(query)}</pre>')
     parts.append(_alignment(result, case))
     parts.append(_plots(case, result, focus.token_id if focus else None))
+    parts.append(statistics.case_block(case, result))
     if case.replayed:
         parts.append(_changes_table(result, case))
     parts.append(_topk_block(result, case, number, k))

@@ -158,7 +158,9 @@ def load_compares(sources: Sequence[Any]) -> CompareResult:
     for name in ("golden_path", "my_path"):
         paths = [str(r.options.get(name, "")) for r in results]
         options[name] = paths[0] if len(set(paths)) == 1 else f"{len(paths)} folders"
-    document = CompareDocument(first.tool, max(r.timestamp for r in results), options, summary, cases)
+    floors = {json.dumps(r.document.floor, sort_keys=True) for r in results}
+    floor = first.document.floor if len(floors) == 1 else None  # merged runs of different floors: none named
+    document = CompareDocument(first.tool, max(r.timestamp for r in results), options, summary, cases, floor=floor)
     return CompareResult(first.json_path, document, folders)
 
 

@@ -53,6 +53,7 @@ table.sortable thead th[aria-sort=descending]::after{content:" ▼";color:var(--
 td.reason{color:#475467;font-size:12px;min-width:240px}
 table.sortable thead th{white-space:normal;vertical-align:bottom}
 table.thresholds th,table.thresholds td.num{white-space:nowrap}
+table.stats-kld td,table.stats-dp td,table.stats-kld th,table.stats-dp th{white-space:nowrap}
 .case{border:1px solid var(--line);border-left:5px solid var(--vc,#999);border-radius:8px;padding:14px 18px;
 margin:0 0 22px;background:#fff}
 .case .task{font-size:12px;font-weight:400;color:var(--muted);margin-left:6px}
@@ -93,6 +94,8 @@ svg.plot .dot{fill:#1f5fbf}svg.plot .dot.mark{fill:var(--v-divergent)}
 svg.plot .threshold{stroke:#667085;stroke-dasharray:5 4;stroke-width:1.2}
 svg.plot .marker{stroke:var(--v-divergent);stroke-width:1.6;stroke-dasharray:3 2}
 svg.plot .marker.minor{stroke:#e07b7b;stroke-width:1;stroke-dasharray:2 3}
+svg.plot .bar{fill:#7ea6e0}svg.plot .zero{stroke:#98a2b3;stroke-width:1}
+svg.plot .mean{stroke:var(--v-divergent);stroke-width:1.6;stroke-dasharray:3 2}
 svg.plot .unjudged{fill:#eef0f3;opacity:.7}svg.plot .empty{font-size:12px;fill:#98a2b3}
 .legend .key{display:inline-block;width:18px;height:0;vertical-align:middle;margin:0 4px 0 12px}
 .legend .key.marker{border-top:2px dashed var(--v-divergent)}

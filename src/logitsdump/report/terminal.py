@@ -1,4 +1,4 @@
-"""The terminal summary of a compare run: cases per verdict, per task, and the worst cases.
+"""The terminal summary of a compare run: cases per verdict, the run's statistics, per task, and the worst cases.
 
 `format_summary` returns plain text (ANSI colours only when asked);
 `print_summary` decides: colours when the stream is a terminal and NO_COLOR
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from logitsdump.compare import verdicts
+from logitsdump.compare.distribution import DP_PERCENTILES, KLD_PERCENTILES, StepStatistics
 from logitsdump.compare.records import CaseRecord
 from logitsdump.report import numbers
 from logitsdump.report.load import CompareResult, load_compare, parse_document
@@ -70,6 +71,9 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
     hints = [f"{paint(v, v)}: {verdicts.BY_NAME[v].hint}" for v in counts if counts.get(v) and v in verdicts.BY_NAME]
     if hints:
         lines.append("  " + " · ".join(hints))
+    if result.document.stats is not None:
+        lines.append("")
+        lines += _statistics(result.document.stats, paint)
     # -- tasks
     tasks = result.task_counts()
     shown_verdicts = result.verdicts_shown()
@@ -117,6 +121,33 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
     lines.append("")
     lines.append(paint("dim", _thresholds(result)))
     return "\n".join(lines)
+
+
+def _statistics(s: StepStatistics, paint) -> list[str]:
+    """llama.cpp's `--kl-divergence` figures of the run, in three lines."""
+    kld = "  ".join(f"{name.replace('p999', 'p99.9')} {_num(getattr(s, f'kld_{name}'))}" for name, _ in KLD_PERCENTILES)
+    dp = "  ".join(f"{name} {_pct(getattr(s, f'dp_{name}'))}" for name, _ in DP_PERCENTILES)
+    return [
+        paint("bold", f"statistics over {s.kld_steps} judged steps") + paint("dim", " (as llama.cpp --kl-divergence)"),
+        f"  KLD     mean {_se(s.kld_mean, s.kld_mean_se, _num)}  {kld}  max {_num(s.kld_max)}",
+        f"  Δp      mean {_se(s.dp_mean, s.dp_mean_se, _pct)}  {dp}" if s.dp_steps else "  Δp      -",
+        f"  RMS Δp {_se(s.dp_rms, s.dp_rms_se, _pct)}  same top token {_se(s.same_top, s.same_top_se, _rate)}  "
+        f"in the other's top 5: test's {_rate(s.my_top1_in_golden_top5)}, golden's {_rate(s.golden_top1_in_my_top5)}",
+    ]
+
+
+def _se(value: float | None, se: float | None, fmt) -> str:
+    if value is None:
+        return "-"
+    return fmt(value) if se is None else f"{fmt(value)} ± {fmt(se)}"
+
+
+def _pct(value: float | None) -> str:
+    return numbers.percent(value, "-")
+
+
+def _rate(value: float | None) -> str:
+    return numbers.percent(value, "-", digits=2)
 
 
 def _result(source: Any) -> CompareResult:
@@ -171,4 +202,7 @@ def _thresholds(result: CompareResult) -> str:
     if result.replayed:
         text += (f"; replayed: noise margin {o.get('noise_margin', '?')} logits, steps close when "
                  f"KL <= {o.get('noise_kl', '?')} and cosine >= {o.get('noise_cosine', '?')}")
+        floor = result.document.floor
+        if floor is not None and floor.get("description"):
+            text += f"\nfloor: {floor['description']}"
     return text

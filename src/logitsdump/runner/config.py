@@ -143,6 +143,12 @@ class _Checker:
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read and check a model YAML file."""
     file, data = _load_yaml_mapping(path, "model config")
+    if data.get("mm_model"):  # modeltest too treats an empty or null mm_model as a text model
+        name = data.get("model_name") or file.stem
+        raise ConfigError(
+            f"model config {file}: not supported yet: multimodal model {name} (its 'mm_model' section; "
+            "logitsdump eval runs text-only models)"
+        )
     check = _Checker(file, data)
     data_type = str(check.get("data_type", str, "fp16")).lower()
     if data_type not in DATA_TYPES:
@@ -258,3 +264,26 @@ def _first_folder(candidates: list[Path], path: Path, yaml_file: str) -> tuple[P
         candidates = [*candidates, Path(yaml_file).parent / path]
     found = next((c for c in candidates if c.is_dir()), None)
     return found, ", ".join(str(c) for c in candidates)
+
+
+#: A model folder holds this file (transformers and vLLM read it) ...
+MODEL_CONFIG_FILE = "config.json"
+#: ... and at least one of these tokenizer files.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(config: ModelConfig) -> Path:
+    """`model_path` resolved, refused in one line unless it holds a model's config and tokenizer files
+    (checked before anything loads: transformers' own message for a stray folder is cut off and unclear)."""
+    folder = resolve_model_path(config)
+    missing = []
+    if not (folder / MODEL_CONFIG_FILE).is_file():
+        missing.append(MODEL_CONFIG_FILE)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("tokenizer files (" + ", ".join(TOKENIZER_FILES) + ")")
+    if missing:
+        raise ConfigError(
+            f"model_path {folder} of {config.source or 'the model config'} is not a model folder: no "
+            + " and no ".join(missing)
+        )
+    return folder

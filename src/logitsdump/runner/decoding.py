@@ -8,9 +8,10 @@ and nothing names a framework.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from logitsdump.logs import get_logger
 from logitsdump.runner.backends.base import Backend, Decoded
 from logitsdump.runner.dumping import prompt_sha256
 from logitsdump.runner.tasks.base import Case, Generation, Task, is_forward_only, stop_rule
@@ -18,6 +19,8 @@ from logitsdump.runner.tasks.base import Case, Generation, Task, is_forward_only
 if TYPE_CHECKING:
     from logitsdump.runner.config import TaskConfig
     from logitsdump.runner.replay import ReplaySource
+
+log = get_logger("decoding")
 
 
 @dataclass(frozen=True)
@@ -38,14 +41,18 @@ class Decoder:
     task_config: TaskConfig
     keep_steps: int = 0  # steps of raw logits to keep per case (the dump's N; 0 outside a dump)
     replay: ReplaySource | None = None
+    cut: CutPrompts = field(default_factory=lambda: CutPrompts())
 
     def decode(self, batch: Sequence[Case]) -> list[Inferred] | None:
         """Decode one batch; None when a replay has no golden tokens for its case (skipped)."""
         config = self.task_config
-        encoded = [
+        fitted = [
             fit_input(self.backend.encode(c.query), config.requested_max_input_length, config.need_truncate_input)
             for c in batch
         ]
+        for case, item in zip(batch, fitted, strict=True):
+            self.cut.add(case, item)
+        encoded = [item.ids for item in fitted]
         forward_only = is_forward_only(batch[0], config.need_logits)
         forced = None
         if self.replay is not None:  # a dump: batch size 1
@@ -60,13 +67,62 @@ class Decoder:
             limits = [c.max_new_tokens or config.requested_max_output_length for c in batch]
             stops = [stop_rule(self.task, c, self.backend.decode) for c in batch]
             decoded = self.backend.greedy(encoded, max(limits), self.keep_steps, limits=limits, stops=stops)
-        return [self._inferred(c, ids, result) for c, ids, result in zip(batch, encoded, decoded, strict=True)]
+        return [self._inferred(c, item, result) for c, item, result in zip(batch, fitted, decoded, strict=True)]
 
-    def _inferred(self, case: Case, ids: list[int], result: Decoded) -> Inferred:
+    def warn_cut_prompts(self) -> None:
+        """One WARNING for the task when some of its prompts were cut (call once decoding is over)."""
+        self.cut.warn(self.task_config)
+
+    def _inferred(self, case: Case, fitted: FittedInput, result: Decoded) -> Inferred:
+        ids = fitted.ids
         text = self.backend.decode(result.output_ids)
-        scored = continuation_logprobs(self.backend, ids, case.continuation_from)
+        scored = continuation_logprobs(self.backend, fitted, case.continuation_from)
         generation = Generation(tuple(ids), tuple(result.output_ids), text, result.first_logits, scored)
         return Inferred(case, generation, result)
+
+
+@dataclass(frozen=True)
+class FittedInput:
+    """A prompt's token ids as the model sees them, and where the original ids were cut."""
+
+    ids: list[int]
+    original_length: int
+    cut_at: int = 0  # original position where the removed span begins (0: the front)
+
+    @property
+    def removed(self) -> int:
+        return self.original_length - len(self.ids)
+
+    def position(self, original: int) -> int:
+        """Where original position `original` (not removed) lies in `ids`."""
+        return original - min(max(original - self.cut_at, 0), self.removed)
+
+
+@dataclass
+class CutPrompts:
+    """The prompts of one task that were longer than its limit: counted for one warning."""
+
+    prompts: int = 0
+    cut: int = 0
+    longest: int = 0
+
+    def add(self, case: Case, fitted: FittedInput) -> None:
+        self.prompts += 1
+        if fitted.removed:
+            self.cut += 1
+            self.longest = max(self.longest, fitted.original_length)
+            log.debug("case %s: %d prompt tokens cut to %d", case.key, fitted.original_length, len(fitted.ids))
+
+    def warn(self, config: TaskConfig) -> None:
+        if not self.cut:
+            return
+        limit = config.requested_max_input_length
+        kept = "their first and last halves (need_truncate_input)" if config.need_truncate_input else "their last"
+        log.warning(
+            "task %s: %d of %d prompts were longer than requested_max_input_length (%d tokens; the longest had %d) "
+            "and were cut to %s %d tokens",
+            config.task_name, self.cut, self.prompts, limit, self.longest, kept, limit,
+        )
 
 
 def batches(items: Sequence[Case], size: int, need_logits: bool = False) -> Iterator[Sequence[Case]]:
@@ -87,11 +143,12 @@ def forward_as_decoded(backend: Backend, encoded: Sequence[Sequence[int]]) -> li
     return [Decoded([int(row.argmax())], [row], row.float().clone()) for row in backend.last_logits(encoded)]
 
 
-def continuation_logprobs(backend: Backend, ids: Sequence[int], prefix: str | None) -> tuple[float, ...]:
-    """log P(ids[k] | ids[:k]) for each query token after `prefix` (none when prefix is None)."""
+def continuation_logprobs(backend: Backend, fitted: FittedInput, prefix: str | None) -> tuple[float, ...]:
+    """log P(ids[k] | ids[:k]) for each query token the model saw after `prefix` (none when prefix is None)."""
     if prefix is None:
         return ()
-    start = min(max(len(backend.encode(prefix)), 1), len(ids))
+    ids = fitted.ids
+    start = min(max(fitted.position(len(backend.encode(prefix))), 1), len(ids))
     if start >= len(ids):
         return ()
     logits = backend.last_logits([ids[:k] for k in range(start, len(ids))])
@@ -99,9 +156,18 @@ def continuation_logprobs(backend: Backend, ids: Sequence[int], prefix: str | No
     return tuple(float(row.float().log_softmax(-1)[ids[k]]) for row, k in zip(logits, positions, strict=True))
 
 
-def fit_input(ids: list[int], max_length: int, truncate: bool) -> list[int]:
-    """Middle-truncate inputs longer than `max_length` when the task asks for it."""
-    if len(ids) <= max_length or not truncate:
-        return ids
-    half = max_length // 2
-    return ids[:half] + ids[len(ids) - (max_length - half):]
+def fit_input(ids: list[int], max_length: int, middle: bool) -> FittedInput:
+    """At most `max_length` token ids, always ending with the prompt's last ones.
+
+    As modeltest: its tokenizers cut on the left, keeping a prompt's end (Ascend/MindIE-LLM,
+    examples/atb_models/atb_llm/models/base/router.py `get_tokenizer`, and the old
+    tests/modeltest/base/model_test.py, both `truncation_side="left"`); with `need_truncate_input`
+    (LongBench) it keeps the first and last halves (tests/modeltest/modeltest/task/longbench.py,
+    there on decoded text, here on the ids).
+    """
+    if len(ids) <= max_length:
+        return FittedInput(ids, len(ids))
+    if middle:
+        half = max_length // 2
+        return FittedInput(ids[:half] + ids[len(ids) - (max_length - half):], len(ids), cut_at=half)
+    return FittedInput(ids[len(ids) - max_length:], len(ids))

@@ -159,8 +159,10 @@ class LogitsWriter:
         store.append_manifest(self.folder, record, self.manifest_name)
         return names
 
-    def finish(self) -> list[store.CaseManifest]:
-        """Merge the manifest (and the ranks' parts) in (subject, index) order; return its records."""
+    def finish(self, matched: int) -> list[store.CaseManifest]:
+        """Merge the manifest (and the ranks' parts) in (subject, index) order, write the dump's
+        summary (`matched`: the requested cases found in the dataset); return the records."""
         records = self._merged_records()
         self._write_merged(records)
+        store.write_dump_summary(self.folder, store.DumpSummary(self.request.case_count, matched, len(records)))
         return records

@@ -9,20 +9,26 @@ protocol set, it re-infers only the bad cases and records their logits through
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logitsdump import protocol
 from logitsdump.errors import ConfigError
+from logitsdump.fsutil import check_path_fits, ensure_writable_dir
 from logitsdump.logs import get_logger
-from logitsdump.runner import backends, outputs
-from logitsdump.runner.config import TaskConfig, load_model_config, load_task_config, resolve_dataset_root
+from logitsdump.runner import backends, interrupt, outputs
+from logitsdump.runner.config import (
+    ModelConfig,
+    TaskConfig,
+    check_model_folder,
+    load_model_config,
+    load_task_config,
+    resolve_dataset_root,
+)
 from logitsdump.runner.decoding import Decoder, Inferred, batches
 from logitsdump.runner.tasks import get_task
 from logitsdump.runner.tasks.base import Case, Task, Tokenizer, needs_tokenizer, pass_label
@@ -57,24 +63,6 @@ class EvalResult:
     outcomes: tuple[outputs.CaseOutcome, ...]
     scores: tuple[outputs.SubjectScore, ...]
     dumped_files: int = 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so temporary files are cleaned up on the way out."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -140,9 +128,13 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     request = protocol.read_request()
     if request is not None and options.batch_size != 1:
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")
+    _check_output_paths(options, model_config, task_config)
     dataset_root = resolve_dataset_root(task_config)
     # data errors show before the model loads, except for tasks that build cases with its tokenizer
     cases = [] if needs_tokenizer(task) else task.load_cases(task_config, dataset_root)
+    if backend is None:
+        check_model_folder(model_config)
+    ensure_writable_dir(options.output_dir or ".")  # before the model loads, after the input checks
     plan = _Plan(options, task, task_config, dataset_root, cases, request)
 
     from logitsdump.runner import distributed
@@ -159,6 +151,20 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
         return _run_loaded(plan, backend_class(model_config, device, tensor_parallel=world.tensor_parallel), world)
     finally:
         distributed.shutdown(world)
+
+
+def _check_output_paths(options: EvalOptions, model_config: ModelConfig, task_config: TaskConfig) -> None:
+    """Refuse, before any work, output paths too long for the file system (e.g. a long model_name).
+
+    The device label is not known yet: "CPU", "GPU" and "NPU" have the same length.
+    """
+    layout = outputs.OutputLayout(
+        output_dir=Path(options.output_dir or "."), device_label="CPU", task_name=task_config.task_name,
+        data_type=model_config.data_type, model_name=model_config.model_name, model_type=model_config.model_type,
+        batch_size=options.batch_size, tp=options.tp,
+    )
+    for path in layout.planned_paths():
+        check_path_fits(path, f"an output path (model_name from {model_config.source})")
 
 
 def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:
@@ -183,7 +189,7 @@ def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:
         tp=plan.options.tp,
     )
     run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout)
-    with _sigterm_as_interrupt():
+    with interrupt.stop_on_signals():  # SIGINT/SIGTERM: exit 130/143, also inside a forward pass
         return _evaluate(run, cases)
 
 
@@ -242,7 +248,7 @@ def _evaluate(run: _Run, cases: Sequence[Case]) -> EvalResult:
     dumped_files = sum(part.dumped_files for part in gathered)
     skipped = sum(part.skipped for part in gathered)
     if writer is not None:
-        records = writer.finish()
+        records = writer.finish(matched=len(cases))
         log.info("dump: %d files for %d cases in %s (%d already complete)",
                  dumped_files, len(records), run.layout.logits_dir, skipped)
     return _write_outputs(run.options, run.task, run.task_config, run.layout, outcomes, dumped_files)
@@ -279,6 +285,7 @@ def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter |
                 tally.dumped_files += _record(writer, item, run.backend, replay)
         progress.update(len(batch.cases))
     progress.close()
+    decoder.warn_cut_prompts()
     return tally
 
 

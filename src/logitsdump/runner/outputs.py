@@ -87,6 +87,14 @@ class OutputLayout:
     def bad_case_file(self) -> Path:
         return self.debug_dir / f"{self.stem}_bad_case_debug_info.csv"
 
+    def planned_paths(self) -> tuple[Path, ...]:
+        """Every file this run may write (the logits folder with room for its longest file names),
+        so `check_path_fits` can refuse a too long name before any work."""
+        from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE
+
+        return (self.result_file, self.infer_results_file, self.debug_file, self.bad_case_file,
+                self.logits_dir / OUTPUT_NAME_ALLOWANCE)
+
 
 @dataclass(frozen=True)
 class CaseOutcome:

@@ -45,7 +45,12 @@ class Provenance:
 
 @runtime_checkable
 class Backend(Protocol):
-    """A loaded model that decodes greedily and hands back raw logits."""
+    """A loaded model that decodes greedily and hands back raw logits.
+
+    Inputs come already fitted to the task's `requested_max_input_length` (decoding.fit_input).
+    To stop promptly on SIGINT/SIGTERM, a backend runs each model call inside
+    `interrupt.forward_pass()` and calls `interrupt.check()` between layers (HF: `watch_layers`).
+    """
 
     @property
     def config(self) -> ModelConfig:

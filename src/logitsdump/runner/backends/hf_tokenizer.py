@@ -38,7 +38,8 @@ class TokenizerMethods:
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             return [int(i) for i in ids]
-        return [int(i) for i in self.tokenizer(query)["input_ids"]]
+        # verbose=False: no "longer than the maximum" warning, decoding.fit_input applies the task's limit
+        return [int(i) for i in self.tokenizer(query, verbose=False)["input_ids"]]
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`, special tokens left out."""

@@ -21,6 +21,7 @@ from logitsdump.runner.backends.base import Decoded, Provenance, StopRule
 from logitsdump.runner.backends.hf_tokenizer import TokenizerMethods, eos_ids, load_tokenizer
 from logitsdump.runner.config import ModelConfig, resolve_model_path
 from logitsdump.runner.device import Device
+from logitsdump.runner.interrupt import forward_pass, watch_layers
 
 log = get_logger("backend")
 
@@ -67,6 +68,7 @@ class HFBackend(TokenizerMethods):
         if not (tensor_parallel or device.spread):
             self.model.to(device.torch_device)
         self.model.eval()
+        watch_layers(self.model)  # SIGINT/SIGTERM stop a forward pass at the next decoder layer
         self.input_device = str(self.model.get_input_embeddings().weight.device)
         self._forward_kwargs = _forward_kwarg_names(self.model)
         self.eos_ids = eos_ids((getattr(self.model, "generation_config", None), self.model.config), self.tokenizer)
@@ -96,7 +98,7 @@ class HFBackend(TokenizerMethods):
 
         input_ids, mask = self._batch(batch)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_pass():
             out = self.model(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
                 **self._keep_last_only(),
@@ -135,14 +137,15 @@ class HFBackend(TokenizerMethods):
         with torch.inference_mode():
             for step in range(max_new_tokens):
                 cache_name = self._forward_kwargs["cache"]
-                out = self.model(
-                    input_ids=step_input,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    use_cache=True,
-                    **({cache_name: past} if past is not None else {}),
-                    **self._keep_last_only(),
-                )
+                with forward_pass():
+                    out = self.model(
+                        input_ids=step_input,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        use_cache=True,
+                        **({cache_name: past} if past is not None else {}),
+                        **self._keep_last_only(),
+                    )
                 past = getattr(out, cache_name)
                 logits = out.logits[:, -1, :]
                 next_ids = logits.argmax(dim=-1)
@@ -186,7 +189,7 @@ class HFBackend(TokenizerMethods):
 
         ids = list(prompt) + list(continuation[:-1])
         input_ids, mask = self._batch([ids])
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_pass():
             out = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
         rows = out.logits[0, len(prompt) - 1 :, :].to("cpu")
         return [rows[t].clone() for t in range(len(continuation))]

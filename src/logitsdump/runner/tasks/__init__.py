@@ -27,7 +27,13 @@ REGISTRY: dict[str, str] = {
     "longbench": "longbench:LongBenchTask",
     "longbench_e": "longbench:LongBenchETask",
     "truthfulqa": "truthfulqa:TruthfulQATask",
+    "aime2024": "aime2024:AIME2024Task",
+    "gpqa": "gpqa:GPQATask",
 }
+
+#: modeltest's multimodal tasks (image, video and audio inputs through MindIE's multimodal runners):
+#: named here so that their YAML files get a clear refusal rather than "unknown task_name".
+MULTIMODAL: tuple[str, ...] = ("textvqa", "videobench", "vocalsound")
 
 
 def task_names() -> list[str]:
@@ -38,6 +44,8 @@ def task_names() -> list[str]:
 def get_task(name: str) -> Task:
     """An instance of the task registered as `name`; ConfigError with a suggestion otherwise."""
     target = REGISTRY.get(name)
+    if name in MULTIMODAL:
+        raise ConfigError(f"not supported yet: multimodal task {name} (logitsdump eval runs text-only tasks)")
     if target is None:
         close = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known tasks: {', '.join(task_names())}"

@@ -79,6 +79,32 @@ def read_csv_rows(path: Path, min_columns: int, what: str) -> list[tuple[int, li
     return rows
 
 
+#: How to get the optional parquet reader (the `parquet` extra of pyproject.toml).
+PARQUET_INSTALL = "pip install pyarrow (or: pip install 'logitsdump[parquet]')"
+
+
+def read_parquet_rows(path: Path, required: Sequence[str], what: str) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a parquet file as dicts, with their 1-based row numbers.
+
+    Read with pyarrow alone (no pandas), imported only here: it is optional, and
+    a missing one is a one-line DataError saying how to install it.
+    """
+    require_file(path, what)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading parquet files needs pyarrow; {PARQUET_INSTALL}") from None
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
+    missing = [name for name in required if name not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r} (expected {what})")
+    return list(enumerate(table.to_pylist(), start=1))
+
+
 def format_prompt(config: TaskConfig, *args: Any, **kwargs: Any) -> str:
     """`config.prompt.format(...)`, with a ConfigError when its placeholders do not fit."""
     try:

@@ -1,0 +1,151 @@
+"""The page's statistics (llama.cpp's `--kl-divergence` figures): the run's tables and plots, and a case's.
+
+The numbers are `records.CaseRecord.stats` and `CompareDocument.stats` (`compare/distribution.py`);
+the plots draw the same judged steps: a histogram of Δp (p_test − p_golden of golden's token, in
+percent) and the KLD quantile curve (`svg.histogram`, `svg.quantile_plot`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from html import escape
+
+from logitsdump.compare.distribution import DP_PERCENTILES, KLD_PERCENTILES, StepStatistics
+from logitsdump.compare.records import CaseRecord, Step, finite_float, step_statistics
+from logitsdump.compare.stats import quantiles
+from logitsdump.report import numbers
+from logitsdump.report.load import CompareResult
+from logitsdump.report.svg import histogram, quantile_plot
+
+#: The quantiles the KLD curve is drawn through (the table's percentiles among them).
+CURVE_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999)
+_MISSING = "–"
+
+
+def run_section(result: CompareResult) -> str:
+    """The overview's statistics: every case together, then each task (when there are several), and the
+    two plots of every judged step."""
+    rows: list[tuple[str, StepStatistics | None]] = [("all cases", result.document.stats)]
+    tasks = _by_task(result.cases)
+    if len(tasks) > 1:
+        rows += [(task, step_statistics(s for c in cases for s in c.judged_steps)) for task, cases in tasks.items()]
+    steps = [s for case in result.cases for s in case.judged_steps]
+    return (
+        '<section id="statistics">'
+        "<h2>Statistics <span class=\"muted\">(llama.cpp's <code>--kl-divergence</code> figures, over the "
+        "judged steps)</span></h2>"
+        '<p class="muted small">Noise: a small KLD with a short tail, Δp symmetric about 0, the same top token '
+        "almost always. A precision problem: a long KLD tail and Δp leaning negative (the test makes golden's "
+        "token less likely). ± is one standard error. See docs/compare.md, “Statistics”.</p>"
+        f"{_kld_table(rows)}{_dp_table(rows)}"
+        f'<div class="plots">{_figures(steps, result, "every judged step")}</div>'
+        "</section>"
+    )
+
+
+def case_block(case: CaseRecord, result: CompareResult) -> str:
+    """A case's statistics in a line and its two distribution plots."""
+    stats = case.stats
+    if stats is None:
+        return ""
+    facts = [
+        ("KLD mean", _with_se(stats.kld_mean, stats.kld_mean_se, _num)),
+        ("KLD median / p90 / p99 / max",
+         " / ".join(_num(v) for v in (stats.kld_median, stats.kld_p90, stats.kld_p99, stats.kld_max))),
+        ("Δp mean", _with_se(stats.dp_mean, stats.dp_mean_se, _pct)),
+        ("RMS Δp", _with_se(stats.dp_rms, stats.dp_rms_se, _pct)),
+        ("same top token", _with_se(stats.same_top, stats.same_top_se, _rate)),
+        ("in the other's top 5 (test / golden)",
+         f"{_rate(stats.my_top1_in_golden_top5)} / {_rate(stats.golden_top1_in_my_top5)}"),
+    ]
+    body = "".join(f"<div><dt>{escape(a)}</dt><dd>{escape(b)}</dd></div>" for a, b in facts)
+    return (
+        f'<h4>Distribution over the {stats.kld_steps} judged step{"s" if stats.kld_steps != 1 else ""}</h4>'
+        f'<dl class="facts stats">{body}</dl>'
+        f'<div class="plots">{_figures(case.judged_steps, result, case.label)}</div>'
+    )
+
+
+def _by_task(cases: Iterable[CaseRecord]) -> dict[str, list[CaseRecord]]:
+    groups: dict[str, list[CaseRecord]] = {}
+    for case in cases:
+        groups.setdefault(case.task, []).append(case)
+    return dict(sorted(groups.items()))
+
+
+def _figures(steps: Sequence[Step], result: CompareResult, what: str) -> str:
+    measured = [s.metrics for s in steps if s.metrics is not None]
+    kl = [m.kl_divergence for m in measured]
+    dp = [m.signed_dp * 100 for m in measured if m.signed_dp is not None]
+    mean = sum(dp) / len(dp) if dp else None
+    tolerance_name = "noise_kl" if result.replayed else "kl_divergence"
+    tolerance = finite_float(result.options.get(tolerance_name))
+    curve = quantile_plot(
+        CURVE_QUANTILES, quantiles(kl, CURVE_QUANTILES), label=f"KLD percentiles, {what}",
+        maximum=max(kl, default=None), threshold=tolerance,
+        threshold_label="noise KL" if result.replayed else "KL threshold", css_class="plot plot-kld-quantiles",
+    )
+    bars = histogram(dp, label=f"Δp of golden's token (%), {what}", axis_label="Δp (%)", marker=mean,
+                     css_class="plot plot-dp-histogram")
+    dashed = "dashed: noise KL" if result.replayed else "dashed: KL threshold"
+    return (
+        f'<figure><figcaption><b>KLD percentiles (log scale)</b> <span class="muted">median to max; {dashed}'
+        f"</span></figcaption>{curve}</figure>"
+        '<figure><figcaption><b>Δp of golden\'s token (%)</b> <span class="muted">p_test − p_golden; '
+        f"grey: 0, red: the mean ({len(dp)} steps)</span></figcaption>{bars}</figure>"
+    )
+
+
+def _kld_table(rows: Sequence[tuple[str, StepStatistics | None]]) -> str:
+    head = ["", "steps", "mean ± SE", *(name for name, _ in KLD_PERCENTILES), "max"]
+    body = []
+    for name, s in rows:
+        cells = [_MISSING] * (len(head) - 1) if s is None else [
+            str(s.kld_steps), _with_se(s.kld_mean, s.kld_mean_se, _num),
+            *(_num(getattr(s, f"kld_{p}")) for p, _ in KLD_PERCENTILES), _num(s.kld_max)]
+        body.append(_row(name, cells))
+    return _table("KL divergence", [h.replace("p999", "p99.9") for h in head], body, "stats-kld")
+
+
+def _dp_table(rows: Sequence[tuple[str, StepStatistics | None]]) -> str:
+    head = ["", "steps", "Δp mean ± SE", *(f"Δp {name}" for name, _ in DP_PERCENTILES), "RMS Δp ± SE",
+            "same top ± SE", "test's in golden's top 5", "golden's in test's top 5"]
+    body = []
+    for name, s in rows:
+        cells = [_MISSING] * (len(head) - 1) if s is None else [
+            str(s.dp_steps), _with_se(s.dp_mean, s.dp_mean_se, _pct),
+            *(_pct(getattr(s, f"dp_{p}")) for p, _ in DP_PERCENTILES), _with_se(s.dp_rms, s.dp_rms_se, _pct),
+            _with_se(s.same_top, s.same_top_se, _rate), _rate(s.my_top1_in_golden_top5),
+            _rate(s.golden_top1_in_my_top5)]
+        body.append(_row(name, cells))
+    return _table("Δp of golden's token, and the top tokens", head, body, "stats-dp")
+
+
+def _table(title: str, head: Sequence[str], body: Sequence[str], css: str) -> str:
+    cells = "".join(f'<th class="num">{escape(h)}</th>' if h else "<th></th>" for h in head)
+    return (f"<h3>{escape(title)}</h3>"
+            f'<div class="scroll"><table class="grid {css}"><thead><tr>{cells}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _row(name: str, cells: Sequence[str]) -> str:
+    return f"<tr><th>{escape(name)}</th>{''.join(f'<td class=num>{escape(c)}</td>' for c in cells)}</tr>"
+
+
+def _with_se(value: float | None, se: float | None, fmt) -> str:
+    if value is None:
+        return _MISSING
+    return fmt(value) if se is None else f"{fmt(value)} ± {fmt(se)}"
+
+
+def _num(value: float | None) -> str:
+    return numbers.general(value, 4, _MISSING)
+
+
+def _pct(value: float | None) -> str:
+    """A Δp (a probability difference) in percent."""
+    return numbers.percent(value, _MISSING)
+
+
+def _rate(value: float | None) -> str:
+    return numbers.percent(value, _MISSING, digits=2)
