@@ -73,3 +73,23 @@ def test_config_and_code_defects(tmp_path):
         with pytest.raises(ConfigError):
             write_defective_model(source, tmp_path / "bad", bad)
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_the_planted_fp16_norm_is_in_the_loaded_model(tmp_path):
+    """transformers loads the planted layer norm (5.25 dropped a patched `forward` attribute while
+    loading, which left the model healthy): it zeroes where x^2 overflows fp16 and matches the
+    healthy norm elsewhere, with the folder's own weight."""
+    import torch
+    import transformers
+
+    folder = write_defective_model(examples.TINY_MODEL, tmp_path / "fp16", Defect("fp16-norm", layer=1))
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
+    planted, healthy = (model.model.layers[i].input_layernorm for i in (1, 0))
+    assert type(planted).__name__ == "FP16RMSNorm" and type(healthy).__name__ != "FP16RMSNorm"
+    source = transformers.AutoModelForCausalLM.from_pretrained(examples.TINY_MODEL, local_files_only=True)
+    assert torch.equal(planted.weight, source.model.layers[1].input_layernorm.weight)
+    with torch.no_grad():
+        small = torch.randn(2, model.config.hidden_size)
+        assert torch.allclose(planted(small), source.model.layers[1].input_layernorm(small), atol=1e-2)
+        assert planted(small * 1000).abs().max() == 0  # inf variance: the norm's output is 0

@@ -3,23 +3,32 @@
 transformers loads it through the config's `auto_map` (trust_remote_code): a Llama whose layer
 `config.planted_fp16_norm_layer` squares the input of its input RMSNorm in fp16 instead of fp32.
 Where |x| > 255.9 the square overflows to inf, the variance is inf, and the norm's output there is 0.
-Self-contained on purpose: transformers copies this one file into its modules cache.
+The layer's norm is replaced by a module of its own class (not a patched `forward` attribute, which
+transformers 5.25 drops while loading). Self-contained on purpose: transformers copies this one file
+into its modules cache.
 """
 
 from __future__ import annotations
 
-import types
-
 import torch
+from torch import nn
 from transformers import LlamaForCausalLM
 
 
-def _fp16_rms_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    dtype = hidden_states.dtype
-    x = hidden_states.to(torch.float16)
-    variance = x.pow(2).mean(-1, keepdim=True)  # the defect: no fp32 upcast, so x^2 overflows
-    x = x * torch.rsqrt(variance + self.variance_epsilon)
-    return self.weight * x.to(dtype)
+class FP16RMSNorm(nn.Module):
+    """RMSNorm that squares its input in fp16 (the defect: no fp32 upcast, so x^2 overflows)."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        x = hidden_states.to(torch.float16)
+        variance = x.pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * x.to(dtype)
 
 
 class PlantedLlamaForCausalLM(LlamaForCausalLM):
@@ -27,5 +36,5 @@ class PlantedLlamaForCausalLM(LlamaForCausalLM):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        norm = self.model.layers[int(config.planted_fp16_norm_layer)].input_layernorm
-        norm.forward = types.MethodType(_fp16_rms_norm, norm)
+        layer = self.model.layers[int(config.planted_fp16_norm_layer)]
+        layer.input_layernorm = FP16RMSNorm(config.hidden_size, config.rms_norm_eps)
