@@ -86,12 +86,16 @@ def max_logit_delta(golden: Path, test: Path) -> tuple[float, int]:
     return worst, len(names)
 
 
-def compare_verdicts(golden: Path, test: Path, out: Path) -> tuple[int, int]:
-    """`logitsdump compare` of two folders: (cases identical or consistent, cases)."""
+def compare_verdicts(golden: Path, test: Path, out: Path, logit_tolerance: float) -> tuple[int, int]:
+    """`logitsdump compare` of two folders: (cases identical or consistent, cases).
+
+    Replayed cases are judged against the floor `logit_tolerance` sets (|delta logit| <= d gives a step
+    KL of at most about d^2 / 2): fp32's conservative default floor flags any two fp32 engines that are
+    not bit-identical."""
     import re
 
-    done = subprocess.run(["logitsdump", "compare", "-gp", str(golden), "-mp", str(test), "-d", "fp32", "-o", str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run(["logitsdump", "compare", "-gp", str(golden), "-mp", str(test), "-d", "fp32", "-o", str(out),
+                           "--noise-kl", f"{logit_tolerance ** 2 / 2:.3g}"], capture_output=True, text=True)
     found = re.search(r"cases: (\d+) \(identical (\d+), consistent (\d+),", done.stdout)
     if done.returncode != 0 or found is None:
         print(done.stdout[-1500:], done.stderr[-1500:], sep="\n")
@@ -121,7 +125,7 @@ def vllm_checks(work: Path, fp32: Path, bf16: Path, bad: Path, t_hf: float, tole
         worst, files = max_logit_delta(golden, test)
         check(files == 8 * TOKENS and worst < tolerance,
               f"{name}: {files} files, max |logit(vLLM) - logit(HF)| = {worst:.3g} (< {tolerance})")
-        good, cases = compare_verdicts(golden, test, work / f"cmp-{name}")
+        good, cases = compare_verdicts(golden, test, work / f"cmp-{name}", tolerance)
         check(good == cases == 8, f"{name}: compare HF vs vLLM: {good}/{cases} cases identical or consistent")
 
 

@@ -67,7 +67,11 @@ checks() {
   for run in free step prefill; do
     n=$(ls "$work/d-$run/$logits"/*.pth | wc -l)
     [ "$n" -eq 18 ] || { echo "vLLM $run dump: expected 18 logits files, found $n"; exit 1; }
-    "$ld" compare -gp "$work/d-hf/$logits" -mp "$work/d-$run/$logits" -d fp32 -o "$work/cmp-$run" > "$work/cmp-$run.txt"
+    # replayed cases are judged against a noise floor; fp32's conservative default (step KL <= 1.9e-13, half
+    # an ulp of a logit) flags any two fp32 engines that are not bit-identical, so the floor is the bound
+    # this test holds the engines to: |delta logit| <= 1e-3, i.e. step KL <= (1e-3)^2 / 2 = 5e-7
+    "$ld" compare -gp "$work/d-hf/$logits" -mp "$work/d-$run/$logits" -d fp32 -o "$work/cmp-$run" \
+      --noise-kl 5e-7 > "$work/cmp-$run.txt"
     local counts; counts=$(sed -nE 's/^cases: 3 \(identical ([0-9]+), consistent ([0-9]+),.*/\1 \2/p' "$work/cmp-$run.txt")
     read -r same close <<< "${counts:-0 0}"
     grep -Eq "rows: 18 \(passed 18, failed 0" "$work/cmp-$run.txt" && [ $((same + close)) -eq 3 ] ||

@@ -54,9 +54,9 @@ def test_token_columns_of_a_debug_csv(gpu_check, tmp_path):
 @pytest.mark.slow  # two logitsdump processes
 def test_compare_verdicts_counts_the_good_cases(gpu_check, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", cli_env()["PATH"])
-    same = gpu_check.compare_verdicts(_dump(tmp_path / "a"), _dump(tmp_path / "b"), tmp_path / "cmp-same")
+    same = gpu_check.compare_verdicts(_dump(tmp_path / "a"), _dump(tmp_path / "b"), tmp_path / "cmp-same", 1e-3)
     assert same == (1, 1)
-    apart = gpu_check.compare_verdicts(tmp_path / "a", _dump(tmp_path / "c", shift=5.0), tmp_path / "cmp-apart")
+    apart = gpu_check.compare_verdicts(tmp_path / "a", _dump(tmp_path / "c", shift=5.0), tmp_path / "cmp-apart", 1e-3)
     assert apart == (0, 1)
 
 
