@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -260,3 +261,17 @@ def test_vllm_engine_arguments_ask_for_raw_full_vocabulary_logits(monkeypatch):
         monkeypatch.setenv(vllm_backend.ENGINE_ARGS_ENV, bad)
         with pytest.raises(ConfigError, match=vllm_backend.ENGINE_ARGS_ENV):
             vllm_backend.engine_arguments("/m", config, Device("cpu", "CPU"))
+
+
+def test_vllm_runs_its_v1_model_runner_unless_the_user_chose(monkeypatch):
+    """ForcedTokens has V1's processor interface: vLLM 0.32's V2 runner (its default with Triton) refuses it."""
+    from logitsdump.runner.backends import vllm as vllm_backend
+
+    for name in vllm_backend.ENGINE_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    vllm_backend.set_engine_environment()
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    vllm_backend.set_engine_environment()
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "1"

@@ -131,7 +131,7 @@ def _verdict_dirs(tmp_path: Path) -> None:
 
 def test_verdicts(tmp_path: Path) -> None:
     _verdict_dirs(tmp_path)
-    summary = _run(tmp_path)
+    summary = _run(tmp_path, tie_tolerance=0.1)
     verdicts = {case.key: case for case in summary.cases}
     assert {k: v.verdict for k, v in verdicts.items()} == {
         1: "identical", 2: "consistent", 3: "tie-flip", 4: "divergent", 5: "divergent",
@@ -150,6 +150,10 @@ def test_verdicts(tmp_path: Path) -> None:
     }
     # a tighter tolerance turns the tie into a divergence
     assert {c.key: c.verdict for c in _run(tmp_path, tie_tolerance=0.01).cases}[3] == "divergent"
+    # so does the default, the floor's margin: fp16's conservative 0.00707 logits (no manifests: -d fp16)
+    default = _run(tmp_path)
+    assert default.floor.tolerances.tie == pytest.approx(0.00707)
+    assert {c.key: c.verdict for c in default.cases}[3] == "divergent"
 
 
 def test_case_outputs(tmp_path: Path) -> None:
@@ -163,7 +167,7 @@ def test_case_outputs(tmp_path: Path) -> None:
         query="q?", prompt_sha256="0" * 64, model_name="tiny", model_path="/m", dtype="fp32",
         logits_dtype="float32", vocab_size=V, device="cpu",
     ))
-    summary = _run(tmp_path)
+    summary = _run(tmp_path, tie_tolerance=0.1)
     document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
     assert document["schema_version"] == 3
     assert document["options"]["tie_tolerance"] == 0.1 and document["options"]["dtype"] == "fp16"

@@ -299,6 +299,7 @@ def test_case_csv_and_json_fields(replay_dirs: Path) -> None:
     assert [float(v) for v in by_key["3"]["flip_margins"].split()] == pytest.approx([0.05, 0.05], abs=1e-3)
     assert by_key["3"]["my_ranks_in_golden"] == "2 2" and by_key["1"]["changed_steps"] == ""
     assert float(by_key["5"]["p95_kl"]) >= float(by_key["5"]["mean_kl"]) > 0
+    assert {row["noise_floor"] for row in rows} == {"flags: bf16"}  # the floor each verdict used
     document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
     assert {k: document["options"][k] for k in FLOOR} == FLOOR
     assert document["floor"]["source"] == "flags" and document["floor"]["tolerances"]["noise_kl"] == 0.13
@@ -494,6 +495,20 @@ def test_a_floor_without_argmax_changes_takes_the_margin_from_its_kl(tmp_path: P
     assert flags.source == "flags" and flags.tolerances.noise_kl == 0.5
     assert flags.tolerances.noise_margin == pytest.approx(2 * math.sqrt(0.5), rel=1e-2)
     assert CompareOptions("g", "m", dtype="fp16").floor([]).tolerances.noise_kl == pytest.approx(1.25e-5)
+
+
+def test_free_runs_take_the_tie_tolerance_of_the_floor(tmp_path: Path) -> None:
+    """A free run is a tie-flip only where noise at the floor could overturn golden's choice (issue 15)."""
+    for dtype, margin in (("bf16", 0.0566), ("fp16", 0.00707)):
+        floor = CompareOptions("g", "m", dtype=dtype).floor([])
+        assert floor.tolerances.tie == floor.tolerances.noise_margin == pytest.approx(margin)
+        assert f"tie <= {margin:.3g} logits" in floor.description
+    assert CompareOptions("g", "m", noise_kl=0.01).floor(["bf16"]).tolerances.tie == pytest.approx(0.2)
+    floor_file = tmp_path / "floor.json"
+    floor_file.write_text(json.dumps({"tolerances": {"noise_kl": 0.02, "tie_tolerance": 0.3}}))
+    assert CompareOptions("g", "m", tolerances_file=floor_file).floor(["bf16"]).tolerances.tie == 0.3
+    given = CompareOptions("g", "m", tolerances_file=floor_file, tie_tolerance=0.05).floor(["bf16"])
+    assert given.tolerances.tie == 0.05 and given.tolerances.noise_margin == pytest.approx(0.283, rel=1e-2)
 
 
 # ---- the report of a replayed run -------------------------------------------------------------

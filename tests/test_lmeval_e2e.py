@@ -92,7 +92,11 @@ def test_multiple_choice_flips_are_found_dumped_and_named(samples, tmp_path, cap
         assert (row["passed_golden"], row["passed_test"]) == (
             str(bool(doc["acc"])).lower(), str(bool(test_log[int(row["key"])]["acc"])).lower())
 
+    capsys.readouterr()
     dump(samples[("arith_mc", "fp32")], bad, "fp32", tmp_path / "golden")
+    cases = 4 * len(flipped)
+    assert f"dumped {cases} of {cases} cases of {len(flipped)} bad docs (one case per logged request)" in (
+        capsys.readouterr().out)
     dump(samples[("arith_mc", "bf16")], bad, "bf16", tmp_path / "test")
     golden_dir, test_dir = logits_dir(tmp_path / "golden", "arith_mc", "fp32"), logits_dir(tmp_path / "test",
                                                                                              "arith_mc", "bf16")

@@ -20,7 +20,7 @@ from pathlib import Path
 from logitsdump.compare.stats import mcnemar_exact
 from logitsdump.csvsafe import original, write_csv
 from logitsdump.errors import DataError, UsageError
-from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE, check_path_fits, claim_stamped, ensure_writable_dir, timestamp
+from logitsdump.fsutil import check_can_write, check_path_fits, claim_stamped, ensure_writable_dir, timestamp
 from logitsdump.logs import get_logger
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
 
@@ -226,7 +226,7 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     """
     from logitsdump.lmeval.samples import is_samples_file
 
-    check_path_fits(options.output_dir, "output folder", OUTPUT_NAME_ALLOWANCE)  # before any work
+    check_can_write(options.output_dir)  # before any work (the folder is created only for a result)
     for path in (options.golden_path, options.test_path):
         check_path_fits(path, "input file")
 

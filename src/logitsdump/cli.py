@@ -310,7 +310,7 @@ def _add_compare_parser(subparsers) -> None:
     verdict = parser.add_argument_group("our additions: the tolerances of the per-case verdict")
     verdict.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
                         help="a first argmax change is a tie-flip when golden's top-1 logit leads the "
-                        "test's choice by at most this (logits; default 0.1)")
+                        "test's choice by at most this (logits; default: the noise floor's, see --tolerances)")
     verdict.add_argument("--tolerances", metavar="FILE", default=None,
                         help="the model's measured noise floor: a tolerances file written by `logitsdump calibrate` "
                         "(flags given here win). Without it, replayed cases are judged against the conservative "
@@ -472,13 +472,19 @@ def _add_report_parser(subparsers) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE, check_path_fits
+    from pathlib import Path
+
+    from logitsdump.fsutil import check_can_write, check_path_fits
     from logitsdump.report import load_compares, print_summary, write_report
 
     for source in args.compare_output:  # every path, before any work
         check_path_fits(source, "COMPARE_OUTPUT")
     if args.output_dir is not None:
-        check_path_fits(args.output_dir, "-o/--output-dir", OUTPUT_NAME_ALLOWANCE)
+        out = Path(args.output_dir)
+        html_file = out.suffix.lower() in (".html", ".htm") and not out.is_dir()
+        check_can_write(out.parent if html_file else out, "-o/--output-dir")
+        if html_file:
+            check_path_fits(out, "-o/--output-dir")
     result = load_compares(args.compare_output)
     path = write_report(result, args.output_dir, topk=args.topk)
     print_summary(result)

@@ -71,6 +71,8 @@ class DumpResult:
 
     requested: int
     folders: tuple[DumpFolder, ...]
+    #: lm-eval replays: the bad docs the `requested` cases come from (a multiple-choice doc is one case per choice)
+    docs: int | None = None
 
     @property
     def cases(self) -> int:
@@ -83,7 +85,11 @@ class DumpResult:
     def summary_lines(self) -> list[str]:
         """The lines printed on stdout after the run."""
         lines = [f"logits folder: {f.path} ({f.cases} cases, {f.files} files)" for f in self.folders]
-        lines.append(f"dumped {self.cases} of {self.requested} bad cases, {self.files} logits files")
+        if self.docs is None:
+            lines.append(f"dumped {self.cases} of {self.requested} bad cases, {self.files} logits files")
+        else:
+            lines.append(f"dumped {self.cases} of {self.requested} cases of {self.docs} bad docs (one case per "
+                         f"logged request), {self.files} logits files")
         return lines
 
     def shortfall_lines(self) -> list[str]:

@@ -170,6 +170,28 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
+def check_can_write(path: str | os.PathLike[str], what: str = "output folder") -> None:
+    """Raise a one-line `UserError` unless files can be created in folder `path`, or it can be created.
+
+    Creates nothing that stays: it writes a test file in `path`, or in its nearest existing parent when
+    `path` does not exist yet (for commands that create their folder only when they have something to write).
+    """
+    from logitsdump.errors import UserError
+
+    folder = Path(path)
+    check_path_fits(folder, what, OUTPUT_NAME_ALLOWANCE)
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {folder}: {existing} exists and is not a folder: choose another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write in {what} {folder}: {err.strerror or err}") from err
+
+
 #: Used where the file system cannot tell its limits (POSIX minimums are smaller; Linux's are these).
 DEFAULT_NAME_MAX = 255
 DEFAULT_PATH_MAX = 4096
@@ -189,8 +211,8 @@ def check_path_fits(path: str | os.PathLike[str], what: str, longest_child: str 
     for part in full.parts:
         size = len(os.fsencode(part))
         if size > name_max:
-            raise UserError(f"{what} {shorten(path)}: a name in it is {size} bytes long, more than the "
-                            f"{name_max} its file system allows: choose a shorter name")
+            raise UserError(f"{what} {shorten(path)}: a name in it ({shorten(part, 24)}) is {size} bytes long, "
+                            f"more than the {name_max} its file system allows: choose a shorter name")
     size = len(os.fsencode(os.path.abspath(full)))
     if size >= path_max:
         raise UserError(f"{what} {shorten(path)}: with the file names it will hold the path is {size} bytes "

@@ -150,11 +150,14 @@ def _long_name_cases(tmp_path: Path) -> dict[str, list[str]]:
         "report -o": ["report", "out", "-o", f"{LONG}.html"],
         "dump -bcr": ["dump", "-e", "logitsdump eval", "-bcr", f"{LONG}.csv"],
         "a path over PATH_MAX": ["compare", "-gp", str(golden), "-mp", str(mine), "-o", "/".join(["y" * 200] * 21)],
+        "compare --tolerances": ["compare", "-gp", str(golden), "-mp", str(mine), "-o", "out", "--tolerances",
+                                 f"{LONG}.json"],
     }
 
 
 @pytest.mark.parametrize("case", ["compare -o", "compare -o, nested", "compare -gp", "bcanalyze -o", "bcanalyze -gp",
-                                  "report COMPARE_OUTPUT", "report -o", "dump -bcr", "a path over PATH_MAX"])
+                                  "report COMPARE_OUTPUT", "report -o", "dump -bcr", "a path over PATH_MAX",
+                                  "compare --tolerances"])
 def test_a_name_too_long_is_one_line_before_any_work(tmp_path: Path, case: str) -> None:
     args = _long_name_cases(tmp_path)[case]
     before = files_under(tmp_path)
@@ -174,9 +177,14 @@ def test_eval_with_a_300_character_model_name_fails_before_the_model_loads(tmp_p
                "--output_dir", "out", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 1
     line = one_error_line(done, "eval")
-    assert "model_name from" in line and "300 bytes long" in line
+    assert "model_name from" in line and "300 bytes long" in line and "(300 characters)" in line
     assert "gsm8k" not in done.stderr.replace(line, "")  # no progress bar: nothing was evaluated
     assert not (tmp_path / "out" / "results").exists()
+    # a long --output_dir is blamed on --output_dir, not on the model YAML
+    done = cli("eval", "--model_config_path", str(examples.model_config("fp32")), "--task_config_path",
+               str(examples.task_config("gsm8k")), "--output_dir", LONG, "--device", "cpu", cwd=tmp_path)
+    line = one_error_line(done, "eval")
+    assert done.returncode == 1 and "error: --output_dir " in line and "model_name" not in line, line
 
 
 # ---- 3. read-only output folders ------------------------------------------------------------------
@@ -267,6 +275,28 @@ def test_eval_into_a_read_only_folder_fails_before_the_model_loads_without_resum
     assert done.returncode == 1
     line = one_error_line(done, "eval")
     assert "cannot write in output folder ro: Permission denied" in line and "resume" not in line
+
+
+def test_bcanalyze_into_a_read_only_folder_fails_before_any_work(tmp_path: Path) -> None:
+    preexec = _read_only_or_skip(tmp_path)
+    (tmp_path / "g.csv").write_text("key,pass\n1,True\n")
+    (tmp_path / "t.csv").write_text("key,pass\n1,False\n")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    for out in ("ro", "ro/new"):  # the folder itself, or one it would create
+        done = cli("bcanalyze", "-gp", "g.csv", "-mp", "t.csv", "-o", out, cwd=tmp_path, preexec_fn=preexec)
+        assert done.returncode == 1
+        assert "cannot write in output folder" in one_error_line(done, "bcanalyze")
+        assert "McNemar" not in done.stderr + done.stdout  # nothing was analysed
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_examples_into_a_read_only_folder_is_one_line(tmp_path: Path) -> None:
+    preexec = _read_only_or_skip(tmp_path)
+    (tmp_path / "ro").mkdir(mode=0o555)
+    done = cli("examples", "ro/ex", cwd=tmp_path, preexec_fn=preexec)
+    assert done.returncode == 1
+    assert "Permission denied" in one_error_line(done, "examples") and "Traceback" not in done.stderr
+    assert list((tmp_path / "ro").iterdir()) == []
 
 
 def test_examples_try_line_quotes_a_path_with_spaces(tmp_path: Path) -> None:

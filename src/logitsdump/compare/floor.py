@@ -82,10 +82,17 @@ class Floor:
     measured_on: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def label(self) -> str:
+        """A few words for a table cell: the source, and the file or the dtype whose default was used."""
+        if self.source == MEASURED:
+            return f"measured: {self.path}"
+        return f"{self.source}: {self.dtype}"
+
+    @property
     def description(self) -> str:
         """One line for people: which floor the verdicts used."""
         t = self.tolerances
-        values = f"step KL <= {t.noise_kl:.3g}, margin <= {t.noise_margin:.3g} logits"
+        values = f"step KL <= {t.noise_kl:.3g}, margin <= {t.noise_margin:.3g} logits, tie <= {t.tie:.3g} logits"
         if t.noise_cosine > -1.0:
             values += f", cosine >= {t.noise_cosine:.6g}"
         if t.noise_mean_kl is not None:
@@ -106,9 +113,12 @@ class Floor:
 
 
 def resolve_floor(given: Mapping[str, float | None], *, file: str | None, measured_on: Mapping[str, Any] | None,
-                  dtypes: Iterable[str | None], fallback_dtype: str, tie: float) -> Floor:
+                  dtypes: Iterable[str | None], fallback_dtype: str, tie: float | None) -> Floor:
     """The floor of a run: `given` (field -> value or None, from the file and the flags), completed by
-    the default of the least precise of `dtypes` (else `fallback_dtype`, compare's -d)."""
+    the default of the least precise of `dtypes` (else `fallback_dtype`, compare's -d).
+
+    `tie` (the free runs' tie tolerance, None: not given) defaults to the floor's noise margin: a free run's
+    first argmax change is a tie-flip only where noise at the floor could have overturned golden's choice."""
     dtypes = list(dtypes)
     dtype = least_precise(dtypes, fallback_dtype)
     values = dict(default_tolerances(dtype))
@@ -117,7 +127,8 @@ def resolve_floor(given: Mapping[str, float | None], *, file: str | None, measur
         # no argmax change measured: the margin follows from the given KL bound, as the default's does
         values["noise_margin"] = margin_of_kl(chosen["noise_kl"])
     values.update(chosen)
-    tolerances = Tolerances(tie=tie, noise_margin=values["noise_margin"], noise_kl=values["noise_kl"],
+    tolerances = Tolerances(tie=values["noise_margin"] if tie is None else tie,
+                            noise_margin=values["noise_margin"], noise_kl=values["noise_kl"],
                             noise_cosine=values["noise_cosine"], noise_mean_kl=values["noise_mean_kl"],
                             noise_mean_kl_steps=max(1.0, values["noise_mean_kl_steps"]))
     if file is not None:

@@ -50,8 +50,6 @@ from logitsdump.compare.verdicts import (
     TIE_FLIP,
 )
 
-#: Default tie tolerance, in logits.
-DEFAULT_TIE_TOLERANCE = 0.1
 #: Default noise tolerances of replayed cases without a measured floor: `floor.default_tolerances("bf16")`,
 #: scale-free and conservative (KL on probabilities, anchored on llama.cpp's bf16 noise of LLaMA-3-8B; the
 #: margin 2 x sqrt(KL); cosine of logits is not scale-free and not used). A compare run takes them for the
@@ -59,6 +57,8 @@ DEFAULT_TIE_TOLERANCE = 0.1
 DEFAULT_NOISE_MARGIN = 0.0566
 DEFAULT_NOISE_KL = 8e-4
 DEFAULT_NOISE_COSINE = -1.0
+#: Default tie tolerance of free runs, in logits: the noise margin (a compare run takes its floor's margin).
+DEFAULT_TIE_TOLERANCE = DEFAULT_NOISE_MARGIN
 
 
 @dataclass(frozen=True)

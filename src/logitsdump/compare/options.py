@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from logitsdump.compare.floor import NOISE_KEYS, Floor, read_tolerances_file, resolve_floor
-from logitsdump.compare.judge import DEFAULT_TIE_TOLERANCE
 from logitsdump.compare.metrics import Thresholds
 from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import UsageError
@@ -28,7 +27,7 @@ class CompareOptions:
     dtype: str = "fp16"
     topk: int = 10
     #: Free runs: a first argmax change is a tie-flip when golden's margin is at most this (logits).
-    #: None: from `tolerances_file`, else DEFAULT_TIE_TOLERANCE.
+    #: None: from `tolerances_file`, else the floor's noise margin (`floor.resolve_floor`).
     tie_tolerance: float | None = None
     #: Replayed cases: an argmax change is noise when golden's margin is at most noise_margin (logits),
     #: a step is close when KL <= noise_kl and cosine >= noise_cosine, and a case when its mean KL is at
@@ -58,7 +57,7 @@ class CompareOptions:
         tie = self.tie_tolerance if self.tie_tolerance is not None else given.get("tie_tolerance")
         file = str(self.tolerances_file) if self.tolerances_file is not None else None
         return resolve_floor(given, file=file, measured_on=measured_on, dtypes=dtypes, fallback_dtype=self.dtype,
-                             tie=DEFAULT_TIE_TOLERANCE if tie is None else tie)
+                             tie=tie)
 
     def validate(self) -> None:
         """Raise UsageError (exit 2) for a value out of range, as msit checks its flags."""

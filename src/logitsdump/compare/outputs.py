@@ -44,6 +44,7 @@ CASE_COLUMNS = (
     "replay_mode", "changed_steps", "flip_margins", "my_flip_margins", "my_ranks_in_golden",
     "golden_ranks_in_mine", "mean_kl", "p95_kl", "mean_cosine", "p95_cosine",
     *STATISTICS_FIELDS,  # llama.cpp's statistics of the judged steps (`distribution.StepStatistics`)
+    "noise_floor",  # the floor the verdict used (`floor.Floor.label`)
 )
 NA = "NA"
 
@@ -109,12 +110,14 @@ def _step_row(step: Step) -> list[Any]:
 # ---- the case CSV and JSON --------------------------------------------------------------------
 
 
-def write_cases_csv(path: Path, cases: Iterable[CaseRecord]) -> None:
-    write_csv(path, CASE_COLUMNS, (_case_row(case) for case in cases))
+def write_cases_csv(path: Path, cases: Iterable[CaseRecord], floor_label: str) -> None:
+    """The cases CSV; `floor_label` (the floor every verdict used) fills the `noise_floor` column."""
+    write_csv(path, CASE_COLUMNS, (_case_row(case, floor_label) for case in cases))
 
 
-def _case_row(case: CaseRecord) -> dict[str, Any]:
+def _case_row(case: CaseRecord, floor_label: str) -> dict[str, Any]:
     data = case.to_dict()
+    data["noise_floor"] = floor_label
     data["key"] = str(case.key)
     data["changed_steps"] = " ".join(str(t) for t in case.changed_steps)
     data["flip_margins"] = " ".join(_num(c.flip_margin) for c in case.changes)

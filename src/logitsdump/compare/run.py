@@ -85,6 +85,9 @@ def measure(options: CompareOptions) -> Measured:
     options.validate()
     golden_dir = _input_dir(options.golden_path, "-gp/--golden-path")
     my_dir = _input_dir(options.my_path, "-mp/--my-path")
+    if options.tolerances_file is not None:
+        check_path_fits(options.tolerances_file, "--tolerances")
+        options.floor()  # a bad tolerances file fails before the output folder is made and the files read
     out_dir = ensure_writable_dir(options.output_dir)
     pairs = pair_files(golden_dir, my_dir)
     folders = DumpFolders(golden_dir, my_dir)
@@ -103,7 +106,7 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
     stamp = timestamp(now)
     with claim_stamped(measured.out_dir, stamp, run_names) as (csv_path, cases_csv, cases_json):
         write_steps_csv(csv_path, steps)
-        write_cases_csv(cases_csv, cases)
+        write_cases_csv(cases_csv, cases, measured.floor.label)
         counts = dict.fromkeys(VERDICTS, 0)
         for case in cases:
             counts[case.verdict] += 1

@@ -35,10 +35,18 @@ def copy_examples(destination: str | Path) -> Path:
 
     The YAML files use paths relative to their own folder, so the copy runs as is.
     """
+    from logitsdump.fsutil import ensure_writable_dir, write_errors
+
     target = Path(destination)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} exists and is not an empty folder: choose a new folder")
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("model", "datasets", "configs"):
-        shutil.copytree(ASSETS / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    ensure_writable_dir(target)  # one line when it cannot be created or written in
+    try:
+        with write_errors(target, "copy the examples into"):
+            for name in ("model", "datasets", "configs"):
+                shutil.copytree(ASSETS / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    except BaseException:  # a full disk or Ctrl-C: no half copy left
+        for name in ("model", "datasets", "configs"):
+            shutil.rmtree(target / name, ignore_errors=True)
+        raise
     return target.resolve()

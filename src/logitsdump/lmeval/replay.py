@@ -146,7 +146,7 @@ def run_samples_dump(options: SamplesDumpOptions, backend: Backend | None = None
                     ", ".join(replayer.disagreements[:5]))
     files = sum(len(r.files) for r in records)
     log.info("dump: %d files for %d cases in %s", files, len(records), writer.folder)
-    return DumpResult(planned, (DumpFolder(writer.folder, len(records), files),))
+    return DumpResult(planned, (DumpFolder(writer.folder, len(records), files),), docs=len(docs))
 
 
 def _replay_source(options: SamplesDumpOptions, docs: Sequence[Sample]) -> ReplaySource | None:

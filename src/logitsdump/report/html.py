@@ -224,6 +224,9 @@ def _thresholds(result: CompareResult) -> str:
             ("noise KL", f"&le; {_g(o.get('noise_kl'))}", "replayed: a step is close when its KL is at most this…"),
             ("noise cosine", f"&ge; {_g(o.get('noise_cosine'))}", "…and its cosine at least this"),
         ]
+    floor = result.document.floor
+    if floor is not None and floor.get("description"):
+        rows.append(("noise floor", escape(str(floor.get("source", "?"))), str(floor["description"])))
     body = "".join(
         f"<tr><th>{escape(name)}</th><td class=\"num\">{value}</td><td class=\"muted\">{escape(note)}</td></tr>"
         for name, value, note in rows

@@ -202,7 +202,7 @@ def _thresholds(result: CompareResult) -> str:
     if result.replayed:
         text += (f"; replayed: noise margin {o.get('noise_margin', '?')} logits, steps close when "
                  f"KL <= {o.get('noise_kl', '?')} and cosine >= {o.get('noise_cosine', '?')}")
-        floor = result.document.floor
-        if floor is not None and floor.get("description"):
-            text += f"\nfloor: {floor['description']}"
+    floor = result.document.floor
+    if floor is not None and floor.get("description"):
+        text += f"\nfloor: {floor['description']}"
     return text

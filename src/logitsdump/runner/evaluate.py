@@ -163,8 +163,10 @@ def _check_output_paths(options: EvalOptions, model_config: ModelConfig, task_co
         data_type=model_config.data_type, model_name=model_config.model_name, model_type=model_config.model_type,
         batch_size=options.batch_size, tp=options.tp,
     )
+    check_path_fits(layout.output_dir, "--output_dir")
     for path in layout.planned_paths():
-        check_path_fits(path, f"an output path (model_name from {model_config.source})")
+        check_path_fits(path, f"an output path (--output_dir, then model_type, data_type and model_name from "
+                              f"{model_config.source})")
 
 
 def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:

@@ -43,6 +43,17 @@ CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
 #: SamplingParams.extra_args key carrying a replay's forced tokens to `ForcedTokens`.
 FORCED_KEY = "logitsdump_forced_tokens"
 FORCED_PROCESSOR = "logitsdump.runner.backends.vllm_forcing:ForcedTokens"
+#: vLLM settings the backend needs, set before vLLM loads unless the user set them:
+#: - the engine in this process (no spawned engine core re-importing the caller's __main__);
+#: - vLLM's V1 model runner: `ForcedTokens` has V1's logits-processor interface, and vLLM 0.32 picks its V2
+#:   runner wherever Triton is installed (CUDA), whose loader refuses V1-interface processors at start-up.
+ENGINE_ENVIRONMENT = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
+
+
+def set_engine_environment() -> None:
+    """Set ENGINE_ENVIRONMENT's variables that the user has not set (before vLLM reads them)."""
+    for name, value in ENGINE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def engine_arguments(model_path: str, config: ModelConfig, device: Device) -> dict[str, Any]:
@@ -89,8 +100,7 @@ class VllmBackend(TokenizerMethods):
             )
         for name, value in config.env.items():
             os.environ[name] = value  # modeltest exports the model YAML's env before loading
-        # the engine in this process: no spawned engine core re-importing the caller's __main__
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        set_engine_environment()
         import torch
         import vllm
         from vllm.platforms import current_platform
