@@ -254,3 +254,39 @@ def test_signal_stops_eval_inside_a_forward_pass(tmp_path: Path, signum: int, co
     leftovers = [p for p in files_under(out) if p.name.endswith(".tmp")] if out.exists() else []
     assert not leftovers, leftovers
     assert not (out / "results").exists()  # no result file from a stopped evaluation
+
+
+#: `python SCRIPT MARK_FILE ARGS...`: logitsdump's CLI whose model loading takes 60 s more; MARK_FILE is
+#: created when it starts.
+SLOW_LOAD = """\
+import pathlib, sys, time
+import transformers
+mark = pathlib.Path(sys.argv[1])
+plain = transformers.AutoModelForCausalLM.from_pretrained
+def slow(*args, **kwargs):
+    mark.touch()
+    time.sleep(60)
+    return plain(*args, **kwargs)
+transformers.AutoModelForCausalLM.from_pretrained = slow
+from logitsdump.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_signal_while_the_model_loads_is_one_line(tmp_path: Path) -> None:
+    script, mark = tmp_path / "slow_load.py", tmp_path / "loading"
+    script.write_text(SLOW_LOAD)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(mark), "eval", "--model_config_path", str(examples.model_config("fp32")),
+         "--task_config_path", str(examples.task_config("gsm8k")), "--output_dir", "out", "--device", "cpu"],
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(mark.is_file, 120, process, "the model load")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        stop(process)
+    assert process.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in one_error_line(subprocess.CompletedProcess([], 143, "", stderr), "eval")

@@ -148,7 +148,9 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     device = choose_device(options.device, world.local_rank if world.distributed else None)
     distributed.init_process_group(world, device.kind)
     try:
-        return _run_loaded(plan, backend_class(model_config, device, tensor_parallel=world.tensor_parallel), world)
+        with interrupt.stop_on_signals():  # SIGINT/SIGTERM while the model loads: one line, exit 130/143
+            loaded = backend_class(model_config, device, tensor_parallel=world.tensor_parallel)
+        return _run_loaded(plan, loaded, world)
     finally:
         distributed.shutdown(world)
 
