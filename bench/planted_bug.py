@@ -322,7 +322,7 @@ def main() -> None:
                         help=f"tasks judged (tiny default: {','.join(TASKS)}; smollm2: {','.join(SMOLLM2_TASKS)})")
     parser.add_argument("--cases", type=int, default=None,
                         help="smollm2: at most this many judged cases in all, split evenly over the tasks "
-                        "(default: every case but the held-out third; gsm8k and mmlu_zero_shot: 26 of 39)")
+                        "(default: every case but the held-out third; gsm8k, mmlu_zero_shot: 27 judged, 12 held out)")
     parser.add_argument("--tokens", type=int, default=16, help="smollm2: tokens dumped per case")
     parser.add_argument("--replay-mode", choices=("step", "prefill"), default="prefill",
                         help="smollm2: how the test side replays golden's tokens (prefill: one forward pass)")
