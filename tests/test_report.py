@@ -121,7 +121,8 @@ def test_report_has_every_section_and_the_verdict_counts(real_run: CompareSummar
     assert real_run.verdicts["identical"] == 0  # fp32 and bf16 logits always differ somewhere
     # the task table, the thresholds, one row per case in the sortable table
     assert "<th>mmlu_zero_shot</th>" in text
-    assert "&gt; 0.999" in text and "&lt; 0.0001" in text and "0.1 logits" in text
+    assert "&gt; 0.999" in text and "&lt; 0.0001" in text and "0.0566 logits" in text  # bf16's default tie
+    assert "<th>noise floor</th>" in text and "no measured floor: the conservative default for bf16" in text
     rows = [a for t, a in page.tags if t == "tr" and "data-index" in a]
     assert len(rows) == 5
     # three plots per case, each with a marked divergence step; two distribution plots per case and the run's
@@ -240,7 +241,8 @@ def test_without_manifests_token_ids_replace_texts(real_run: CompareSummary, tmp
     golden, mine = (Path(p) for p in _inputs(real_run))
     for src, dst in ((golden, tmp_path / "g"), (mine, tmp_path / "m")):
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("manifest.jsonl", "vocab.json"))
-    summary = run_compare(CompareOptions(tmp_path / "g", tmp_path / "m", tmp_path / "cmp"), now=NOW)
+    # without manifests the dtype (and so the default floor) comes from -d, as a modeltest dump needs
+    summary = run_compare(CompareOptions(tmp_path / "g", tmp_path / "m", tmp_path / "cmp", dtype="bf16"), now=NOW)
     assert summary.verdicts == real_run.verdicts
     out = write_report(tmp_path / "cmp", tmp_path / "page" / "r.html")
     assert out == tmp_path / "page" / "r.html"
@@ -316,7 +318,8 @@ def test_terminal_summary_counts_tasks_and_worst_cases(real_run: CompareSummary)
     assert "worst cases" in text
     bad = [c for c in real_run.cases if c.verdict in ("divergent", "tie-flip", "incomplete")]
     assert len(re.findall(r"^  \S+ #\d+ ", text, flags=re.M)) == min(5, len(bad))
-    assert "tie tolerance 0.1" in text
+    assert "tie tolerance 0.0566" in text  # the floor's margin: the bf16 dumps' conservative default
+    assert "\nfloor: no measured floor: the conservative default for bf16" in text  # free runs name it too
     assert format_summary(load_compare(real_run)) == text
     assert format_summary(json.loads(real_run.cases_json_path.read_text(encoding="utf-8"))) == text
     assert ANSI.search(format_summary(real_run, color=True))
