@@ -28,8 +28,9 @@ setup() {
 }
 export -f setup
 export VENV TORCH_SPEC VLLM_SPEC
-timeout "${SMOKE_VLLM_SETUP_TIMEOUT:-1200}" bash -c setup
-versions=$("$VENV/bin/python" -c 'import torch, vllm, transformers; print(torch.__version__, vllm.__version__, transformers.__version__)' 2>/dev/null)
+timeout -k 30 "${SMOKE_VLLM_SETUP_TIMEOUT:-1200}" bash -c setup
+versions=$("$VENV/bin/python" -c 'import torch, vllm, transformers; print(torch.__version__, vllm.__version__, transformers.__version__)' 2>/dev/null) ||
+  versions="an import failed: $("$VENV/bin/python" -c 'import torch, vllm, transformers' 2>&1 | tail -n 1)"
 case "$versions" in
   "2.13.0+cpu "*) ;;
   *) echo "smoke_vllm: expected torch 2.13.0+cpu in $VENV, found: $versions"; exit 1 ;;
@@ -77,6 +78,11 @@ checks() {
     grep -Eq "rows: 18 \(passed 18, failed 0" "$work/cmp-$run.txt" && [ $((same + close)) -eq 3 ] ||
       { cat "$work/cmp-$run.txt"; echo "vLLM $run dump: expected 3 identical or consistent cases against HF"; exit 1; }
   done
+  for run in step prefill; do  # the manifest records each replayed case's mode, as with the HF backend
+    "$py" -c 'import json, sys; modes = {json.loads(l)["extra"]["replay"]["mode"] for l in open(sys.argv[1])}
+sys.exit(0 if modes == {sys.argv[2]} else f"manifest replay modes {modes}, expected {sys.argv[2]}")' \
+      "$work/d-$run/$logits/manifest.jsonl" "$run"
+  done
   "$py" - "$work/d-hf/$logits" "$work/d-free/$logits" "$work/d-step/$logits" "$work/d-prefill/$logits" <<'EOF'
 import sys
 from pathlib import Path
@@ -95,5 +101,5 @@ sys.exit(0 if worst < 1e-3 else f"fp32 logits differ by {worst} (> 1e-3)")
 EOF
 }
 export -f checks
-timeout "${SMOKE_VLLM_TIMEOUT:-900}" bash -c checks
+timeout -k 30 "${SMOKE_VLLM_TIMEOUT:-900}" bash -c checks
 echo "vLLM smoke test: vLLM = HF tokens (gsm8k, boolq), dumps free/step/prefill consistent with HF ($(( $(date +%s) - started )) s)"
