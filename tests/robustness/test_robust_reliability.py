@@ -299,6 +299,28 @@ def test_examples_into_a_read_only_folder_is_one_line(tmp_path: Path) -> None:
     assert list((tmp_path / "ro").iterdir()) == []
 
 
+def test_examples_cut_short_by_a_full_disk_leave_nothing(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import shutil
+
+    from logitsdump.errors import WriteError
+
+    plain, calls = shutil.copytree, []
+
+    def fills_the_disk(source, destination, *args, **kwargs):
+        if Path(destination).parent == tmp_path / "ex":  # not copytree's own recursion
+            calls.append(destination)
+        if len(calls) == 2:  # the model is copied, then the disk is full in the datasets
+            Path(destination).mkdir(exist_ok=True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return plain(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", fills_the_disk)
+    with pytest.raises(WriteError, match="No space left on device: free some space"):
+        examples.copy_examples(tmp_path / "ex")
+    assert not (tmp_path / "ex").exists()
+
+
 def test_examples_try_line_quotes_a_path_with_spaces(tmp_path: Path) -> None:
     done = cli("examples", "my examples", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

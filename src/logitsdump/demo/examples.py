@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def copy_examples(destination: str | Path) -> Path:
     target = Path(destination)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{target} exists and is not an empty folder: choose a new folder")
+    created = not target.exists()
     ensure_writable_dir(target)  # one line when it cannot be created or written in
     try:
         with write_errors(target, "copy the examples into"):
@@ -48,5 +50,8 @@ def copy_examples(destination: str | Path) -> Path:
     except BaseException:  # a full disk or Ctrl-C: no half copy left
         for name in ("model", "datasets", "configs"):
             shutil.rmtree(target / name, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                target.rmdir()
         raise
     return target.resolve()
