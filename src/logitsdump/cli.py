@@ -222,7 +222,13 @@ def _add_dump_parser(subparsers) -> None:
 def _run_dump(args: argparse.Namespace) -> int:
     from logitsdump.dump import DumpOptions, run_dump
     from logitsdump.errors import UsageError
+    from logitsdump.fsutil import check_path_fits
 
+    paths = {"-bcr/--bad-case-result": args.bad_case_result, "--replay": args.replay,
+             "--from-samples": args.from_samples, "--model_config_path": args.model_config_path}
+    for flag, value in paths.items():  # a name too long names its flag, before any work
+        if value:
+            check_path_fits(value, flag)
     if args.from_samples is not None:
         return _run_samples_dump(args)
     if args.exec_command is None:

@@ -152,12 +152,15 @@ def _long_name_cases(tmp_path: Path) -> dict[str, list[str]]:
         "a path over PATH_MAX": ["compare", "-gp", str(golden), "-mp", str(mine), "-o", "/".join(["y" * 200] * 21)],
         "compare --tolerances": ["compare", "-gp", str(golden), "-mp", str(mine), "-o", "out", "--tolerances",
                                  f"{LONG}.json"],
+        "dump --replay": ["dump", "-e", "logitsdump eval", "-bcr", "t.csv", "--replay", LONG],
+        "dump --from-samples": ["dump", "--from-samples", f"{LONG}.jsonl", "-bcr", "t.csv",
+                                "--model_config_path", "m.yaml"],
     }
 
 
 @pytest.mark.parametrize("case", ["compare -o", "compare -o, nested", "compare -gp", "bcanalyze -o", "bcanalyze -gp",
                                   "report COMPARE_OUTPUT", "report -o", "dump -bcr", "a path over PATH_MAX",
-                                  "compare --tolerances"])
+                                  "compare --tolerances", "dump --replay", "dump --from-samples"])
 def test_a_name_too_long_is_one_line_before_any_work(tmp_path: Path, case: str) -> None:
     args = _long_name_cases(tmp_path)[case]
     before = files_under(tmp_path)
@@ -165,6 +168,8 @@ def test_a_name_too_long_is_one_line_before_any_work(tmp_path: Path, case: str) 
     assert done.returncode == 1, done.stderr
     line = one_error_line(done, args[0])
     assert "choose a shorter" in line and len(line) < 400
+    if case.startswith("dump --"):
+        assert f"error: {case.split()[1]} " in line  # the flag at fault is named
     assert files_under(tmp_path) == before  # nothing written, no folder created
 
 
