@@ -44,24 +44,14 @@ def run_section(result: CompareResult) -> str:
 
 
 def case_block(case: CaseRecord, result: CompareResult) -> str:
-    """A case's statistics in a line and its two distribution plots."""
+    """A case's statistics (the run's two tables, for this case alone) and its two distribution plots."""
     stats = case.stats
     if stats is None:
         return ""
-    facts = [
-        ("KLD mean", _with_se(stats.kld_mean, stats.kld_mean_se, _num)),
-        ("KLD median / p90 / p99 / max",
-         " / ".join(_num(v) for v in (stats.kld_median, stats.kld_p90, stats.kld_p99, stats.kld_max))),
-        ("Δp mean", _with_se(stats.dp_mean, stats.dp_mean_se, _pct)),
-        ("RMS Δp", _with_se(stats.dp_rms, stats.dp_rms_se, _pct)),
-        ("same top token", _with_se(stats.same_top, stats.same_top_se, _rate)),
-        ("in the other's top 5 (test / golden)",
-         f"{_rate(stats.my_top1_in_golden_top5)} / {_rate(stats.golden_top1_in_my_top5)}"),
-    ]
-    body = "".join(f"<div><dt>{escape(a)}</dt><dd>{escape(b)}</dd></div>" for a, b in facts)
+    rows = [("this case", stats)]
     return (
         f'<h4>Distribution over the {stats.kld_steps} judged step{"s" if stats.kld_steps != 1 else ""}</h4>'
-        f'<dl class="facts stats">{body}</dl>'
+        f"{_kld_table(rows)}{_dp_table(rows)}"
         f'<div class="plots">{_figures(case.judged_steps, result, case.label)}</div>'
     )
 
