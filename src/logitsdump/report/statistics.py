@@ -51,7 +51,7 @@ def case_block(case: CaseRecord, result: CompareResult) -> str:
     rows = [("this case", stats)]
     return (
         f'<h4>Distribution over the {stats.kld_steps} judged step{"s" if stats.kld_steps != 1 else ""}</h4>'
-        f"{_kld_table(rows)}{_dp_table(rows)}"
+        f"{_kld_table(rows, 'h5')}{_dp_table(rows, 'h5')}"
         f'<div class="plots">{_figures(case.judged_steps, result, case.label)}</div>'
     )
 
@@ -86,7 +86,7 @@ def _figures(steps: Sequence[Step], result: CompareResult, what: str) -> str:
     )
 
 
-def _kld_table(rows: Sequence[tuple[str, StepStatistics | None]]) -> str:
+def _kld_table(rows: Sequence[tuple[str, StepStatistics | None]], heading: str = "h3") -> str:
     head = ["", "steps", "mean ± SE", *(name for name, _ in KLD_PERCENTILES), "max"]
     body = []
     for name, s in rows:
@@ -94,10 +94,10 @@ def _kld_table(rows: Sequence[tuple[str, StepStatistics | None]]) -> str:
             str(s.kld_steps), _with_se(s.kld_mean, s.kld_mean_se, _num),
             *(_num(getattr(s, f"kld_{p}")) for p, _ in KLD_PERCENTILES), _num(s.kld_max)]
         body.append(_row(name, cells))
-    return _table("KL divergence", [h.replace("p999", "p99.9") for h in head], body, "stats-kld")
+    return _table("KL divergence", [h.replace("p999", "p99.9") for h in head], body, "stats-kld", heading)
 
 
-def _dp_table(rows: Sequence[tuple[str, StepStatistics | None]]) -> str:
+def _dp_table(rows: Sequence[tuple[str, StepStatistics | None]], heading: str = "h3") -> str:
     head = ["", "steps", "Δp mean ± SE", *(f"Δp {name}" for name, _ in DP_PERCENTILES), "RMS Δp ± SE",
             "same top ± SE", "test's in golden's top 5", "golden's in test's top 5"]
     body = []
@@ -108,12 +108,13 @@ def _dp_table(rows: Sequence[tuple[str, StepStatistics | None]]) -> str:
             _with_se(s.same_top, s.same_top_se, _rate), _rate(s.my_top1_in_golden_top5),
             _rate(s.golden_top1_in_my_top5)]
         body.append(_row(name, cells))
-    return _table("Δp of golden's token, and the top tokens", head, body, "stats-dp")
+    return _table("Δp of golden's token, and the top tokens", head, body, "stats-dp", heading)
 
 
-def _table(title: str, head: Sequence[str], body: Sequence[str], css: str) -> str:
+def _table(title: str, head: Sequence[str], body: Sequence[str], css: str, heading: str) -> str:
+    """A statistics table under its title (`heading`: h3 in the run's section, h5 in a case's)."""
     cells = "".join(f'<th class="num">{escape(h)}</th>' if h else "<th></th>" for h in head)
-    return (f"<h3>{escape(title)}</h3>"
+    return (f"<{heading}>{escape(title)}</{heading}>"
             f'<div class="scroll"><table class="grid {css}"><thead><tr>{cells}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
