@@ -482,14 +482,15 @@ def _run_report(args: argparse.Namespace) -> int:
 
     from logitsdump.fsutil import check_can_write, check_path_fits
     from logitsdump.report import load_compares, print_summary, write_report
+    from logitsdump.report.html import names_a_page
 
     for source in args.compare_output:  # every path, before any work
         check_path_fits(source, "COMPARE_OUTPUT")
     if args.output_dir is not None:
         out = Path(args.output_dir)
-        html_file = out.suffix.lower() in (".html", ".htm") and not out.is_dir()
-        check_can_write(out.parent if html_file else out, "-o/--output-dir")
-        if html_file:
+        page = names_a_page(out)
+        check_can_write(out.parent if page else out, "-o/--output-dir")
+        if page:
             check_path_fits(out, "-o/--output-dir")
     result = load_compares(args.compare_output)
     path = write_report(result, args.output_dir, topk=args.topk)

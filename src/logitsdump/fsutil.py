@@ -163,8 +163,7 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
         raise UserError(f"output path {folder} exists and is not a folder: choose another path")
     try:
         make_dirs(folder)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
+        _write_probe(folder)
     except OSError as err:
         raise UserError(f"cannot write in output folder {folder}: {err.strerror or err}") from err
     return folder
@@ -186,10 +185,15 @@ def check_can_write(path: str | os.PathLike[str], what: str = "output folder") -
     if not existing.is_dir():
         raise UserError(f"{what} {folder}: {existing} exists and is not a folder: choose another path")
     try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
-            pass
+        _write_probe(existing)
     except OSError as err:
         raise UserError(f"cannot write in {what} {folder}: {err.strerror or err}") from err
+
+
+def _write_probe(folder: Path) -> None:
+    """Create and remove a file in `folder` (raises OSError when files cannot be created there)."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        pass
 
 
 #: Used where the file system cannot tell its limits (POSIX minimums are smaller; Linux's are these).

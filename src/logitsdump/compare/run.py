@@ -87,13 +87,12 @@ def measure(options: CompareOptions) -> Measured:
     my_dir = _input_dir(options.my_path, "-mp/--my-path")
     if options.tolerances_file is not None:
         check_path_fits(options.tolerances_file, "--tolerances")
-        options.floor()  # a bad tolerances file fails before the output folder is made and the files read
-    out_dir = ensure_writable_dir(options.output_dir)
-    pairs = pair_files(golden_dir, my_dir)
+    pairs = pair_files(golden_dir, my_dir)  # an unreadable folder: one line
     folders = DumpFolders(golden_dir, my_dir)
+    floor = options.floor(folders.dtypes())  # a bad tolerances file fails before the output folder is made
+    out_dir = ensure_writable_dir(options.output_dir)
     topk = _bounded_topk(options.topk, folders.vocab_size())
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
-    floor = options.floor(folders.dtypes())
     steps = list(measure_all(pairs, options.thresholds(), topk, options.workers))
     cases = [folders.annotate(case) for case in judge_cases(steps, floor.tolerances, folders.replays(steps))]
     return Measured(out_dir, steps, cases, floor)

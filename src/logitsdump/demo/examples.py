@@ -15,6 +15,8 @@ MODEL_CONFIGS = ASSETS / "configs" / "model"
 TASK_CONFIGS = ASSETS / "configs" / "task"
 #: The tiny model's measured noise floor, fp32 golden vs bf16 (a tolerances file for `compare --tolerances`).
 TINY_FLOOR = ASSETS / "configs" / "tolerances" / "tiny_llama_bf16.json"
+#: The folders of ASSETS that `copy_examples` copies.
+EXAMPLE_PARTS = ("model", "datasets", "configs")
 
 
 def model_config(dtype: str = "fp32") -> Path:
@@ -45,10 +47,10 @@ def copy_examples(destination: str | Path) -> Path:
     ensure_writable_dir(target)  # one line when it cannot be created or written in
     try:
         with write_errors(target, "copy the examples into"):
-            for name in ("model", "datasets", "configs"):
+            for name in EXAMPLE_PARTS:
                 shutil.copytree(ASSETS / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
     except BaseException:  # a full disk or Ctrl-C: no half copy left
-        for name in ("model", "datasets", "configs"):
+        for name in EXAMPLE_PARTS:
             shutil.rmtree(target / name, ignore_errors=True)
         if created:
             with contextlib.suppress(OSError):

@@ -53,10 +53,15 @@ def write_report(
     else:
         result = source if isinstance(source, CompareResult) else load_compare(source)
     path = Path(output_path) if output_path is not None else default_report_path(result)
-    if path.is_dir() or path.suffix.lower() not in (".html", ".htm"):
+    if not names_a_page(path):
         path = ensure_writable_dir(path) / REPORT_NAME  # a folder, as `-o` is everywhere
     atomic_write_text(path, render_report(result, topk=topk))
     return path
+
+
+def names_a_page(path: Path) -> bool:
+    """Whether report's `-o` names the page itself (a name ending in .html that is not a folder)."""
+    return path.suffix.lower() in (".html", ".htm") and not path.is_dir()
 
 
 def default_report_path(result: CompareResult) -> Path:
