@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from logitsdump.compare.stats import mcnemar_exact
 from logitsdump.csvsafe import original, write_csv
 from logitsdump.errors import DataError, UsageError
-from logitsdump.fsutil import check_can_write, check_path_fits, claim_stamped, ensure_writable_dir, timestamp
+from logitsdump.fsutil import (
+    check_can_write,
+    check_path_fits,
+    check_regular,
+    claim_stamped,
+    ensure_writable_dir,
+    open_input,
+    timestamp,
+)
 from logitsdump.logs import get_logger
+from logitsdump.progress import Progress
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
 
 #: msit's output folder for bcanalyze, relative to the current directory.
@@ -73,6 +85,8 @@ def normalise_passed(value: str) -> str:
 def canonical_key(value: str) -> str:
     """A key as compared: stripped; an int key without leading zeros or `+`."""
     text = value.strip()
+    if text.isdigit() and text.isascii() and text[0] != "0":  # the common case, without a regex
+        return text
     if _INT_KEY.fullmatch(text):
         return str(int(text))
     return text
@@ -99,10 +113,25 @@ _NOT_UTF8 = "{path} is not UTF-8 text: save it as UTF-8 (CSV UTF-8 in a spreadsh
 @contextlib.contextmanager
 def _rows(path: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
     """(header, iterator of (line, cells)) of a CSV; blank lines skipped; errors as DataError."""
+    with _reader(path) as (header, reader):
+
+        def body() -> Iterator[tuple[int, list[str]]]:
+            with _row_errors(path, reader) as where:
+                for cells in reader:
+                    if cells and any(cells):
+                        yield reader.line_num, cells
+                    where[0] = reader.line_num + 1
+
+        yield header, body()
+
+
+@contextlib.contextmanager
+def _reader(path: Path) -> Iterator[tuple[list[str], Any]]:
+    """(header, csv reader positioned after it) of a regular CSV file; errors as DataError."""
     old_limit = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long queries (LongBench) exceed 128 KiB
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
+        with open_input(path, "input file", encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle, strict=True)  # a stray quote must not swallow the rest
             try:
                 header = next(reader, None)
@@ -112,48 +141,86 @@ def _rows(path: Path) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]
                 raise DataError(f"{path}: cannot read the header line: {err}") from None
             if header is None or not any(cell.strip() for cell in header):
                 raise DataError(f"{path} has no header line")
-
-            def body() -> Iterator[tuple[int, list[str]]]:
-                start = reader.line_num + 1
-                try:
-                    for cells in reader:
-                        if cells and any(cells):
-                            yield reader.line_num, cells
-                        start = reader.line_num + 1
-                except UnicodeDecodeError:  # decoded ahead in blocks: the line number would be wrong
-                    raise DataError(_NOT_UTF8.format(path=path)) from None
-                except csv.Error as err:
-                    raise DataError(f"{path}: the row starting on line {start} is not valid CSV: {err}") from None
-
-            yield [cell.strip() for cell in header], body()
+            yield [cell.strip() for cell in header], reader
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}") from None
     finally:
         csv.field_size_limit(old_limit)
 
 
+@contextlib.contextmanager
+def _row_errors(path: Path, reader: Any) -> Iterator[list[int]]:
+    """Turn a decoding or CSV error of the rows into a DataError naming the line where the bad row starts
+    (the caller keeps `where[0]` at the line after the last good row)."""
+    where = [reader.line_num + 1]
+    try:
+        yield where
+    except UnicodeDecodeError:  # decoded ahead in blocks: the line number would be wrong
+        raise DataError(_NOT_UTF8.format(path=path)) from None
+    except csv.Error as err:
+        raise DataError(f"{path}: the row starting on line {where[0]} is not valid CSV: {err}") from None
+
+
 def read_result_csv(path: str | os.PathLike[str]) -> ResultTable:
     """Read a result CSV; require `key` and `pass`/`passed` (DataError naming the file otherwise)."""
+    table = _read_table(path)
+    rows = tuple(ResultRow(line, dict(zip(table.columns, cells, strict=False)))
+                 for line, cells in zip(table.lines, table.rows, strict=True))
+    return ResultTable(table.path, table.columns, rows)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A result CSV as bcanalyze joins it: each row's cells (padded to the header), `passed` normalised.
+
+    Lists of cells, not a dict per row: a million-row file is read in about a second.
+    """
+
+    path: Path
+    columns: tuple[str, ...]
+    lines: list[int]
+    rows: list[list[str]]
+
+    def column(self, name: str) -> int:
+        return self.columns.index(name)
+
+
+#: Rows between two progress updates while a CSV is read.
+_PROGRESS_ROWS = 1 << 16
+
+
+def _read_table(path: str | os.PathLike[str]) -> _Table:
     csv_path = check_csv_path(path)
-    with _rows(csv_path) as (header, body):
-        columns = ["passed" if name == "pass" and "passed" not in header else name for name in header]
+    with _reader(csv_path) as (header, reader):
+        columns = tuple("passed" if name == "pass" and "passed" not in header else name for name in header)
         missing = [name for name in ("key", "passed") if name not in columns]
         if missing:
             raise DataError(
                 f"{csv_path} has no {' or '.join(repr(m) for m in missing)} column "
                 f"(found: {', '.join(header)}); expected a debug CSV with key and pass/passed"
             )
-        rows = []
-        for line, cells in body:
-            values = dict(zip(columns, cells, strict=False))
-            for name in columns[len(cells) :]:
-                values[name] = ""
-            values["passed"] = normalise_passed(values["passed"])
-            rows.append(ResultRow(line, values))
-    return ResultTable(csv_path, tuple(columns), tuple(rows))
-
-
-# ---- bcanalyze ----------------------------------------------------------------------------------
+        width, passed = len(columns), columns.index("passed")
+        lines: list[int] = []
+        rows: list[list[str]] = []
+        verdicts: dict[str, str] = {}  # raw pass cell -> normalised: a few distinct values
+        with Progress(f"reading {csv_path.name}", None, "row", logger=log) as progress, \
+                _row_errors(csv_path, reader) as where:
+            for cells in reader:
+                if cells and (cells[0] or any(cells)):
+                    if len(cells) < width:
+                        cells += [""] * (width - len(cells))
+                    raw = cells[passed]
+                    verdict = verdicts.get(raw)
+                    if verdict is None:
+                        verdict = verdicts[raw] = normalise_passed(raw)
+                    cells[passed] = verdict
+                    lines.append(reader.line_num)
+                    rows.append(cells)
+                    if not len(rows) % _PROGRESS_ROWS:
+                        progress.update(_PROGRESS_ROWS)
+                where[0] = reader.line_num + 1
+            progress.update(len(rows) % _PROGRESS_ROWS)
+    return _Table(csv_path, columns, lines, rows)
 
 
 @dataclass(frozen=True)
@@ -187,8 +254,9 @@ class Flips:
     #: Golden failed, test passed (McNemar's c).
     fail_to_pass: int = 0
 
-    @property
+    @cached_property
     def p_value(self) -> float:
+        """Computed once (the summary line is logged and printed)."""
         return mcnemar_exact(self.pass_to_fail, self.fail_to_pass)
 
     def describe(self) -> str:
@@ -227,8 +295,9 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     from logitsdump.lmeval.samples import is_samples_file
 
     check_can_write(options.output_dir)  # before any work (the folder is created only for a result)
-    for path in (options.golden_path, options.test_path):
+    for flag, path in (("-gp/--golden-path", options.golden_path), ("-mp/--my-path", options.test_path)):
         check_path_fits(path, "input file")
+        check_regular(path, flag)  # a FIFO would block the content sniffing below
 
     kinds = [is_samples_file(p) for p in (options.golden_path, options.test_path)]
     if any(kinds):
@@ -241,8 +310,23 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
         return analyze_samples(options)
     if options.metric is not None or options.lm_eval_filter is not None:
         raise UsageError("--metric and --filter apply to lm-eval samples files only, not to result CSVs")
-    golden = read_result_csv(options.golden_path)
-    test = read_result_csv(options.test_path)
+    with _collector_paused():  # millions of small lists and no cycle: the cyclic GC would take a third
+        return _analyze_tables(options, _read_table(options.golden_path), _read_table(options.test_path))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _analyze_tables(options: BcanalyzeOptions, golden: _Table, test: _Table) -> BcanalyzeResult:
+    """The join of two result tables, the bad-case CSV and McNemar's test."""
     warnings: list[str] = []
 
     join = ["key"]
@@ -259,8 +343,9 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
 
     golden_index = _index(golden, join, warnings)
     test_index = _index(test, join, warnings)
-    missing = [ident for ident in golden_index if ident not in test_index]
-    extra = [ident for ident in test_index if ident not in golden_index]
+    same_cases = golden_index.keys() == test_index.keys()  # a set comparison in C: the common case
+    missing = [] if same_cases else [ident for ident in golden_index if ident not in test_index]
+    extra = [] if same_cases else [ident for ident in test_index if ident not in golden_index]
     if missing:
         warnings.append(
             f"{len(missing)} golden case(s) not found in {test.path}, "
@@ -274,29 +359,36 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     out_rows: list[list[str]] = []
     unjudged: list[str] = []
     count = 0
-    tally = {"golden": 0, "test": 0, "judged": 0, "b": 0, "c": 0}
-    for ident, golden_row in golden_index.items():
-        test_row = test_index.get(ident)
-        if test_row is None:
+    pairs: dict[tuple[str, str], int] = {}  # (golden, test) pass cells -> cases
+    g_key, g_passed, t_passed = golden.column("key"), golden.column("passed"), test.column("passed")
+    g_queries = golden.column("queries") if "queries" in golden.columns else None
+    taken = [(golden.column(name), test.column(name) if name in test.columns else None) for name in compared]
+    progress = Progress("matching golden and test rows", len(golden_index), "row", logger=log)
+    for seen, (ident, g_cells) in enumerate(golden_index.items(), 1):
+        if not seen % _PROGRESS_ROWS:
+            progress.update(_PROGRESS_ROWS)
+        t_cells = test_index.get(ident)
+        if t_cells is None:
             continue
         count += 1
-        g_cells, t_cells = golden_row.cells, test_row.cells
-        if not g_cells["passed"] or not t_cells["passed"]:
+        g_pass, t_pass = g_cells[g_passed], t_cells[t_passed]
+        if not g_pass or not t_pass:
             unjudged.append(ident[0])
             continue
-        _count_flip(tally, g_cells["passed"], t_cells["passed"])
-        if g_cells["passed"] == t_cells["passed"]:
+        pairs[g_pass, t_pass] = pairs.get((g_pass, t_pass), 0) + 1
+        if g_pass == t_pass:
             continue
-        row = [g_cells["key"].strip()] + ([g_cells["queries"]] if "queries" in golden.columns else [])
-        for name in compared:
-            row += [g_cells.get(name, ""), t_cells.get(name, "")]
+        row = [g_cells[g_key].strip()] + ([g_cells[g_queries]] if g_queries is not None else [])
+        for g_col, t_col in taken:
+            row += [g_cells[g_col], t_cells[t_col] if t_col is not None else ""]
         out_rows.append(row)
+    progress.close()
     if unjudged:
         warnings.append(
             f"{len(unjudged)} case(s) have an empty pass/passed cell, e.g. keys {first_keys(unjudged)}"
         )
 
-    flips = Flips(tally["golden"], tally["test"], tally["judged"], tally["b"], tally["c"])
+    flips = _flips(pairs)
     for message in warnings:
         log.warning(message)
     log.info("%s", flips.describe())
@@ -304,39 +396,49 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
         log.warning("no difference between the golden and the test results: no file written")
         return BcanalyzeResult(None, 0, count, tuple(warnings), flips)
     folder = ensure_writable_dir(options.output_dir)
+    if len(out_rows) >= _PROGRESS_ROWS:
+        log.info("writing %d bad cases", len(out_rows))
     with claim_stamped(folder, timestamp(), lambda tag: (f"{RESULT_PREFIX}{tag}.csv",)) as (path,):
         write_csv(path, header, out_rows)
     log.debug("%d bad case(s) of %d compared written to %s", len(out_rows), count, path)
     return BcanalyzeResult(path, len(out_rows), count, tuple(warnings), flips)
 
 
-def _count_flip(tally: dict[str, int], golden: str, test: str) -> None:
-    """Count one case judged on both sides (normalised `passed`: only true/false are passes and fails)."""
-    if golden not in ("true", "false") or test not in ("true", "false"):
-        return
-    tally["judged"] += 1
-    tally["golden"] += golden == "true"
-    tally["test"] += test == "true"
-    tally["b"] += golden == "true" and test == "false"
-    tally["c"] += golden == "false" and test == "true"
+def _flips(pairs: dict[tuple[str, str], int]) -> Flips:
+    """McNemar's counts from the cases per (golden, test) normalised pass cell: only true/false are
+    passes and fails; other values are not judged."""
+    judged = {k: v for k, v in pairs.items() if k[0] in ("true", "false") and k[1] in ("true", "false")}
+    return Flips(
+        golden_passed=sum(v for (g, _), v in judged.items() if g == "true"),
+        test_passed=sum(v for (_, t), v in judged.items() if t == "true"),
+        judged=sum(judged.values()),
+        pass_to_fail=judged.get(("true", "false"), 0),
+        fail_to_pass=judged.get(("false", "true"), 0),
+    )
 
 
-def _index(table: ResultTable, join: Sequence[str], warnings: list[str]) -> dict[tuple[str, ...], ResultRow]:
+def _index(table: _Table, join: Sequence[str], warnings: list[str]) -> dict[tuple[str, ...], list[str]]:
     """First row per join identity; empty keys and duplicates reported in `warnings`."""
-    index: dict[tuple[str, ...], ResultRow] = {}
+    index: dict[tuple[str, ...], list[str]] = {}
     duplicates: list[str] = []
     empty: list[str] = []
-    for row in table.rows:
-        key = canonical_key(row.cells["key"])
+    key_col = table.column("key")
+    query_col = table.column("queries") if len(join) > 1 else None
+    for line, cells in zip(table.lines, table.rows, strict=True):
+        key = canonical_key(cells[key_col])
         if not key:
-            empty.append(str(row.line))
+            empty.append(str(line))
             continue
         # queries as first written: ours are formula-neutralised ('=...), modeltest's are not
-        ident = (key, *(original(row.cells.get(name, "")) for name in join[1:]))
+        if query_col is None:
+            ident: tuple[str, ...] = (key,)
+        else:
+            query = cells[query_col]
+            ident = (key, original(query) if query[:1] == "'" else query)
         if ident in index:
             duplicates.append(key)
         else:
-            index[ident] = row
+            index[ident] = cells
     if empty:
         warnings.append(
             f"{table.path}: {len(empty)} row(s) with an empty key skipped, on lines {first_keys(empty)}"

@@ -1,16 +1,23 @@
-"""Small file-system helpers: atomic writes, safe names, and output names that are never reused.
+"""Small file-system helpers: atomic writes, result sets, safe names, output names that are never
+reused, and opening inputs safely.
 
 Every file logitsdump writes goes to a temporary name in the destination
-folder and is renamed into place, so a killed run leaves whole files or none.
+folder and is renamed into place, so a killed run leaves whole files or none;
+the files of one run (`result_set`) are all renamed at the end, so they appear
+together or not at all. Every input is opened by `open_input` / `read_input`:
+regular files only (a FIFO or a device would block or never end), small ones
+with a size cap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -293,3 +300,143 @@ def claim_stamped(
             if os.stat(paths[0]).st_size == 0:
                 os.unlink(paths[0])
         raise
+
+
+# ---- the files of one run: all or none ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def result_set(paths: Sequence[str | os.PathLike[str]]) -> Iterator[tuple[Path, ...]]:
+    """Temporary names for the files of one run, renamed to `paths` only when the block succeeds.
+
+    The caller writes each file to the temporary name given in its place (any writer: `atomic_open`,
+    `write_csv`, ...). On success every file is renamed into place, the first of `paths` last (readers
+    that find a run by its first file see it only when it is whole); on any exception, Ctrl-C
+    included, every temporary (and anything already renamed by this call) is removed, so a run's
+    files appear together or not at all. A path that already exists is replaced (the claim of
+    `claim_stamped`).
+    """
+    targets = [Path(p) for p in paths]
+    staged = [t.with_name(f".{t.name}.{secrets.token_hex(4)}.part") for t in targets]
+    placed: list[Path] = []
+    try:
+        yield tuple(staged)
+        missing = [t for t, s in zip(targets, staged, strict=True) if not os.path.lexists(s)]
+        if missing:
+            raise RuntimeError(f"result_set: {missing[0].name} was not written")
+        order = list(range(1, len(targets))) + [0]
+        for i in order:
+            with write_errors(targets[i]):
+                os.replace(staged[i], targets[i])
+            placed.append(targets[i])
+    except BaseException:
+        for path in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        for path in placed:
+            if path != targets[0]:  # the first is a claim the caller removes
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        raise
+
+
+# ---- opening inputs ------------------------------------------------------------------------------
+
+#: Size caps of the small inputs read whole into memory (bytes).
+TOLERANCES_MAX_BYTES = 1 << 20
+CONFIG_MAX_BYTES = 16 << 20
+JSON_SIDECAR_MAX_BYTES = 64 << 20
+LIST_FILE_MAX_BYTES = 16 << 20
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """`a FIFO`, `a folder`, ... for a `st_mode` that is not a regular file's."""
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+def not_a_file(path: str | os.PathLike[str], what: str, mode: int) -> str:
+    """The one-line message for an input that is not a regular file."""
+    return f"{what} {path} is not a file: it is {file_kind(mode)} (only regular files are read)"
+
+
+def open_regular(path: str | os.PathLike[str], what: str, *, max_bytes: int | None = None,
+                 error: type[Exception] | None = None) -> int:
+    """A read-only descriptor of `path` once it is known to be a regular file (at most `max_bytes` long).
+
+    Opened non-blocking, so that a FIFO cannot hang us, then checked with `fstat` on the descriptor
+    itself (no window in which the path could be swapped). Raises `error` (default `DataError`) with
+    one line naming `what` and the path: missing, unreadable, not a regular file, or too large.
+    """
+    from logitsdump.errors import DataError
+
+    error = error or DataError
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise error(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(not_a_file(path, what, info.st_mode))
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise error(f"{what} {path} is {info.st_size} bytes, more than the {max_bytes} such a file may have: "
+                        "is it the right file?")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~getattr(os, "O_NONBLOCK", 0))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_regular(path: str | os.PathLike[str], what: str, *, error: type[Exception] | None = None) -> None:
+    """Refuse in one line an existing `path` that is not a regular file (a FIFO, a device, a folder);
+    a missing path is left to the caller's own message."""
+    from logitsdump.errors import DataError
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise (error or DataError)(not_a_file(path, what, mode))
+
+
+def open_input(path: str | os.PathLike[str], what: str, mode: str = "r", *, max_bytes: int | None = None,
+               error: type[Exception] | None = None, **kwargs) -> IO:
+    """`open(path, mode, **kwargs)` for reading, once `open_regular` has checked the file."""
+    if any(flag in mode for flag in "wax+"):
+        raise ValueError("open_input opens for reading only")
+    return os.fdopen(open_regular(path, what, max_bytes=max_bytes, error=error), mode, **kwargs)
+
+
+def read_input(path: str | os.PathLike[str], what: str, max_bytes: int, *,
+               error: type[Exception] | None = None) -> bytes:
+    """The whole content of a small regular file, at most `max_bytes` (also when it grows while read)."""
+    from logitsdump.errors import DataError
+
+    with open_input(path, what, "rb", max_bytes=max_bytes, error=error) as handle:
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as err:
+            raise (error or DataError)(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise (error or DataError)(f"{what} {path} is more than the {max_bytes} bytes such a file may have: "
+                                   "is it the right file?")
+    return data
+
+
+def read_input_text(path: str | os.PathLike[str], what: str, max_bytes: int, *,
+                    error: type[Exception] | None = None) -> str:
+    """`read_input` decoded as UTF-8 (a one-line error when it is not)."""
+    from logitsdump.errors import DataError
+
+    data = read_input(path, what, max_bytes, error=error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise (error or DataError)(f"{what} {path} is not UTF-8 text") from None

@@ -36,10 +36,10 @@ from logitsdump.compare.floor import (
     read_tolerances_file,
 )
 from logitsdump.compare.options import CompareOptions
-from logitsdump.compare.records import CaseRecord, Step
+from logitsdump.compare.records import ONLY_IN_GOLDEN, ONLY_IN_MY, CaseRecord, Step, finite_float
 from logitsdump.compare.run import measure
 from logitsdump.compare.stats import percentile_high
-from logitsdump.errors import UsageError
+from logitsdump.errors import DataError, UsageError
 from logitsdump.fsutil import atomic_write_text, claim_stamped, timestamp
 
 #: Default safety factor and quantile of the suggestions.
@@ -71,8 +71,8 @@ class Spread:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max,
-                "at_quantile": self.at_quantile}
+        values = {"p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max, "at_quantile": self.at_quantile}
+        return {"count": self.count, **{name: finite_float(v) for name, v in values.items()}}  # JSON has no inf
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,12 @@ def calibrate(
             diffs.append(m.max_abs_diff)
             if not m.top1_match:
                 margins.append(m.flip_margin)
+    if not kls:  # nothing measured: a tolerances file compare would refuse is never written
+        rows = sum(len(run.steps) for run in runs)
+        both = sum(1 for run in runs for s in run.steps if s.reason not in (ONLY_IN_GOLDEN, ONLY_IN_MY))
+        raise DataError(f"nothing to calibrate on: of {rows} file name(s) in the folders, {both} are in both and "
+                        "none could be measured: give the logits folders of a known-healthy pair of dumps "
+                        "(no tolerances file written)")
     kl, gap = Spread.of(kls, quantile), Spread.of(gaps, quantile)
     diff, change = Spread.of(diffs, quantile), Spread.of(margins, quantile)
     case_mean = Spread.of(means, quantile)
@@ -202,6 +208,9 @@ def calibrate(
             suggested["noise_mean_kl_steps"] = steps_per_case
     else:
         notes.append("no step could be measured: noise_kl and noise_cosine not suggested")
+    for key in [k for k, v in suggested.items() if not math.isfinite(v)]:
+        notes.append(f"{key} not suggested: the measured spread is not a finite number")
+        del suggested[key]
     if cases and not any(c.replayed for c in cases):
         notes.append("no replayed case: only the steps up to each case's first argmax change were used; "
                      "replay the test side (dump --replay) to measure every step")

@@ -27,7 +27,7 @@ from logitsdump.compare.provenance import DumpFolders
 from logitsdump.compare.records import CaseRecord, CompareDocument, Step
 from logitsdump.compare.verdicts import VERDICTS
 from logitsdump.errors import DataError
-from logitsdump.fsutil import check_path_fits, claim_stamped, ensure_writable_dir, timestamp
+from logitsdump.fsutil import check_path_fits, claim_stamped, ensure_writable_dir, result_set, timestamp
 from logitsdump.logs import get_logger
 
 _log = get_logger("compare")
@@ -103,9 +103,10 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
     measured = measure(options)
     steps, cases = measured.steps, measured.cases
     stamp = timestamp(now)
-    with claim_stamped(measured.out_dir, stamp, run_names) as (csv_path, cases_csv, cases_json):
-        write_steps_csv(csv_path, steps)
-        write_cases_csv(cases_csv, cases, measured.floor.label)
+    with (claim_stamped(measured.out_dir, stamp, run_names) as (csv_path, cases_csv, cases_json),
+          result_set((csv_path, cases_csv, cases_json)) as staged):  # the three appear together or not at all
+        write_steps_csv(staged[0], steps)
+        write_cases_csv(staged[1], cases, measured.floor.label)
         counts = dict.fromkeys(VERDICTS, 0)
         for case in cases:
             counts[case.verdict] += 1
@@ -127,7 +128,7 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
             tool=f"logitsdump {__version__}", timestamp=stamp, options=options.to_dict(measured.floor),
             summary=summary.to_dict(), cases=summary.cases, floor=measured.floor.to_dict(),
         )
-        write_cases_json(cases_json, document)
+        write_cases_json(staged[2], document)
     _log.info("wrote %s", csv_path)
     return summary
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump.errors import DataError
+from logitsdump.fsutil import open_input
 
 #: `samples_<task>_<date>.jsonl`, the date as lm-eval's `date_id` (`2025-01-17T13-49-59.123456`).
 _FILE_NAME = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9-]+(?:\.\d+)?)\.jsonl")
@@ -94,7 +95,7 @@ def is_samples_file(path: str | os.PathLike[str]) -> bool:
     """Whether `path` holds lm-eval samples: its first non-blank line is a JSON object with `doc_id`
     and `doc_hash` (by content, whatever its name)."""
     try:
-        with open(path, "rb") as handle:
+        with open_input(path, "input file", "rb") as handle:
             if not handle.read(SNIFF_BYTES).lstrip().startswith(b"{"):
                 return False  # a CSV, or anything else, without reading on
             handle.seek(0)
@@ -103,7 +104,7 @@ def is_samples_file(path: str | os.PathLike[str]) -> bool:
                 first = handle.readline()  # whole: a few-shot prompt can make it long
                 if not first:
                     return False
-    except OSError:
+    except (OSError, DataError):  # missing, unreadable, or not a regular file: the caller's check says which
         return False
     try:
         data = json.loads(first.decode("utf-8"))
@@ -119,7 +120,7 @@ def read_samples(path: str | os.PathLike[str]) -> SamplesFile:
         raise DataError(f"{file} does not exist or is not a file")
     samples: list[Sample] = []
     try:
-        with open(file, encoding="utf-8") as handle:
+        with open_input(file, "samples file", encoding="utf-8") as handle:
             for number, text in enumerate(handle, start=1):
                 if text.strip():
                     samples.append(_parse_line(file, number, text))
