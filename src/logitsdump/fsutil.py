@@ -324,7 +324,7 @@ def result_set(paths: Sequence[str | os.PathLike[str]]) -> Iterator[tuple[Path, 
         missing = [t for t, s in zip(targets, staged, strict=True) if not os.path.lexists(s)]
         if missing:
             raise RuntimeError(f"result_set: {missing[0].name} was not written")
-        order = list(range(1, len(targets))) + [0]
+        order = [*range(1, len(targets)), 0]
         for i in order:
             with write_errors(targets[i]):
                 os.replace(staged[i], targets[i])

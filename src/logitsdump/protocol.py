@@ -142,11 +142,11 @@ def read_request(environ: Mapping[str, str] | None = None) -> DumpRequest | None
         raise ConfigError(f"{ENV_TOKEN_MAX_LENGTH} must be an int > 0, found {token_max_length}")
     list_file = environ.get(ENV_BAD_CASE_LIST_FILE)
     if list_file:
+        from logitsdump.fsutil import LIST_FILE_MAX_BYTES, read_input_text
+
         try:
-            text = Path(list_file).read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"cannot read {ENV_BAD_CASE_LIST_FILE}={list_file}: {err.strerror}") from None
-        except ValueError as err:  # not UTF-8, or a NUL in the name
+            text = read_input_text(list_file, ENV_BAD_CASE_LIST_FILE, LIST_FILE_MAX_BYTES, error=ConfigError)
+        except ValueError as err:  # a NUL in the name
             raise ConfigError(f"cannot read {ENV_BAD_CASE_LIST_FILE}={list_file!r}: {err}") from None
         source = f"{ENV_BAD_CASE_LIST_FILE} ({list_file})"
     else:

@@ -14,8 +14,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from logitsdump.errors import FileFormatError
-from logitsdump.fsutil import FILE_MODE, atomic_open, safe_component, write_errors
+from logitsdump.errors import FileFormatError, UserError
+from logitsdump.fsutil import (
+    FILE_MODE,
+    JSON_SIDECAR_MAX_BYTES,
+    atomic_open,
+    open_input,
+    read_input,
+    safe_component,
+    write_errors,
+)
 
 LOGITS_PREFIX = "logits_"
 LOGITS_SUFFIX = ".pth"
@@ -27,6 +35,8 @@ VOCAB_NAME = "vocab.json"
 MANIFEST_SCHEMA_VERSION = 1
 #: Our runner's account of one dump: cases asked for, found in the dataset, complete (for `dump`'s summary).
 DUMP_SUMMARY_NAME = "dump_summary.json"
+#: The largest dump summary read (it holds three numbers).
+SUMMARY_MAX_BYTES = 64 << 10
 
 #: The HumanEval-X language tags that msit's parser recognises in a file name.
 LANGUAGE_TAGS = ("cpp", "go", "java", "js", "python")
@@ -178,11 +188,21 @@ def read_manifest(folder: str | os.PathLike[str], name: str = MANIFEST_NAME) -> 
     return list(_iter_manifest(Path(folder) / name))
 
 
+#: A manifest line longer than this (one case's record) is skipped without being held in memory.
+MAX_MANIFEST_LINE = 64 << 20
+#: The largest manifest read (about 100,000 cases of long prompts).
+MAX_MANIFEST_BYTES = 4 << 30
+
+
 def _iter_manifest(path: Path) -> Iterator[CaseManifest]:
-    if not path.is_file():
+    if not os.path.exists(path):  # none, or a dangling link: no complete case
         return
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
+    with open_input(path, "manifest", encoding="utf-8", max_bytes=MAX_MANIFEST_BYTES) as handle:
+        while line := handle.readline(MAX_MANIFEST_LINE + 1):
+            if len(line) > MAX_MANIFEST_LINE:  # a crafted line: skipped to its end
+                while line and not line.endswith("\n"):
+                    line = handle.readline(MAX_MANIFEST_LINE + 1)
+                continue
             if not line.endswith("\n"):
                 return  # cut short by a crash: that case is not complete
             try:
@@ -229,8 +249,8 @@ def read_vocab(folder: str | os.PathLike[str]) -> list[str] | None:
     """The vocabulary written by `write_vocab`, or None when absent or unreadable."""
     path = Path(folder) / VOCAB_NAME
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = json.loads(read_input(path, "vocabulary", JSON_SIDECAR_MAX_BYTES))
+    except (UserError, ValueError, RecursionError):  # missing, not a regular file, too large, not JSON
         return None
     return [str(t) for t in data] if isinstance(data, list) else None
 
@@ -254,9 +274,9 @@ def read_dump_summary(folder: str | os.PathLike[str]) -> DumpSummary | None:
     """The summary `write_dump_summary` wrote; None when absent, unreadable or malformed (a real
     modeltest writes none)."""
     try:
-        data = json.loads((Path(folder) / DUMP_SUMMARY_NAME).read_text(encoding="utf-8"))
+        data = json.loads(read_input(Path(folder) / DUMP_SUMMARY_NAME, "dump summary", SUMMARY_MAX_BYTES))
         values = [data[name] for name in ("requested", "matched", "complete")]
-    except (OSError, ValueError, RecursionError, TypeError, KeyError):
+    except (UserError, ValueError, RecursionError, TypeError, KeyError):
         return None
     if not all(type(v) is int and v >= 0 for v in values):
         return None

@@ -32,6 +32,7 @@ from logitsdump.compare.floor import (
     TOLERANCES_PREFIX,
     TOLERANCES_SCHEMA,
     TOLERANCES_VERSION,
+    finite_number,
     margin_of_kl,
     read_tolerances_file,
 )
@@ -152,9 +153,11 @@ def calibrate(
     pairs = [options] if isinstance(options, CompareOptions) else list(options)
     if not pairs:
         raise UsageError("calibrate needs at least one pair of folders")
-    if not (safety_factor >= 1.0 and math.isfinite(safety_factor)):
+    factor = finite_number(safety_factor)
+    if factor is None or factor < 1.0:
         raise UsageError(f"--safety-factor must be a finite number >= 1, found {safety_factor}")
-    if not (0.0 < quantile <= 1.0):
+    safety_factor = factor
+    if finite_number(quantile) is None or not (0.0 < quantile <= 1.0):
         raise UsageError(f"the calibration quantile must be in (0, 1], found {quantile}")
     runs = [measure(pair) for pair in pairs]
     cases = [case for run in runs for case in run.cases]

@@ -32,6 +32,7 @@ from typing import Any
 from logitsdump.compare.judge import Tolerances
 from logitsdump.dtypes import DATA_TYPES, DTYPE_EPS
 from logitsdump.errors import DataError
+from logitsdump.fsutil import TOLERANCES_MAX_BYTES, read_input_text, shorten
 from logitsdump.logs import get_logger
 
 #: llama.cpp `--kl-divergence` on LLaMA-3-8B, bf16 against fp16: the 99.9th percentile of per-token KL.
@@ -143,6 +144,18 @@ def resolve_floor(given: Mapping[str, float | None], *, file: str | None, measur
     return Floor(DEFAULT, tolerances, dtype)
 
 
+def finite_number(value: Any) -> float | None:
+    """A JSON number as a finite float, else None: booleans, text, NaN, infinities, and integers beyond
+    float's range (a 400-digit integer: `float()` would raise OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def read_tolerances_file(path: str | os.PathLike[str]) -> tuple[dict[str, float], dict[str, Any]]:
     """The tolerances of a file written by `calibrate` (or by hand): (CompareOptions field -> value,
     what it was measured on: its `measured` object, {} when absent).
@@ -152,11 +165,10 @@ def read_tolerances_file(path: str | os.PathLike[str]) -> tuple[dict[str, float]
     Raises DataError (exit 1) when the file is missing or malformed.
     """
     file = Path(path)
+    text = read_input_text(file, "--tolerances", TOLERANCES_MAX_BYTES)  # a FIFO or /dev/zero: one line
     try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DataError(f"--tolerances {file}: cannot read it: {err.strerror or err}") from err
-    except (ValueError, RecursionError) as err:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as err:  # ValueError: also an int of more than 4300 digits
         raise DataError(f"--tolerances {file}: not valid JSON ({err})") from err
     if not isinstance(document, Mapping):
         raise DataError(f"--tolerances {file}: expected a JSON object")
@@ -167,10 +179,10 @@ def read_tolerances_file(path: str | os.PathLike[str]) -> tuple[dict[str, float]
     for key in TOLERANCE_KEYS:
         if key not in table:
             continue
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"--tolerances {file}: {key} must be a finite number, found {value!r}")
-        values[key] = float(value)
+        number = finite_number(table[key])
+        if number is None:
+            raise DataError(f"--tolerances {file}: {key} must be a finite number, found {shorten(repr(table[key]))}")
+        values[key] = number
     if not values:
         raise DataError(f"--tolerances {file}: none of {', '.join(TOLERANCE_KEYS)} is given")
     if any(values.get(key, 0.0) < 0 for key in ("tie_tolerance", "noise_margin", "noise_kl", "noise_mean_kl")):

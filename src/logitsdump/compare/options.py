@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from logitsdump.compare.floor import NOISE_KEYS, Floor, read_tolerances_file, resolve_floor
+from logitsdump.compare.floor import NOISE_KEYS, Floor, finite_number, read_tolerances_file, resolve_floor
 from logitsdump.compare.metrics import Thresholds
 from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import UsageError
+from logitsdump.fsutil import shorten
 
 
 @dataclass(frozen=True)
@@ -60,27 +60,21 @@ class CompareOptions:
                              tie=tie)
 
     def validate(self) -> None:
-        """Raise UsageError (exit 2) for a value out of range, as msit checks its flags."""
-        if not (-1.0 <= self.cosine <= 1.0):
-            raise UsageError(f"-cs/--cosine-similarity must be in [-1, 1], found {self.cosine}")
-        if not (self.kl >= 0.0 and math.isfinite(self.kl)):
-            raise UsageError(f"-kl/--kl-divergence must be a finite number >= 0, found {self.kl}")
-        if not (self.l1 >= -1.0 and math.isfinite(self.l1)):
-            raise UsageError(f"-l1/--l1-norm must be a finite number >= -1, found {self.l1}")
+        """Raise UsageError (exit 2) for a value out of range, as msit checks its flags: every threshold
+        and tolerance is read as a finite float first (NaN, infinities and integers beyond float's range,
+        such as a 400-digit one, are refused, never an OverflowError)."""
+        for name, flag, low, high in _RANGES:
+            value = getattr(self, name)
+            if value is None and name not in _REQUIRED:
+                continue
+            number = finite_number(value)
+            if number is None or number < low or (high is not None and number > high):
+                span = f"in [{low:g}, {high:g}]" if high is not None else f"a finite number >= {low:g}"
+                raise UsageError(f"{flag} must be {span}, found {shorten(repr(value))}")
         if self.dtype not in DATA_TYPES:
             raise UsageError(f"-d/--dtype must be one of {', '.join(DATA_TYPES)}, found {self.dtype!r}")
         if self.topk < 1:
             raise UsageError(f"--topk must be >= 1, found {self.topk}")
-        if self.tie_tolerance is not None and not (self.tie_tolerance >= 0.0 and math.isfinite(self.tie_tolerance)):
-            raise UsageError(f"--tie-tolerance must be a finite number >= 0, found {self.tie_tolerance}")
-        for name in ("noise_margin", "noise_kl", "noise_mean_kl"):
-            value = getattr(self, name)
-            if value is not None and not (value >= 0.0 and math.isfinite(value)):
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, found {value}")
-        if self.noise_mean_kl_steps is not None and not (1.0 <= self.noise_mean_kl_steps < math.inf):
-            raise UsageError(f"--noise-mean-kl-steps must be a finite number >= 1, found {self.noise_mean_kl_steps}")
-        if self.noise_cosine is not None and not (-1.0 <= self.noise_cosine <= 1.0):
-            raise UsageError(f"--noise-cosine must be in [-1, 1], found {self.noise_cosine}")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be >= 1, found {self.workers}")
 
@@ -105,3 +99,19 @@ class CompareOptions:
             "noise_mean_kl_steps": tolerances.noise_mean_kl_steps,
             "tolerances_file": str(self.tolerances_file) if self.tolerances_file is not None else None,
         }
+
+
+#: (field, flag, lowest, highest or None) of every number `CompareOptions.validate` checks.
+_RANGES = (
+    ("cosine", "-cs/--cosine-similarity", -1.0, 1.0),
+    ("kl", "-kl/--kl-divergence", 0.0, None),
+    ("l1", "-l1/--l1-norm", -1.0, None),
+    ("tie_tolerance", "--tie-tolerance", 0.0, None),
+    ("noise_margin", "--noise-margin", 0.0, None),
+    ("noise_kl", "--noise-kl", 0.0, None),
+    ("noise_mean_kl", "--noise-mean-kl", 0.0, None),
+    ("noise_mean_kl_steps", "--noise-mean-kl-steps", 1.0, None),
+    ("noise_cosine", "--noise-cosine", -1.0, 1.0),
+)
+#: The thresholds that always have a value (the others may be None: not given).
+_REQUIRED = ("cosine", "kl", "l1")

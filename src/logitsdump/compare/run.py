@@ -29,6 +29,7 @@ from logitsdump.compare.verdicts import VERDICTS
 from logitsdump.errors import DataError
 from logitsdump.fsutil import check_path_fits, claim_stamped, ensure_writable_dir, result_set, timestamp
 from logitsdump.logs import get_logger
+from logitsdump.progress import tracked
 
 _log = get_logger("compare")
 
@@ -93,7 +94,8 @@ def measure(options: CompareOptions) -> Measured:
     out_dir = ensure_writable_dir(options.output_dir)
     topk = _bounded_topk(options.topk, folders.vocab_size())
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
-    steps = list(measure_all(pairs, options.thresholds(), topk, options.workers))
+    steps = list(tracked(measure_all(pairs, options.thresholds(), topk, options.workers), "measuring file pairs",
+                         len(pairs), "pair", logger=_log))
     cases = [folders.annotate(case) for case in judge_cases(steps, floor.tolerances, folders.replays(steps))]
     return Measured(out_dir, steps, cases, floor)
 

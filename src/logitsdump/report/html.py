@@ -26,6 +26,7 @@ from logitsdump.compare import verdicts
 from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
 from logitsdump.report import numbers, page_assets, statistics
+from logitsdump.report.index import detailed, limits_text, tabled
 from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
 
@@ -95,8 +96,11 @@ def render_report(result: CompareResult, *, topk: int | None = None) -> str:
     ]
     if not result.cases:
         parts.append('<p class="muted">This compare run has no cases.</p>')
-    for number, case in enumerate(result.cases):
-        parts.append(_case_section(result, case, number, k))
+    shown = detailed(result.rows)
+    if limits_text(result.rows, shown):
+        parts.append(f'<p class="muted limits">{escape(limits_text(result.rows, shown))}</p>')
+    for number in shown:  # a large run: the cases that matter, read one at a time (index.py)
+        parts.append(_case_section(result, result.cases[number], number, k))
     parts += [
         "</section>",
         f'<footer>{escape(result.tool)} · compare run {escape(_stamp(result.timestamp))} · '
@@ -121,11 +125,8 @@ def _test_name(result: CompareResult) -> str:
 
 def _device_name(result: CompareResult, *, golden: bool) -> str:
     """`fp32 · cpu` from the first manifest that says, else `golden` / `test`."""
-    for case in result.cases:
-        manifest = case.manifest(golden=golden)
-        if manifest is not None and manifest.dtype:
-            return f"{manifest.dtype} · {manifest.device}" if manifest.device else manifest.dtype
-    return "golden" if golden else "test"
+    name = result.index.golden_device if golden else result.index.test_device
+    return name or ("golden" if golden else "test")
 
 
 def _stamp(stamp: str) -> str:
@@ -181,7 +182,7 @@ def _overview(result: CompareResult) -> str:
     summary = result.summary
     replay_note = ""
     if result.replayed:
-        replayed = sum(1 for c in result.cases if c.replayed)
+        replayed = sum(1 for c in result.rows if c.replayed)
         replay_note = (
             f'<p class="replay-note">{replayed} of {total} case{"s" if total != 1 else ""} were <b>replayed</b>: '
             "the device under test was fed golden's generated tokens (<code>dump --replay</code>), so both devices "
@@ -267,9 +268,12 @@ def _case_table(result: CompareResult) -> str:
         for name, kind in columns
     )
     rows = []
-    for number, case in enumerate(result.cases):
+    linked = set(detailed(result.rows))
+    for number in tabled(result.rows):
+        case = result.rows[number]
+        label = f'<a href="#case-{number}">{escape(case.label)}</a>' if number in linked else escape(case.label)
         cells = [
-            _cell(f'<a href="#case-{number}">{escape(case.label)}</a>', case.label.lower()),
+            _cell(label, case.label.lower()),
             _cell(escape(case.task), case.task),
             _cell(f'<span class="pill v-{verdicts.slug(case.verdict)}">{escape(case.verdict)}</span>',
                   str(verdicts.rank(case.verdict))),

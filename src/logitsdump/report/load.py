@@ -18,15 +18,19 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from logitsdump.compare.distribution import StepStatistics
 from logitsdump.compare.outputs import CASES_JSON, OUTPUT_NAME, output_name, run_tag
 from logitsdump.compare.records import UNKNOWN_TASK, CaseRecord, CompareDocument, Step
 from logitsdump.compare.verdicts import FREE_RUN_VERDICTS, REPLAY_VERDICTS, VERDICTS
 from logitsdump.errors import DataError, FileFormatError
+from logitsdump.report.index import CaseRow, RunIndex, index_cases
+from logitsdump.report.stream import LazyCases, read_case_file
 from logitsdump.store import read_vocab
 
 __all__ = ["UNKNOWN_TASK", "CompareResult", "find_cases_json", "load_compare", "load_compares", "load_topk"]
@@ -34,12 +38,35 @@ __all__ = ["UNKNOWN_TASK", "CompareResult", "find_cases_json", "load_compare", "
 
 @dataclass(frozen=True)
 class CompareResult:
-    """A compare run read back from its case JSON (or several runs merged)."""
+    """A compare run read back from its case JSON (or several runs merged).
+
+    `cases` are full records (read from the file on demand when the run was streamed: `stream.py`);
+    `rows` (one compact `index.CaseRow` per case), `stats` and `index` hold what every case contributes
+    to the overview, the table and the statistics, without the steps."""
 
     json_path: Path
     document: CompareDocument
     #: Per case (same order), the logits folders it was compared from, when several runs were merged.
     case_folders: tuple[tuple[Path | None, Path | None], ...] = field(default=(), repr=False)
+    #: The index built while the cases were read (None: built from `cases` when first asked for).
+    prebuilt_index: RunIndex | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def index(self) -> RunIndex:
+        return self.prebuilt_index if self.prebuilt_index is not None else index_cases(self.cases)
+
+    @property
+    def rows(self) -> list[CaseRow]:
+        return self.index.rows
+
+    @cached_property
+    def stats(self) -> StepStatistics | None:
+        """llama.cpp's statistics of every case's judged steps (`CompareDocument.stats`, from the index)."""
+        return self.index.all_steps().statistics()
+
+    def task_stats(self) -> dict[str, StepStatistics | None]:
+        """The same per task, tasks sorted."""
+        return {task: values.statistics() for task, values in sorted(self.index.steps.items())}
 
     @property
     def tool(self) -> str:
@@ -61,33 +88,33 @@ class CompareResult:
     def cases(self) -> tuple[CaseRecord, ...]:
         return self.document.cases
 
-    @property
+    @cached_property
     def replayed(self) -> bool:
         """Whether any case of the run was replayed (`dump --replay`)."""
-        return any(case.replayed for case in self.cases)
+        return any(row.replayed for row in self.rows)
 
     def verdicts_shown(self) -> tuple[str, ...]:
         """The verdicts this run can have, in VERDICTS order: a free run's five, a replay's five, or
         all seven when the run mixes both (and any other verdict that a case has)."""
-        kinds = {case.replayed for case in self.cases}
+        kinds = {row.replayed for row in self.rows}
         wanted = set(REPLAY_VERDICTS if kinds == {True} else FREE_RUN_VERDICTS)
         if kinds == {True, False}:
             wanted |= set(REPLAY_VERDICTS)
-        wanted |= {case.verdict for case in self.cases if case.verdict in VERDICTS}
+        wanted |= {row.verdict for row in self.rows if row.verdict in VERDICTS}
         return tuple(v for v in VERDICTS if v in wanted)
 
     def verdict_counts(self) -> dict[str, int]:
         """verdict -> number of cases, every verdict of `verdicts_shown` present, in VERDICTS order."""
         counts = {v: 0 for v in self.verdicts_shown()}
-        for case in self.cases:
-            counts[case.verdict] = counts.get(case.verdict, 0) + 1
+        for row in self.rows:
+            counts[row.verdict] = counts.get(row.verdict, 0) + 1
         return counts
 
     def task_counts(self) -> dict[str, dict[str, int]]:
         """task -> verdict -> number of cases (tasks sorted, `unknown` last)."""
         table: dict[str, dict[str, int]] = {}
         shown = self.verdicts_shown()
-        for case in self.cases:
+        for case in self.rows:
             row = table.setdefault(case.task, {v: 0 for v in shown})
             row[case.verdict] = row.get(case.verdict, 0) + 1
         return dict(sorted(table.items(), key=lambda kv: (kv[0] == UNKNOWN_TASK, kv[0])))
@@ -123,15 +150,21 @@ class CompareResult:
 
 
 def load_compare(source: Any) -> CompareResult:
-    """Read a compare run from a folder, one of its files, or a `CompareSummary`."""
+    """Read a compare run from a folder, one of its files, or a `CompareSummary`: the case JSON streamed
+    one case at a time (`stream.read_case_file`), so memory does not grow with the steps."""
     path = find_cases_json(source)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror or err}") from err
-    except ValueError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from err
-    return parse_document(document, path)
+    read = read_case_file(path)
+    head = read.head
+    options, summary = head.get("options"), head.get("summary")
+    document = CompareDocument(
+        tool=head["tool"] if isinstance(head.get("tool"), str) else "logitsdump",
+        timestamp=head["timestamp"] if isinstance(head.get("timestamp"), str) else "",
+        options=dict(options) if isinstance(options, Mapping) else {},
+        summary=dict(summary) if isinstance(summary, Mapping) else {},
+        cases=read.cases,  # type: ignore[arg-type]  # a lazy sequence, parsed on demand
+        floor=dict(head["floor"]) if isinstance(head.get("floor"), Mapping) else None,
+    )
+    return CompareResult(path, document, prebuilt_index=read.index)
 
 
 def load_compares(sources: Sequence[Any]) -> CompareResult:
@@ -141,7 +174,14 @@ def load_compares(sources: Sequence[Any]) -> CompareResult:
         return results[0]
     if not results:
         raise DataError("no compare output given")
-    cases = tuple(case for result in results for case in result.cases)
+    lazy = [result.cases for result in results]
+    if all(isinstance(c, LazyCases) for c in lazy):
+        cases: Sequence[CaseRecord] = sum(lazy[1:], start=lazy[0])  # type: ignore[arg-type]
+    else:
+        cases = tuple(case for result in results for case in result.cases)
+    index = RunIndex()
+    for result in results:
+        index.extend(result.index)
     folders = tuple(result.folders(i) for result in results for i in range(len(result.cases)))
     summary: dict[str, Any] = {}
     for result in results:
@@ -160,8 +200,9 @@ def load_compares(sources: Sequence[Any]) -> CompareResult:
         options[name] = paths[0] if len(set(paths)) == 1 else f"{len(paths)} folders"
     floors = {json.dumps(r.document.floor, sort_keys=True) for r in results}
     floor = first.document.floor if len(floors) == 1 else None  # merged runs of different floors: none named
-    document = CompareDocument(first.tool, max(r.timestamp for r in results), options, summary, cases, floor=floor)
-    return CompareResult(first.json_path, document, folders)
+    document = CompareDocument(first.tool, max(r.timestamp for r in results), options, summary,
+                               cases, floor=floor)  # type: ignore[arg-type]
+    return CompareResult(first.json_path, document, folders, prebuilt_index=index)
 
 
 def parse_document(document: Any, path: Path) -> CompareResult:
@@ -182,8 +223,8 @@ def find_cases_json(source: Any) -> Path:
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"expected a path or a CompareSummary, got {type(source).__name__}")
     path = Path(source)
-    if path.is_dir():
-        runs = [p for p in path.iterdir() if run_tag(p) is not None and p.name.endswith(".json")]
+    if path.is_dir():  # regular files only: a FIFO named like a case JSON would block the read
+        runs = [p for p in path.iterdir() if run_tag(p) is not None and p.name.endswith(".json") and p.is_file()]
         if not runs:
             raise DataError(f"{path}: no logits_cmp_cases_<timestamp>.json in this folder; "
                             "run `logitsdump compare -o` into it first")

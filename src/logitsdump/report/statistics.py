@@ -7,11 +7,12 @@ percent) and the KLD quantile curve (`svg.histogram`, `svg.quantile_plot`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Sequence
 from html import escape
 
 from logitsdump.compare.distribution import DP_PERCENTILES, KLD_PERCENTILES, StepStatistics
-from logitsdump.compare.records import CaseRecord, Step, finite_float, step_statistics
+from logitsdump.compare.records import CaseRecord, finite_float
 from logitsdump.compare.stats import quantiles
 from logitsdump.report import numbers
 from logitsdump.report.load import CompareResult
@@ -25,11 +26,11 @@ _MISSING = "–"
 def run_section(result: CompareResult) -> str:
     """The overview's statistics: every case together, then each task (when there are several), and the
     two plots of every judged step."""
-    rows: list[tuple[str, StepStatistics | None]] = [("all cases", result.document.stats)]
-    tasks = _by_task(result.cases)
+    rows: list[tuple[str, StepStatistics | None]] = [("all cases", result.stats)]
+    tasks = result.task_stats()
     if len(tasks) > 1:
-        rows += [(task, step_statistics(s for c in cases for s in c.judged_steps)) for task, cases in tasks.items()]
-    steps = [s for case in result.cases for s in case.judged_steps]
+        rows += list(tasks.items())
+    values = result.index.all_steps()
     return (
         '<section id="statistics">'
         "<h2>Statistics <span class=\"muted\">(llama.cpp's <code>--kl-divergence</code> figures, over the "
@@ -38,7 +39,7 @@ def run_section(result: CompareResult) -> str:
         "almost always. A precision problem: a long KLD tail and Δp leaning negative (the test makes golden's "
         "token less likely). ± is one standard error. See docs/compare.md, “Statistics”.</p>"
         f"{_kld_table(rows)}{_dp_table(rows)}"
-        f'<div class="plots">{_figures(steps, result, "every judged step")}</div>'
+        f'<div class="plots">{_figures(values.kl, values.dp, result, "every judged step")}</div>'
         "</section>"
     )
 
@@ -52,22 +53,20 @@ def case_block(case: CaseRecord, result: CompareResult) -> str:
     return (
         f'<h4>Distribution over the {stats.kld_steps} judged step{"s" if stats.kld_steps != 1 else ""}</h4>'
         f"{_kld_table(rows, 'h5')}{_dp_table(rows, 'h5')}"
-        f'<div class="plots">{_figures(case.judged_steps, result, case.label)}</div>'
+        f'<div class="plots">{_case_figures(case, result)}</div>'
     )
 
 
-def _by_task(cases: Iterable[CaseRecord]) -> dict[str, list[CaseRecord]]:
-    groups: dict[str, list[CaseRecord]] = {}
-    for case in cases:
-        groups.setdefault(case.task, []).append(case)
-    return dict(sorted(groups.items()))
+def _case_figures(case: CaseRecord, result: CompareResult) -> str:
+    measured = [s.metrics for s in case.judged_steps if s.metrics is not None]
+    dp = [m.signed_dp for m in measured if m.signed_dp is not None]
+    return _figures([m.kl_divergence for m in measured], dp, result, case.label)
 
 
-def _figures(steps: Sequence[Step], result: CompareResult, what: str) -> str:
-    measured = [s.metrics for s in steps if s.metrics is not None]
-    kl = [m.kl_divergence for m in measured]
-    dp = [m.signed_dp * 100 for m in measured if m.signed_dp is not None]
-    mean = sum(dp) / len(dp) if dp else None
+def _figures(kl: Sequence[float], dp_fraction: Sequence[float], result: CompareResult, what: str) -> str:
+    """The KLD quantile curve and the Δp histogram of the steps whose KL and Δp (a fraction) are given."""
+    dp = [value * 100 for value in dp_fraction]
+    mean = math.fsum(dp) / len(dp) if dp else None
     tolerance_name = "noise_kl" if result.replayed else "kl_divergence"
     tolerance = finite_float(result.options.get(tolerance_name))
     curve = quantile_plot(

@@ -14,8 +14,8 @@ from typing import Any, TextIO
 
 from logitsdump.compare import verdicts
 from logitsdump.compare.distribution import DP_PERCENTILES, KLD_PERCENTILES, StepStatistics
-from logitsdump.compare.records import CaseRecord
 from logitsdump.report import numbers
+from logitsdump.report.index import CaseRow, severity
 from logitsdump.report.load import CompareResult, load_compare, parse_document
 
 #: How many of the worst cases are listed.
@@ -71,9 +71,9 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
     hints = [f"{paint(v, v)}: {verdicts.BY_NAME[v].hint}" for v in counts if counts.get(v) and v in verdicts.BY_NAME]
     if hints:
         lines.append("  " + " · ".join(hints))
-    if result.document.stats is not None:
+    if result.stats is not None:
         lines.append("")
-        lines += _statistics(result.document.stats, paint)
+        lines += _statistics(result.stats, paint)
     # -- tasks
     tasks = result.task_counts()
     shown_verdicts = result.verdicts_shown()
@@ -92,7 +92,7 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
                 cells.append("  " + (paint(verdict, cell) if n else paint("dim", cell)))
             lines.append(f"  {task:<{task_w}}  {sum(row.values()):>5}" + "".join(cells))
     # -- worst cases
-    ranked = sorted(result.cases, key=_severity)
+    ranked = sorted(result.rows, key=severity)
     listed = [c for c in ranked if verdicts.listed_among_worst(c.verdict)]
     shown = listed[:worst]
     if shown:
@@ -166,15 +166,11 @@ def _painter(color: bool):
     return paint
 
 
-def _severity(case: CaseRecord) -> tuple:
-    return (verdicts.severity(case.verdict), -(case.worst_kl or 0.0), case.worst_cosine or 1.0)
-
-
-def _focus(case: CaseRecord) -> str:
+def _focus(case: CaseRow) -> str:
     return str(case.focus_step) if case.focus_step is not None else "-"
 
 
-def _margin(case: CaseRecord) -> float | None:
+def _margin(case: CaseRow) -> float | None:
     """Golden's flip margin at the step the case is shown at (a replay: the focus step's change)."""
     if not case.replayed:
         return case.flip_margin

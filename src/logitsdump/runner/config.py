@@ -13,6 +13,7 @@ from typing import Any
 
 from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import ConfigError
+from logitsdump.fsutil import CONFIG_MAX_BYTES, check_regular, read_input_text
 from logitsdump.logs import get_logger
 
 log = get_logger("config")
@@ -69,10 +70,12 @@ def _load_yaml_mapping(path: str | Path, what: str) -> tuple[Path, dict[str, Any
     import yaml
 
     file = Path(path)
+    check_regular(file, f"{what} file", error=ConfigError)
     if not file.is_file():
         raise ConfigError(f"{what} file not found: {file}")
+    text = read_input_text(file, f"{what} file", CONFIG_MAX_BYTES, error=ConfigError)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

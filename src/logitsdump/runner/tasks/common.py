@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from logitsdump.errors import ConfigError, DataError
+from logitsdump.fsutil import check_regular, open_input
 from logitsdump.runner.config import TaskConfig
 from logitsdump.runner.tasks.base import Case, Generation, Judgement, Tokenizer
 
 
 def require_file(path: Path, what: str) -> Path:
     """`path` if it is a file; DataError saying what was expected otherwise."""
+    check_regular(path, "dataset file")  # a FIFO or a device: one line, never a read that blocks
     if not path.is_file():
         raise DataError(f"dataset file not found: {path} (expected {what})")
     return path
@@ -32,7 +34,7 @@ def read_jsonl(path: Path, required: Sequence[str], what: str) -> list[tuple[int
     require_file(path, what)
     rows: list[tuple[int, dict[str, Any]]] = []
     try:
-        with path.open(encoding="utf-8") as handle:
+        with open_input(path, "dataset file", encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -61,7 +63,7 @@ def read_csv_rows(path: Path, min_columns: int, what: str) -> list[tuple[int, li
     require_file(path, what)
     rows: list[tuple[int, list[str]]] = []
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with open_input(path, "dataset file", encoding="utf-8", newline="") as handle:
             reader = csv.reader(handle)
             start = 1
             for row in reader:
