@@ -106,7 +106,7 @@ def test_resume_completes_a_partial_dump(tmp_path, monkeypatch):
     store.rewrite_manifest(folder, records[:2])
     for name in records[2].files[1:]:
         (folder / name).unlink()
-    (folder / ".logits_GSM8K.jsonl_3_1.pth.abc.tmp").write_bytes(b"partial")
+    (folder / ".logits_GSM8K.jsonl_3_1.pth.0a1b2c3d.tmp").write_bytes(b"partial")  # as fsutil names them
     resumed = dump(partial_root, monkeypatch, "gsm8k", "[1, 2, 3]", 4, resume=True)
     assert [o.key for o in resumed.outcomes] == ["3"]  # only the missing case was re-inferred
     assert logits_files(folder) == logits_files(full)

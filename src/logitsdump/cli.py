@@ -191,6 +191,11 @@ def _add_dump_parser(subparsers) -> None:
         "--resume", action="store_true", help="our addition: keep cases already complete in the logits folder"
     )
     parser.add_argument(
+        "--overwrite", action="store_true",
+        help="our addition: replace the previous dump in the logits folder (only the files it wrote are removed; "
+        "without --resume or --overwrite a logits folder that holds files is refused)",
+    )
+    parser.add_argument(
         "--logits-fp32", action="store_true", help="our addition: save logits as float32 (our runner only)"
     )
     parser.add_argument(
@@ -242,6 +247,7 @@ def _run_dump(args: argparse.Namespace) -> int:
         token_range=args.token_range,
         resume=args.resume,
         logits_fp32=args.logits_fp32,
+        overwrite=args.overwrite,
         replay=args.replay,
         replay_mode=args.replay_mode,
     )
@@ -262,7 +268,7 @@ def _run_samples_dump(args: argparse.Namespace) -> int:
     result = run_samples_dump(SamplesDumpOptions(
         samples_path=args.from_samples, bad_case_csv=args.bad_case_result, model_config_path=args.model_config_path,
         token_range=args.token_range, output_dir=args.output_dir, device=args.device, resume=args.resume,
-        logits_fp32=args.logits_fp32, replay=args.replay, replay_mode=args.replay_mode,
+        overwrite=args.overwrite, logits_fp32=args.logits_fp32, replay=args.replay, replay_mode=args.replay_mode,
     ))
     for line in result.summary_lines():
         print(line, flush=True)

@@ -42,13 +42,15 @@ log = get_logger("dump")
 
 @dataclass(frozen=True)
 class DumpOptions:
-    """Inputs of `run_dump` (msit's `logitsdump` flags plus our `resume` and `logits_fp32`)."""
+    """Inputs of `run_dump` (msit's `logitsdump` flags plus our `resume`, `overwrite` and `logits_fp32`)."""
 
     exec_command: str
     bad_case_csv: str
     token_range: int = 1
     resume: bool = False
     logits_fp32: bool = False
+    #: our extension: replace the previous dump in the logits folder (only the files it wrote)
+    overwrite: bool = False
     #: our extension: the golden dump's logits folder whose tokens are fed (teacher forcing)
     replay: str | None = None
     replay_mode: str = "step"
@@ -115,6 +117,8 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
     """Read the bad-case CSV, run the child command with the dump protocol, report what it wrote."""
     if options.token_range <= 0:
         raise UsageError(f"--token-range must be an int > 0, found {options.token_range}")
+    if options.resume and options.overwrite:
+        raise UsageError("--resume keeps the logits folder's complete cases, --overwrite replaces them: give one")
     env = dict(os.environ if base_env is None else base_env)
     command = validate_command(options.exec_command, path=env.get("PATH", os.defpath))
     request = read_bad_case_request(
@@ -123,6 +127,8 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
         resume=options.resume,
         logits_fp32=options.logits_fp32,
     )
+    if options.overwrite:
+        request = replace(request, overwrite=True)
     if options.replay is not None:
         request = replace(request, replay_dir=_replay_dir(options.replay, command), replay_mode=options.replay_mode)
     _check_list_length(request, options.bad_case_csv)

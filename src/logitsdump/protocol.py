@@ -28,6 +28,9 @@ ENV_BAD_CASE_LIST = "BAD_CASE_LIST"
 ENV_BAD_CASE_LIST_FILE = "LOGITSDUMP_BAD_CASE_LIST_FILE"
 #: Our extension: `1` keeps the cases already complete in the logits folder (`dump --resume`).
 ENV_RESUME = "LOGITSDUMP_RESUME"
+#: Our extension: `1` replaces the previous dump in the logits folder (`dump --overwrite`): only the files
+#: it wrote are removed; without this or ENV_RESUME a folder that holds files is refused.
+ENV_OVERWRITE = "LOGITSDUMP_OVERWRITE"
 #: Our extension: `1` saves logits as float32 instead of the model's dtype.
 ENV_LOGITS_FP32 = "LOGITSDUMP_LOGITS_FP32"
 #: Our extension (`dump --replay DIR`): the golden dump whose generated tokens the runner feeds
@@ -59,6 +62,7 @@ class DumpRequest:
     resume: bool = False
     logits_fp32: bool = False
     replay_dir: str | None = None
+    overwrite: bool = False
     replay_mode: str = "step"
 
     @property
@@ -89,8 +93,8 @@ def child_environment(
     BAD_CASE_LIST is not set. `base` is never modified.
     """
     env = dict(base)
-    for name in (ENV_BAD_CASE_LIST, ENV_BAD_CASE_LIST_FILE, ENV_RESUME, ENV_LOGITS_FP32, ENV_REPLAY_DIR,
-                 ENV_REPLAY_MODE):
+    for name in (ENV_BAD_CASE_LIST, ENV_BAD_CASE_LIST_FILE, ENV_RESUME, ENV_OVERWRITE, ENV_LOGITS_FP32,
+                 ENV_REPLAY_DIR, ENV_REPLAY_MODE):
         env.pop(name, None)
     env[ENV_DUMP_ENABLED] = "True"
     env[ENV_TOKEN_MAX_LENGTH] = str(request.token_max_length)
@@ -100,6 +104,8 @@ def child_environment(
         env[ENV_BAD_CASE_LIST_FILE] = str(list_file)
     if request.resume:
         env[ENV_RESUME] = "1"
+    if request.overwrite:
+        env[ENV_OVERWRITE] = "1"
     if request.logits_fp32:
         env[ENV_LOGITS_FP32] = "1"
     if request.replay_dir is not None:
@@ -156,6 +162,7 @@ def read_request(environ: Mapping[str, str] | None = None) -> DumpRequest | None
         token_max_length=token_max_length,
         indices=parse_case_list(text, source),
         resume=environ.get(ENV_RESUME, "") == "1",
+        overwrite=environ.get(ENV_OVERWRITE, "") == "1",
         logits_fp32=environ.get(ENV_LOGITS_FP32, "") == "1",
         replay_dir=environ.get(ENV_REPLAY_DIR) or None,
         replay_mode=_replay_mode(environ),

@@ -31,7 +31,11 @@ from logitsdump.runner.tasks.base import Case
 
 if TYPE_CHECKING:
     from logitsdump.runner.backends.base import Backend, Decoded
+    from logitsdump.runner.config import ModelConfig
+    from logitsdump.runner.device import Device
     from logitsdump.runner.dumping import LogitsWriter
+    from logitsdump.runner.logits_folder import FolderClaim
+    from logitsdump.runner.outputs import OutputLayout
     from logitsdump.runner.replay import ReplaySource
 
 log = get_logger("dump")
@@ -53,6 +57,8 @@ class SamplesDumpOptions:
     device: str = "auto"
     resume: bool = False
     logits_fp32: bool = False
+    #: replace the previous dump in the logits folder (only the files it wrote)
+    overwrite: bool = False
     #: generation docs: the golden dump's logits folder whose tokens are fed (teacher forcing)
     replay: str | None = None
     replay_mode: str = "step"
@@ -113,13 +119,28 @@ def run_samples_dump(options: SamplesDumpOptions, backend: Backend | None = None
     """
     if options.token_range <= 0:
         raise UsageError(f"--token-range must be an int > 0, found {options.token_range}")
+    if options.resume and options.overwrite:
+        raise UsageError("--resume keeps the logits folder's complete cases, --overwrite replaces them: give one")
     task, docs = bad_docs(options.samples_path, options.bad_case_csv)
     replay = _replay_source(options, docs)
     from logitsdump.fsutil import ensure_writable_dir
 
     ensure_writable_dir(options.output_dir or ".")  # before the model loads
-    if backend is None:
-        backend = _load_backend(options)
+    request = DumpRequest(token_max_length=options.token_range, indices=tuple(d.doc_id for d in docs),
+                          resume=options.resume, logits_fp32=options.logits_fp32, overwrite=options.overwrite)
+    config, device = _model_and_device(options) if backend is None else (backend.config, backend.device)
+    claim = _claim(task, request, options.output_dir, config, device.label)  # before the model loads
+    try:
+        if backend is None:
+            backend = _load_backend(config, device)
+        return _dump_docs(options, backend, task, docs, replay, request, claim)
+    finally:
+        claim.release()
+
+
+def _dump_docs(options: SamplesDumpOptions, backend: Backend, task: str, docs: Sequence[Sample],
+               replay: ReplaySource | None, request: DumpRequest, claim: FolderClaim) -> DumpResult:
+    """Replay each doc through the loaded model into the claimed logits folder."""
     if backend.config.use_chat_template:
         log.warning("the model YAML's use_chat_template is ignored: the logged prompts are already what lm-eval "
                     "fed the model (with --apply_chat_template, the template is in them)")
@@ -127,9 +148,7 @@ def run_samples_dump(options: SamplesDumpOptions, backend: Backend | None = None
     if sampled:
         log.warning("%d doc(s) were sampled by lm-eval (do_sample), replayed greedily: doc_id %s",
                     len(sampled), ", ".join(map(str, sampled[:5])))
-    request = DumpRequest(token_max_length=options.token_range, indices=tuple(d.doc_id for d in docs),
-                          resume=options.resume, logits_fp32=options.logits_fp32)
-    writer = _writer(backend, task, request, options.output_dir)
+    writer = _writer(backend, task, request, options.output_dir, claim)
     planned = sum(len(d.requests) for d in docs)
     log.info("dump: %d bad docs of %s (%d cases), %d tokens each, from %s", len(docs), task, planned,
              options.token_range, options.samples_path)
@@ -159,35 +178,56 @@ def _replay_source(options: SamplesDumpOptions, docs: Sequence[Sample]) -> Repla
     return ReplaySource(options.replay, options.replay_mode)
 
 
-def _load_backend(options: SamplesDumpOptions) -> Backend:
-    from logitsdump.errors import ConfigError
-    from logitsdump.runner import backends
+def _model_and_device(options: SamplesDumpOptions) -> tuple[ModelConfig, Device]:
+    """The model YAML (its folder checked) and the device, before anything loads."""
     from logitsdump.runner.config import check_model_folder, load_model_config
     from logitsdump.runner.device import choose_device
 
     config = load_model_config(options.model_config_path)
     check_model_folder(config)
+    return config, choose_device(options.device)
+
+
+def _load_backend(config: ModelConfig, device: Device) -> Backend:
+    from logitsdump.errors import ConfigError
+    from logitsdump.runner import backends
+
     try:
         backend_class = backends.backend_class(config.requested_gpu_framework)
     except ConfigError as err:
         raise ConfigError(f"model config {config.source}: {err}") from None
-    return backend_class(config, choose_device(options.device))
+    return backend_class(config, device)
 
 
-def _writer(backend: Backend, task: str, request: DumpRequest, output_dir: str) -> LogitsWriter:
-    from logitsdump.runner import outputs
+def _layout(config: ModelConfig, task: str, output_dir: str, device_label: str) -> OutputLayout:
+    from logitsdump.runner.outputs import OutputLayout
+
+    return OutputLayout(
+        output_dir=Path(output_dir or "."), device_label=device_label, task_name=task,
+        data_type=config.data_type, model_name=config.model_name, model_type=config.model_type, batch_size=1, tp=1,
+    )
+
+
+def _claim(task: str, request: DumpRequest, output_dir: str, config: ModelConfig, device_label: str) -> FolderClaim:
+    """The logits folder checked and locked (`runner.logits_folder`)."""
+    from logitsdump.runner.logits_folder import claim
+
+    layout = _layout(config, task, output_dir, device_label)
+    return claim(layout.logits_dir, layout.output_dir, request)
+
+
+def _writer(backend: Backend, task: str, request: DumpRequest, output_dir: str, claim: FolderClaim) -> LogitsWriter:
     from logitsdump.runner.dumping import DumpContext, LogitsWriter
 
     config, provenance = backend.config, backend.provenance()
-    layout = outputs.OutputLayout(
-        output_dir=Path(output_dir or "."), device_label=backend.device.label, task_name=task,
-        data_type=config.data_type, model_name=config.model_name, model_type=config.model_type, batch_size=1, tp=1,
-    )
+    layout = _layout(config, task, output_dir, backend.device.label)
+    if layout.logits_dir != claim.folder:  # the backend chose another device than the one claimed
+        claim = _claim(task, request, output_dir, config, backend.device.label)
     writer = LogitsWriter(layout.logits_dir, request, DumpContext(
         task=task, model_name=config.model_name, model_path=provenance.model_path, dtype=config.data_type,
         vocab_size=backend.vocab_size, device=provenance.device, versions=dict(provenance.versions),
     ))
-    writer.prepare(backend.token_texts(range(backend.vocab_size)))
+    writer.prepare(backend.token_texts(range(backend.vocab_size)), claim)
     return writer
 
 

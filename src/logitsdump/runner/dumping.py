@@ -7,7 +7,6 @@ The file names and the manifest format belong to `store`; the folder to
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from logitsdump import store
 from logitsdump.fsutil import make_dirs
 from logitsdump.logs import get_logger
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
+from logitsdump.runner.logits_folder import TEMPORARY, FolderClaim
 from logitsdump.runner.tasks.base import Case
 
 log = get_logger("dump")
@@ -90,20 +90,23 @@ class LogitsWriter:
         for part in self.folder.glob(store.MANIFEST_PART_GLOB):
             part.unlink()
 
-    def prepare(self, vocab: Sequence[str]) -> None:
-        """Clear the folder (modeltest does), or with resume keep the complete cases.
+    def prepare(self, vocab: Sequence[str], claim: FolderClaim) -> None:
+        """Make the folder ready: with resume keep the complete cases (and remove our stale temporaries);
+        with overwrite remove the previous dump's own files (`claim` decided which, and holds the lock).
 
         Called by one process only (rank 0); the others call `load_complete` after it.
         """
         if self.request.resume and self.folder.is_dir():
             kept = self._merged_records()
             self._write_merged(kept)
-            for stale in self.folder.glob(".*.tmp"):
-                stale.unlink()
+            for stale in self.folder.iterdir():
+                if TEMPORARY.match(stale.name) and stale.is_file():
+                    stale.unlink()
             log.info("resume: %d cases already complete in %s", len(kept), self.folder)
-        else:
-            if self.folder.exists():
-                shutil.rmtree(self.folder)
+        elif claim.previous:
+            claim.clear_previous_dump()
+            log.info("overwrite: the previous dump's %d file(s) (%d complete case(s)) removed from %s",
+                     len(claim.previous), claim.previous_cases, self.folder)
         make_dirs(self.folder)  # never world-writable, whatever the umask
         store.write_vocab(self.folder, vocab)
         self.load_complete()

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from logitsdump.runner.backends import Backend
     from logitsdump.runner.distributed import World
     from logitsdump.runner.dumping import LogitsWriter
+    from logitsdump.runner.logits_folder import FolderClaim
     from logitsdump.runner.replay import ReplaySource
 
 log = get_logger("eval")
@@ -88,6 +89,8 @@ class _Run:
     backend: Backend
     world: World
     layout: outputs.OutputLayout
+    #: rank 0 of a dump: the logits folder's lock and what it found there
+    claim: FolderClaim | None = None
 
 
 @dataclass(frozen=True)
@@ -144,15 +147,44 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     if backend is not None:
         if world.distributed:
             raise ConfigError("a preloaded backend cannot be shared by torchrun's processes")
-        return _run_loaded(plan, backend, world)
+        claim = _claim_logits_folder(plan, model_config, backend.device.label, world)
+        try:
+            return _run_loaded(plan, backend, world, claim)
+        finally:
+            if claim is not None:
+                claim.release()
     device = choose_device(options.device, world.local_rank if world.distributed else None)
+    # the dump's folder: an odd layout, another dump writing it, or files nobody said to keep or replace
+    # are refused here, before the model loads
+    claim = _claim_logits_folder(plan, model_config, device.label, world)
     distributed.init_process_group(world, device.kind)
     try:
         with interrupt.stop_on_signals():  # SIGINT/SIGTERM while the model loads: one line, exit 130/143
             loaded = backend_class(model_config, device, tensor_parallel=world.tensor_parallel)
-        return _run_loaded(plan, loaded, world)
+        return _run_loaded(plan, loaded, world, claim)
     finally:
         distributed.shutdown(world)
+        if claim is not None:
+            claim.release()
+
+
+def _claim_logits_folder(plan: _Plan, model_config: ModelConfig, device_label: str, world: World) -> FolderClaim | None:
+    """Rank 0 of a dump: check, lock and inspect the logits folder (`logits_folder.claim`); None otherwise."""
+    if plan.request is None or not world.is_main:
+        return None
+    from logitsdump.runner.logits_folder import claim
+
+    layout = _layout(plan.options, model_config, plan.task_config, device_label)
+    return claim(layout.logits_dir, layout.output_dir, plan.request)
+
+
+def _layout(options: EvalOptions, model_config: ModelConfig, task_config: TaskConfig,
+            device_label: str) -> outputs.OutputLayout:
+    return outputs.OutputLayout(
+        output_dir=Path(options.output_dir or "."), device_label=device_label, task_name=task_config.task_name,
+        data_type=model_config.data_type, model_name=model_config.model_name, model_type=model_config.model_type,
+        batch_size=options.batch_size, tp=options.tp,
+    )
 
 
 def _check_output_paths(options: EvalOptions, model_config: ModelConfig, task_config: TaskConfig) -> None:
@@ -160,18 +192,14 @@ def _check_output_paths(options: EvalOptions, model_config: ModelConfig, task_co
 
     The device label is not known yet: "CPU", "GPU" and "NPU" have the same length.
     """
-    layout = outputs.OutputLayout(
-        output_dir=Path(options.output_dir or "."), device_label="CPU", task_name=task_config.task_name,
-        data_type=model_config.data_type, model_name=model_config.model_name, model_type=model_config.model_type,
-        batch_size=options.batch_size, tp=options.tp,
-    )
+    layout = _layout(options, model_config, task_config, "CPU")
     check_path_fits(layout.output_dir, "--output_dir")
     for path in layout.planned_paths():
         check_path_fits(path, f"an output path (--output_dir, then model_type, data_type and model_name from "
                               f"{model_config.source})")
 
 
-def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:
+def _run_loaded(plan: _Plan, backend: Backend, world: World, claim: FolderClaim | None) -> EvalResult:
     """Load tokenizer-built cases, pick the dump's bad cases, lay out the outputs, then evaluate."""
     cases = plan.cases
     if needs_tokenizer(plan.task):
@@ -181,18 +209,8 @@ def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:
 
         cases = select_cases(cases, plan.request)
         log.info("dump: %d bad cases to re-infer, %d tokens each", len(cases), plan.request.token_max_length)
-    model_config = backend.config
-    layout = outputs.OutputLayout(
-        output_dir=Path(plan.options.output_dir or "."),
-        device_label=backend.device.label,
-        task_name=plan.task_config.task_name,
-        data_type=model_config.data_type,
-        model_name=model_config.model_name,
-        model_type=model_config.model_type,
-        batch_size=plan.options.batch_size,
-        tp=plan.options.tp,
-    )
-    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout)
+    layout = _layout(plan.options, backend.config, plan.task_config, backend.device.label)
+    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout, claim)
     with interrupt.stop_on_signals():  # SIGINT/SIGTERM: exit 130/143, also inside a forward pass
         return _evaluate(run, cases)
 
@@ -222,7 +240,12 @@ def _make_writer(run: _Run, request: DumpRequest) -> LogitsWriter | None:
             manifest_name=store.manifest_part_name(world.rank) if world.data_parallel else store.MANIFEST_NAME,
         )
         if world.is_main:
-            writer.prepare(backend.token_texts(range(backend.vocab_size)))
+            claim = run.claim
+            if claim is None or claim.folder != run.layout.logits_dir:  # the backend chose another device
+                from logitsdump.runner.logits_folder import claim as claim_folder
+
+                claim = claim_folder(run.layout.logits_dir, run.layout.output_dir, request)
+            writer.prepare(backend.token_texts(range(backend.vocab_size)), claim)
     distributed.barrier(world)
     if writer is not None and not world.is_main:
         writer.load_complete()
