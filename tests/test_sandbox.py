@@ -51,23 +51,32 @@ def test_infinite_loop_times_out_quickly():
 
 
 def test_timeout_kills_the_whole_group():
+    marker = f"logitsdump-test-{os.getpid()}-{time.monotonic_ns()}"  # pids inside the sandbox are its own
     code = "import subprocess, sys, time\n"
-    code += "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+    code += f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
     code += "print(p.pid, flush=True)\ntime.sleep(60)\n"
     result = run_python(code, timeout_s=2)
-    assert result.timed_out
-    child = int(result.stdout.split()[0])
+    assert result.timed_out and result.stdout.split()  # the grandchild was started
     time.sleep(0.2)
-    assert _gone_or_zombie(child)
+    assert not _running_with(marker)
 
 
-def _gone_or_zombie(pid: int) -> bool:
-    """Killed: either reaped already, or a zombie waiting for its new parent to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+def _running_with(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line holds `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker.encode() not in handle.read():
+                    continue
+            with open(f"/proc/{entry}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def test_memory_hog_is_stopped():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,7 @@ from logitsdump import __version__
 from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import EXIT_FAILURE, UsageError, UserError
 from logitsdump.logs import LEVELS, get_logger, setup_logging
+from logitsdump.procguard import Terminated, terminate_like_interrupt
 from logitsdump.protocol import REPLAY_MODES
 
 Handler = Callable[[argparse.Namespace], int]
@@ -564,12 +566,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = getattr(args, "log_level", "info")
     setup_logging(level)
     try:
-        return handler(args)
+        with terminate_like_interrupt():  # SIGTERM: the same one line as Ctrl-C, exit 143
+            return handler(args)
     except UserError as err:
         if level == "debug":
             get_logger().exception("error")
         print(f"logitsdump {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except Terminated:
+        print(f"logitsdump {args.command}: interrupted by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"logitsdump {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,8 @@ The command is split into words as a POSIX shell would (quotes group a path with
 run through a shell (msit splits on white space and runs no shell either). The child gets a
 new environment (os.environ is never modified), inherits stdout/stderr (live output), and runs
 in its own session: SIGINT/SIGTERM received by us are forwarded to its whole process group,
-which is killed after a grace period, so nothing is left running.
+which is killed after a grace period, so nothing is left running; when we die without a word
+(SIGKILL), `procguard.GroupWatchdog` stops that group.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from logitsdump.errors import LaunchError, UsageError
 from logitsdump.fsutil import temporary_file
 from logitsdump.logs import get_logger
+from logitsdump.procguard import GroupWatchdog
 from logitsdump.protocol import ENV_BAD_CASE_LIST, DumpRequest, child_environment, list_fits_environment
 
 #: First words accepted (basename): modeltest's console scripts, torchrun, and our own runner.
@@ -208,11 +210,13 @@ def run_child(cmd: Command, env: Mapping[str, str], *, grace_seconds: float = GR
     previous = {}
     if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    watchdog = GroupWatchdog(grace_seconds)  # stops the child's group if we die without saying so (SIGKILL)
     try:
         try:
             process = subprocess.Popen(
                 list(cmd.argv), executable=cmd.executable, env=dict(env), start_new_session=True
             )
+            watchdog.watch(process.pid)
         except OSError as err:
             if err.errno == errno.E2BIG:
                 raise LaunchError(
@@ -227,6 +231,7 @@ def run_child(cmd: Command, env: Mapping[str, str], *, grace_seconds: float = GR
         if process is not None and process.poll() is None:  # an unexpected error: leave nothing running
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
+        watchdog.disarm()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:

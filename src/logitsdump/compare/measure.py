@@ -9,6 +9,7 @@ depend on it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
@@ -27,6 +28,7 @@ from logitsdump.compare.metrics import Thresholds, check_pair, pair_metrics
 from logitsdump.compare.pairing import FilePair
 from logitsdump.compare.records import Step
 from logitsdump.errors import FileFormatError
+from logitsdump.procguard import die_with_parent
 from logitsdump.tensorio import ReadBuffer, load_logits
 
 #: Below this many pairs, threads (no start-up cost); from it on, worker processes (no GIL).
@@ -80,13 +82,37 @@ def _measure_in_processes(
     context: multiprocessing.context.BaseContext,
 ) -> Iterator[Step]:
     pending: deque[Future[list[Step]]] = deque()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for start in range(0, len(pairs), BATCH):
-            if len(pending) >= 2 * workers:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start,
+                             initargs=(os.getpid(),)) as pool:
+        try:
+            for start in range(0, len(pairs), BATCH):
+                if len(pending) >= 2 * workers:
+                    yield from pending.popleft().result()
+                pending.append(pool.submit(_measure_batch, pairs[start : start + BATCH], thresholds, topk))
+            while pending:
                 yield from pending.popleft().result()
-            pending.append(pool.submit(_measure_batch, pairs[start : start + BATCH], thresholds, topk))
-        while pending:
-            yield from pending.popleft().result()
+        except BaseException:  # SIGINT/SIGTERM (KeyboardInterrupt), an error, or the consumer stopped early
+            _stop_workers(pool)
+            raise
+
+
+def _worker_start(parent: int) -> None:
+    """In each worker process: die with the parent (SIGKILL of compare leaves no worker behind)."""
+    die_with_parent(parent)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the work not started and end the worker processes now (not after their queued batches)."""
+    for future in list(getattr(pool, "_pending_work_items", {}).values()):
+        future.future.cancel()
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 _PROCESS_SCRATCH: Scratch | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -46,9 +47,8 @@ def copy_examples(destination: str | Path) -> Path:
     created = not target.exists()
     ensure_writable_dir(target)  # one line when it cannot be created or written in
     try:
-        with write_errors(target, "copy the examples into"):
-            for name in EXAMPLE_PARTS:
-                shutil.copytree(ASSETS / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for name in EXAMPLE_PARTS:
+            _copy_tree(ASSETS / name, target / name, write_errors)
     except BaseException:  # a full disk or Ctrl-C: no half copy left
         for name in EXAMPLE_PARTS:
             shutil.rmtree(target / name, ignore_errors=True)
@@ -57,3 +57,17 @@ def copy_examples(destination: str | Path) -> Path:
                 target.rmdir()
         raise
     return target.resolve()
+
+
+def _copy_tree(source: Path, target: Path, write_errors) -> None:
+    """Copy `source` into the new folder `target`, file by file, stopping at the first error (one line:
+    `shutil.copytree` goes on and gathers the errors into a `shutil.Error` without an errno)."""
+    for folder, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        here = target / Path(folder).relative_to(source)
+        with write_errors(here, "create folder"):
+            here.mkdir(mode=0o755, exist_ok=True)
+        for name in sorted(files):
+            with write_errors(here / name, "copy the examples into"):
+                shutil.copyfile(Path(folder) / name, here / name)
+                shutil.copymode(Path(folder) / name, here / name)

@@ -276,8 +276,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def check_model_folder(config: ModelConfig) -> Path:
-    """`model_path` resolved, refused in one line unless it holds a model's config and tokenizer files
-    (checked before anything loads: transformers' own message for a stray folder is cut off and unclear)."""
+    """`model_path` resolved, refused in one line unless it holds a model's config and tokenizer files and
+    weights that agree with the config (`model_files`; checked before anything loads: transformers' own
+    message for a stray folder is cut off and unclear, and it allocates what config.json says first)."""
     folder = resolve_model_path(config)
     missing = []
     if not (folder / MODEL_CONFIG_FILE).is_file():
@@ -289,4 +290,7 @@ def check_model_folder(config: ModelConfig) -> Path:
             f"model_path {folder} of {config.source or 'the model config'} is not a model folder: no "
             + " and no ".join(missing)
         )
+    from logitsdump.runner.model_files import check_model_files
+
+    check_model_files(folder)  # a truncated file or a config.json of another model: one line, nothing allocated
     return folder

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from logitsdump.errors import DataError
 from logitsdump.runner.config import TaskConfig
-from logitsdump.runner.sandbox import run_python
+from logitsdump.runner.sandbox import require, run_python
 from logitsdump.runner.tasks.base import Case, Generation, Judgement, Tokenizer
 from logitsdump.runner.tasks.common import read_jsonl
 
@@ -48,7 +48,7 @@ def run_problem(problem: dict[str, str], completion: str, timeout_s: float = TIM
     Passing needs exit status 0 and the end marker printed, so a completion that exits early passes nothing.
     """
     marker = f"<<logitsdump-done-{secrets.token_hex(8)}>>"
-    result = run_python(build_program(problem, completion, marker), timeout_s)
+    result = run_python(build_program(problem, completion, marker), timeout_s, what="HumanEval")
     passed = result.passed and marker in result.stdout
     status = result.status if not result.passed or passed else "failed: exited before the tests ran"
     return passed, status
@@ -69,7 +69,10 @@ class HumanEvalTask:
         return path
 
     def load_cases(self, config: TaskConfig, dataset_root: Path) -> list[Case]:
-        """Every problem of every sub-dataset; query = prompt stripped, reference = canonical solution."""
+        """Every problem of every sub-dataset; query = prompt stripped, reference = canonical solution.
+
+        Refused in one line, before the model loads, where no sandbox can run the tests (`sandbox.require`)."""
+        require("HumanEval")
         cases: list[Case] = []
         for subject in config.subjects:
             path = self.dataset_file(dataset_root, subject)

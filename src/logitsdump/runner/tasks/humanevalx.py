@@ -166,7 +166,7 @@ def run_program(
     if lang == "python":
         marker = f"<<logitsdump-done-{secrets.token_hex(8)}>>"
         code = program + f"import sys as _sys\n_sys.__stdout__.write({marker!r})\n"
-        result = sandbox.run_python(code, timeout_s)
+        result = sandbox.run_python(code, timeout_s, what="HumanEval-X")
         if result.passed and marker in result.stdout:
             return RunOutcome(True, "passed")
         return RunOutcome(False, result.status if not result.passed else "failed: exited before the tests ran")
@@ -194,7 +194,9 @@ def _run_cpp(work: Path, program: str, task_id: str, timeout_s: float, _: Path |
 
 
 def _run_go(work: Path, program: str, task_id: str, timeout_s: float, go_module: Path | None) -> RunOutcome:
-    extra = {"GOCACHE": str(Path(tempfile.gettempdir()) / "logitsdump-go-cache"), "GOPATH": str(work / "gopath"),
+    cache = Path(tempfile.gettempdir()) / "logitsdump-go-cache"  # shared by the runs: the sandbox may write it
+    cache.mkdir(mode=0o700, exist_ok=True)
+    extra = {"GOCACHE": str(cache), "GOPATH": str(work / "gopath"),
              "GOTOOLCHAIN": "local", "GO111MODULE": "auto", "GOFLAGS": "-mod=mod"}
     if go_module is not None:  # modeltest's go.mod + vendor/ (github.com/stretchr/testify for the real tests)
         shutil.copytree(go_module, work, dirs_exist_ok=True)
@@ -203,7 +205,7 @@ def _run_go(work: Path, program: str, task_id: str, timeout_s: float, go_module:
     (work / "main_test.go").write_text(program, encoding="utf-8")
     go = shutil.which("go") or "go"
     ran = sandbox.run_command([go, "test", f"-timeout={int(timeout_s)}s", "main_test.go"], work, timeout_s,
-                              env=_tool_env(["go"], extra), memory_bytes=None)  # fmt: skip
+                              env=_tool_env(["go"], extra), memory_bytes=None, write=[cache])  # fmt: skip
     return RunOutcome(True, "passed") if ran.passed else _failure(ran, "")
 
 
@@ -270,7 +272,10 @@ class HumanEvalXTask:
         return path
 
     def load_cases(self, config: TaskConfig, dataset_root: Path) -> list[Case]:
-        """The rows of each selected language; index = position in that language's file."""
+        """The rows of each selected language; index = position in that language's file.
+
+        Refused in one line, before the model loads, where no sandbox can run the tests (`sandbox.require`)."""
+        sandbox.require("HumanEval-X")
         cases: list[Case] = []
         go_module = dataset_root / "go" / "evaluation"
         self._go_module[str(dataset_root)] = go_module if (go_module / "go.mod").is_file() else None
