@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.context
 import os
+import signal
 import sys
 import threading
 from collections import deque
@@ -97,7 +98,10 @@ def _measure_in_processes(
 
 
 def _worker_start(parent: int) -> None:
-    """In each worker process: die with the parent (SIGKILL of compare leaves no worker behind)."""
+    """In each worker process: die with the parent (SIGKILL of compare leaves no worker behind); leave
+    SIGINT to the parent, which stops the workers with SIGTERM (the default action: no traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent)
 
 

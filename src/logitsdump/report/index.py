@@ -149,19 +149,21 @@ def _device(case: CaseRecord, *, golden: bool) -> str | None:
     return None
 
 
-def detailed(rows: Sequence[CaseRow], limit: int = DETAIL_LIMIT) -> list[int]:
+def detailed(rows: Sequence[CaseRow], limit: int | None = None) -> list[int]:
     """The numbers of the cases that get a detailed section, in run order: every case of a run of at most
     `limit` cases; of a larger run, the `limit` most severe of those on a worst-cases list (failing, or
-    noise that changed a token)."""
+    noise that changed a token). `limit`: default `DETAIL_LIMIT`."""
+    limit = DETAIL_LIMIT if limit is None else limit
     if len(rows) <= limit:
         return list(range(len(rows)))
     matter = [i for i, row in enumerate(rows) if verdicts.listed_among_worst(row.verdict)]
     return sorted(sorted(matter, key=lambda i: severity(rows[i]))[:limit])
 
 
-def tabled(rows: Sequence[CaseRow], limit: int = TABLE_LIMIT) -> list[int]:
-    """The numbers of the cases in the table of all cases, in run order: all of them up to `limit`, else
-    the `limit` most severe."""
+def tabled(rows: Sequence[CaseRow], limit: int | None = None) -> list[int]:
+    """The numbers of the cases in the table of all cases, in run order: all of them up to `limit` (default
+    `TABLE_LIMIT`), else the `limit` most severe."""
+    limit = TABLE_LIMIT if limit is None else limit
     if len(rows) <= limit:
         return list(range(len(rows)))
     return sorted(sorted(range(len(rows)), key=lambda i: severity(rows[i]))[:limit])

@@ -29,6 +29,7 @@ from logitsdump.compare.outputs import CASES_JSON, OUTPUT_NAME, output_name, run
 from logitsdump.compare.records import UNKNOWN_TASK, CaseRecord, CompareDocument, Step
 from logitsdump.compare.verdicts import FREE_RUN_VERDICTS, REPLAY_VERDICTS, VERDICTS
 from logitsdump.errors import DataError, FileFormatError
+from logitsdump.fsutil import check_regular
 from logitsdump.report.index import CaseRow, RunIndex, index_cases
 from logitsdump.report.stream import LazyCases, read_case_file
 from logitsdump.store import read_vocab
@@ -231,6 +232,7 @@ def find_cases_json(source: Any) -> Path:
         return max(runs, key=_run_order)
     if not path.exists():
         raise DataError(f"{path} does not exist: give the compare output folder or one of its files")
+    check_regular(path, "COMPARE_OUTPUT")  # a FIFO would block the read
     match = OUTPUT_NAME.match(path.name)
     if match is None:
         raise DataError(f"{path}: expected the compare output folder, logits_cmp_res_<ts>.csv or "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from logitsdump import protocol
 from logitsdump.errors import ConfigError
-from logitsdump.fsutil import check_path_fits, ensure_writable_dir
+from logitsdump.fsutil import check_path_fits, ensure_writable_dir, result_set
 from logitsdump.logs import get_logger
 from logitsdump.runner import backends, interrupt, outputs
 from logitsdump.runner.config import (
@@ -350,12 +350,16 @@ def _write_outputs(
     """Rank 0: the result file, infer results, debug CSVs, and the table on the terminal."""
     subjects = dict.fromkeys([*task_config.subjects, *(o.subject for o in outcomes)])  # + run-time sub-datasets
     scores = outputs.subject_scores(outcomes, list(subjects))
-    outputs.write_result_file(layout, scores)
-    outputs.write_infer_results(layout, outcomes)
+    paths = [layout.result_file, layout.infer_results_file]
     if options.save_debug:
-        outputs.write_debug_csv(layout, outcomes)
-        if task.writes_bad_case_csv:
-            outputs.write_bad_case_csv(layout, outcomes)
+        paths += [layout.debug_file, *([layout.bad_case_file] if task.writes_bad_case_csv else [])]
+    with result_set(paths) as staged:  # the run's files appear together or not at all
+        outputs.write_result_file(layout, scores, staged[0])
+        outputs.write_infer_results(layout, outcomes, staged[1])
+        if options.save_debug:
+            outputs.write_debug_csv(layout, outcomes, staged[2])
+            if task.writes_bad_case_csv:
+                outputs.write_bad_case_csv(layout, outcomes, staged[3])
     print(outputs.format_score_table(task_config.task_name, scores))
     print(f"results: {layout.result_file}")
     if options.save_debug:

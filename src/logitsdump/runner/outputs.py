@@ -143,33 +143,33 @@ def subject_scores(outcomes: Sequence[CaseOutcome], subjects: Iterable[str]) -> 
     return rows
 
 
-def write_debug_csv(layout: OutputLayout, outcomes: Sequence[CaseOutcome]) -> Path:
-    """The seven-column debug CSV (lists as Python repr)."""
+def write_debug_csv(layout: OutputLayout, outcomes: Sequence[CaseOutcome], path: Path | None = None) -> Path:
+    """The seven-column debug CSV (lists as Python repr), to `path` (default: the layout's)."""
     rows = [
         (o.key, o.query, repr(list(o.input_token_ids)), repr(list(o.output_token_ids)),
          o.test_result, o.golden_result, o.pass_label)
         for o in outcomes
     ]
-    write_csv(layout.debug_file, DEBUG_COLUMNS, rows)
+    write_csv(path or layout.debug_file, DEBUG_COLUMNS, rows)
     return layout.debug_file
 
 
-def write_bad_case_csv(layout: OutputLayout, outcomes: Sequence[CaseOutcome]) -> Path:
+def write_bad_case_csv(layout: OutputLayout, outcomes: Sequence[CaseOutcome], path: Path | None = None) -> Path:
     """pass_k tasks: `key,passed` for every case (keys like `HumanEval/3`)."""
-    write_csv(layout.bad_case_file, BAD_CASE_COLUMNS, [(o.key, o.pass_label) for o in outcomes])
+    write_csv(path or layout.bad_case_file, BAD_CASE_COLUMNS, [(o.key, o.pass_label) for o in outcomes])
     return layout.bad_case_file
 
 
-def write_result_file(layout: OutputLayout, scores: Sequence[SubjectScore]) -> Path:
+def write_result_file(layout: OutputLayout, scores: Sequence[SubjectScore], path: Path | None = None) -> Path:
     """Accuracy per sub-dataset and in total."""
     rows = [(s.subject, s.total, s.correct, s.not_judged, f"{s.accuracy:.4f}") for s in scores]
-    write_csv(layout.result_file, RESULT_COLUMNS, rows)
+    write_csv(path or layout.result_file, RESULT_COLUMNS, rows)
     return layout.result_file
 
 
-def write_infer_results(layout: OutputLayout, outcomes: Sequence[CaseOutcome]) -> Path:
+def write_infer_results(layout: OutputLayout, outcomes: Sequence[CaseOutcome], path: Path | None = None) -> Path:
     """One JSON line per case: key, subject, query, generated text, verdict."""
-    with atomic_open(layout.infer_results_file, "w", encoding="utf-8", newline="") as handle:
+    with atomic_open(path or layout.infer_results_file, "w", encoding="utf-8", newline="") as handle:
         for o in outcomes:
             record = {"key": o.key, "subject": o.subject, "query": o.query, "output": o.output_text,
                       "test_result": _jsonable(o.test_result), "golden_result": _jsonable(o.golden_result),
