@@ -439,4 +439,4 @@ def read_input_text(path: str | os.PathLike[str], what: str, max_bytes: int, *,
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise (error or DataError)(f"{what} {path} is not UTF-8 text") from None
+        raise (error or DataError)(f"cannot read {what} {path}: it is not UTF-8 text") from None

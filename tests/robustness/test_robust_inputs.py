@@ -116,7 +116,7 @@ DATASET_CASES: dict[str, tuple[str, str, bytes, tuple[str, ...]]] = {
     "wrong field type": ("boolq", "dev.jsonl",
                          b'{"question": "q", "title": "t", "passage": "p", "answer": "yes"}\n',
                          ("dev.jsonl, line 1: field 'answer' must be true or false",)),
-    "a folder where the file should be": ("gsm8k", "GSM8K.jsonl", b"", ("dataset file not found", "GSM8K.jsonl")),
+    "a folder where the file should be": ("gsm8k", "GSM8K.jsonl", b"", ("is not a file: it is a folder", "GSM8K.jsonl")),
 }
 
 

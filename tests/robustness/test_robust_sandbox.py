@@ -150,10 +150,12 @@ def test_the_boundary_is_detected_here() -> None:
 def test_sigkill_of_the_evaluation_kills_the_sandboxed_code(tmp_path: Path, boundary: None) -> None:
     """No process of ours outlives the command: the sandbox dies with the process that started it."""
     script = ("from logitsdump.runner import sandbox\n"
+              "assert sandbox.boundary().available\nprint('probed', flush=True)\n"  # the probe is over
               "sandbox.run_python('import time\\ntime.sleep(60)', timeout_s=60)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script])
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "probed"
+        deadline = time.monotonic() + 60
         while len(_sandboxed(parent.pid)) < 2 and time.monotonic() < deadline:  # the bootstrap and process 1
             time.sleep(0.05)
         assert len(_sandboxed(parent.pid)) >= 2
