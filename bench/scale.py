@@ -3,8 +3,9 @@
 1. `bcanalyze` on two result CSVs of N rows (default 1,000,000; about half the cases flip): wall time
    and peak RSS (target: under 10 s);
 2. `compare` on C cases x S steps of small logits files with manifests and a vocabulary (default 20,000
-   x 4), then `report` of that run: wall time, peak RSS and the page's size (target: under 300 MB
-   and a page a browser opens quickly), beside the same for C / 4 cases to show the memory is flat.
+   x 4), then `report` of that run: wall time, peak RSS, the page's size and the seconds headless chromium
+   takes to load it and run its script (target: under 300 MB and a page a browser opens quickly), beside
+   the same for C / 4 cases to show the memory is flat.
 
 Run: nice -n 10 python bench/scale.py [--rows 1000000] [--cases 20000] [--steps 4] [--vocab 256]
      [--skip-bcanalyze] [--skip-report]
@@ -16,9 +17,11 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -108,6 +111,29 @@ def _dump_folders(root: Path, cases: int, steps: int, vocab: int) -> tuple[Path,
     return golden, mine
 
 
+_CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def browser_seconds(page: Path, profile: Path) -> tuple[float, float] | None:
+    """(seconds to the first screen, seconds to the whole DOM) of headless chromium on `page`, browser start
+    included: a 1280x900 screenshot, then `--dump-dom` (which also checks that the page's script ran to its
+    end: it marks `data-ready="1"` on the body; serialising the DOM is part of that time). None without
+    chromium."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return None
+    times = []
+    for args in ([f"--screenshot={profile}.png", "--window-size=1280,900"], ["--dump-dom"]):
+        started = time.perf_counter()
+        done = subprocess.run([chromium, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
+                              capture_output=True, text=True, timeout=300, check=False)
+        times.append(time.perf_counter() - started)
+        if done.returncode != 0 or (args == ["--dump-dom"] and 'data-ready="1"' not in done.stdout):
+            raise SystemExit(f"chromium did not finish the page {page}: {done.stderr[-2000:]}")
+    return times[0], times[1]
+
+
 def report(folder: Path, cases: int, steps: int, vocab: int) -> None:
     results = []
     for count in sorted({max(1, cases // 4), cases}):
@@ -119,13 +145,16 @@ def report(folder: Path, cases: int, steps: int, vocab: int) -> None:
         page = out / "report.html"
         text = page.read_text(encoding="utf-8")
         results.append((count, c_wall, c_rss, progress, r_wall, r_rss, page.stat().st_size / 2**20,
-                        text.count('class="case v-')))
+                        text.count('class="case v-'), browser_seconds(page, folder / f"profile_{count}")))
     print(f"compare + report, {steps} steps a case, {vocab}-logit files, each command in a fresh process:")
     print(f"  {'cases':>7} | {'compare':>8} | {'RSS':>7} | {'progress lines':>14} | {'report':>7} | {'peak RSS':>8} | "
-          f"{'page':>8} | {'detailed':>8}")
-    for count, c_wall, c_rss, progress, r_wall, r_rss, size, detailed in results:
+          f"{'page':>8} | {'detailed':>8} | {'browser':>15}")
+    for count, c_wall, c_rss, progress, r_wall, r_rss, size, detailed, browser in results:
+        shown = f"{browser[0]:5.1f}s / {browser[1]:5.1f}s" if browser is not None else "            n/a"
         print(f"  {count:>7,} | {c_wall:7.1f}s | {c_rss:5.0f}MB | {progress:>14} | {r_wall:6.1f}s | {r_rss:6.0f}MB | "
-              f"{size:6.1f}MB | {detailed:>8}")
+              f"{size:6.1f}MB | {detailed:>8} | {shown}")
+    print("  (browser: headless chromium, start-up included: first screen (screenshot) / whole DOM with the page's "
+          "script run to its end (--dump-dom))")
     if len(results) > 1:
         small, large = results[0], results[-1]
         print(f"  {large[0] // small[0]}x the cases: report peak RSS x{large[5] / small[5]:.2f}, "

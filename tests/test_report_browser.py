@@ -182,3 +182,43 @@ def test_a_replayed_report_renders_every_step_and_filters(tmp_path) -> None:
     assert f'data-plots="{plots}"' in body_tag and f'data-plots-drawn="{plots}"' in body_tag, body_tag
     selftest = re.search(r'data-selftest="([^"]*)"', body_tag).group(1)
     assert "sort:ok" in selftest and f"filter:ok:{summary.verdicts['precision-suspect']}" in selftest, selftest
+
+
+#: Clicks "show more" and "show all" under a table longer than a page and counts the rows shown each time.
+PAGING_JS = """
+(function(){var table=document.getElementById('case-table');
+function shown(){return Array.prototype.filter.call(table.tBodies[0].querySelectorAll('tr[data-verdict]'),
+  function(r){return !r.hidden;}).length;}
+var counts=[shown()];
+document.querySelector('#more button[data-more="page"]').click();counts.push(shown());
+document.querySelector('#more button[data-more="all"]').click();counts.push(shown());
+counts.push(document.getElementById('more').hidden?'done':'more');
+document.body.dataset.paging=counts.join(' ');})();
+"""
+
+
+@pytest.mark.slow
+def test_a_long_table_is_shown_a_page_at_a_time(tmp_path, monkeypatch) -> None:
+    """Issue 27: a browser lays out only the rows shown; "show more" and "show all" list the rest."""
+    import numpy as np
+    import torch
+
+    from logitsdump.compare import CompareOptions, run_compare
+    from logitsdump.report import html
+
+    monkeypatch.setattr(html, "PAGE_ROWS", 5)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "m").mkdir()
+    for key in range(12):
+        values = torch.as_tensor(np.linspace(-1.0, 1.0, 32) * (key + 1))
+        torch.save(values, tmp_path / "g" / f"logits_boolq_{key}_0.pth")
+        torch.save(values.flip(0), tmp_path / "m" / f"logits_boolq_{key}_0.pth")
+    page = write_report(run_compare(CompareOptions(tmp_path / "g", tmp_path / "m", tmp_path / "cmp")))
+    text = page.read_text(encoding="utf-8")
+    assert text.count(" hidden>") >= 7  # rows 6 to 12 start hidden, before any script runs
+    copy = page.with_name("paged.html")
+    copy.write_text(text.replace("</body>", f"<script>{PAGING_JS}</script>\n</body>"), encoding="utf-8")
+    result = run_chromium(tmp_path, "paging", "--dump-dom", copy.as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    body_tag = re.search(r"<body[^>]*>", result.stdout).group(0)
+    assert 'data-paging="5 10 12 done"' in body_tag, body_tag

@@ -26,7 +26,7 @@ from logitsdump.compare import verdicts
 from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
 from logitsdump.report import numbers, page_assets, statistics
-from logitsdump.report.index import detailed, limits_text, tabled
+from logitsdump.report.index import PAGE_ROWS, detailed, limits_text, tabled
 from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
 
@@ -285,17 +285,20 @@ def _case_table(result: CompareResult) -> str:
             _cell(f"{case.tokens_judged}/{case.tokens_total}", str(case.tokens_judged), "num"),
             _cell(escape(case.reason) or '<span class="muted">–</span>', case.reason, "reason"),
         ]
-        rows.append(f'<tr data-verdict="{escape(case.verdict)}" data-index="{number}">{"".join(cells)}</tr>')
+        paged = " hidden" if len(rows) >= PAGE_ROWS else ""  # laid out only when shown (index.PAGE_ROWS)
+        rows.append(f'<tr data-verdict="{escape(case.verdict)}" data-index="{number}"{paged}>{"".join(cells)}</tr>')
     empty = "" if rows else f'<tr><td colspan="{len(columns)}" class="muted">no cases</td></tr>'
     return (
         '<section id="all-cases">'
         "<h2>All cases</h2>"
         f'<div class="filters" role="group" aria-label="filter by verdict">{"".join(buttons)}'
         '<span class="shown muted" id="shown"></span></div>'
-        '<div class="scroll"><table class="grid sortable" id="case-table">'
+        f'<div class="scroll"><table class="grid sortable" id="case-table" data-page="{PAGE_ROWS}">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{empty}</tbody></table></div>"
+        '<p class="more" id="more" hidden><button type="button" data-more="page">show more</button> '
+        '<button type="button" data-more="all">show all</button></p>'
         '<p class="muted small">Click a column to sort; click again to reverse. The buttons show or hide '
-        "a verdict.</p>"
+        f"a verdict. At most {PAGE_ROWS} rows are shown at a time, in the order chosen.</p>"
         "</section>"
     )
 

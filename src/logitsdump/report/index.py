@@ -21,6 +21,8 @@ from logitsdump.compare.records import ArgmaxChange, CaseRecord
 DETAIL_LIMIT = 200
 #: With more cases than this, the table of all cases lists the most severe this many.
 TABLE_LIMIT = 50_000
+#: Rows of the table shown at a time ("show more" adds as many): a browser lays out only those.
+PAGE_ROWS = 500
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ CSS = """
 :root{--fg:#1d2330;--muted:#667085;--line:#e3e6ec;--bg:#fff;--soft:#f6f7f9;--g:#1f5fbf;--m:#b5531b;
 }
 *{box-sizing:border-box}
+section.case{content-visibility:auto;contain-intrinsic-size:auto 1600px}
 body{margin:0 auto;max-width:1180px;padding:0 28px 40px;font:14px/1.45 system-ui,-apple-system,"Segoe UI",
 Roboto,"Noto Sans","DejaVu Sans",sans-serif;color:var(--fg);background:var(--bg)}
 h1{font-size:26px;margin:26px 0 4px}h2{font-size:20px;margin:34px 0 12px;padding-bottom:6px;
@@ -147,20 +148,26 @@ function sortBy(col,dir){var type=heads[col].getAttribute('data-type');
     return c!==0?c*dir:a.dataset.index-b.dataset.index;});
   rows.forEach(function(r){body.appendChild(r);});
   heads.forEach(function(h){h.removeAttribute('aria-sort');});
-  heads[col].setAttribute('aria-sort',dir>0?'ascending':'descending');}
+  heads[col].setAttribute('aria-sort',dir>0?'ascending':'descending');apply();}
 heads.forEach(function(h,col){
   function go(){sortBy(col,h.getAttribute('aria-sort')==='ascending'?-1:1);}
   h.addEventListener('click',go);
   h.addEventListener('keydown',function(e){if(e.key==='Enter'||e.key===' '){e.preventDefault();go();}});});
 var buttons=Array.prototype.slice.call(document.querySelectorAll('button.filter'));
 var shown=document.getElementById('shown');
+var page=parseInt(table.dataset.page||'0',10)||rows.length;var limit=page;
+var more=document.getElementById('more');
 function apply(){var on={};buttons.forEach(function(b){if(b.dataset.verdict!=='*'){
     on[b.dataset.verdict]=b.classList.contains('on');b.setAttribute('aria-pressed',String(on[b.dataset.verdict]));}});
-  var n=0;rows.forEach(function(r){var vis=on[r.dataset.verdict]!==false;r.hidden=!vis;if(vis){n++;}});
+  var n=0,listed=0;rows.forEach(function(r){var vis=on[r.dataset.verdict]!==false;if(vis){n++;}
+    var show=vis&&listed<limit;if(show){listed++;}if(r.hidden===show){r.hidden=!show;}});
   var all=buttons.filter(function(b){return b.dataset.verdict!=='*';})
     .every(function(b){return b.classList.contains('on');});
   buttons[0].classList.toggle('on',all);
-  shown.textContent='showing '+n+' of '+rows.length;return n;}
+  if(more){more.hidden=listed>=n;}
+  shown.textContent='showing '+listed+' of '+rows.length+(listed<n?' ('+n+' match: show more below)':'');return listed;}
+if(more){more.addEventListener('click',function(e){var what=e.target.dataset.more;if(!what){return;}
+  limit=what==='all'?rows.length:limit+page;apply();});}
 function toggle(b){if(b.dataset.verdict==='*'){var turnOn=!b.classList.contains('on');
     buttons.forEach(function(x){x.classList.toggle('on',turnOn);});}
   else{b.classList.toggle('on');}return apply();}
