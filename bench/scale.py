@@ -26,18 +26,20 @@ from pathlib import Path
 
 
 def _run(argv: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess]:
-    """(wall seconds, peak RSS in MB) of one `logitsdump` command in a fresh process, and its result."""
+    """(wall seconds, peak RSS in MB) of one `logitsdump` command in a fresh process, and its result (its
+    CPU seconds, user + system, in `.cpu`: on a shared machine they move less than the wall time)."""
     script = ("import resource, subprocess, sys, json, time\n"
               "t = time.perf_counter()\n"
               "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
               "wall = time.perf_counter() - t\n"
-              "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-              "print(json.dumps({'wall': wall, 'rss': rss, 'rc': done.returncode, 'out': done.stdout, "
-              "'err': done.stderr[-3000:]}))\n")
+              "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+              "print(json.dumps({'wall': wall, 'rss': usage.ru_maxrss / 1024, 'cpu': usage.ru_utime + usage.ru_stime, "
+              "'rc': done.returncode, 'out': done.stdout, 'err': done.stderr[-3000:]}))\n")
     done = subprocess.run([sys.executable, "-c", script, sys.executable, "-m", "logitsdump", *argv], cwd=cwd,
                           capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     record = json.loads(done.stdout)
     result = subprocess.CompletedProcess(argv, record["rc"], record["out"], record["err"])
+    result.cpu = record["cpu"]  # type: ignore[attr-defined]
     if record["rc"] != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({record['rc']}):\n{record['err']}")
     return record["wall"], record["rss"], result
@@ -57,8 +59,8 @@ def bcanalyze(folder: Path, rows: int) -> None:
     wall, rss, done = _run(["bcanalyze", "-gp", "g.csv", "-mp", "t.csv", "-o", "bc"], folder)
     size = (folder / "g.csv").stat().st_size / 2**20
     first = done.stdout.splitlines()[0]
-    print(f"bcanalyze, {rows:,} rows a side ({size:.0f} MB each): {wall:.2f} s, peak RSS {rss:.0f} MB "
-          f"({'under' if wall < 10 else 'OVER'} the 10 s target)\n  {first}")
+    print(f"bcanalyze, {rows:,} rows a side ({size:.0f} MB each): {wall:.2f} s ({done.cpu:.2f} s CPU), peak RSS "
+          f"{rss:.0f} MB ({'under' if wall < 10 else 'OVER'} the 10 s target)\n  {first}")
 
 
 def _dump_folders(root: Path, cases: int, steps: int, vocab: int) -> tuple[Path, Path]:
@@ -141,18 +143,19 @@ def report(folder: Path, cases: int, steps: int, vocab: int) -> None:
         out = folder / f"cmp_{count}"
         c_wall, c_rss, c_done = _run(["compare", "-gp", str(golden), "-mp", str(mine), "-o", str(out)], folder)
         progress = sum(1 for line in c_done.stderr.splitlines() if "measuring" in line)
-        r_wall, r_rss, _ = _run(["report", str(out)], folder)
+        r_wall, r_rss, r_done = _run(["report", str(out)], folder)
         page = out / "report.html"
         text = page.read_text(encoding="utf-8")
         results.append((count, c_wall, c_rss, progress, r_wall, r_rss, page.stat().st_size / 2**20,
-                        text.count('class="case v-'), browser_seconds(page, folder / f"profile_{count}")))
+                        text.count('class="case v-'), browser_seconds(page, folder / f"profile_{count}"),
+                        r_done.cpu))
     print(f"compare + report, {steps} steps a case, {vocab}-logit files, each command in a fresh process:")
-    print(f"  {'cases':>7} | {'compare':>8} | {'RSS':>7} | {'progress lines':>14} | {'report':>7} | {'peak RSS':>8} | "
-          f"{'page':>8} | {'detailed':>8} | {'browser':>15}")
-    for count, c_wall, c_rss, progress, r_wall, r_rss, size, detailed, browser in results:
+    print(f"  {'cases':>7} | {'compare':>8} | {'RSS':>7} | {'progress lines':>14} | {'report (CPU)':>14} | "
+          f"{'peak RSS':>8} | {'page':>8} | {'detailed':>8} | {'browser':>15}")
+    for count, c_wall, c_rss, progress, r_wall, r_rss, size, detailed, browser, r_cpu in results:
         shown = f"{browser[0]:5.1f}s / {browser[1]:5.1f}s" if browser is not None else "            n/a"
-        print(f"  {count:>7,} | {c_wall:7.1f}s | {c_rss:5.0f}MB | {progress:>14} | {r_wall:6.1f}s | {r_rss:6.0f}MB | "
-              f"{size:6.1f}MB | {detailed:>8} | {shown}")
+        print(f"  {count:>7,} | {c_wall:7.1f}s | {c_rss:5.0f}MB | {progress:>14} | {r_wall:5.1f}s ({r_cpu:4.1f}s) | "
+              f"{r_rss:6.0f}MB | {size:6.1f}MB | {detailed:>8} | {shown}")
     print("  (browser: headless chromium, start-up included: first screen (screenshot) / whole DOM with the page's "
           "script run to its end (--dump-dom))")
     if len(results) > 1:

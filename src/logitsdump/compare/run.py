@@ -32,6 +32,8 @@ from logitsdump.logs import get_logger
 from logitsdump.progress import tracked
 
 _log = get_logger("compare")
+#: From this many cases on, writing the case JSON is announced (it takes seconds).
+LARGE_RUN = 5_000
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,9 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
     stamp = timestamp(now)
     with (claim_stamped(measured.out_dir, stamp, run_names) as (csv_path, cases_csv, cases_json),
           result_set((csv_path, cases_csv, cases_json)) as staged):  # the three appear together or not at all
-        write_steps_csv(staged[0], steps)
-        write_cases_csv(staged[1], cases, measured.floor.label)
+        write_steps_csv(staged[0], tracked(steps, f"writing {csv_path.name}", len(steps), "row", logger=_log))
+        write_cases_csv(staged[1], tracked(cases, f"writing {cases_csv.name}", len(cases), "case", logger=_log),
+                        measured.floor.label)
         counts = dict.fromkeys(VERDICTS, 0)
         for case in cases:
             counts[case.verdict] += 1
@@ -130,6 +133,8 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
             tool=f"logitsdump {__version__}", timestamp=stamp, options=options.to_dict(measured.floor),
             summary=summary.to_dict(), cases=summary.cases, floor=measured.floor.to_dict(),
         )
+        if len(cases) >= LARGE_RUN:  # one line: the JSON is written in one go
+            _log.info("writing %s (%d cases)", cases_json.name, len(cases))
         write_cases_json(staged[2], document)
     _log.info("wrote %s", csv_path)
     return summary

@@ -25,6 +25,7 @@ from typing import Any
 from logitsdump.compare import verdicts
 from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
+from logitsdump.progress import tracked
 from logitsdump.report import numbers, page_assets, statistics
 from logitsdump.report.index import PAGE_ROWS, detailed, limits_text, tabled
 from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
@@ -99,7 +100,7 @@ def render_report(result: CompareResult, *, topk: int | None = None) -> str:
     shown = detailed(result.rows)
     if limits_text(result.rows, shown):
         parts.append(f'<p class="muted limits">{escape(limits_text(result.rows, shown))}</p>')
-    for number in shown:  # a large run: the cases that matter, read one at a time (index.py)
+    for number in tracked(shown, "drawing the case sections", unit="case"):  # read one at a time (index.py)
         parts.append(_case_section(result, result.cases[number], number, k))
     parts += [
         "</section>",

@@ -31,7 +31,7 @@ from logitsdump.compare.verdicts import FREE_RUN_VERDICTS, REPLAY_VERDICTS, VERD
 from logitsdump.errors import DataError, FileFormatError
 from logitsdump.fsutil import check_regular
 from logitsdump.report.index import CaseRow, RunIndex, index_cases
-from logitsdump.report.stream import LazyCases, read_case_file
+from logitsdump.report.stream import CaseFile, LazyCases, read_case_file, read_head
 from logitsdump.store import read_vocab
 
 __all__ = ["UNKNOWN_TASK", "CompareResult", "find_cases_json", "load_compare", "load_compares", "load_topk"]
@@ -154,7 +154,12 @@ def load_compare(source: Any) -> CompareResult:
     """Read a compare run from a folder, one of its files, or a `CompareSummary`: the case JSON streamed
     one case at a time (`stream.read_case_file`), so memory does not grow with the steps."""
     path = find_cases_json(source)
-    read = read_case_file(path)
+    in_memory = getattr(source, "cases", None) if hasattr(source, "cases_json_path") else None
+    head = read_head(path) if in_memory is not None else None
+    if head is not None:  # compare's own summary: its cases are in memory, only the head is read
+        read = CaseFile(head, tuple(in_memory), index_cases(in_memory))
+    else:
+        read = read_case_file(path)
     head = read.head
     options, summary = head.get("options"), head.get("summary")
     document = CompareDocument(

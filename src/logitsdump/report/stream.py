@@ -104,6 +104,22 @@ class CaseFile:
     index: RunIndex
 
 
+def read_head(path: Path) -> dict[str, Any] | None:
+    """The head of a case JSON written by compare (everything but its cases), without reading the cases;
+    None for a file of another layout."""
+    with open_input(path, "case JSON", "rb") as handle:
+        lines: list[bytes] = []
+        size = 0
+        while line := handle.readline(WHOLE_FILE_MAX_BYTES):
+            size += len(line)
+            if line.rstrip(b"\r\n") in (_CASES_OPEN, _CASES_EMPTY):
+                return _head(lines)
+            lines.append(line)
+            if size > WHOLE_FILE_MAX_BYTES:
+                break
+    return None
+
+
 def read_case_file(path: Path) -> CaseFile:
     """The head, cases and index of a case JSON; `DataError` (one line) for anything malformed."""
     with open_input(path, "case JSON", "rb") as handle:
