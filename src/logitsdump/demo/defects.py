@@ -10,7 +10,10 @@ A "device with a defect" is simulated by a copy of a model folder that carries t
   fp32, so it overflows to inf where |x| > 255.9 and the norm's output there becomes 0: the classic
   fp16 overflow of a kernel that skips the fp32 upcast). The folder gets a small modeling file
   (`planted_modeling.py`) and needs `trust_remote_code: true` in its model YAML
-  (`write_model_yaml(..., trust_remote_code=defect.needs_code)`).
+  (`write_model_yaml(..., trust_remote_code=defect.needs_code)`);
+- in its code, triggered by the configuration: `batch-mask` (a batched forward pass drops the padding
+  mask: healthy at batch size 1, wrong for the padded rows of a batch; the configuration ablation's
+  planted defect).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from logitsdump.errors import ConfigError
 
-KINDS = ("scale-layer", "scale-o-proj", "zero-head", "rms-eps", "rope-base", "fp16-norm")
+KINDS = ("scale-layer", "scale-o-proj", "zero-head", "rms-eps", "rope-base", "fp16-norm", "batch-mask")
 #: The modeling file a `fp16-norm` folder carries, and the class its config's auto_map names.
 CODE_FILE = Path(__file__).resolve().parent / "planted_modeling.py"
 CODE_CLASS = "PlantedLlamaForCausalLM"
@@ -43,7 +46,7 @@ class Defect:
     @property
     def needs_code(self) -> bool:
         """The folder carries a modeling file (its model YAML needs trust_remote_code)."""
-        return self.kind == "fp16-norm"
+        return self.kind in ("fp16-norm", "batch-mask")
 
 
 def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
@@ -83,7 +86,10 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
     else:
         shutil.copyfile(CODE_FILE, target / CODE_FILE.name)
         config["auto_map"] = {"AutoModelForCausalLM": f"{CODE_FILE.stem}.{CODE_CLASS}"}
-        config["planted_fp16_norm_layer"] = defect.layer
+        if defect.kind == "fp16-norm":
+            config["planted_fp16_norm_layer"] = defect.layer
+        else:
+            config["planted_batch_mask"] = True
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return target
 

@@ -1,8 +1,11 @@
-"""The modeling file of a model folder with a planted `fp16-norm` defect (`defects.py` copies it there).
+"""The modeling file of a model folder with a planted code defect (`defects.py` copies it there).
 
-transformers loads it through the config's `auto_map` (trust_remote_code): a Llama whose layer
-`config.planted_fp16_norm_layer` squares the input of its input RMSNorm in fp16 instead of fp32.
-Where |x| > 255.9 the square overflows to inf, the variance is inf, and the norm's output there is 0.
+transformers loads it through the config's `auto_map` (trust_remote_code): a Llama with one of
+- `fp16-norm`: layer `config.planted_fp16_norm_layer` squares the input of its input RMSNorm in fp16
+  instead of fp32. Where |x| > 255.9 the square overflows to inf, the variance is inf, and the norm's
+  output there is 0;
+- `batch-mask` (`config.planted_batch_mask`): a batched forward pass (more than one row) drops the
+  padding mask, so left-padded rows attend to their padding: a defect only batch size > 1 triggers.
 The layer's norm is replaced by a module of its own class (not a patched `forward` attribute, which
 transformers 5.25 drops while loading). Self-contained on purpose: transformers copies this one file
 into its modules cache.
@@ -32,9 +35,15 @@ class FP16RMSNorm(nn.Module):
 
 
 class PlantedLlamaForCausalLM(LlamaForCausalLM):
-    """LlamaForCausalLM with the fp16 RMSNorm in one layer."""
+    """LlamaForCausalLM with the fp16 RMSNorm in one layer, or the padding mask dropped in batches."""
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        layer = self.model.layers[int(config.planted_fp16_norm_layer)]
-        layer.input_layernorm = FP16RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if getattr(config, "planted_fp16_norm_layer", None) is not None:
+            layer = self.model.layers[int(config.planted_fp16_norm_layer)]
+            layer.input_layernorm = FP16RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        if getattr(self.config, "planted_batch_mask", False) and input_ids is not None and input_ids.shape[0] > 1:
+            attention_mask = None  # the defect: the batched path forgets the padding mask
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
