@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from logitsdump.compare.stats import mcnemar_exact
 from logitsdump.csvsafe import original, write_csv
@@ -208,6 +209,9 @@ class BcanalyzeResult:
     warnings: tuple[str, ...]
     #: The pass/fail flips of the cases judged on both sides, and McNemar's p-value.
     flips: Flips = Flips()
+    #: The parity preflight of the two debug CSVs (`triage.preflight.Preflight`; None for lm-eval samples or
+    #: when a provenance file could not be read).
+    preflight: Any = None
 
 
 def bcanalyze(
@@ -244,6 +248,7 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     golden = read_result_csv(options.golden_path)
     test = read_result_csv(options.test_path)
     warnings: list[str] = []
+    preflight = _preflight(options)
 
     join = ["key"]
     if "queries" in golden.columns:
@@ -302,12 +307,25 @@ def analyze(options: BcanalyzeOptions) -> BcanalyzeResult:
     log.info("%s", flips.describe())
     if not out_rows:
         log.warning("no difference between the golden and the test results: no file written")
-        return BcanalyzeResult(None, 0, count, tuple(warnings), flips)
+        return BcanalyzeResult(None, 0, count, tuple(warnings), flips, preflight)
     folder = ensure_writable_dir(options.output_dir)
     with claim_stamped(folder, timestamp(), lambda tag: (f"{RESULT_PREFIX}{tag}.csv",)) as (path,):
         write_csv(path, header, out_rows)
     log.debug("%d bad case(s) of %d compared written to %s", len(out_rows), count, path)
-    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings), flips)
+    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings), flips, preflight)
+
+
+def _preflight(options: BcanalyzeOptions) -> Any:
+    """The parity preflight of the two debug CSVs (and the provenance files beside them); a provenance file
+    that cannot be read is a warning."""
+    from logitsdump.triage.preflight import preflight
+    from logitsdump.triage.sides import load_eval_csv
+
+    try:
+        return preflight(load_eval_csv(Path(options.golden_path)), load_eval_csv(Path(options.test_path)))
+    except DataError as err:
+        log.warning("preflight skipped: %s", err)
+        return None
 
 
 def _count_flip(tally: dict[str, int], golden: str, test: str) -> None:

@@ -153,6 +153,7 @@ def load_compares(sources: Sequence[Any]) -> CompareResult:
                 for key, count in value.items():
                     if isinstance(count, int):
                         merged[key] = merged.get(key, 0) + count
+    summary["preflights"] = [r.summary.get("preflight") for r in results]  # one per run (report.triage)
     first = results[0]
     options = dict(first.options)
     for name in ("golden_path", "my_path"):
