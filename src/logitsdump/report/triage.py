@@ -226,7 +226,8 @@ def _html_setup(preflights: Sequence[Preflight], cases: Sequence[Any]) -> list[s
 def _html_probe(probe: ProbeReport | None) -> list[str]:
     parts = ["<h3>2 · Nondeterminism</h3>"]
     if probe is None:
-        return [*parts, '<p class="muted">Not probed: run <code>logitsdump probe -bcr BAD.csv</code> on the test ' "side and give its report to <code>logitsdump report --triage</code>.</p>"]
+        return [*parts, '<p class="muted">Not probed: run <code>logitsdump probe -bcr BAD.csv</code> on the test '
+                "side and give its report to <code>logitsdump report --triage</code>.</p>"]
     parts.append(f"<p>{escape(probe.summary())}</p>")
     rows = [(c.key, c.verdict, str(c.repeat_outputs), _g(c.repeat_max_abs), _g(c.batch_max_abs),
              "" if c.batch_output_changed is None else ("yes" if c.batch_output_changed else "no"))

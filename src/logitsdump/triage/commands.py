@@ -53,9 +53,9 @@ def _run_preflight(args: argparse.Namespace) -> int:
     print("\n\n".join(format_preflight(r) for r in results))
     if args.output_dir is not None:
         folder = ensure_writable_dir(args.output_dir)
-        with claim_stamped(folder, timestamp(), lambda tag: (f"preflight_{tag}.json",)) as (path,):
-            with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-                json.dump([r.to_dict() for r in results], handle, indent=1, default=str)
+        with claim_stamped(folder, timestamp(), lambda tag: (f"preflight_{tag}.json",)) as (path,), \
+                atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+            json.dump([r.to_dict() for r in results], handle, indent=1, default=str)
         print(f"preflight: {path}")
     return 0
 
