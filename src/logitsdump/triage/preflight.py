@@ -287,7 +287,14 @@ def _run_sentence(cause: str, items: Sequence[Difference]) -> str:
 
 
 def _fields_text(items: Sequence[Difference]) -> str:
-    return ", ".join(f"{d.field} golden {_show(d.golden)} vs test {_show(d.test)}" for d in items)
+    parts = []
+    for d in items:
+        if isinstance(d.golden, Mapping) and isinstance(d.test, Mapping):  # a file's content: its changed keys
+            changed = [k for k in dict.fromkeys([*d.golden, *d.test]) if not _same(d.golden.get(k), d.test.get(k))]
+            parts += [f"{d.field}.{k} golden {_show(d.golden.get(k))} vs test {_show(d.test.get(k))}" for k in changed]
+        else:
+            parts.append(f"{d.field} golden {_show(d.golden)} vs test {_show(d.test)}")
+    return ", ".join(parts)
 
 
 def _cases_sentence(cause: str, items: Sequence[tuple[str, Any, Any]], count: int, total: int) -> str:
