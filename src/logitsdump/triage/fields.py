@@ -7,8 +7,8 @@ Three classes, read in this order (docs/triage.md):
 - `CONFIGURATION`: how the same thing was computed (batch size, parallel layout, engine settings,
   determinism switches): a lead for the repeat and batch probe and the configuration ablation, not
   a verdict.
-- `CONTEXT`: what differs between two devices by design (device, backend, dtype, library versions):
-  shown side by side, never a finding.
+- `CONTEXT`: what differs between two devices by design (device, backend, dtype, library versions, the
+  modeling code a device runs): shown side by side, never a finding.
 
 A set-up cause either touches every case of the run (`EVERY_CASE`: the model computes differently or
 generates under other settings) or only the cases whose recorded inputs differ (the prompt causes:
@@ -53,6 +53,7 @@ CAUSES: Mapping[str, str] = {
     "device": "device",
     "dtype": "data type",
     "versions": "library versions",
+    "model-code": "modeling code",
     "mode": "run mode",
 }
 
@@ -89,6 +90,8 @@ RULES: Mapping[tuple[str, str], FieldRule] = {
     ("tokenizer", "bos_token_id"): FieldRule(SETUP, "special-tokens"),
     ("tokenizer", "eos_token_ids"): FieldRule(SETUP, "special-tokens"),
     ("tokenizer", "*"): FieldRule(SETUP, "tokenizer-file"),
+    ("model", "architectures"): FieldRule(CONTEXT, "model-code"),
+    ("model", "remote_code"): FieldRule(CONTEXT, "model-code"),
     ("model", "*"): FieldRule(SETUP, "model-config"),
     ("runner", "batch_size"): FieldRule(CONFIGURATION, "batch-size"),
     ("runner", "tp"): FieldRule(CONFIGURATION, "parallel-layout"),
