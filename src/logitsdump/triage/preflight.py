@@ -190,7 +190,7 @@ def run_differences(golden: Mapping[str, Any] | None, test: Mapping[str, Any] | 
     if golden is None or test is None:
         return [], 0
     flat_golden, flat_test = fields.flatten(golden), fields.flatten(test)
-    shared_sections = {s for s, _ in flat_golden} & {s for s, _ in flat_test}
+    shared_sections = {str(s) for s in golden} & {str(s) for s in test}
     differences: list[Difference] = []
     compared = 0
     for section, name in dict.fromkeys([*flat_golden, *flat_test]):
