@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for name, folder in models(args.model):
         for kind in (CLEAN, *KINDS):
-            planted = plant(kind, folder, examples.task_config(args.task), work / name / kind / "plant", model_name=name)
+            task = examples.task_config(args.task)
+            planted = plant(kind, folder, task, work / name / kind / "plant", model_name=name)
             score = run_pair(planted, work / name / kind, tokens=args.tokens)
             print(row(name, score), flush=True)
             if score.finding:

@@ -166,7 +166,8 @@ def test_missing_provenance_is_not_recorded_and_still_compares_the_token_ids():
 
 def test_field_rules():
     assert rule("runner", "dtype").klass == CONTEXT and rule("versions", "vllm").klass == CONTEXT
-    assert rule("runner", "batch_size").klass == CONFIGURATION and rule("engine", "enforce_eager").klass == CONFIGURATION
+    assert rule("runner", "batch_size").klass == CONFIGURATION
+    assert rule("engine", "enforce_eager").klass == CONFIGURATION
     assert rule("model", "config.rope_scaling") == rule("model", "config.rms_norm_eps")
     assert rule("model", "config.rms_norm_eps").klass == SETUP and rule("model", "remote_code").klass == CONTEXT
     assert rule("runner", "model_path") is None
@@ -225,7 +226,7 @@ def test_an_old_dump_folder_reads_with_not_recorded(tmp_path):
 def test_unreadable_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_side(tmp_path / "missing", "-gp")
-    with pytest.raises(DataError, match="no manifest.jsonl"):
+    with pytest.raises(DataError, match=r"no manifest\.jsonl"):
         load_side(tmp_path, "-gp")
     csv_path = write_debug_csv(tmp_path / "a" / "x_debug_info.csv", PROMPTS)
     store.provenance_path_for_csv(csv_path).write_text("{not json", encoding="utf-8")
