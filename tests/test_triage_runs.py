@@ -154,14 +154,14 @@ def _evaluate(model_yaml: Path, out: Path, batch_size: int, task: str = "gsm8k")
         return run_eval(options).layout.debug_file
 
 
-def _flips(tmp_path: Path, defect: Defect, batch_size: int) -> tuple[Path, Path, Path]:
+def _flips(tmp_path: Path, defect: Defect, batch_size: int, task: str = "gsm8k") -> tuple[Path, Path, Path]:
     from logitsdump.badcase import BcanalyzeOptions, analyze
 
     model = write_defective_model(examples.TINY_MODEL, tmp_path / defect.kind, defect)
     test_yaml = write_model_yaml(tmp_path / f"{defect.kind}.yaml", model, "tiny_llama", "fp32",
                                  trust_remote_code=defect.needs_code)
-    golden = _evaluate(examples.model_config("fp32"), tmp_path / "golden", 1)
-    test = _evaluate(test_yaml, tmp_path / "test", batch_size)
+    golden = _evaluate(examples.model_config("fp32"), tmp_path / "golden", 1, task)
+    test = _evaluate(test_yaml, tmp_path / "test", batch_size, task)
     result = analyze(BcanalyzeOptions(str(golden), str(test), str(tmp_path / "bc")))
     assert result.output_path is not None and result.bad_cases >= 2
     return test_yaml, result.output_path, test
@@ -214,8 +214,8 @@ def test_the_ablation_does_not_blame_the_configuration_for_a_weight_defect(tmp_p
     from logitsdump.triage.ablation import TestSetup, run_ablation
     from logitsdump.triage.rerun import read_flipped
 
-    test_yaml, bad_cases, _ = _flips(tmp_path, Defect("zero-head", layer=0, head=0), 4)
-    report = run_ablation(str(test_yaml), str(examples.task_config("gsm8k")), read_flipped(bad_cases),
+    test_yaml, bad_cases, _ = _flips(tmp_path, Defect("zero-head", layer=0, head=0), 4, "mmlu_zero_shot")
+    report = run_ablation(str(test_yaml), str(examples.task_config("mmlu_zero_shot")), read_flipped(bad_cases),
                           TestSetup(batch_size=4), device="cpu")
     assert report.reproduced >= 2 and report.culprits() == []
     assert "not configuration-triggered" in report.summary()
