@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("tiny", "smollm2", "both"), default="both")
     parser.add_argument("--task", default="mmlu_few_shots", help="a shipped task YAML with few-shot examples")
     parser.add_argument("--tokens", type=int, default=4, help="steps dumped per case")
+    parser.add_argument("--test-dtype", default="bf16", help="the test side's data type (golden: fp32)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     import torch
@@ -66,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     findings = []
     started = time.monotonic()
     for name, folder in models(args.model):
+        cache: dict[str, Path] = {}  # golden sides shared by several kinds run once
         for kind in (CLEAN, *KINDS):
             task = examples.task_config(args.task)
-            planted = plant(kind, folder, task, work / name / kind / "plant", model_name=name)
-            score = run_pair(planted, work / name / kind, tokens=args.tokens)
+            planted = plant(kind, folder, task, work / name / kind / "plant", model_name=name,
+                            test_dtype=args.test_dtype)
+            score = run_pair(planted, work / name / kind, tokens=args.tokens, cache=cache)
             print(row(name, score), flush=True)
             if score.finding:
                 findings.append(f"{name} {kind}: {score.finding}")

@@ -38,12 +38,17 @@ class Score:
     finding: str = ""
 
 
-def run_pair(planted: Planted, workdir: Path, *, tokens: int = 4, dump: bool = True) -> Score:
-    """Evaluate, preflight, dump and compare one pair (on the CPU) under `workdir`."""
+def run_pair(planted: Planted, workdir: Path, *, tokens: int = 4, dump: bool = True,
+             cache: dict[str, Path] | None = None) -> Score:
+    """Evaluate, preflight, dump and compare one pair (on the CPU) under `workdir`. `cache`: the outputs of
+    golden sides already run, by their YAML files' text (most kinds share their golden side)."""
     from logitsdump.triage.preflight import preflight
     from logitsdump.triage.sides import load_eval_csv
 
-    golden_csv = _evaluate(planted.golden, workdir / "eval" / "golden")
+    cache = cache if cache is not None else {}
+    golden_key = _key(planted.golden)
+    golden_csv = cache.get("eval " + golden_key) or _evaluate(planted.golden, workdir / "eval" / "golden")
+    cache["eval " + golden_key] = golden_csv
     test_csv = _evaluate(planted.test, workdir / "eval" / "test")
     result = preflight(load_eval_csv(golden_csv), load_eval_csv(test_csv))
     golden_ids, test_ids = _ids(golden_csv), _ids(test_csv)
@@ -60,7 +65,7 @@ def run_pair(planted: Planted, workdir: Path, *, tokens: int = 4, dump: bool = T
     )
     if not dump:
         return score
-    records = _dump_and_compare(planted, workdir, [int(k) for k in keys], tokens)
+    records = _dump_and_compare(planted, workdir, [int(k) for k in keys], tokens, cache)
     marked = {str(r.key): r for r in records}
     return Score(
         **{**score.__dict__, "dump_cases": len(records),
@@ -93,7 +98,11 @@ def _ids(csv_path: Path) -> dict[str, list[int]]:
         return {row["key"]: json.loads(row["input_token_ids"]) for row in csv.DictReader(handle)}
 
 
-def _dump_and_compare(planted: Planted, workdir: Path, indices: list[int], tokens: int):
+def _key(side: SidePaths) -> str:
+    return side.model_yaml.read_text(encoding="utf-8") + side.task_yaml.read_text(encoding="utf-8")
+
+
+def _dump_and_compare(planted: Planted, workdir: Path, indices: list[int], tokens: int, cache: dict[str, Path]):
     from logitsdump.compare import CompareOptions
     from logitsdump.compare.run import measure
     from logitsdump.protocol import DumpRequest, child_environment
@@ -104,10 +113,15 @@ def _dump_and_compare(planted: Planted, workdir: Path, indices: list[int], token
     env = child_environment({}, request)
     folders = []
     for name, side in (("golden", planted.golden), ("test", planted.test)):
+        key = f"dump {tokens} {indices} " + _key(side)
+        if name == "golden" and key in cache:
+            folders.append(cache[key])
+            continue
         options = EvalOptions(str(side.model_yaml), str(side.task_yaml), output_dir=str(workdir / "dump" / name),
                               device="cpu")
         with environment(env), contextlib.redirect_stdout(io.StringIO()):
             folders.append(run_eval(options).layout.logits_dir)
+        cache[key] = folders[-1]
     measured = measure(CompareOptions(golden_path=str(folders[0]), my_path=str(folders[1]),
                                       output_dir=str(workdir / "compare")))
     return measured.cases
