@@ -83,7 +83,7 @@ class ProbeReport:
         spread = f"max |Δlogit| over {self.repeats} repeats {_g(self.largest('repeat_max_abs'))}"
         if self.batch_size > 1:
             spread += f", at batch size {self.batch_size} vs 1 {_g(self.largest('batch_max_abs'))}"
-        return f"{len(self.cases)} flipped case(s): {', '.join(parts) or 'none'} ({spread}; {self.dtype}, " \
+        return f"{len(self.cases)} case(s): {', '.join(parts) or 'none'} ({spread}; {self.dtype}, " \
                f"{self.device}, first {self.steps} steps)"
 
     def to_dict(self) -> dict[str, Any]:

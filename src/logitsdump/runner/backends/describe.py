@@ -36,7 +36,7 @@ NUMERICS_FIELDS = (
 DETERMINISM_VARIABLES = (
     "VLLM_BATCH_INVARIANT", "LCCL_DETERMINISTIC", "HCCL_DETERMINISTIC", "ATB_MATMUL_SHUFFLE_K_ENABLE",
     "ATB_LLM_LCOC_ENABLE", "CUBLAS_WORKSPACE_CONFIG", "NVIDIA_TF32_OVERRIDE", "OMP_NUM_THREADS",
-    "ASCEND_LAUNCH_BLOCKING",
+    "ASCEND_LAUNCH_BLOCKING", "CLOSE_MATMUL_K_SHIFT", "HCCL_OP_EXPANSION_MODE",
 )
 #: Python distributions whose version is recorded when installed.
 LIBRARIES = ("torch", "transformers", "tokenizers", "vllm", "vllm-ascend", "torch-npu", "safetensors")
