@@ -211,12 +211,12 @@ def _dump_both(tmp_path: Path, test_yaml: Path, bad_cases: Path) -> tuple[Path, 
 
 @pytest.mark.slow
 def test_the_ablation_does_not_blame_the_configuration_for_a_weight_defect(tmp_path):
-    from logitsdump.triage.ablation import TestSetup, run_ablation
+    from logitsdump.triage.ablation import RecordedSetup, run_ablation
     from logitsdump.triage.rerun import read_flipped
 
     test_yaml, bad_cases, _ = _flips(tmp_path, Defect("zero-head", layer=0, head=0), 4, "mmlu_zero_shot")
     report = run_ablation(str(test_yaml), str(examples.task_config("mmlu_zero_shot")), read_flipped(bad_cases),
-                          TestSetup(batch_size=4), device="cpu")
+                          RecordedSetup(batch_size=4), device="cpu")
     assert report.reproduced >= 2 and report.culprits() == []
     assert "not configuration-triggered" in report.summary()
 

@@ -1,6 +1,6 @@
 """The configuration ablation: re-run the flipped cases with one feature changed at a time.
 
-The test side's set-up (`TestSetup`, from its recorded provenance or the flags) says which features
+The test side's set-up (`RecordedSetup`, from its recorded provenance or the flags) says which features
 it ran with; each `Variant` changes one of them, where the backend has it:
 - `batch-size-1`: batch size 1 instead of N (any backend);
 - `single-process`: tensor parallel size 1 and data parallel off (the run was a torchrun of W processes;
@@ -29,7 +29,7 @@ BASELINE = "as-recorded"
 
 
 @dataclass(frozen=True)
-class TestSetup:
+class RecordedSetup:
     """What the test side ran with (the features an ablation can change)."""
 
     #: The model YAML's requested_gpu_framework, as recorded (None: the model YAML's).
@@ -41,7 +41,7 @@ class TestSetup:
     engine: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_run(cls, run: Mapping[str, Any] | None, **overrides: Any) -> TestSetup:
+    def from_run(cls, run: Mapping[str, Any] | None, **overrides: Any) -> RecordedSetup:
         """From a run's provenance (`store.RunProvenance.run`); `overrides` (not None) win."""
         runner = run.get("runner") if isinstance(run, Mapping) else None
         runner = runner if isinstance(runner, Mapping) else {}
@@ -71,7 +71,7 @@ class Variant:
     engine: Mapping[str, Any] = field(default_factory=dict)
 
 
-def variants_for(setup: TestSetup) -> list[tuple[Variant, str]]:
+def variants_for(setup: RecordedSetup) -> list[tuple[Variant, str]]:
     """Every variant with '' when it applies to `setup`, else why not."""
     engine = setup.engine
     vllm_only = "" if setup.vllm else "the HF backend has no such feature"
@@ -165,7 +165,7 @@ class AblationReport:
             raise FileFormatError(f"a malformed ablation report ({err})") from None
 
 
-def run_ablation(model_config_path: str, task_config_path: str, flipped: Sequence[Any], setup: TestSetup, *,
+def run_ablation(model_config_path: str, task_config_path: str, flipped: Sequence[Any], setup: RecordedSetup, *,
                  device: str = "auto", progress: Any = None) -> AblationReport:
     """Run the as-recorded set-up and each applicable variant on the `flipped` cases (`rerun.FlippedCase`)."""
     from logitsdump.runner.backends.vllm import ENGINE_ARGS_ENV

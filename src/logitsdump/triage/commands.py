@@ -161,12 +161,12 @@ def _say(message: str) -> None:
 
 def _run_probe(args: argparse.Namespace) -> int:
     from logitsdump.fsutil import ensure_writable_dir
-    from logitsdump.triage.ablation import TestSetup
+    from logitsdump.triage.ablation import RecordedSetup
     from logitsdump.triage.probe import run_probe
     from logitsdump.triage.rerun import Rerunner, read_flipped
 
     flipped = read_flipped(args.bad_case_csv)
-    setup = TestSetup.from_run(_recorded_run(args.test_run), batch_size=args.batch_size)
+    setup = RecordedSetup.from_run(_recorded_run(args.test_run), batch_size=args.batch_size)
     batch_size = args.batch_size or (setup.batch_size if args.test_run else 8)
     ensure_writable_dir(args.output_dir)  # before the model loads
     rerunner = Rerunner.from_files(args.model_config_path, args.task_config_path, args.device, args.backend)
@@ -179,11 +179,11 @@ def _run_probe(args: argparse.Namespace) -> int:
 
 def _run_ablate(args: argparse.Namespace) -> int:
     from logitsdump.fsutil import ensure_writable_dir
-    from logitsdump.triage.ablation import TestSetup, run_ablation
+    from logitsdump.triage.ablation import RecordedSetup, run_ablation
     from logitsdump.triage.rerun import read_flipped
 
     flipped = read_flipped(args.bad_case_csv)
-    setup = TestSetup.from_run(_recorded_run(args.test_run), batch_size=args.batch_size,
+    setup = RecordedSetup.from_run(_recorded_run(args.test_run), batch_size=args.batch_size,
                                backend=args.backend)
     ensure_writable_dir(args.output_dir)
     report = run_ablation(args.model_config_path, args.task_config_path, flipped, setup, device=args.device,
