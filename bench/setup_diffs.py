@@ -36,6 +36,19 @@ def models(choice: str) -> list[tuple[str, Path]]:
     return found
 
 
+def median_length(clean: Path) -> int | None:
+    """The median prompt length of the clean pair's golden side (the context-limit difference cuts about half)."""
+    import csv
+    import json
+
+    found = sorted((clean / "eval" / "golden").rglob("*_debug_info.csv")) if clean.is_dir() else []
+    if not found:
+        return None
+    with open(found[0], encoding="utf-8", newline="") as handle:
+        lengths = sorted(len(json.loads(row["input_token_ids"])) for row in csv.DictReader(handle))
+    return lengths[len(lengths) // 2]
+
+
 def rate(hits: int, total: int) -> str:
     return f"{hits}/{total}" + (f" ({hits / total:.0%})" if total else "")
 
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in (CLEAN, *KINDS):
             task = examples.task_config(args.task)
             planted = plant(kind, folder, task, work / name / kind / "plant", model_name=name,
-                            test_dtype=args.test_dtype)
+                            test_dtype=args.test_dtype, context_limit=median_length(work / name / CLEAN))
             score = run_pair(planted, work / name / kind, tokens=args.tokens, cache=cache)
             print(row(name, score), flush=True)
             if score.finding:

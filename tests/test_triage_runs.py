@@ -31,8 +31,13 @@ def _threads():
     torch.set_num_threads(threads)
 
 
+#: The tiny model's median prompt length on TASK with one shot (the context-limit difference cuts the longer half).
+MEDIAN_PROMPT = 283
+
+
 def planted_pair(kind: str, work: Path):
-    planted = plant(kind, examples.TINY_MODEL, examples.task_config(TASK), work / "plant", model_name="tiny_llama")
+    planted = plant(kind, examples.TINY_MODEL, examples.task_config(TASK), work / "plant", model_name="tiny_llama",
+                    context_limit=MEDIAN_PROMPT)
     return planted, run_pair(planted, work, tokens=2)
 
 
@@ -46,6 +51,8 @@ def test_each_planted_set_up_difference_is_named_in_every_case_it_touches(tmp_pa
         assert score.touched == 0 and score.causes == {}, score
         return
     assert score.touched > 0
+    if kind == "context-limit":  # only the prompts longer than the limit: the others must stay unflagged
+        assert 0 < score.touched < score.cases, score
     assert score.eval_hits == score.touched, score  # bcanalyze's preflight (debug CSVs)
     assert score.dump_hits == score.touched, score  # compare's setup-differs verdict, with the cause
     assert score.finding

@@ -11,6 +11,8 @@ folder copy) that differ by one of `KINDS`, each the mistake the parity prefligh
 - `tokenizer-file`: the test side's tokenizer.json lower-cases its input (a changed normalizer);
 - `config-field`: the test side's config.json has another rms_norm_eps;
 - `generation-config`: both sides apply generation_config.json; the test side's sets repetition_penalty;
+- `context-limit` (beyond the issue's list, to measure false alarms per case): the test side's
+  requested_max_input_length is `context_limit`, so only the prompts longer than it are cut;
 - `clean`: no difference (the false-alarm check).
 Model folders are copies with their weights hard-linked (no second copy of a large file).
 """
@@ -26,16 +28,16 @@ from typing import Any
 from logitsdump.errors import ConfigError
 
 KINDS = ("chat-template", "double-bos", "few-shot", "max-new-tokens", "sampling", "tokenizer-file",
-         "config-field", "generation-config")
+         "config-field", "generation-config", "context-limit")
 CLEAN = "clean"
 #: The cause the preflight must name for each kind.
 EXPECTED_CAUSE = {
     "chat-template": "chat-template", "double-bos": "bos", "few-shot": "few-shot",
     "max-new-tokens": "max-new-tokens", "sampling": "sampling", "tokenizer-file": "tokenizer-file",
-    "config-field": "model-config", "generation-config": "generation-config",
+    "config-field": "model-config", "generation-config": "generation-config", "context-limit": "truncation",
 }
 #: Kinds whose difference touches only the cases whose prompt tokens differ (the others touch every case).
-PROMPT_KINDS = frozenset({"chat-template", "double-bos", "few-shot", "tokenizer-file"})
+PROMPT_KINDS = frozenset({"chat-template", "double-bos", "few-shot", "tokenizer-file", "context-limit"})
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
@@ -55,11 +57,15 @@ class Planted:
 
 
 def plant(kind: str, model_dir: Path, task_yaml: Path, workdir: Path, *, model_name: str,
-          golden_dtype: str = "fp32", test_dtype: str = "bf16", shots: int = 1, max_new_tokens: int = 4) -> Planted:
+          golden_dtype: str = "fp32", test_dtype: str = "bf16", shots: int = 1, max_new_tokens: int = 4,
+          context_limit: int | None = None) -> Planted:
     """Write both sides of `kind` (or `clean`) under `workdir` (a new folder): the base task YAML with
-    `shots` and `max_new_tokens`, golden in `golden_dtype`, test in `test_dtype`."""
+    `shots` and `max_new_tokens`, golden in `golden_dtype`, test in `test_dtype` (`context_limit`: the
+    test's prompt limit of `context-limit`)."""
     if kind not in (*KINDS, CLEAN):
         raise ConfigError(f"unknown set-up difference {kind!r}: use one of {', '.join((*KINDS, CLEAN))}")
+    if kind == "context-limit" and not (context_limit or 0) > 0:
+        raise ConfigError("the context-limit difference needs a context_limit > 0")
     workdir.mkdir(parents=True, exist_ok=False)
     task = _task_yaml(task_yaml)
     task.update(shots=shots, requested_max_output_length=max_new_tokens)
@@ -84,6 +90,8 @@ def plant(kind: str, model_dir: Path, task_yaml: Path, workdir: Path, *, model_n
     elif kind == "config-field":
         test_model = copy_model(model_dir, workdir / "test_model")
         _edit_json(test_model / "config.json", lambda c: {**c, "rms_norm_eps": 1e-3})
+    elif kind == "context-limit":
+        test_task["requested_max_input_length"] = context_limit
     elif kind == "generation-config":
         golden_extra["generation"] = test_extra["generation"] = {"use_generation_config": True}
         test_model = copy_model(model_dir, workdir / "test_model")
