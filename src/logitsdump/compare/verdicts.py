@@ -89,7 +89,7 @@ TABLE: tuple[Verdict, ...] = (
         "The two sides did not feed the model the same inputs or settings (the preflight names the cause: "
         "chat template, BOS, few-shot, limits, sampling, tokenizer or config files): fix the set-up and "
         "compare again; the logits say nothing about precision until then.",
-        "set-ups differ: fix them first", free_run=True, replay=True,
+        "set-ups differ: fix them first", free_run=False, replay=False,  # not a numerics verdict: shown when given
     ),
 )
 
@@ -136,4 +136,4 @@ def slug(name: str) -> str:
 def help_text() -> str:
     """`free runs: a, b, ...; replayed cases (dump --replay): c, d, ...`, for the CLI."""
     return (f"free runs: {', '.join(FREE_RUN_VERDICTS)}; replayed cases (dump --replay): "
-            f"{', '.join(REPLAY_VERDICTS)}")
+            f"{', '.join(REPLAY_VERDICTS)}; inputs or settings differ (the preflight): {SETUP_DIFFERS}")
