@@ -235,3 +235,22 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path):
     store.provenance_path_for_csv(csv_path).write_text('{"schema_version": 99, "run": {}}', encoding="utf-8")
     with pytest.raises(DataError, match="schema_version 99"):
         load_eval_csv(csv_path)
+
+
+def test_the_preflight_and_its_report_never_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    golden = write_debug_csv(tmp_path / "g" / "t_pa_batch1_tp1_debug_info.csv", PROMPTS)
+    test = write_debug_csv(tmp_path / "t" / "t_pa_batch1_tp1_debug_info.csv", PROMPTS)
+    code = (
+        "import sys\n"
+        "from logitsdump.cli import main\n"
+        f"main(['preflight', '-gp', {str(golden)!r}, '-mp', {str(test)!r}])\n"
+        "import logitsdump.triage.setup_verdicts, logitsdump.report.triage, logitsdump.triage.probe\n"
+        "import logitsdump.triage.ablation, logitsdump.triage.rerun\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "set-up: none found" in done.stdout
