@@ -257,7 +257,7 @@ def _html_configuration(preflights: Sequence[Preflight], ablation: AblationRepor
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="triage"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="grid triage"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _g(value: float | None) -> str:
