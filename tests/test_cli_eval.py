@@ -20,7 +20,7 @@ def test_help_does_not_import_torch():
         "from logitsdump.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "for cmd in ('eval', 'bcanalyze', 'dump', 'logitsdump', 'compare', 'logitscmp', 'report', 'demo',"
-        " 'examples'):\n"
+        " 'examples', 'preflight', 'probe', 'ablate'):\n"
         "    try:\n        main([cmd, '--help'])\n    except SystemExit:\n        pass\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"

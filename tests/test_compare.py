@@ -146,7 +146,7 @@ def test_verdicts(tmp_path: Path) -> None:
     assert "unreadable" in verdicts[7].reason
     assert dict(summary.verdicts) == {
         "identical": 1, "consistent": 1, "noise": 0, "tie-flip": 2, "divergent": 2, "precision-suspect": 0,
-        "incomplete": 2,
+        "incomplete": 2, "setup-differs": 0,
     }
     # a tighter tolerance turns the tie into a divergence
     assert {c.key: c.verdict for c in _run(tmp_path, tie_tolerance=0.01).cases}[3] == "divergent"

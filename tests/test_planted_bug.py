@@ -54,13 +54,17 @@ def test_config_and_code_defects(tmp_path):
     from logitsdump.errors import ConfigError
 
     source = examples.TINY_MODEL
+    healthy = json.loads((source / "config.json").read_text())
     eps = write_defective_model(source, tmp_path / "eps", Defect("rms-eps", value=1e-3))
-    assert json.loads((eps / "config.json").read_text())["rms_norm_eps"] == 1e-3
+    eps_config = json.loads((eps / "config.json").read_text())
+    # the kernel's constant is wrong, config.json keeps the right one (a changed config.json is a set-up difference)
+    assert eps_config["planted_constants"] == {"rms_norm_eps": 1e-3}
+    assert eps_config["rms_norm_eps"] == healthy["rms_norm_eps"] and Defect("rms-eps").needs_code
     # the weights are the source's, hard-linked (no second copy of a large file)
     assert os.path.samefile(eps / "model.safetensors", source / "model.safetensors")
     rope = json.loads((write_defective_model(source, tmp_path / "rope", Defect("rope-base", value=500.0))
                        / "config.json").read_text())
-    assert rope["rope_theta"] == 500.0 and rope.get("rope_parameters", {"rope_theta": 500.0})["rope_theta"] == 500.0
+    assert rope["planted_constants"] == {"rope_theta": 500.0} and rope["rope_theta"] == healthy["rope_theta"]
     overflow = Defect("fp16-norm", layer=1)
     folder = write_defective_model(source, tmp_path / "fp16", overflow)
     config = json.loads((folder / "config.json").read_text())
@@ -93,3 +97,33 @@ def test_the_planted_fp16_norm_is_in_the_loaded_model(tmp_path):
         small = torch.randn(2, model.config.hidden_size)
         assert torch.allclose(planted(small), source.model.layers[1].input_layernorm(small), atol=1e-2)
         assert planted(small * 1000).abs().max() == 0  # inf variance: the norm's output is 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "field", "value"),
+                         [("rms-eps", "rms_norm_eps", 1e-3), ("rope-base", "rope_theta", 500.0)])
+def test_a_planted_constant_computes_as_the_edited_config_did(tmp_path, kind, field, value):
+    """The kernel-constant defects compute bit for bit what a config.json edited the same way computes (their
+    measured figures in docs/compare.md hold), and differ from the healthy model."""
+    import json
+    import shutil
+
+    import torch
+    import transformers
+
+    planted = write_defective_model(examples.TINY_MODEL, tmp_path / "planted", Defect(kind, value=value))
+    edited = tmp_path / "edited"
+    shutil.copytree(examples.TINY_MODEL, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config[field] = value
+    if field == "rope_theta" and isinstance(config.get("rope_parameters"), dict):
+        config["rope_parameters"]["rope_theta"] = value
+    (edited / "config.json").write_text(json.dumps(config))
+    ids = torch.tensor([[1, 50, 60, 70, 80, 90, 100]])
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    with torch.no_grad():
+        a = load(planted, trust_remote_code=True, local_files_only=True)(ids).logits
+        b = load(edited, local_files_only=True)(ids).logits
+        healthy = load(examples.TINY_MODEL, local_files_only=True)(ids).logits
+    assert torch.equal(a, b)
+    assert not torch.equal(a, healthy)

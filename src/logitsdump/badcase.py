@@ -276,6 +276,9 @@ class BcanalyzeResult:
     warnings: tuple[str, ...]
     #: The pass/fail flips of the cases judged on both sides, and McNemar's p-value.
     flips: Flips = Flips()
+    #: The parity preflight of the two debug CSVs (`triage.preflight.Preflight`; None for lm-eval samples or
+    #: when a provenance file could not be read).
+    preflight: Any = None
 
 
 def bcanalyze(
@@ -328,6 +331,7 @@ def _collector_paused() -> Iterator[None]:
 def _analyze_tables(options: BcanalyzeOptions, golden: _Table, test: _Table) -> BcanalyzeResult:
     """The join of two result tables, the bad-case CSV and McNemar's test."""
     warnings: list[str] = []
+    preflight = _preflight(options)
 
     join = ["key"]
     if "queries" in golden.columns:
@@ -394,14 +398,27 @@ def _analyze_tables(options: BcanalyzeOptions, golden: _Table, test: _Table) -> 
     log.info("%s", flips.describe())
     if not out_rows:
         log.warning("no difference between the golden and the test results: no file written")
-        return BcanalyzeResult(None, 0, count, tuple(warnings), flips)
+        return BcanalyzeResult(None, 0, count, tuple(warnings), flips, preflight)
     folder = ensure_writable_dir(options.output_dir)
     if len(out_rows) >= _PROGRESS_ROWS:
         log.info("writing %d bad cases", len(out_rows))
     with claim_stamped(folder, timestamp(), lambda tag: (f"{RESULT_PREFIX}{tag}.csv",)) as (path,):
         write_csv(path, header, out_rows)
     log.debug("%d bad case(s) of %d compared written to %s", len(out_rows), count, path)
-    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings), flips)
+    return BcanalyzeResult(path, len(out_rows), count, tuple(warnings), flips, preflight)
+
+
+def _preflight(options: BcanalyzeOptions) -> Any:
+    """The parity preflight of the two debug CSVs (and the provenance files beside them); a provenance file
+    that cannot be read is a warning."""
+    from logitsdump.triage.preflight import preflight
+    from logitsdump.triage.sides import load_eval_csv
+
+    try:
+        return preflight(load_eval_csv(Path(options.golden_path)), load_eval_csv(Path(options.test_path)))
+    except DataError as err:
+        log.warning("preflight skipped: %s", err)
+        return None
 
 
 def _flips(pairs: dict[tuple[str, str], int]) -> Flips:

@@ -152,6 +152,10 @@ def _run_bcanalyze(args: argparse.Namespace) -> int:
     options = BcanalyzeOptions(args.golden_path, args.my_path, args.output_dir or DEFAULT_ANALYZER_DIR,
                                metric=args.metric, lm_eval_filter=args.lm_eval_filter)
     result = analyze(options)
+    if result.preflight is not None:  # set-up findings first
+        from logitsdump.report.triage import format_preflight
+
+        print(format_preflight(result.preflight))
     if result.output_path is None:
         print(f"no bad cases: the {result.compared} cases in both files have the same verdict")
     else:
@@ -481,6 +485,9 @@ def _add_report_parser(subparsers) -> None:
                    "name ending in .html")
     parser.add_argument("--topk", type=positive_int, default=None,
                         help="candidates listed at the divergence step (default: compare's --topk, at most 20)")
+    parser.add_argument("--triage", nargs="+", default=(), metavar="FILE",
+                        help="probe_<ts>.json / ablation_<ts>.json of `logitsdump probe` / `ablate`, shown in the "
+                        "set-up-or-numerics section")
     add_log_level(parser)
     parser.set_defaults(handler=_run_report)
 
@@ -501,8 +508,11 @@ def _run_report(args: argparse.Namespace) -> int:
         if page:
             check_path_fits(out, "-o/--output-dir")
     result = load_compares(args.compare_output)
-    path = write_report(result, args.output_dir, topk=args.topk)
-    print_summary(result)
+    from logitsdump.report.triage import load_evidence
+
+    evidence = load_evidence(result, args.triage)
+    path = write_report(result, args.output_dir, topk=args.topk, triage=evidence)
+    print_summary(result, triage=evidence)
     print(f"report: {path}")
     return 0
 
@@ -552,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_examples_parser(subparsers)
+    from logitsdump.triage import commands as triage_commands  # preflight, probe, ablate
+
+    triage_commands.add_parsers(subparsers)
     return parser
 
 

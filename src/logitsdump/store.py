@@ -7,6 +7,7 @@ Writing needs torch; name handling and the manifest do not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -139,6 +140,8 @@ class CaseManifest:
     logits_kind: str = "raw"
     versions: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: `CaseInputs.to_dict()`: what the case fed the model (empty in manifests written before it).
+    inputs: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +150,7 @@ class CaseManifest:
             data[name] = list(data[name])
         data["versions"] = dict(self.versions)
         data["extra"] = dict(self.extra)
+        data["inputs"] = dict(self.inputs)
         return data
 
     @classmethod
@@ -217,7 +221,7 @@ def _iter_manifest(path: Path) -> Iterator[CaseManifest]:
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "task": str, "subject": str, "key": (int, str), "index": int, "output_text": str, "query": str,
     "prompt_sha256": str, "model_name": str, "model_path": str, "dtype": str, "logits_dtype": str,
-    "vocab_size": int, "device": str, "logits_kind": str, "versions": dict, "extra": dict,
+    "vocab_size": int, "device": str, "logits_kind": str, "versions": dict, "extra": dict, "inputs": dict,
 }
 
 
@@ -281,3 +285,129 @@ def read_dump_summary(folder: str | os.PathLike[str]) -> DumpSummary | None:
     if not all(type(v) is int and v >= 0 for v in values):
         return None
     return DumpSummary(*values)
+
+
+# ---- provenance: what each run and each case fed the model (the parity preflight reads it) ------------
+
+#: The run's provenance beside a dump's manifest.
+PROVENANCE_NAME = "provenance.json"
+#: ... and beside an evaluation's debug CSV: `{stem}_provenance.json` for `{stem}_debug_info.csv`.
+PROVENANCE_SUFFIX = "_provenance.json"
+DEBUG_CSV_SUFFIX = "_debug_info.csv"
+PROVENANCE_SCHEMA_VERSION = 1
+#: The largest provenance file read back (an eval of 100k cases writes about 40 MB).
+MAX_PROVENANCE_BYTES = 512 * 1024 * 1024
+
+
+def token_ids_sha256(ids: Sequence[int]) -> str:
+    """The hash of a token-id sequence, the same for a manifest's list and a debug CSV's `[1, 2]` cell."""
+    return hashlib.sha256(",".join(str(int(i)) for i in ids).encode("ascii")).hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def provenance_path_for_csv(csv_path: str | os.PathLike[str]) -> Path:
+    """Where an evaluation wrote the provenance of the debug CSV `csv_path` (beside it)."""
+    path = Path(csv_path)
+    stem = path.name[: -len(DEBUG_CSV_SUFFIX)] if path.name.endswith(DEBUG_CSV_SUFFIX) else path.stem
+    return path.with_name(stem + PROVENANCE_SUFFIX)
+
+
+@dataclass(frozen=True)
+class CaseInputs:
+    """What one case fed the model and how its generation ended (None: not recorded).
+
+    `rendered_prompt`: the text after the task's prompt template and the chat template, before
+    tokenization (dumps only; evaluations keep its hash). `original_length`: the prompt's token count
+    before it was fitted to the context limit. `mode`: generate, forward (one pass, need_logits) or
+    replay-step / replay-prefill. `stop_reason`: eos, limit (max new tokens), stop-rule or forced.
+    `shots`: which few-shot examples the prompt holds (task-specific ids, e.g. `dev:3`).
+    """
+
+    input_sha256: str | None = None
+    input_length: int | None = None
+    original_length: int | None = None
+    bos_count: int | None = None
+    eos_count: int | None = None
+    rendered_prompt: str | None = None
+    rendered_sha256: str | None = None
+    max_new_tokens: int | None = None
+    output_length: int | None = None
+    stop_reason: str | None = None
+    mode: str | None = None
+    shots: tuple[str, ...] | None = None
+
+    def to_dict(self, *, with_prompt: bool = True) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["shots"] = list(self.shots) if self.shots is not None else None
+        if not with_prompt:
+            data.pop("rendered_prompt")
+        return {name: value for name, value in data.items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CaseInputs:
+        """Lenient: a field that is absent or of another type reads as None."""
+        if not isinstance(data, Mapping):
+            return cls()
+        values: dict[str, Any] = {}
+        for name, kind in _INPUT_TYPES.items():
+            value = data.get(name)
+            values[name] = value if isinstance(value, kind) and not isinstance(value, bool) else None
+        shots = data.get("shots")
+        values["shots"] = tuple(str(s) for s in shots) if isinstance(shots, list) else None
+        return cls(**values)
+
+
+_INPUT_TYPES: dict[str, type] = {
+    "input_sha256": str, "input_length": int, "original_length": int, "bos_count": int, "eos_count": int,
+    "rendered_prompt": str, "rendered_sha256": str, "max_new_tokens": int, "output_length": int,
+    "stop_reason": str, "mode": str,
+}
+
+
+@dataclass(frozen=True)
+class RunProvenance:
+    """One run's provenance: `run` (sections of settings: runner, versions, model, tokenizer,
+    chat_template, generation, inputs, engine, environment) and, for an evaluation, `cases`
+    (key -> `CaseInputs.to_dict(with_prompt=False)`)."""
+
+    run: Mapping[str, Any]
+    cases: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    schema_version: int = PROVENANCE_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version, "run": dict(self.run),
+                "cases": {str(k): dict(v) for k, v in self.cases.items()}}
+
+
+def write_provenance(path: str | os.PathLike[str], provenance: RunProvenance) -> None:
+    """Write a run's provenance (atomically)."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        json.dump(provenance.to_dict(), handle, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def read_provenance(path: str | os.PathLike[str]) -> RunProvenance | None:
+    """The provenance at `path`; None when there is no such file (an older or a foreign run).
+
+    A file that exists but cannot be read as a provenance raises FileFormatError with the reason.
+    """
+    file = Path(path)
+    if not file.is_file():
+        return None
+    try:
+        if file.stat().st_size > MAX_PROVENANCE_BYTES:
+            raise FileFormatError(f"{file}: larger than {MAX_PROVENANCE_BYTES} bytes, not a provenance file")
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise FileFormatError(f"cannot read {file}: {getattr(err, 'strerror', None) or err}") from None
+    except (ValueError, RecursionError) as err:
+        raise FileFormatError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("run"), dict):
+        raise FileFormatError(f"{file}: expected a provenance object with a 'run' mapping")
+    if data.get("schema_version") != PROVENANCE_SCHEMA_VERSION:
+        raise FileFormatError(f"{file}: provenance schema_version {data.get('schema_version')!r} is not "
+                              f"{PROVENANCE_SCHEMA_VERSION}; use the logitsdump that wrote it")
+    cases = data.get("cases") if isinstance(data.get("cases"), dict) else {}
+    return RunProvenance(run=data["run"], cases={str(k): v for k, v in cases.items() if isinstance(v, dict)})

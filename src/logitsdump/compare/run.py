@@ -80,6 +80,8 @@ class Measured:
     cases: list[CaseRecord]
     #: The noise floor the cases were judged against (measured, flags, or the dtype's default).
     floor: Floor
+    #: The parity preflight of the two folders (`triage.preflight.Preflight.to_dict()`).
+    preflight: Mapping[str, Any] = field(default_factory=dict)
 
 
 def measure(options: CompareOptions) -> Measured:
@@ -99,7 +101,10 @@ def measure(options: CompareOptions) -> Measured:
     steps = list(tracked(measure_all(pairs, options.thresholds(), topk, options.workers), "measuring file pairs",
                          len(pairs), "pair", logger=_log))
     cases = [folders.annotate(case) for case in judge_cases(steps, floor.tolerances, folders.replays(steps))]
-    return Measured(out_dir, steps, cases, floor)
+    from logitsdump.triage.setup_verdicts import mark_setup_cases  # set-up differences before numerics
+
+    cases, preflight = mark_setup_cases(cases, golden_dir, my_dir)
+    return Measured(out_dir, steps, cases, floor, preflight)
 
 
 def run_compare(options: CompareOptions, *, now: datetime | None = None) -> CompareSummary:
@@ -131,7 +136,8 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
         )
         document = CompareDocument(
             tool=f"logitsdump {__version__}", timestamp=stamp, options=options.to_dict(measured.floor),
-            summary=summary.to_dict(), cases=summary.cases, floor=measured.floor.to_dict(),
+            summary={**summary.to_dict(), "preflight": measured.preflight}, cases=summary.cases,
+            floor=measured.floor.to_dict(),
         )
         if len(cases) >= LARGE_RUN:  # one line: the JSON is written in one go
             _log.info("writing %s (%d cases)", cases_json.name, len(cases))

@@ -41,6 +41,7 @@ TIE_FLIP = "tie-flip"
 DIVERGENT = "divergent"
 PRECISION_SUSPECT = "precision-suspect"
 INCOMPLETE = "incomplete"
+SETUP_DIFFERS = "setup-differs"
 
 #: Every verdict, best first.
 TABLE: tuple[Verdict, ...] = (
@@ -82,6 +83,13 @@ TABLE: tuple[Verdict, ...] = (
         INCOMPLETE, False, 1, "#6b5b95", "35",
         "A logits file is missing or unreadable before a verdict could be reached: dump the case again.",
         "files missing or unreadable", free_run=True, replay=True,
+    ),
+    Verdict(
+        SETUP_DIFFERS, False, 0, "#8d6e63", "1;33",
+        "The two sides did not feed the model the same inputs or settings (the preflight names the cause: "
+        "chat template, BOS, few-shot, limits, sampling, tokenizer or config files): fix the set-up and "
+        "compare again; the logits say nothing about precision until then.",
+        "set-ups differ: fix them first", free_run=False, replay=False,  # not a numerics verdict: shown when given
     ),
 )
 
@@ -128,4 +136,4 @@ def slug(name: str) -> str:
 def help_text() -> str:
     """`free runs: a, b, ...; replayed cases (dump --replay): c, d, ...`, for the CLI."""
     return (f"free runs: {', '.join(FREE_RUN_VERDICTS)}; replayed cases (dump --replay): "
-            f"{', '.join(REPLAY_VERDICTS)}")
+            f"{', '.join(REPLAY_VERDICTS)}; inputs or settings differ (the preflight): {SETUP_DIFFERS}")

@@ -4,13 +4,18 @@ A "device with a defect" is simulated by a copy of a model folder that carries t
 - in its weights: `scale-layer` (layer `layer`'s attention and MLP outputs times `factor`, a wrong
   scale factor in a fused kernel), `scale-o-proj` (only its attention output projection),
   `zero-head` (head `head` of layer `layer` contributes nothing: a kernel that drops a head);
-- in its config: `rms-eps` (every RMSNorm's epsilon set to `value`), `rope-base` (RoPE's base
-  theta set to `value`);
+- in its kernels' constants: `rms-eps` (every RMSNorm's epsilon set to `value`), `rope-base` (RoPE's
+  base theta set to `value`); config.json keeps the right values (a device whose kernel is wrong; a
+  changed config.json is a set-up difference the preflight names, `setup_plants`), the folder's modeling
+  file sets them;
 - in its code: `fp16-norm` (layer `layer`'s input RMSNorm squares its input in fp16 instead of
   fp32, so it overflows to inf where |x| > 255.9 and the norm's output there becomes 0: the classic
   fp16 overflow of a kernel that skips the fp32 upcast). The folder gets a small modeling file
   (`planted_modeling.py`) and needs `trust_remote_code: true` in its model YAML
-  (`write_model_yaml(..., trust_remote_code=defect.needs_code)`).
+  (`write_model_yaml(..., trust_remote_code=defect.needs_code)`);
+- in its code, triggered by the configuration: `batch-mask` (a batched forward pass drops the padding
+  mask: healthy at batch size 1, wrong for the padded rows of a batch; the configuration ablation's
+  planted defect).
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from pathlib import Path
 
 from logitsdump.errors import ConfigError
 
-KINDS = ("scale-layer", "scale-o-proj", "zero-head", "rms-eps", "rope-base", "fp16-norm")
-#: The modeling file a `fp16-norm` folder carries, and the class its config's auto_map names.
+KINDS = ("scale-layer", "scale-o-proj", "zero-head", "rms-eps", "rope-base", "fp16-norm", "batch-mask")
+#: The modeling file a code defect's folder carries, and the class its config's auto_map names.
 CODE_FILE = Path(__file__).resolve().parent / "planted_modeling.py"
 CODE_CLASS = "PlantedLlamaForCausalLM"
+BATCH_MASK_CLASS = "BatchMaskLlamaForCausalLM"
+#: The kinds planted in the folder's modeling file (the model YAML needs trust_remote_code).
+CODE_KINDS = ("rms-eps", "rope-base", "fp16-norm", "batch-mask")
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class Defect:
     @property
     def needs_code(self) -> bool:
         """The folder carries a modeling file (its model YAML needs trust_remote_code)."""
-        return self.kind == "fp16-norm"
+        return self.kind in CODE_KINDS
 
 
 def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
@@ -74,15 +82,14 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
         save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
         return target
     _link_or_copy(source / "model.safetensors", target / "model.safetensors")  # the weights are unchanged
+    shutil.copyfile(CODE_FILE, target / CODE_FILE.name)
+    code_class = BATCH_MASK_CLASS if defect.kind == "batch-mask" else CODE_CLASS
+    config["auto_map"] = {"AutoModelForCausalLM": f"{CODE_FILE.stem}.{code_class}"}
     if defect.kind == "rms-eps":
-        config["rms_norm_eps"] = defect.value
+        config["planted_constants"] = {"rms_norm_eps": defect.value}
     elif defect.kind == "rope-base":
-        config["rope_theta"] = defect.value
-        if isinstance(config.get("rope_parameters"), dict):  # transformers 5 reads it from here
-            config["rope_parameters"]["rope_theta"] = defect.value
-    else:
-        shutil.copyfile(CODE_FILE, target / CODE_FILE.name)
-        config["auto_map"] = {"AutoModelForCausalLM": f"{CODE_FILE.stem}.{CODE_CLASS}"}
+        config["planted_constants"] = {"rope_theta": defect.value}
+    elif defect.kind == "fp16-norm":
         config["planted_fp16_norm_layer"] = defect.layer
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return target

@@ -40,7 +40,8 @@ DEFAULT_TOPK = 10
 
 
 def write_report(
-    source: Any, output_path: str | os.PathLike[str] | None = None, *, topk: int | None = None
+    source: Any, output_path: str | os.PathLike[str] | None = None, *, topk: int | None = None,
+    triage: Any = None,
 ) -> Path:
     """Write the HTML report of a compare run; return its path.
 
@@ -48,7 +49,7 @@ def write_report(
     `CompareSummary`, or a loaded `CompareResult`. `output_path`: a folder
     (created if missing; the page is `report.html` in it) or a file name ending
     in `.html`; default: `report.html` in the folder of the compare output. The
-    file is written atomically.
+    file is written atomically. `triage`: a `report.triage.Evidence` (the probe and ablation reports).
     """
     if isinstance(source, (list, tuple)):
         result = load_compares(source)
@@ -57,7 +58,7 @@ def write_report(
     path = Path(output_path) if output_path is not None else default_report_path(result)
     if not names_a_page(path):
         path = ensure_writable_dir(path) / REPORT_NAME  # a folder, as `-o` is everywhere
-    atomic_write_text(path, render_report(result, topk=topk))
+    atomic_write_text(path, render_report(result, topk=topk, triage=triage))
     return path
 
 
@@ -71,8 +72,10 @@ def default_report_path(result: CompareResult) -> Path:
     return result.json_path.parent / REPORT_NAME
 
 
-def render_report(result: CompareResult, *, topk: int | None = None) -> str:
-    """The whole page as text."""
+def render_report(result: CompareResult, *, topk: int | None = None, triage: Any = None) -> str:
+    """The whole page as text (`triage`: the evidence of the set-up-or-numerics section, `report.triage`)."""
+    from logitsdump.report.triage import html_section
+
     k = topk or min(int(result.options.get("topk") or DEFAULT_TOPK), 20)
     title = f"logitsdump report · {_golden_name(result)} vs {_test_name(result)}"
     parts = [
@@ -89,6 +92,7 @@ def render_report(result: CompareResult, *, topk: int | None = None) -> str:
         "</head>",
         "<body>",
         _header(result),
+        html_section(result, triage),
         _overview(result),
         statistics.run_section(result),
         _case_table(result),

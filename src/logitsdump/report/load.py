@@ -156,10 +156,8 @@ def load_compare(source: Any) -> CompareResult:
     path = find_cases_json(source)
     in_memory = getattr(source, "cases", None) if hasattr(source, "cases_json_path") else None
     head = read_head(path) if in_memory is not None else None
-    if head is not None:  # compare's own summary: its cases are in memory, only the head is read
-        read = CaseFile(head, tuple(in_memory), index_cases(in_memory))
-    else:
-        read = read_case_file(path)
+    # compare's own summary: its cases are in memory, only the head is read
+    read = CaseFile(head, tuple(in_memory), index_cases(in_memory)) if head is not None else read_case_file(path)
     head = read.head
     options, summary = head.get("options"), head.get("summary")
     document = CompareDocument(
@@ -199,6 +197,7 @@ def load_compares(sources: Sequence[Any]) -> CompareResult:
                 for key, count in value.items():
                     if isinstance(count, int):
                         merged[key] = merged.get(key, 0) + count
+    summary["preflights"] = [r.summary.get("preflight") for r in results]  # one per run (report.triage)
     first = results[0]
     options = dict(first.options)
     for name in ("golden_path", "my_path"):

@@ -42,24 +42,27 @@ def use_color(stream: TextIO | None = None) -> bool:
 
 
 def print_summary(source: Any, stream: TextIO | None = None, *, color: bool | None = None,
-                  worst: int = WORST_CASES) -> None:
+                  worst: int = WORST_CASES, triage: Any = None) -> None:
     """Print `format_summary(source)` to `stream` (stdout), coloured where the terminal allows."""
     stream = stream if stream is not None else sys.stdout
-    text = format_summary(source, color=use_color(stream) if color is None else color, worst=worst)
+    text = format_summary(source, color=use_color(stream) if color is None else color, worst=worst, triage=triage)
     stream.write(text + "\n")
     stream.flush()
 
 
-def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES) -> str:
-    """A readable summary table of a compare run.
+def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES, triage: Any = None) -> str:
+    """A readable summary table of a compare run, the set-up-or-numerics block first.
 
     `source`: a `CompareSummary`, a loaded `CompareResult`, compare's case JSON
     as a dict, or a path (the compare output folder or one of its files).
+    `triage`: the probe's and the ablation's evidence (`report.triage.Evidence`).
     """
+    from logitsdump.report.triage import terminal_block
+
     result = _result(source)
     paint = _painter(color)
     counts = result.verdict_counts()
-    lines: list[str] = []
+    lines: list[str] = [*terminal_block(result, triage, paint), ""]
     summary = result.summary
     if isinstance(summary.get("rows"), int):
         lines.append(f"rows: {summary['rows']} (passed {summary.get('passed', '?')}, "

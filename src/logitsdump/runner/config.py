@@ -35,6 +35,8 @@ class ModelConfig:
     requested_gpu_framework: str = "Huggingface"
     trust_remote_code: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Our extension: how tokens are chosen (`sampling.GENERATION_KEYS`); empty: greedy, as modeltest.
+    generation: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
 
 
@@ -161,6 +163,9 @@ def load_model_config(path: str | Path) -> ModelConfig:
         check.fail(f"'requested_gpu_framework' must be Huggingface or Vllm, found {framework!r}")
     env = check.get("env", dict, {})
     env = {str(k): str(v) for k, v in env.items()}
+    from logitsdump.runner.sampling import check_generation
+
+    generation = check_generation(check.get("generation", dict, {}), check.fail)
     config = ModelConfig(
         model_name=check.get("model_name", str, ""),
         model_path=check.get("model_path", str, ""),
@@ -172,6 +177,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
         requested_gpu_framework=framework,
         trust_remote_code=check.get("trust_remote_code", bool, False),
         env=env,
+        generation=generation,
         source=str(file),
     )
     if not config.model_path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logitsdump.logs import get_logger
+from logitsdump.runner import inputs
 from logitsdump.runner.backends.base import Backend, Decoded
 from logitsdump.runner.dumping import prompt_sha256
 from logitsdump.runner.tasks.base import Case, Generation, Task, is_forward_only, stop_rule
@@ -19,6 +20,7 @@ from logitsdump.runner.tasks.base import Case, Generation, Task, is_forward_only
 if TYPE_CHECKING:
     from logitsdump.runner.config import TaskConfig
     from logitsdump.runner.replay import ReplaySource
+    from logitsdump.store import CaseInputs
 
 log = get_logger("decoding")
 
@@ -30,6 +32,7 @@ class Inferred:
     case: Case
     generation: Generation  # for the task's judge
     decoded: Decoded  # the kept raw steps and replay's own choices, for the dump
+    inputs: CaseInputs | None = None  # what it fed the model, for the run's provenance
 
 
 @dataclass(frozen=True)
@@ -59,26 +62,34 @@ class Decoder:
             forced = self.replay.forced_tokens(batch[0], prompt_sha256(batch[0].query), self.keep_steps)
             if forced is None:
                 return None
-        if self.replay is not None and forced is not None and not forward_only:
+        limits = [c.max_new_tokens or config.requested_max_output_length for c in batch]
+        replayed = self.replay is not None and forced is not None and not forward_only
+        if replayed:
             decoded = [self.replay.decode(self.backend, encoded[0], forced, self.keep_steps)]
         elif forward_only:
             decoded = forward_as_decoded(self.backend, encoded)
         else:
-            limits = [c.max_new_tokens or config.requested_max_output_length for c in batch]
             stops = [stop_rule(self.task, c, self.backend.decode) for c in batch]
             decoded = self.backend.greedy(encoded, max(limits), self.keep_steps, limits=limits, stops=stops)
-        return [self._inferred(c, item, result) for c, item, result in zip(batch, fitted, decoded, strict=True)]
+        mode = inputs.FORWARD if forward_only else inputs.GENERATE
+        return [self._inferred(c, item, result, limit, mode, replayed)
+                for c, item, result, limit in zip(batch, fitted, decoded, limits, strict=True)]
 
     def warn_cut_prompts(self) -> None:
         """One WARNING for the task when some of its prompts were cut (call once decoding is over)."""
         self.cut.warn(self.task_config)
 
-    def _inferred(self, case: Case, fitted: FittedInput, result: Decoded) -> Inferred:
+    def _inferred(self, case: Case, fitted: FittedInput, result: Decoded, limit: int, mode: str,
+                  replayed: bool) -> Inferred:
         ids = fitted.ids
         text = self.backend.decode(result.output_ids)
         scored = continuation_logprobs(self.backend, fitted, case.continuation_from)
         generation = Generation(tuple(ids), tuple(result.output_ids), text, result.first_logits, scored)
-        return Inferred(case, generation, result)
+        shots = case.data.get("shots")
+        recorded = inputs.case_inputs(self.backend, case.query, ids, fitted.original_length, result.output_ids,
+                                      max_new_tokens=limit, mode=mode, forced=replayed,
+                                      shots=shots if isinstance(shots, (list, tuple)) else None)
+        return Inferred(case, generation, result, recorded)
 
 
 @dataclass(frozen=True)

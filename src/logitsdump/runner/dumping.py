@@ -7,8 +7,8 @@ The file names and the manifest format belong to `store`; the folder to
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class DumpContext:
     vocab_size: int
     device: str
     versions: dict[str, str]
+    #: The run's provenance (`runner.provenance.run_provenance`), written beside the manifest.
+    run: Mapping[str, Any] = field(default_factory=dict)
 
 
 class LogitsWriter:
@@ -109,6 +111,8 @@ class LogitsWriter:
                      len(claim.previous), claim.previous_cases, self.folder)
         make_dirs(self.folder)  # never world-writable, whatever the umask
         store.write_vocab(self.folder, vocab)
+        if self.context.run:
+            store.write_provenance(self.folder / store.PROVENANCE_NAME, store.RunProvenance(self.context.run))
         self.load_complete()
 
     def load_complete(self) -> None:
@@ -128,8 +132,10 @@ class LogitsWriter:
         output_tokens: Sequence[str],
         output_text: str,
         extra: dict[str, Any] | None = None,
+        inputs: store.CaseInputs | None = None,
     ) -> list[str]:
-        """Write the case's files (one per step, at most N), then append its manifest line."""
+        """Write the case's files (one per step, at most N), then append its manifest line (with `inputs`,
+        what the case fed the model)."""
         steps = step_logits[: self.request.token_max_length]
         names = []
         for t, logits in enumerate(steps):
@@ -158,6 +164,7 @@ class LogitsWriter:
             logits_kind="raw",
             versions=self.context.versions,
             extra=extra or {},
+            inputs=inputs.to_dict() if inputs is not None else {},
         )
         store.append_manifest(self.folder, record, self.manifest_name)
         return names

@@ -91,6 +91,8 @@ class _Run:
     layout: outputs.OutputLayout
     #: rank 0 of a dump: the logits folder's lock and what it found there
     claim: FolderClaim | None = None
+    #: The run's provenance (`runner.provenance.run_provenance`): beside the debug CSV and the dump.
+    provenance: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class _Tally:
     outcomes: list[tuple[int, outputs.CaseOutcome]] = field(default_factory=list)
     dumped_files: int = 0
     skipped: int = 0  # complete already (resume)
+    #: (key, `CaseInputs.to_dict(with_prompt=False)`) of each decoded case, for the run's provenance.
+    inputs: list[tuple[str, dict]] = field(default_factory=list)
 
 
 def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult:
@@ -210,7 +214,11 @@ def _run_loaded(plan: _Plan, backend: Backend, world: World, claim: FolderClaim 
         cases = select_cases(cases, plan.request)
         log.info("dump: %d bad cases to re-infer, %d tokens each", len(cases), plan.request.token_max_length)
     layout = _layout(plan.options, backend.config, plan.task_config, backend.device.label)
-    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout, claim)
+    from logitsdump.runner.provenance import run_provenance
+
+    provenance = run_provenance(backend, plan.task_config, batch_size=plan.options.batch_size, tp=plan.options.tp,
+                                world=world, request=plan.request)
+    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout, claim, provenance)
     with interrupt.stop_on_signals():  # SIGINT/SIGTERM: exit 130/143, also inside a forward pass
         return _evaluate(run, cases)
 
@@ -236,6 +244,7 @@ def _make_writer(run: _Run, request: DumpRequest) -> LogitsWriter | None:
                 vocab_size=backend.vocab_size,
                 device=provenance.device,
                 versions=dict(provenance.versions),
+                run=run.provenance,
             ),
             manifest_name=store.manifest_part_name(world.rank) if world.data_parallel else store.MANIFEST_NAME,
         )
@@ -278,7 +287,17 @@ def _evaluate(run: _Run, cases: Sequence[Case]) -> EvalResult:
         records = writer.finish(matched=len(cases))
         log.info("dump: %d files for %d cases in %s (%d already complete)",
                  dumped_files, len(records), run.layout.logits_dir, skipped)
-    return _write_outputs(run.options, run.task, run.task_config, run.layout, outcomes, dumped_files)
+    result = _write_outputs(run.options, run.task, run.task_config, run.layout, outcomes, dumped_files)
+    if run.options.save_debug:
+        _write_provenance(run, [item for part in gathered for item in part.inputs])
+    return result
+
+
+def _write_provenance(run: _Run, inputs: Sequence[tuple[str, dict]]) -> None:
+    """The run's provenance and each case's inputs beside the debug CSV (for bcanalyze's preflight)."""
+    from logitsdump import store
+
+    store.write_provenance(run.layout.provenance_file, store.RunProvenance(run.provenance, dict(inputs)))
 
 
 def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter | None) -> _Tally:
@@ -308,6 +327,8 @@ def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter |
             continue
         for item in inferred:
             tally.outcomes.append((batch.number, _judge(run.task, item, run.backend.tokenizer)))
+            if item.inputs is not None and run.options.save_debug:
+                tally.inputs.append((item.case.key, item.inputs.to_dict(with_prompt=False)))
             if writer is not None:
                 tally.dumped_files += _record(writer, item, run.backend, replay)
         progress.update(len(batch.cases))
@@ -335,7 +356,7 @@ def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: Repl
     if replay is not None:
         extra = replay.extra(decoded.own_ids or decoded.output_ids[: len(decoded.step_logits)])
     names = writer.save(item.case, decoded.step_logits, generation.input_ids, decoded.output_ids,
-                        backend.token_texts(decoded.output_ids), generation.text, extra)
+                        backend.token_texts(decoded.output_ids), generation.text, extra, item.inputs)
     return len(names)
 
 

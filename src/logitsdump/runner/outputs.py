@@ -84,6 +84,13 @@ class OutputLayout:
         return self.debug_dir / f"{self.stem}_debug_info.csv"
 
     @property
+    def provenance_file(self) -> Path:
+        """The run's provenance beside the debug CSV (`store.provenance_path_for_csv`)."""
+        from logitsdump.store import provenance_path_for_csv
+
+        return provenance_path_for_csv(self.debug_file)
+
+    @property
     def bad_case_file(self) -> Path:
         return self.debug_dir / f"{self.stem}_bad_case_debug_info.csv"
 
@@ -93,7 +100,7 @@ class OutputLayout:
         from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE
 
         return (self.result_file, self.infer_results_file, self.debug_file, self.bad_case_file,
-                self.logits_dir / OUTPUT_NAME_ALLOWANCE)
+                self.provenance_file, self.logits_dir / OUTPUT_NAME_ALLOWANCE)
 
 
 @dataclass(frozen=True)

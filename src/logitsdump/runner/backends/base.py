@@ -41,6 +41,10 @@ class Provenance:
     model_path: str
     device: str  # e.g. cpu, cuda:0, npu:1
     versions: Mapping[str, str]  # package -> version, logitsdump included
+    #: What else the backend knows, as sections of the run's provenance (`describe.describe_model`: the
+    #: backend's name, the model folder's numerics fields and tokenizer files, the chat template, the
+    #: generation settings in effect, engine settings); empty for a backend that tells nothing more.
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -50,6 +54,8 @@ class Backend(Protocol):
     Inputs come already fitted to the task's `requested_max_input_length` (decoding.fit_input).
     To stop promptly on SIGINT/SIGTERM, a backend runs each model call inside
     `interrupt.forward_pass()` and calls `interrupt.check()` between layers (HF: `watch_layers`).
+    Optional members (read with getattr, for the run's provenance): `render(query) -> str`, the text
+    `encode` tokenizes (after the chat template), and `eos_ids`, the ids that end a generation.
     """
 
     @property
@@ -111,7 +117,7 @@ class Backend(Protocol):
         ...
 
     def provenance(self) -> Provenance:
-        """Model path, device and package versions, for the dump's manifest."""
+        """Model path, device, package versions and the details of the run's provenance."""
         ...
 
 

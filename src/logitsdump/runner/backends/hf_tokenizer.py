@@ -41,6 +41,14 @@ class TokenizerMethods:
         # verbose=False: no "longer than the maximum" warning, decoding.fit_input applies the task's limit
         return [int(i) for i in self.tokenizer(query, verbose=False)["input_ids"]]
 
+    def render(self, query: str) -> str:
+        """The text `encode` tokenizes: the query, or the chat template applied to it."""
+        if self.config.use_chat_template:
+            return str(self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True
+            ))
+        return query
+
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`, special tokens left out."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -18,10 +18,12 @@ from logitsdump.dtypes import TORCH_NAMES
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
 from logitsdump.runner.backends.base import Decoded, Provenance, StopRule
+from logitsdump.runner.backends.describe import describe_model
 from logitsdump.runner.backends.hf_tokenizer import TokenizerMethods, eos_ids, load_tokenizer
 from logitsdump.runner.config import ModelConfig, resolve_model_path
 from logitsdump.runner.device import Device
 from logitsdump.runner.interrupt import forward_pass, watch_layers
+from logitsdump.runner.sampling import TokenChooser, read_generation_config, resolve_settings
 
 log = get_logger("backend")
 
@@ -39,6 +41,8 @@ class HFBackend(TokenizerMethods):
         self.device = device
         self.model_path = resolve_model_path(config)
         self.dtype = getattr(torch, TORCH_NAMES[config.data_type])
+        self.settings = resolve_settings(config.generation, read_generation_config(self.model_path))
+        self.chooser = None if self.settings.argmax else TokenChooser(self.settings)
         transformers.utils.logging.disable_progress_bar()
         try:
             self.tokenizer = load_tokenizer(self.model_path, config)
@@ -151,6 +155,8 @@ class HFBackend(TokenizerMethods):
                 next_ids = logits.argmax(dim=-1)
                 cpu_logits = logits.to("cpu") if (step < keep_steps or step == 0) else None
                 chosen = next_ids.tolist()
+                if forced is None and self.chooser is not None:  # sampling or a repetition penalty
+                    chosen = self.chooser.choose(logits, [[*batch[r], *results[r].output_ids] for r in range(rows)])
                 for row in range(rows):
                     if finished[row]:
                         continue
@@ -209,8 +215,15 @@ class HFBackend(TokenizerMethods):
         return {"logitsdump": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
     def provenance(self) -> Provenance:
-        """Model path, device and versions, for the dump's manifest."""
-        return Provenance(model_path=str(self.model_path), device=self.device.torch_device, versions=self.versions())
+        """Model path, device, versions, and the model folder, tokenizer and generation settings in effect."""
+        import torch
+
+        details = describe_model(self.model_path, self.tokenizer, use_chat_template=self.config.use_chat_template,
+                                 settings=self.settings, eos_ids=self.eos_ids)
+        details["engine"] = {"attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+                             "num_threads": torch.get_num_threads()}
+        return Provenance(model_path=str(self.model_path), device=self.device.torch_device, versions=self.versions(),
+                          details=details)
 
 
 def _transformers_major_minor() -> tuple[int, int]:

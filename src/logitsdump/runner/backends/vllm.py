@@ -29,9 +29,11 @@ from logitsdump.dtypes import TORCH_NAMES
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
 from logitsdump.runner.backends.base import Decoded, Provenance, StopRule
+from logitsdump.runner.backends.describe import describe_model
 from logitsdump.runner.backends.hf_tokenizer import TokenizerMethods, eos_ids, load_tokenizer
 from logitsdump.runner.config import ModelConfig, resolve_model_path
 from logitsdump.runner.device import Device
+from logitsdump.runner.sampling import read_generation_config, resolve_settings
 
 log = get_logger("backend")
 
@@ -132,7 +134,9 @@ class VllmBackend(TokenizerMethods):
                                                                                   local_files_only=True)
             except OSError:  # no generation_config.json
                 generation_config = None
-            self.llm = vllm.LLM(**engine_arguments(str(self.model_path), config, device))
+            self.settings = resolve_settings(config.generation, read_generation_config(self.model_path))
+            self.engine_arguments = engine_arguments(str(self.model_path), config, device)
+            self.llm = vllm.LLM(**self.engine_arguments)
         except (OSError, ValueError, NotImplementedError, RuntimeError) as err:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"cannot load the model from {self.model_path} with vLLM: {first_line}") from err
@@ -148,8 +152,17 @@ class VllmBackend(TokenizerMethods):
                 prompt_logits: bool = False) -> Any:
         from vllm import SamplingParams
 
+        sampling: dict[str, Any] = {}
+        if forced is None and not self.settings.argmax:  # the model YAML's `generation` (sampling.py)
+            s = self.settings
+            sampling["repetition_penalty"] = s.repetition_penalty
+            if s.do_sample:
+                sampling.update(temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+                if s.top_k > 0:
+                    sampling["top_k"] = s.top_k
         return SamplingParams(
-            temperature=0.0,
+            temperature=sampling.pop("temperature", 0.0),
+            **sampling,
             max_tokens=max(int(max_tokens), 1),
             ignore_eos=True,  # EOS is ours to decide (the same ids as the HF backend), never during a replay
             stop_token_ids=[] if forced is not None else sorted(self.eos_ids),
@@ -262,8 +275,28 @@ class VllmBackend(TokenizerMethods):
         return found
 
     def provenance(self) -> Provenance:
-        """Model path, device and versions, for the dump's manifest."""
-        return Provenance(model_path=str(self.model_path), device=self.device.torch_device, versions=self.versions())
+        """Model path, device, versions, the model folder, tokenizer and generation settings in effect, and
+        the engine's settings (graphs or eager, prefix cache, chunked prefill, tensor parallel size)."""
+        details = describe_model(self.model_path, self.tokenizer, use_chat_template=self.config.use_chat_template,
+                                 settings=self.settings, eos_ids=self.eos_ids)
+        details["engine"] = engine_record(self.engine_arguments, self.llm)
+        return Provenance(model_path=str(self.model_path), device=self.device.torch_device, versions=self.versions(),
+                          details=details)
+
+
+#: Engine arguments the provenance records (those that change how the same request is computed).
+RECORDED_ENGINE_ARGUMENTS = ("enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",
+                             "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
+                             "max_model_len", "max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype",
+                             "compilation_config", "seed")
+
+
+def engine_record(arguments: dict[str, Any], llm: Any = None) -> dict[str, Any]:
+    """The recorded engine arguments, and what the engine says it runs where it says (chunked prefill)."""
+    record = {name: arguments.get(name) for name in RECORDED_ENGINE_ARGUMENTS if name in arguments}
+    with contextlib.suppress(AttributeError):
+        record["chunked_prefill_enabled"] = bool(llm.llm_engine.vllm_config.scheduler_config.chunked_prefill_enabled)
+    return json.loads(json.dumps(record, default=str))
 
 
 def _cut_at_stop(ids: list[int], stop: StopRule) -> list[int]:

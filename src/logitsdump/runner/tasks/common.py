@@ -278,27 +278,38 @@ class ChoiceTask:
         for subject in config.subjects:
             rows = self.read_rows(dataset_root, subject, self.test_folder, len(letters))
             queries = self.build_queries(config, dataset_root, subject, rows)
+            shots = self.shot_labels(config, dataset_root, subject)
             for row, query in zip(rows, queries, strict=True):
                 index = len(cases)
-                data = {"options": "".join(letters), "line": row.line}
+                data = {"options": "".join(letters), "line": row.line, "shots": shots}
                 cases.append(Case(index, subject, str(index), query, row.answer, data))
         return cases
+
+    def shot_labels(self, config: TaskConfig, root: Path, subject: str) -> tuple[str, ...]:
+        """Which worked examples a query of `subject` holds (`dev/<file>:<line>`; none for zero-shot)."""
+        return ()
 
 
 class FewShotChoiceTask(ChoiceTask):
     """`shots` worked dev examples, then the question; the answer is the first generated letter."""
 
+    def shot_rows(self, config: TaskConfig, root: Path, subject: str) -> list[ChoiceRow]:
+        """The first `shots` dev examples of `subject`."""
+        if not config.shots:
+            return []
+        dev = self.read_rows(root, subject, "dev", len(self.letters(config)))
+        if len(dev) < config.shots:
+            raise DataError(
+                f"{root / 'dev' / f'{subject}_dev.csv'}: has {len(dev)} examples, but shots is {config.shots}"
+            )
+        return dev[: config.shots]
+
+    def shot_labels(self, config: TaskConfig, root: Path, subject: str) -> tuple[str, ...]:
+        return tuple(f"dev/{subject}_dev.csv:{row.line}" for row in self.shot_rows(config, root, subject))
+
     def build_queries(self, config: TaskConfig, root: Path, subject: str, rows: list[ChoiceRow]) -> list[str]:
         letters = self.letters(config)
-        shots: list[ChoiceRow] = []
-        if config.shots:
-            dev = self.read_rows(root, subject, "dev", len(letters))
-            if len(dev) < config.shots:
-                raise DataError(
-                    f"{root / 'dev' / f'{subject}_dev.csv'}: has {len(dev)} examples, "
-                    f"but shots is {config.shots}"
-                )
-            shots = dev[: config.shots]
+        shots = self.shot_rows(config, root, subject)
         head = format_prompt(config, subject_words(subject))
         head += "".join(format_question(row, letters, answer=True) for row in shots)
         return [head + format_question(row, letters, answer=False) for row in rows]
