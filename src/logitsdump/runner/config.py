@@ -17,7 +17,8 @@ from logitsdump.logs import get_logger
 
 log = get_logger("config")
 
-FRAMEWORKS = ("Huggingface", "Vllm")
+#: requested_gpu_framework values (backends.REGISTRY); Server: a deployed server over HTTP (backends/openai.py)
+FRAMEWORKS = ("Huggingface", "Vllm", "Server")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class ModelConfig:
     requested_gpu_framework: str = "Huggingface"
     trust_remote_code: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    #: our extension: where the model is served, for `requested_gpu_framework: Server` (backends/openai.py)
+    server: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
 
 
@@ -155,7 +158,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
         check.fail(f"'data_type' must be one of {', '.join(DATA_TYPES)}, found {data.get('data_type')!r}")
     framework = check.get("requested_gpu_framework", str, "Huggingface")
     if framework not in FRAMEWORKS:
-        check.fail(f"'requested_gpu_framework' must be Huggingface or Vllm, found {framework!r}")
+        check.fail(f"'requested_gpu_framework' must be one of {', '.join(FRAMEWORKS)}, found {framework!r}")
     env = check.get("env", dict, {})
     env = {str(k): str(v) for k, v in env.items()}
     config = ModelConfig(
@@ -169,6 +172,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
         requested_gpu_framework=framework,
         trust_remote_code=check.get("trust_remote_code", bool, False),
         env=env,
+        server=dict(check.get("server", dict, {})),
         source=str(file),
     )
     if not config.model_path:
