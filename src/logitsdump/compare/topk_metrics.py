@@ -178,7 +178,9 @@ def kl_lower_bound(golden: Side, mine: Side) -> tuple[float, float, float, int]:
     The shared support S: every token whose logprob both sides report. The bound is
     sum_S p (log p - log q) + P(rest) log(P(rest) / Q(rest)), clamped at 0.
     """
-    if golden.full is not None:
+    if golden.full is not None and mine.full is not None:
+        shared = list(range(min(golden.full.size, mine.full.size)))
+    elif golden.full is not None:
         shared = [t for t in mine.values if golden.logprob(t) is not None]
     elif mine.full is not None:
         shared = [t for t in golden.values if mine.logprob(t) is not None]

@@ -269,7 +269,7 @@ def _fail_on_missing(missing: Sequence[tuple[str, str]], dumping: bool) -> None:
         return
     keys = ", ".join(key for key, _ in missing[:10]) + (" ..." if len(missing) > 10 else "")
     again = "rerun the dump with --resume to redo only them" if dumping else "rerun the evaluation"
-    raise DataError(f"{len(missing)} case(s) missing after the backend's retries (keys {keys}; first reason: "
+    raise DataError(f"{len(missing)} case(s) missing: the backend could not decode them (keys {keys}; first reason: "
                     f"{missing[0][1]}); the outputs hold the others: {again}")
 
 
