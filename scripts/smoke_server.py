@@ -27,8 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from server_vs_inprocess import timings  # noqa: E402
 from vllm_server import vllm_server  # noqa: E402
 
 #: The most |logprob(server) - logprob(HF)| allowed in fp32 (measured 1.7e-5 on this model, see docs/server.md).
@@ -93,7 +94,7 @@ def main() -> None:
             fail("the server and HF generated different tokens (debug CSVs differ)")
         print("1. eval through vllm serve: the same 22 greedy gsm8k answers as HF (identical debug CSVs)")
         healthy = dumps(work, url, "healthy", ld, logs, bad_cases=None)
-        figures = timings(work, url)
+        figures = timings(work / "healthy.yaml", url)
     with vllm_server(defect_dir, dtype="float32", max_logprobs=-1, log_path=logs / "serve-defect.log") as url:
         run(*evaluate, str(work / "defect.yaml"), "--output_dir", str(work / "e-defect"), "--backend", "server",
             env=server_env(url, 20), log=logs / "e-defect.log")
@@ -167,46 +168,6 @@ def logprob_gap(golden: Path, server: Path) -> tuple[float, int]:
     if count == 0:
         fail("no whole-vocabulary files to compare")
     return worst, count
-
-
-def timings(work: Path, url: str) -> dict[str, str]:
-    """Requests and seconds per case of the server backend and the in-process backends, on the same cases."""
-    import dataclasses
-
-    from logitsdump.demo import examples
-    from logitsdump.runner.backends import backend_class
-    from logitsdump.runner.config import load_model_config, load_task_config, resolve_dataset_root
-    from logitsdump.runner.device import choose_device
-    from logitsdump.runner.tasks import get_task
-
-    config = load_model_config(work / "healthy.yaml")
-    task_config = load_task_config(examples.task_config("gsm8k"))
-    cases = get_task(task_config.task_name).load_cases(task_config, resolve_dataset_root(task_config))
-    device = choose_device("cpu")
-    out = {}
-    for name, framework, server in (("HF in-process", "Huggingface", {}), ("vLLM in-process", "Vllm", {}),
-                                    ("vllm serve, top-20", "Server", {"base_url": url, "top_k": 20})):
-        backend = backend_class(framework)(dataclasses.replace(config, requested_gpu_framework=framework,
-                                                               server=server), device)
-        prompts = [backend.encode(c.query) for c in cases]
-        backend.greedy([prompts[0]], 16, 8)  # warm-up
-        counters = getattr(backend, "client", None)
-        if counters is not None:
-            counters.counters.take()
-        t0 = time.perf_counter()
-        decoded = [backend.greedy([p], 16, 8)[0] for p in prompts]
-        generate = (time.perf_counter() - t0) / len(prompts)
-        sent = counters.counters.take()["requests"] / len(prompts) if counters is not None else None
-        t0 = time.perf_counter()
-        for p, d in zip(prompts, decoded, strict=True):
-            backend.prefill_logits(p, d.output_ids[:8])
-        replay = (time.perf_counter() - t0) / len(prompts)
-        sent_replay = counters.counters.take()["requests"] / len(prompts) if counters is not None else None
-        requests = "" if sent is None else f"; requests per case {sent:g} (generate), {sent_replay:g} (replay)"
-        out[name] = (f"{name}: generate 16 tokens {generate * 1000:.1f} ms, replay 8 steps {replay * 1000:.1f} ms"
-                     f"{requests}")
-        del backend
-    return out
 
 
 if __name__ == "__main__":
