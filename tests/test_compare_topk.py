@@ -211,3 +211,17 @@ def test_missing_steps_make_a_case_incomplete(tmp_path):
     summary = compare(golden, mine, tmp_path / "cmp")
     verdicts = {c.key: c.verdict for c in summary.cases}
     assert verdicts[2] == "incomplete" and verdicts[1] in ("consistent", "noise")
+
+
+def test_a_margin_known_only_as_a_bound_above_the_tolerance_is_a_clear_change(tmp_path):
+    def swap(g, case, t):
+        m = g.copy()
+        if t == 2:  # the test puts a token from golden's tail on top
+            m[int(np.argmin(g))] = g.max() + 1.0
+        return m
+
+    golden, mine, _ = make_dumps(tmp_path, swap, 3, cases=(1,), golden_topk=True)
+    summary = compare(golden, mine, tmp_path / "cmp", noise_kl=100.0, noise_margin=0.2)
+    case = summary.cases[0]
+    assert case.verdict == "precision-suspect" and case.findings == ("clear-change",)
+    assert "outside golden's top-k" in case.reason and "golden margin >= " in case.reason
