@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -242,3 +243,30 @@ def test_through_a_server_of_the_real_tiny_model_tokens_and_logprobs_are_hf(tmp_
             # float32 files, and the fake computes each step by a forward pass of the whole prefix (HF's greedy
             # loop uses its KV cache): 1e-5 apart at most on this model
             assert float((saved - expected).abs().max()) < 1e-4
+
+
+def test_a_task_judged_from_logits_uses_the_reported_top_k(tmp_path, monkeypatch):
+    from logitsdump.runner.config import load_task_config, resolve_dataset_root
+
+    shipped = examples.task_config("boolq")
+    data = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    data["local_dataset_path"] = str(resolve_dataset_root(load_task_config(shipped)).resolve())
+    task = tmp_path / "boolq.yaml"
+    task.write_text(yaml.safe_dump(data), encoding="utf-8")
+    model = SyntheticModel()
+    with FakeServer(model) as server:
+        options = EvalOptions(str(model_file(tmp_path, server.url, top_k=20)), str(task),
+                              output_dir=str(tmp_path / "out"), device="cpu", save_debug=True)
+        result = run_eval(options)
+    assert all(b["max_tokens"] == 1 and b["logprobs"] == 20 for b in server.state.requests)
+    import transformers
+
+    from logitsdump.runner.tasks.boolq import choice_token_ids
+
+    yes, no = choice_token_ids(transformers.AutoTokenizer.from_pretrained(examples.TINY_MODEL))
+    assert len(result.outcomes) == 22
+    for outcome in result.outcomes:  # a choice outside the top 20 counts as -inf
+        lp = model.logprobs(list(outcome.input_token_ids))
+        top = set(np.argsort(-lp)[:20].tolist())
+        value = {t: (lp[t] if t in top else -np.inf) for t in (yes, no)}
+        assert outcome.test_result == bool(value[yes] > value[no])
