@@ -27,6 +27,7 @@ from logitsdump.store import (
     LOGITS_SUFFIX,
     MANIFEST_NAME,
     DumpSummary,
+    is_topk_file_name,
     parse_logits_file_name,
     read_dump_summary,
     read_manifest,
@@ -193,7 +194,7 @@ def find_logits_folders(root: Path, since: float) -> list[DumpFolder]:
         if here.name != LOGITS_FOLDER or not _changed_since(here, since):
             continue
         dirs.clear()
-        pth = [name for name in files if name.endswith(LOGITS_SUFFIX)]
+        pth = [name for name in files if name.endswith(LOGITS_SUFFIX) or is_topk_file_name(name)]  # a server: top-k
         manifest = read_manifest(here) if MANIFEST_NAME in files else []
         found.append(DumpFolder(here, len(manifest) if manifest else _keys_in_names(pth), len(pth),
                                 read_dump_summary(here) if DUMP_SUMMARY_NAME in files else None))

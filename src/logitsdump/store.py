@@ -29,6 +29,8 @@ from logitsdump.fsutil import (
 LOGITS_PREFIX = "logits_"
 LOGITS_SUFFIX = ".pth"
 SAFETENSORS_SUFFIX = ".safetensors"
+#: A step's top-k logprobs from a server (`topkfile`): `topk_{subject}_{key}_{t}.safetensors`.
+TOPK_PREFIX = "topk_"
 #: One JSON line per dumped case, beside the logits files.
 MANIFEST_NAME = "manifest.jsonl"
 #: Token id -> text for the model's vocabulary, beside the manifest (for reports).
@@ -55,6 +57,17 @@ def logits_file_name(subject: str, key: int | str, token_index: int) -> str:
     return f"{LOGITS_PREFIX}{subject_token(subject)}_{safe_component(str(key))}_{token_index}{LOGITS_SUFFIX}"
 
 
+def topk_file_name(subject: str, key: int | str, token_index: int) -> str:
+    """`topk_{subject}_{key}_{t}.safetensors`: one step's top-k logprobs (a server's dump, `topkfile`)."""
+    full = logits_file_name(subject, key, token_index)
+    return TOPK_PREFIX + full[len(LOGITS_PREFIX) : -len(LOGITS_SUFFIX)] + SAFETENSORS_SUFFIX
+
+
+def is_topk_file_name(name: str) -> bool:
+    """Whether `name` is a top-k file's name (`topk_file_name`)."""
+    return name.startswith(TOPK_PREFIX) and name.endswith(SAFETENSORS_SUFFIX)
+
+
 def parse_logits_file_name(name: str) -> tuple[int | str, int]:
     """(key, token_id) of a logits file name, by msit's rule.
 
@@ -76,10 +89,13 @@ def parse_logits_file_name(name: str) -> tuple[int | str, int]:
 
 
 def parse_logits_subject(name: str) -> str:
-    """The subject part of a logits file name: between `logits_` and `_{key}_{t}` ('' when there is none)."""
+    """The subject part of a logits (or top-k) file name: between `logits_` (`topk_`) and `_{key}_{t}`
+    ('' when there is none)."""
     stem = _stem(name)
-    if stem.startswith(LOGITS_PREFIX):
-        stem = stem[len(LOGITS_PREFIX) :]
+    for prefix in (LOGITS_PREFIX, TOPK_PREFIX):
+        if stem.startswith(prefix):
+            stem = stem[len(prefix) :]
+            break
     return stem.rsplit("_", 2)[0] if stem.count("_") >= 2 else ""
 
 

@@ -396,13 +396,33 @@ def _load_pth_torch(data: bytes, name: str) -> np.ndarray:
 # ---- .safetensors -----------------------------------------------------------------------------
 
 
-_SAFETENSORS_DTYPES = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BF16": None}
+#: safetensors dtype -> numpy dtype of its bytes (BF16 is read as uint16, then upcast to float32).
+_SAFETENSORS_DTYPES = {
+    "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
+}
+_SAFETENSORS_FLOATS = ("F16", "F32", "F64", "BF16")
 
 
 def _load_safetensors(file: Path) -> np.ndarray:
-    """Parse the format directly (8-byte header length, JSON header, raw data): no torch, bf16 included."""
-    data = _read_bytes(file)
-    name = file.name
+    """One floating tensor of a safetensors file (see `read_safetensors`)."""
+    tensors, _ = read_safetensors(file, floats_only=True)
+    if len(tensors) != 1:
+        raise FileFormatError(f"{file.name}: expected exactly one tensor, found {len(tensors)}")
+    return next(iter(tensors.values()))
+
+
+def read_safetensors(file: str | os.PathLike[str], *, floats_only: bool = False
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor of a safetensors file (name -> array) and its `__metadata__`, parsed directly.
+
+    The format is 8 bytes of header length, a JSON header, then the raw data: nothing is unpickled and
+    no torch is needed. F16/F32/F64/BF16 (BF16 upcast to float32 exactly) and I32/I64 are read;
+    `floats_only` refuses the integer ones. Any malformed part is a `FileFormatError` with its reason.
+    """
+    path = Path(file)
+    data = _read_bytes(path)
+    name = path.name
     if len(data) < 8:
         raise FileFormatError(f"{name}: not a safetensors file (too short)")
     header_len = int.from_bytes(data[:8], "little")
@@ -410,23 +430,33 @@ def _load_safetensors(file: Path) -> np.ndarray:
         raise FileFormatError(f"{name}: not a safetensors file (header runs past the end)")
     try:
         header = json.loads(data[8 : 8 + header_len])
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise FileFormatError(f"{name}: not a safetensors file (bad header)") from err
     if not isinstance(header, dict):
         raise FileFormatError(f"{name}: not a safetensors file (bad header)")
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    if len(tensors) != 1:
-        raise FileFormatError(f"{name}: expected exactly one tensor, found {len(tensors)}")
-    info = next(iter(tensors.values()))
-    if not isinstance(info, dict):
-        raise FileFormatError(f"{name}: not a safetensors file (bad header)")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FileFormatError(f"{name}: not a safetensors file (bad metadata)")
+    body = memoryview(data)[8 + header_len :]
+    tensors = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise FileFormatError(f"{name}: not a safetensors file (bad header)")
+        tensors[key] = _safetensors_tensor(info, body, name, floats_only)
+    return tensors, dict(metadata)
+
+
+def _safetensors_tensor(info: dict[str, Any], body: memoryview, name: str, floats_only: bool) -> np.ndarray:
     kind, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if kind not in _SAFETENSORS_DTYPES:
-        raise FileFormatError(f"{name}: expected a floating tensor, found {kind}")
+    allowed = _SAFETENSORS_FLOATS if floats_only else tuple(_SAFETENSORS_DTYPES)
+    if kind not in allowed:
+        raise FileFormatError(f"{name}: expected a floating tensor, found {kind}" if floats_only
+                              else f"{name}: unsupported tensor dtype {kind}")
     if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
         raise FileFormatError(f"{name}: not a safetensors file (bad shape)")
-    dtype = _SAFETENSORS_DTYPES[kind] or np.dtype("<u2")
-    body = memoryview(data)[8 + header_len :]
+    dtype = _SAFETENSORS_DTYPES[kind]
     count = int(np.prod(shape, dtype=np.int64))
     if not (
         isinstance(offsets, list)

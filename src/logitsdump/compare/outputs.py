@@ -45,6 +45,7 @@ CASE_COLUMNS = (
     "golden_ranks_in_mine", "mean_kl", "p95_kl", "mean_cosine", "p95_cosine",
     *STATISTICS_FIELDS,  # llama.cpp's statistics of the judged steps (`distribution.StepStatistics`)
     "noise_floor",  # the floor the verdict used (`floor.Floor.label`)
+    "evidence", "kl_is_lower_bound",  # top-k evidence (`compare/topk.py`): the KL columns are lower bounds
 )
 NA = "NA"
 
@@ -76,6 +77,12 @@ def run_tag(path: Path) -> tuple[str, int] | None:
 
 
 def write_steps_csv(path: Path, steps: Iterable[Step]) -> None:
+    steps = list(steps)
+    if any(step.topk is not None for step in steps):  # a top-k comparison: its own columns
+        from logitsdump.compare.topk import write_topk_steps_csv
+
+        write_topk_steps_csv(path, steps)
+        return
     write_csv(path, CSV_COLUMNS, (_step_row(step) for step in steps))
 
 

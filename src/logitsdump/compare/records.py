@@ -33,6 +33,7 @@ from functools import cached_property
 from typing import Any
 
 from logitsdump.compare.distribution import StepStatistics, summarize
+from logitsdump.compare.topk_metrics import TopkMetrics
 from logitsdump.compare.verdicts import PASSING
 
 #: The version of the case JSON this module writes, and those it reads. Version 3 added `stats` (per case
@@ -137,6 +138,8 @@ class Step:
     subject: str = ""
     golden_top1_text: str | None = None
     my_top1_text: str | None = None
+    #: Top-k evidence (a server's dump, `compare/topk.py`): what the pair supports; `metrics` is then None.
+    topk: TopkMetrics | None = None
 
     @property
     def passed(self) -> bool | None:
@@ -167,6 +170,8 @@ class Step:
         data.update(self.metrics.to_dict() if self.metrics is not None else {"passed": None})
         data["golden_top1_text"] = self.golden_top1_text
         data["my_top1_text"] = self.my_top1_text
+        if self.topk is not None:
+            data["topk"] = self.topk.to_dict()
         return data
 
     @classmethod
@@ -182,6 +187,7 @@ class Step:
             subject=subject,
             golden_top1_text=_str(data.get("golden_top1_text")),
             my_top1_text=_str(data.get("my_top1_text")),
+            topk=TopkMetrics.from_dict(data.get("topk")),
         )
 
 
@@ -362,6 +368,9 @@ class CaseRecord:
     my_token_text: str | None = None
     golden_manifest: ManifestSummary | None = field(default=None, repr=False)
     my_manifest: ManifestSummary | None = field(default=None, repr=False)
+    #: None: judged on every logit. "top-K" (`compare/topk.py`): judged on top-K log probabilities, and
+    #: worst_kl / mean_kl / p95_kl are lower bounds of the KL (cosine is not known).
+    evidence: str | None = None
 
     def __bool__(self) -> bool:
         return self.verdict in PASSING
@@ -452,6 +461,8 @@ class CaseRecord:
             "steps": [s.to_dict() for s in self.steps],
             "golden_manifest": self.golden_manifest.to_dict() if self.golden_manifest else None,
             "my_manifest": self.my_manifest.to_dict() if self.my_manifest else None,
+            "evidence": self.evidence,
+            "kl_is_lower_bound": self.evidence is not None,
         }
 
     @classmethod
@@ -491,6 +502,7 @@ class CaseRecord:
             my_token_text=_str(data.get("my_token_text")),
             golden_manifest=ManifestSummary.from_dict(data.get("golden_manifest")),
             my_manifest=ManifestSummary.from_dict(data.get("my_manifest")),
+            evidence=_str(data.get("evidence")),
         )
 
 

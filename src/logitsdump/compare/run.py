@@ -96,6 +96,11 @@ def measure(options: CompareOptions) -> Measured:
     folders = DumpFolders(golden_dir, my_dir)
     floor = options.floor(folders.dtypes())  # a bad tolerances file fails before the output folder is made
     out_dir = ensure_writable_dir(options.output_dir)
+    from logitsdump.compare.topk import has_topk_files, measure_topk
+
+    if has_topk_files(golden_dir) or has_topk_files(my_dir):  # a server's top-k dump: top-k evidence only
+        steps, cases = measure_topk(golden_dir, my_dir, folders, floor.tolerances, options.thresholds())
+        return Measured(out_dir, steps, cases, floor)
     topk = _bounded_topk(options.topk, folders.vocab_size())
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
     steps = list(tracked(measure_all(pairs, options.thresholds(), topk, options.workers), "measuring file pairs",

@@ -26,7 +26,7 @@ from logitsdump.compare import verdicts
 from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
 from logitsdump.progress import tracked
-from logitsdump.report import numbers, page_assets, statistics
+from logitsdump.report import numbers, page_assets, statistics, topk_evidence
 from logitsdump.report.index import PAGE_ROWS, detailed, limits_text, tabled
 from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
@@ -286,7 +286,7 @@ def _case_table(result: CompareResult) -> str:
             *([_num_cell(len(case.changes) if case.replayed else None, str)] if result.replayed else []),
             _num_cell(case.flip_margin, _fmt),
             _num_cell(case.worst_cosine, _fmt_cos),
-            _num_cell(case.worst_kl, _fmt),
+            _num_cell(case.worst_kl, (lambda v: "≥ " + _fmt(v)) if case.evidence else _fmt),  # top-k: a bound
             _cell(f"{case.tokens_judged}/{case.tokens_total}", str(case.tokens_judged), "num"),
             _cell(escape(case.reason) or '<span class="muted">–</span>', case.reason, "reason"),
         ]
@@ -372,8 +372,11 @@ def _case_section(result: CompareResult, case: CaseRecord, number: int, k: int) 
     parts.append(statistics.case_block(case, result))
     if case.replayed:
         parts.append(_changes_table(result, case))
-    parts.append(_topk_block(result, case, number, k))
-    parts.append(_steps_table(case))
+    if case.evidence:  # a server's top-k dump: its own numbers, the KL marked as a bound
+        parts.append(topk_evidence.case_block(case))
+    else:
+        parts.append(_topk_block(result, case, number, k))
+        parts.append(_steps_table(case))
     parts.append('<p class="top-link"><a href="#all-cases">↑ all cases</a></p>')
     parts.append("</section>")
     return "".join(parts)

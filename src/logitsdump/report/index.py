@@ -43,12 +43,14 @@ class CaseRow:
     replay_mode: str | None
     changes: tuple[ArgmaxChange, ...]
     focus_step: int | None
+    #: what the case was judged on when not every logit (a server's top-k dump: `CaseRecord.evidence`)
+    evidence: str | None = None
 
     @classmethod
     def of(cls, case: CaseRecord) -> CaseRow:
         return cls(case.subject, case.key, case.verdict, case.reason, case.task, case.tokens_total,
                    case.tokens_judged, case.first_diff_token, case.worst_cosine, case.worst_kl, case.flip_margin,
-                   case.replay_mode, case.changes, case.focus_step)
+                   case.replay_mode, case.changes, case.focus_step, case.evidence or None)
 
     @property
     def replayed(self) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from logitsdump.compare import verdicts
 from logitsdump.compare.distribution import DP_PERCENTILES, KLD_PERCENTILES, StepStatistics
-from logitsdump.report import numbers
+from logitsdump.report import numbers, topk_evidence
 from logitsdump.report.index import CaseRow, severity
 from logitsdump.report.load import CompareResult, load_compare, parse_document
 
@@ -204,4 +204,7 @@ def _thresholds(result: CompareResult) -> str:
     floor = result.document.floor
     if floor is not None and floor.get("description"):
         text += f"\nfloor: {floor['description']}"
+    note = topk_evidence.terminal_note(result.rows)  # a server's top-k dump
+    if note:
+        text += f"\n{note}"
     return text

@@ -18,7 +18,8 @@ from logitsdump.logs import get_logger
 
 log = get_logger("config")
 
-FRAMEWORKS = ("Huggingface", "Vllm")
+#: requested_gpu_framework values (backends.REGISTRY); Server: a deployed server over HTTP (backends/openai.py)
+FRAMEWORKS = ("Huggingface", "Vllm", "Server")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ModelConfig:
     env: Mapping[str, str] = field(default_factory=dict)
     #: Our extension: how tokens are chosen (`sampling.GENERATION_KEYS`); empty: greedy, as modeltest.
     generation: Mapping[str, Any] = field(default_factory=dict)
+    #: our extension: where the model is served, for `requested_gpu_framework: Server` (backends/openai.py)
+    server: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
 
 
@@ -160,7 +163,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
         check.fail(f"'data_type' must be one of {', '.join(DATA_TYPES)}, found {data.get('data_type')!r}")
     framework = check.get("requested_gpu_framework", str, "Huggingface")
     if framework not in FRAMEWORKS:
-        check.fail(f"'requested_gpu_framework' must be Huggingface or Vllm, found {framework!r}")
+        check.fail(f"'requested_gpu_framework' must be one of {', '.join(FRAMEWORKS)}, found {framework!r}")
     env = check.get("env", dict, {})
     env = {str(k): str(v) for k, v in env.items()}
     from logitsdump.runner.sampling import check_generation
@@ -178,6 +181,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
         trust_remote_code=check.get("trust_remote_code", bool, False),
         env=env,
         generation=generation,
+        server=dict(check.get("server", dict, {})),
         source=str(file),
     )
     if not config.model_path:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from logitsdump.logs import get_logger
 from logitsdump.runner import inputs
-from logitsdump.runner.backends.base import Backend, Decoded
+from logitsdump.runner.backends.base import Backend, Decoded, first_logits
 from logitsdump.runner.dumping import prompt_sha256
 from logitsdump.runner.tasks.base import Case, Generation, Task, is_forward_only, stop_rule
 
@@ -151,7 +151,7 @@ def batches(items: Sequence[Case], size: int, need_logits: bool = False) -> Iter
 
 def forward_as_decoded(backend: Backend, encoded: Sequence[Sequence[int]]) -> list[Decoded]:
     """need_logits cases: one forward pass; the argmax is the one 'generated' token."""
-    return [Decoded([int(row.argmax())], [row], row.float().clone()) for row in backend.last_logits(encoded)]
+    return [Decoded([int(row.argmax())], [row], first_logits(backend, [row])) for row in backend.last_logits(encoded)]
 
 
 def continuation_logprobs(backend: Backend, fitted: FittedInput, prefix: str | None) -> tuple[float, ...]:
@@ -162,6 +162,9 @@ def continuation_logprobs(backend: Backend, fitted: FittedInput, prefix: str | N
     start = min(max(fitted.position(len(backend.encode(prefix))), 1), len(ids))
     if start >= len(ids):
         return ()
+    scorer = getattr(backend, "token_logprobs", None)  # a server scores the query in one request
+    if scorer is not None:
+        return tuple(scorer(ids, start))
     logits = backend.last_logits([ids[:k] for k in range(start, len(ids))])
     positions = range(start, len(ids))
     return tuple(float(row.float().log_softmax(-1)[ids[k]]) for row, k in zip(logits, positions, strict=True))

@@ -18,6 +18,7 @@ from logitsdump.logs import get_logger
 from logitsdump.protocol import HUMANEVALX_PREFIXES, DumpRequest
 from logitsdump.runner.logits_folder import TEMPORARY, FolderClaim
 from logitsdump.runner.tasks.base import Case
+from logitsdump.topkfile import TopkStep, write_topk
 
 log = get_logger("dump")
 
@@ -48,6 +49,15 @@ def _warn_missing(missing: list[int], what: str) -> None:
         log.warning("%d %sbad-case indices match no dataset row and were ignored: %s", len(missing), what, shown)
 
 
+def logits_kind(extra: dict[str, Any]) -> str:
+    """What a case's files hold: "raw" logits, or a server's logprobs mode (its top-k or whole vocabulary)."""
+    topk = extra.get("topk")
+    if not isinstance(topk, dict):
+        return "raw"
+    mode = str(topk.get("logprobs_mode", "raw_logprobs"))
+    return mode if topk.get("k") == -1 else f"top{topk.get('k')}_{mode}"
+
+
 def prompt_sha256(query: str) -> str:
     return hashlib.sha256(query.encode("utf-8")).hexdigest()
 
@@ -65,6 +75,8 @@ class DumpContext:
     versions: dict[str, str]
     #: The run's provenance (`runner.provenance.run_provenance`), written beside the manifest.
     run: Mapping[str, Any] = field(default_factory=dict)
+    #: merged into every case's manifest `extra` (a server's identity, its k and logprobs mode)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LogitsWriter:
@@ -137,12 +149,21 @@ class LogitsWriter:
         """Write the case's files (one per step, at most N), then append its manifest line (with `inputs`,
         what the case fed the model)."""
         steps = step_logits[: self.request.token_max_length]
+        topk = bool(steps) and isinstance(steps[0], TopkStep)
         names = []
         for t, logits in enumerate(steps):
-            name = store.logits_file_name(case.subject, case.index, t)
-            store.save_logits(self.folder / name, logits.float() if self.request.logits_fp32 else logits)
+            if topk:  # a server's top-k logprobs (runner/backends/openai.py)
+                name = store.topk_file_name(case.subject, case.index, t)
+                write_topk(self.folder / name, logits)
+            else:
+                name = store.logits_file_name(case.subject, case.index, t)
+                store.save_logits(self.folder / name, logits.float() if self.request.logits_fp32 else logits)
             names.append(name)
-        logits_dtype = str(steps[0].float().dtype if self.request.logits_fp32 else steps[0].dtype) if steps else ""
+        if topk:
+            logits_dtype = "float64"
+        else:
+            logits_dtype = str(steps[0].float().dtype if self.request.logits_fp32 else steps[0].dtype) if steps else ""
+        extra = {**self.context.extra, **(extra or {})}
         record = store.CaseManifest(
             task=self.context.task,
             subject=case.subject,
@@ -161,9 +182,9 @@ class LogitsWriter:
             logits_dtype=logits_dtype.replace("torch.", ""),
             vocab_size=self.context.vocab_size,
             device=self.context.device,
-            logits_kind="raw",
+            logits_kind=logits_kind(extra),
             versions=self.context.versions,
-            extra=extra or {},
+            extra=extra,
             inputs=inputs.to_dict() if inputs is not None else {},
         )
         store.append_manifest(self.folder, record, self.manifest_name)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logitsdump import protocol
-from logitsdump.errors import ConfigError
+from logitsdump.errors import ConfigError, DataError
 from logitsdump.fsutil import check_path_fits, ensure_writable_dir, result_set
 from logitsdump.logs import get_logger
 from logitsdump.runner import backends, interrupt, outputs
@@ -112,6 +112,8 @@ class _Tally:
     skipped: int = 0  # complete already (resume)
     #: (key, `CaseInputs.to_dict(with_prompt=False)`) of each decoded case, for the run's provenance.
     inputs: list[tuple[str, dict]] = field(default_factory=list)
+    #: (case key, reason) of the cases the backend could not decode (a server that kept failing)
+    missing: list[tuple[str, str]] = field(default_factory=list)
 
 
 def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult:
@@ -245,6 +247,7 @@ def _make_writer(run: _Run, request: DumpRequest) -> LogitsWriter | None:
                 device=provenance.device,
                 versions=dict(provenance.versions),
                 run=run.provenance,
+                extra=dict(provenance.extra),
             ),
             manifest_name=store.manifest_part_name(world.rank) if world.data_parallel else store.MANIFEST_NAME,
         )
@@ -290,6 +293,7 @@ def _evaluate(run: _Run, cases: Sequence[Case]) -> EvalResult:
     result = _write_outputs(run.options, run.task, run.task_config, run.layout, outcomes, dumped_files)
     if run.options.save_debug:
         _write_provenance(run, [item for part in gathered for item in part.inputs])
+    _fail_on_missing([item for part in gathered for item in part.missing], writer is not None)
     return result
 
 
@@ -298,6 +302,16 @@ def _write_provenance(run: _Run, inputs: Sequence[tuple[str, dict]]) -> None:
     from logitsdump import store
 
     store.write_provenance(run.layout.provenance_file, store.RunProvenance(run.provenance, dict(inputs)))
+
+
+def _fail_on_missing(missing: Sequence[tuple[str, str]], dumping: bool) -> None:
+    """Exit 1 naming the cases the backend could not decode (their rows are absent from the outputs)."""
+    if not missing:
+        return
+    keys = ", ".join(key for key, _ in missing[:10]) + (" ..." if len(missing) > 10 else "")
+    again = "rerun the dump with --resume to redo only them" if dumping else "rerun the evaluation"
+    raise DataError(f"{len(missing)} case(s) missing: the backend could not decode them (keys {keys}; first reason: "
+                    f"{missing[0][1]}); the outputs hold the others: {again}")
 
 
 def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter | None) -> _Tally:
@@ -321,7 +335,13 @@ def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter |
             tally.skipped += 1
             progress.update(1)
             continue
-        inferred = decoder.decode(batch.cases)
+        try:
+            inferred = decoder.decode(batch.cases)
+        except backends.CaseUnavailable as err:  # recorded, reported at the end; the others go on
+            log.error("case(s) %s missing: %s", ", ".join(str(c.key) for c in batch.cases), err)
+            tally.missing.extend((str(c.key), str(err)) for c in batch.cases)
+            progress.update(len(batch.cases))
+            continue
         if inferred is None:  # a replay without golden tokens for this case
             progress.update(1)
             continue
@@ -355,6 +375,13 @@ def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: Repl
     extra = None
     if replay is not None:
         extra = replay.extra(decoded.own_ids or decoded.output_ids[: len(decoded.step_logits)])
+    take_notes = getattr(backend, "take_notes", None)  # a server: requests per case, replay method
+    if take_notes is not None:
+        notes = take_notes()
+        method = notes.pop("replay_method", None)
+        if extra is not None and method is not None:
+            extra["replay"]["method"] = method
+        extra = {**(extra or {}), **notes}
     names = writer.save(item.case, decoded.step_logits, generation.input_ids, decoded.output_ids,
                         backend.token_texts(decoded.output_ids), generation.text, extra, item.inputs)
     return len(names)

@@ -15,7 +15,7 @@ from typing import Any
 from logitsdump import store
 from logitsdump.errors import ConfigError
 from logitsdump.logs import get_logger
-from logitsdump.runner.backends.base import Backend, Decoded
+from logitsdump.runner.backends.base import Backend, Decoded, first_logits
 from logitsdump.runner.tasks.base import Case
 
 log = get_logger("replay")
@@ -55,7 +55,7 @@ class ReplaySource:
         if self.mode == "prefill":
             logits = backend.prefill_logits(prompt, forced)
             own = [int(row.argmax()) for row in logits]
-            return Decoded(list(forced), logits[:keep_steps], logits[0].float().clone(), own)
+            return Decoded(list(forced), logits[:keep_steps], first_logits(backend, logits), own)
         return backend.greedy([prompt], len(forced), keep_steps, forced=[forced])[0]
 
     def extra(self, own_ids: Sequence[int]) -> dict[str, Any]:

@@ -12,18 +12,20 @@ import importlib.util
 from typing import TYPE_CHECKING, cast
 
 from logitsdump.errors import ConfigError
-from logitsdump.runner.backends.base import Backend, BackendClass, Decoded, Provenance
+from logitsdump.runner.backends.base import Backend, BackendClass, CaseUnavailable, Decoded, Provenance
 
 if TYPE_CHECKING:
     from logitsdump.runner.config import ModelConfig
     from logitsdump.runner.device import Device
 
-__all__ = ["REGISTRY", "Backend", "BackendClass", "Decoded", "Provenance", "backend_class", "load_backend"]
+__all__ = ["REGISTRY", "Backend", "BackendClass", "CaseUnavailable", "Decoded", "Provenance", "backend_class",
+           "load_backend"]
 
 #: requested_gpu_framework (as modeltest spells it; looked up in any case) -> "module:Class"
 REGISTRY: dict[str, str] = {
     "Huggingface": "logitsdump.runner.backends.huggingface:HFBackend",
     "Vllm": "logitsdump.runner.backends.vllm:VllmBackend",
+    "Server": "logitsdump.runner.backends.openai:ServerBackend",
 }
 
 #: framework -> (the module it needs, how to install it): checked before its backend is imported

@@ -4,7 +4,8 @@
 (HF transformers, vLLM) is one module with one class satisfying it, plus one
 line in the registry (`backends/__init__.py`). Logits are torch tensors of
 shape [vocab], **raw**: what the model computed, before any logits processor,
-on the CPU.
+on the CPU. A server backend (`openai.py`), which sees only what the server reports,
+hands back a step as a `topkfile.TopkStep` (its top-k log probabilities) instead.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ if TYPE_CHECKING:
 StopRule = Callable[[Sequence[int]], bool]
 
 
+class CaseUnavailable(Exception):
+    """A case the backend could not decode (a server request that failed after its retries): recorded as
+    missing by the evaluation, which fails at the end (never dropped silently)."""
+
+
 @dataclass
 class Decoded:
     """One sequence's greedy decoding."""
 
     output_ids: list[int]
-    step_logits: list[Any]  # raw logits [vocab] of the first kept steps, model dtype, on CPU
+    step_logits: list[Any]  # raw logits [vocab] of the first kept steps, model dtype, on CPU (or TopkSteps)
     #: raw logits [vocab] of step 0 as float32, on CPU; a backend that fetches logits only on demand (vLLM)
     #: leaves it None when no step is kept (generated cases are judged from their text)
     first_logits: Any
@@ -45,6 +51,8 @@ class Provenance:
     #: backend's name, the model folder's numerics fields and tokenizer files, the chat template, the
     #: generation settings in effect, engine settings); empty for a backend that tells nothing more.
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: more for every case's manifest `extra` (a server: what it reports about itself, k, logprobs mode)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -125,3 +133,14 @@ class BackendClass(Protocol):
     """What the registry hands back: called with the model YAML and the device, it loads the model."""
 
     def __call__(self, config: ModelConfig, device: Device, *, tensor_parallel: bool = False) -> Backend: ...
+
+
+def first_logits(backend: Backend, steps: Sequence[Any]) -> Any:
+    """Step 0 of `steps` as float32 logits [vocab] for a task's judge; None when there are no steps.
+
+    A backend whose steps are not tensors (a server's top-k) converts them (`dense_first`).
+    """
+    if not steps:
+        return None
+    dense = getattr(backend, "dense_first", None)
+    return dense(steps) if dense is not None else steps[0].float().clone()
