@@ -167,7 +167,7 @@ def test_a_server_that_refuses_logprobs_stops_the_run(tmp_path, monkeypatch):
         evaluate(tmp_path, server.url, monkeypatch, cases="[1]")
     with FakeServer(SyntheticModel(), faults=["400logprobs"]) as server, \
             pytest.raises(ConfigError, match="--max-logprobs 5"):
-        evaluate(tmp_path, server.url, monkeypatch, cases="[1]", top_k=5)
+        evaluate(tmp_path, server.url, monkeypatch, cases="[1]", top_k=5, out="again")
     assert server.posts() == 1  # a refusal is not retried
 
 
@@ -208,7 +208,7 @@ def test_a_slow_server_times_out_and_is_retried(tmp_path, monkeypatch):
     assert store.read_manifest(result.layout.logits_dir)[0].extra["server_requests"]["retries"] == 1
     with FakeServer(SyntheticModel(), faults=["slow", "slow"], slow_seconds=1.5) as server, \
             pytest.raises(DataError, match=r"no answer within 0\.5 s"):
-        evaluate(tmp_path, server.url, monkeypatch, cases="[1]", timeout=0.5, retries=1)
+        evaluate(tmp_path, server.url, monkeypatch, cases="[1]", timeout=0.5, retries=1, out="again")
 
 
 def test_an_unreachable_server_is_a_one_line_error(tmp_path, monkeypatch):

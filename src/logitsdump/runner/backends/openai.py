@@ -268,7 +268,7 @@ class ServerBackend(TokenizerMethods):
         versions = {"logitsdump": __version__, f"server_{self.settings.api}": str(version or "unknown")}
         extra = {"server": self.identity,
                  "topk": {"k": self.settings.top_k, "logprobs_mode": self.settings.logprobs_mode}}
-        return Provenance(str(self.model_path), self.device.torch_device, versions, extra)
+        return Provenance(str(self.model_path), self.device.torch_device, versions, extra=extra)
 
     def take_notes(self) -> dict[str, Any]:
         """What the last case cost (requests, retries, seconds) and how a replay was scored; then reset."""
