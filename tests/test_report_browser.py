@@ -196,16 +196,18 @@ LAYOUT_WIDTHS = (1024, 1280, 1400, 1600, 1920)
 #: Writes the findings, one per line, into <body data-layout>.
 LAYOUT_JS = """
 (function(){var vw=document.documentElement.clientWidth,found=[];
-function name(el){var c=typeof el.className==='string'&&el.className.trim()?'.'+el.className.trim().split(/\\s+/).join('.'):'';
+function name(el){var c=typeof el.className==='string'&&el.className.trim()?
+  '.'+el.className.trim().split(/\\s+/).join('.'):'';
   var s=el.closest('section');return (s&&s.id?s.id+' ':'')+el.tagName.toLowerCase()+c;}
 function clips(s){return s.overflowX!=='visible';}
-if(document.documentElement.scrollWidth>vw){found.push('page scrolls sideways: '+document.documentElement.scrollWidth+' > '+vw);}
+var sw=document.documentElement.scrollWidth;if(sw>vw){found.push('page scrolls sideways: '+sw+' > '+vw);}
 var wide=[];
 Array.prototype.forEach.call(document.body.querySelectorAll('*'),function(el){
   if(el.closest('svg')){return;}
   var r=el.getBoundingClientRect();if(r.width===0||r.height===0){return;}
   if(r.right>vw+1||r.left<-1){wide.push(el);
-    if(wide.indexOf(el.parentElement)<0){found.push('wider than the page: '+name(el)+' ('+Math.round(r.left)+'..'+Math.round(r.right)+')');}}
+    if(wide.indexOf(el.parentElement)<0){
+      found.push('wider than the page: '+name(el)+' ('+Math.round(r.left)+'..'+Math.round(r.right)+')');}}
   var s=getComputedStyle(el);
   if(s.display!=='inline'&&el.clientWidth>0&&el.scrollWidth>el.clientWidth+1){
     found.push((clips(s)?'cut off: ':'runs over: ')+name(el)+' ('+el.scrollWidth+' > '+el.clientWidth+')');}});
@@ -250,7 +252,8 @@ def wide_report(tmp_path_factory) -> Path:
     for task in ("ceval_zero_shot", "mmlu_zero_shot"):
         golden = replayed_dump(root / task, "fp32", task, None)
         mine = replayed_dump(root / task, "bf16", task, golden)
-        runs.append(run_compare(CompareOptions(golden, mine, root / task / "cmp", tolerances_file=floor)).cases_json_path)
+        summary = run_compare(CompareOptions(golden, mine, root / task / "cmp", tolerances_file=floor))
+        runs.append(summary.cases_json_path)
     return write_report(load_compares(runs), root / "report.html")
 
 

@@ -248,7 +248,7 @@ def _thresholds(result: CompareResult) -> str:
     body = []
     for title, rows in groups:
         body.append(f'<tr class="group"><th colspan="3">{escape(title)}</th></tr>')
-        body += [f"<tr><th>{escape(name)}</th><td class=\"num\">{value}</td><td class=\"muted\">{escape(note)}</td></tr>"
+        body += [f'<tr><th>{escape(name)}</th><td class="num">{value}</td><td class="muted">{escape(note)}</td></tr>'
                  for name, value, note in rows]
     return f'<table class="grid thresholds"><tbody>{"".join(body)}</tbody></table>'
 

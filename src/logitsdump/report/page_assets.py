@@ -52,9 +52,12 @@ table.sortable thead th[aria-sort=descending]::after{content:" ▼";color:var(--
 td.reason{color:#475467;font-size:12px;min-width:180px}table.sortable td:nth-child(-n+2){overflow-wrap:anywhere}
 table.sortable thead th{white-space:normal;vertical-align:bottom}
 table.thresholds th,table.thresholds td.num{white-space:nowrap}
-table.thresholds td.muted{overflow-wrap:anywhere}table.thresholds tr.group th{background:var(--soft);font-size:12px;white-space:normal;color:#3b4556}
-table.stats-kld,table.stats-dp,table.stats-top{font-size:12px}table.stats-kld td,table.stats-dp td,table.stats-top td{white-space:nowrap;padding:4px 6px}
-table.stats-kld th,table.stats-dp th,table.stats-top th{padding:4px 6px}table.stats-kld td.se,table.stats-dp td.se,table.stats-top td.se{white-space:normal}
+table.thresholds td.muted{overflow-wrap:anywhere}
+table.thresholds tr.group th{background:var(--soft);font-size:12px;white-space:normal;color:#3b4556}
+table.stats-kld,table.stats-dp,table.stats-top{font-size:12px}
+table.stats-kld td,table.stats-dp td,table.stats-top td{white-space:nowrap;padding:4px 6px}
+table.stats-kld th,table.stats-dp th,table.stats-top th{padding:4px 6px}
+table.stats-kld td.se,table.stats-dp td.se,table.stats-top td.se{white-space:normal}
 .case{border:1px solid var(--line);border-left:5px solid var(--vc,#999);border-radius:8px;padding:14px 18px;
 margin:0 0 22px;background:#fff}
 .case .task{font-size:12px;font-weight:400;color:var(--muted);margin-left:6px}

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from logitsdump.token_bytes import token_text
 from logitsdump.runner.config import ModelConfig
+from logitsdump.token_bytes import token_text
 
 
 def load_tokenizer(model_path: str | Path, config: ModelConfig) -> Any:
