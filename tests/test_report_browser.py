@@ -18,6 +18,8 @@ import pytest
 from logitsdump.report import write_report
 from test_report import make_compare_run
 
+from helpers import replayed_dump
+
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -255,24 +257,6 @@ def wide_report(tmp_path_factory) -> Path:
         summary = run_compare(CompareOptions(golden, mine, root / task / "cmp", tolerances_file=floor))
         runs.append(summary.cases_json_path)
     return write_report(load_compares(runs), root / "report.html")
-
-
-def replayed_dump(root: Path, dtype: str, task: str, replay: Path | None) -> Path:
-    """Cases 0-3 of `task` dumped (8 tokens) by our runner in `dtype`, replaying `replay` when given."""
-    from logitsdump.demo import examples
-    from logitsdump.runner.evaluate import EvalOptions, run_eval
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BAD_CASE_LOGITS_DUMP", "True")
-        mp.setenv("LOGITS_DUMP_TOKEN_MAX_LENGTH", "8")
-        mp.setenv("BAD_CASE_LIST", "[0, 1, 2, 3]")
-        if replay is not None:
-            mp.setenv("LOGITSDUMP_REPLAY_DIR", str(replay))
-        run_eval(EvalOptions(model_config_path=str(examples.model_config(dtype)),
-                             task_config_path=str(examples.task_config(task)), output_dir=str(root / dtype),
-                             device="cpu"))
-    (folder,) = (root / dtype).glob(f"data/*/precision_test/{task}/*/*/logits")
-    return folder
 
 
 @pytest.mark.slow

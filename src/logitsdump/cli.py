@@ -309,8 +309,9 @@ def _add_compare_parser(subparsers) -> None:
                         help="pass when KL divergence < this, >= 0 (default 0.0001)")
     checks.add_argument("-l1", "--l1-norm", type=_number_at_least(-1.0), default=0.01,
                         help="pass when |relative L1 difference| < this, >= -1 (default 0.01)")
-    checks.add_argument("-d", "--dtype", choices=DATA_TYPES, default="fp16",
-                        help="dtype whose ULP the max-logit test uses (default fp16)")
+    checks.add_argument("-d", "--dtype", choices=DATA_TYPES, default=None,
+                        help="dtype whose ULP the max-logit test uses (default: the dumps' dtype from their "
+                        "manifests; fp16, as msit, for folders without one)")
     checks.add_argument("--topk", type=positive_int, default=10,
                         help="our addition: k of the top-k overlap, at most the vocabulary (default 10)")
     verdict = parser.add_argument_group("our additions: the tolerances of the per-case verdict")

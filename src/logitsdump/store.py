@@ -27,6 +27,9 @@ VOCAB_NAME = "vocab.json"
 MANIFEST_SCHEMA_VERSION = 1
 #: Our runner's account of one dump: cases asked for, found in the dataset, complete (for `dump`'s summary).
 DUMP_SUMMARY_NAME = "dump_summary.json"
+#: The manifest `extra` key of a case its task judges from the logits of its choices (BoolQ's yes/no,
+#: CMMLU's letters): a list of {"label", "token", "logit"}, the first generated token's raw logits.
+EXTRA_CHOICES = "choices"
 
 #: The HumanEval-X language tags that msit's parser recognises in a file name.
 LANGUAGE_TAGS = ("cpp", "go", "java", "js", "python")
