@@ -240,11 +240,13 @@ def read_vocab(folder: str | os.PathLike[str]) -> list[str] | None:
 
 @dataclass(frozen=True)
 class DumpSummary:
-    """What one dump of our runner did: `requested` cases, `matched` (found in the dataset), `complete`."""
+    """What one dump of our runner did: `requested` cases, `matched` (found in the dataset), `complete`, and
+    the id of the `dump` run that asked (`protocol.ENV_DUMP_ID`; None when the runner was not told one)."""
 
     requested: int
     matched: int
     complete: int
+    dump_id: str | None = None
 
 
 def write_dump_summary(folder: str | os.PathLike[str], summary: DumpSummary) -> None:
@@ -259,8 +261,9 @@ def read_dump_summary(folder: str | os.PathLike[str]) -> DumpSummary | None:
     try:
         data = json.loads((Path(folder) / DUMP_SUMMARY_NAME).read_text(encoding="utf-8"))
         values = [data[name] for name in ("requested", "matched", "complete")]
-    except (OSError, ValueError, RecursionError, TypeError, KeyError):
+        dump_id = data.get("dump_id")
+    except (OSError, ValueError, RecursionError, TypeError, KeyError, AttributeError):
         return None
-    if not all(type(v) is int and v >= 0 for v in values):
+    if not all(type(v) is int and v >= 0 for v in values) or not (dump_id is None or isinstance(dump_id, str)):
         return None
-    return DumpSummary(*values)
+    return DumpSummary(*values, dump_id=dump_id)
