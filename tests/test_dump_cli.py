@@ -261,13 +261,24 @@ def test_only_the_folders_this_run_wrote_are_counted(tmp_path: Path) -> None:
         (new / name).write_bytes(b"")
     append_manifest(new, _manifest_record(1))
     folders = written_folders(tmp_path, before, "this-run")
-    assert [(f.path, f.cases, f.files) for f in folders] == [(new, 1, 3)]  # no summary: changed, so counted
+    # no summary: changed, so counted; by what its manifest lists (case 1's one file), not every file there
+    assert [(f.path, f.cases, f.files) for f in folders] == [(new, 1, 1)]
     write_dump_summary(new, DumpSummary(1, 1, 1, "this-run"))
     assert [f.path for f in written_folders(tmp_path, before, "this-run")] == [new]
     # a dump beside this one into the same output_dir: its folder changed too, but its summary is not ours
     write_dump_summary(old, DumpSummary(1, 1, 1, "a-concurrent-run"))
     assert [f.path for f in written_folders(tmp_path, before, "this-run")] == [new]
     assert [f.path for f in written_folders(tmp_path, before, "a-concurrent-run")] == [old]
+
+
+def test_a_folder_without_a_manifest_counts_its_logits_files(tmp_path: Path) -> None:
+    """A real modeltest writes no manifest: its changed folder counts its logits files and their keys."""
+    folder = tmp_path / "data/NPU/precision_test/boolq/fp16/m/logits"
+    folder.mkdir(parents=True)
+    before = snapshot_logits_folders(tmp_path)
+    for name in ("logits_dev_1_0.pth", "logits_dev_1_1.pth", "logits_dev_2_0.pth", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    assert [(f.cases, f.files) for f in written_folders(tmp_path, before, "this-run")] == [(2, 3)]
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ We count what this run wrote among the `logits` folders under `<output_dir>/data
 from the child's `--output_dir`/`--output-dir`, default the current directory): a folder whose dump
 summary carries this run's id (our runner writes it, `protocol.ENV_DUMP_ID`), or, with a runner that
 writes no summary (a real modeltest), a folder whose files differ from those before the launch.
-Another dump's folder in the same output_dir, even one written a second earlier, is not counted.
+Another dump's folder in the same output_dir, even one written a second earlier, is not counted; in a
+folder of ours, only the cases and files its manifest lists (what the runner reports having written).
 """
 
 from __future__ import annotations
@@ -173,6 +174,20 @@ def _replay_dir(folder: str, command) -> str:
     return str(path.resolve())
 
 
+def with_output_dir(command: str, output_dir: str) -> str:
+    """`dump -o DIR` with `-e`: the runner command with `--output_dir DIR` added (kept as is when it already
+    names DIR; a UsageError when it names another folder)."""
+    from logitsdump.launch import split_command
+
+    argv = split_command(command)
+    given = output_dir_of(argv)
+    if given:
+        if os.path.abspath(given) != os.path.abspath(output_dir):
+            raise UsageError(f"-o {output_dir} and the runner's --output_dir {given} differ: give one of them")
+        return command
+    return f"{command} --output_dir {shlex.quote(output_dir)}"
+
+
 def output_dir_of(argv: Sequence[str]) -> str:
     """The value of `--output_dir`/`--output-dir` in the child's argv ('' when absent)."""
     return flag_value(argv, ("--output_dir", "--output-dir")) or ""
@@ -229,10 +244,19 @@ def written_folders(root: Path, before: Mapping[Path, Fingerprint], dump_id: str
                 continue
         elif before.get(folder) == _fingerprint(folder, files):
             continue
-        pth = [name for name in files if name.endswith(LOGITS_SUFFIX)]
-        manifest = read_manifest(folder) if MANIFEST_NAME in files else []
-        found.append(DumpFolder(folder, len(manifest) if manifest else _keys_in_names(pth), len(pth), summary))
+        found.append(_counted(folder, files, summary))
     return found
+
+
+def _counted(folder: Path, files: Sequence[str], summary: DumpSummary | None) -> DumpFolder:
+    """A written folder counted by what its runner reports: the manifest's cases and the files they list
+    (our runner), else the logits files and the keys in their names (a real modeltest writes no manifest)."""
+    manifest = read_manifest(folder) if MANIFEST_NAME in files else []
+    if manifest:
+        listed = {name for record in manifest for name in record.files}
+        return DumpFolder(folder, len(manifest), len(listed.intersection(files)), summary)
+    pth = [name for name in files if name.endswith(LOGITS_SUFFIX)]
+    return DumpFolder(folder, _keys_in_names(pth), len(pth), summary)
 
 
 def _keys_in_names(names: Sequence[str]) -> int:
