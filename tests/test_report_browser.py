@@ -5,6 +5,7 @@ Skipped only when chromium is not installed (CI installs Debian's `chromium`).
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import struct
@@ -16,6 +17,8 @@ import pytest
 
 from logitsdump.report import write_report
 from test_report import make_compare_run
+
+from helpers import replayed_dump
 
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 FLAGS = (
@@ -222,3 +225,108 @@ def test_a_long_table_is_shown_a_page_at_a_time(tmp_path, monkeypatch) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     body_tag = re.search(r"<body[^>]*>", result.stdout).group(0)
     assert 'data-paging="5 10 12 done"' in body_tag, body_tag
+# ---- layout: nothing wider than the page, no clipped label ---------------------------------------
+
+#: The window widths a reader's screen may give the page: it must fit every one.
+LAYOUT_WIDTHS = (1024, 1280, 1400, 1600, 1920)
+
+#: Measures the rendered page: every element that sticks out of the window (or, inside a scrolling
+#: box, out of that box: a box that has to scroll is a cut-off table too), every element whose content is
+#: wider than itself (text running over its neighbours or cut), and every SVG label drawn outside its plot.
+#: Writes the findings, one per line, into <body data-layout>.
+LAYOUT_JS = """
+(function(){var vw=document.documentElement.clientWidth,found=[];
+function name(el){var c=typeof el.className==='string'&&el.className.trim()?
+  '.'+el.className.trim().split(/\\s+/).join('.'):'';
+  var s=el.closest('section');return (s&&s.id?s.id+' ':'')+el.tagName.toLowerCase()+c;}
+function clips(s){return s.overflowX!=='visible';}
+var sw=document.documentElement.scrollWidth;if(sw>vw){found.push('page scrolls sideways: '+sw+' > '+vw);}
+var wide=[];
+Array.prototype.forEach.call(document.body.querySelectorAll('*'),function(el){
+  if(el.closest('svg')){return;}
+  var r=el.getBoundingClientRect();if(r.width===0||r.height===0){return;}
+  if(r.right>vw+1||r.left<-1){wide.push(el);
+    if(wide.indexOf(el.parentElement)<0){
+      found.push('wider than the page: '+name(el)+' ('+Math.round(r.left)+'..'+Math.round(r.right)+')');}}
+  var s=getComputedStyle(el);
+  if(s.display!=='inline'&&el.clientWidth>0&&el.scrollWidth>el.clientWidth+1){
+    found.push((clips(s)?'cut off: ':'runs over: ')+name(el)+' ('+el.scrollWidth+' > '+el.clientWidth+')');}});
+Array.prototype.forEach.call(document.querySelectorAll('svg text'),function(t){
+  var a=t.getBoundingClientRect(),b=t.ownerSVGElement.getBoundingClientRect();
+  if(a.width>0&&(a.left<b.left-0.5||a.right>b.right+0.5||a.top<b.top-0.5||a.bottom>b.bottom+0.5)){
+    found.push('label outside its plot: '+t.ownerSVGElement.getAttribute('class')+' "'+t.textContent+'"');}});
+var seen={},lines=found.filter(function(x){if(seen[x]){return false;}seen[x]=1;return true;});
+document.body.dataset.layout=lines.length?lines.join('\\n'):'ok';})();
+"""
+
+
+def layout_problems(page: Path, tmp_path: Path, width: int) -> list[str]:
+    """What LAYOUT_JS finds on `page` in a window `width` pixels wide."""
+    text = page.read_text(encoding="utf-8")
+    copy = page.with_name(f"layout-{width}-" + page.name)
+    copy.write_text(text.replace("</body>", f"<script>{LAYOUT_JS}</script>\n</body>"), encoding="utf-8")
+    result = run_chromium(tmp_path, f"layout-{width}", f"--window-size={width},1600", "--dump-dom", copy.as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", result.stdout).group(0)
+    found = re.search(r'data-layout="([^"]*)"', body)
+    assert found is not None, body[:500]
+    value = html.unescape(found.group(1))
+    return [] if value == "ok" else value.splitlines()
+
+
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory) -> Path:
+    """The report of a real replayed run (tiny model, fp32 golden, bf16 replaying it) on C-Eval (Chinese
+    questions: byte tokens) and MMLU, judged with a tolerances file under a long path, as a user's
+    floor often sits."""
+    from logitsdump.compare import CompareOptions, run_compare
+    from logitsdump.demo import examples
+    from logitsdump.report import load_compares
+
+    root = tmp_path_factory.mktemp("layout")
+    floor = root / "team-shared-calibration" / "smollm2-135m-instruct" / "ascend-910b-vs-a100" / "2024-05-06" \
+        / "logits_cmp_tolerances_20240506070809_measured_on_known_healthy_pairs.json"
+    floor.parent.mkdir(parents=True)
+    shutil.copy(examples.TINY_FLOOR, floor)
+    runs = []
+    for task in ("ceval_zero_shot", "mmlu_zero_shot"):
+        golden = replayed_dump(root / task, "fp32", task, None)
+        mine = replayed_dump(root / task, "bf16", task, golden)
+        summary = run_compare(CompareOptions(golden, mine, root / task / "cmp", tolerances_file=floor))
+        runs.append(summary.cases_json_path)
+    return write_report(load_compares(runs), root / "report.html")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", LAYOUT_WIDTHS)
+def test_nothing_is_wider_than_the_page_nor_cut(wide_report, tmp_path, width) -> None:
+    problems = layout_problems(wide_report, tmp_path, width)
+    assert not problems, f"{len(problems)} layout problem(s) at {width} px:\n" + "\n".join(problems[:40])
+
+
+@pytest.mark.slow
+def test_byte_tokens_show_their_bytes_and_ids(wide_report) -> None:
+    """A byte-level vocabulary's partial UTF-8 tokens read as `<0xE8>` with their id, never as U+FFFD."""
+    page = wide_report.read_text(encoding="utf-8")
+    assert "\ufffd" not in page
+    assert re.search(r"&lt;0x[0-9A-F]{2}&gt;", page), "no byte token on a page of Chinese questions"
+
+
+def test_plot_labels_stay_inside_their_plots(tmp_path) -> None:
+    """Tick labels of every kind of plot, with values whose labels are long (a Δp reach of 0.365, tiny and
+    huge numbers), are drawn inside their SVG (a label past its edge is cut off)."""
+    from logitsdump.report.page_assets import CSS
+    from logitsdump.report.svg import histogram, line_plot, quantile_plot
+
+    plots = [
+        histogram([-0.12, 0.05, 0.3649], label="dp", axis_label="Δp (%)", marker=0.1),
+        histogram([-123.456, 99.0], label="dp", axis_label="Δp (%)"),
+        line_plot([0, 1, 2, 3], [0.999912, 0.9993, None, 0.98765], label="cos", threshold=0.999, marker=2),
+        line_plot([0, 10, 200], [1e-9, 3e-4, 0.25], label="kl", log=True, threshold=1e-4),
+        quantile_plot((0.5, 0.9, 0.99), (1e-7, 3.2e-3, 0.4567), label="kld", maximum=12.5, threshold=1e-4),
+    ]
+    page = tmp_path / "plots.html"
+    page.write_text(f"<!doctype html><html><head><style>{CSS}</style></head><body>"
+                    + "".join(f'<div style="width:360px">{svg}</div>' for svg in plots) + "</body></html>",
+                    encoding="utf-8")
+    assert layout_problems(page, tmp_path, 1024) == []

@@ -121,15 +121,16 @@ def test_summary_and_page_show_the_run_and_every_case(replayed: Path) -> None:
     assert page.count('class="plot plot-kld-quantiles"') == cases + 1
     # every case has the run's two tables for itself: every KLD percentile, the Δp percentiles
     assert page.count('class="grid stats-kld"') == page.count('class="grid stats-dp"') == cases + 1
-    rows = re.findall(r"<tr><th>this case</th>(.*?)</tr>", page)  # each case: its KLD row, then its Δp row
-    kld_rows, dp_rows = rows[0::2], rows[1::2]
+    rows = re.findall(r"<tr><th>this case</th>(.*?)</tr>", page)  # each case: its KLD, Δp and top-token rows
+    kld_rows, dp_rows = rows[0::3], rows[1::3]
     for case in (c for c in summary.cases if c.stats is not None):
         assert any(f">{case.stats.kld_p95:.4g}<" in r and f">{case.stats.kld_p999:.4g}<" in r for r in kld_rows)
         assert any(f">{case.stats.dp_p1 * 100:.3g}%<" in r and f">{case.stats.dp_p99 * 100:.3g}%<" in r
                    for r in dp_rows)
     run_block = page[page.index('id="statistics"'):page.index('id="all-cases"')]
     assert f"p99: {stats.kld_p99:.4g}" in run_block and f"max: {stats.kld_max:.4g}" in run_block
-    assert f"{stats.dp_mean * 100:.3g}% ± {stats.dp_mean_se * 100:.3g}%" in run_block
+    assert f"{stats.dp_mean * 100:.3g}% ±\u00a0{stats.dp_mean_se * 100:.3g}%" in run_block  # wraps before ± only
+    assert f">{stats.same_top * 100:.2f}% ±\u00a0{stats.same_top_se * 100:.2f}%<" in run_block
 
 
 # ---- end to end on the tiny model --------------------------------------------------------------

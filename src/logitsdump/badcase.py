@@ -572,6 +572,28 @@ def _mixed(source: str, first_of_kind: dict[str, tuple[int, str]]) -> str:
     )
 
 
+#: A bcanalyze output name: `msit_bad_case_result_<YYYYmmddHHMMSS>[_N].csv`.
+RESULT_NAME = re.compile(rf"^{RESULT_PREFIX}(\d{{14}})(?:_(\d+))?\.csv$")
+
+
+def resolve_bad_case_csv(path: str | os.PathLike[str]) -> tuple[Path, int]:
+    """`-bcr`: a bad-case CSV as given, or in a bcanalyze output folder its newest
+    `msit_bad_case_result_<ts>.csv` (by the time stamp in the name, then the `_N` suffix); also how many
+    result files the folder holds (1 for a file). Raises DataError when a folder holds none."""
+    given = Path(path)
+    if not given.is_dir():
+        return given, 1
+    results = []
+    for entry in given.iterdir():
+        match = RESULT_NAME.match(entry.name)
+        if match is not None and entry.is_file():
+            results.append(((match.group(1), int(match.group(2) or 0)), entry))
+    if not results:
+        raise DataError(f"-bcr {given}: no {RESULT_PREFIX}<timestamp>.csv in this folder: give bcanalyze's "
+                        "output folder or a bad-case CSV")
+    return max(results)[1], len(results)
+
+
 def read_bad_case_request(
     path: str | os.PathLike[str],
     token_max_length: int = 1,

@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from logitsdump import __version__
 from logitsdump.dtypes import DATA_TYPES
@@ -80,7 +81,8 @@ def _add_eval_parser(subparsers) -> None:
     add_flag(parser, "task_config_path", required=True, help="task YAML file")
     add_flag(parser, "batch_size", type=positive_int, default=1, help="queries per batch (default 1)")
     add_flag(parser, "tp", type=positive_int, default=1, help="tensor-parallel degree, used in file names")
-    add_flag(parser, "output_dir", default="", help="root of results/, debug/, data/ (default: .)")
+    parser.add_argument("-o", "--output_dir", "--output-dir", dest="output_dir", default="",
+                        help="root of results/, debug/, data/ (default: .)")
     add_flag(parser, "lcoc_disable", action="store_true", help="NPU kernel switch: accepted, ignored elsewhere")
     add_flag(parser, "save_debug_enable", action="store_true", help="write the per-case debug CSV")
     add_flag(
@@ -117,8 +119,18 @@ def _run_eval(args: argparse.Namespace) -> int:
         device=args.device,
         backend=args.backend,
     )
-    run_eval(options)
+    result = run_eval(options)
+    from logitsdump.next_steps import after_eval
+    from logitsdump.protocol import dump_enabled
+
+    if result.scores and not dump_enabled():  # a dump's runner: `dump` prints the next step
+        _print_lines(after_eval(result.layout.debug_file if options.save_debug else None))
     return 0
+
+
+def _print_lines(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(line, flush=True)
 
 
 # ---- bcanalyze --------------------------------------------------------------------------------
@@ -161,6 +173,10 @@ def _run_bcanalyze(args: argparse.Namespace) -> int:
     else:
         print(f"{result.bad_cases} bad case(s) of {result.compared} compared: {result.output_path}")
     print(result.flips.describe())
+    if result.output_path is not None:
+        from logitsdump.next_steps import after_bcanalyze
+
+        _print_lines(after_bcanalyze(result.output_path.parent))
     return 0
 
 
@@ -185,7 +201,8 @@ def _add_dump_parser(subparsers) -> None:
         default=None,
         help='runner command, e.g. "modeltest --model_config_path ..." (required unless --from-samples)',
     )
-    parser.add_argument("-bcr", "--bad-case-result", required=True, help="bad-case CSV (from bcanalyze)")
+    parser.add_argument("-bcr", "--bad-case-result", required=True,
+                        help="bad-case CSV, or bcanalyze's output folder (its newest msit_bad_case_result_*.csv)")
     parser.add_argument(
         "-tr",
         "--token-range",
@@ -223,7 +240,9 @@ def _add_dump_parser(subparsers) -> None:
                          help="lm-eval's samples_<task>_*.jsonl (--log_samples): replay the logged prompts of the "
                          "bad-case CSV's docs through the model of --model_config_path")
     add_flag(lm_eval, "model_config_path", default=None, help="--from-samples: the model YAML to replay on")
-    add_flag(lm_eval, "output_dir", default="", help="--from-samples: root of data/.../logits/ (default: .)")
+    parser.add_argument("-o", "--output_dir", "--output-dir", dest="output_dir", default="",
+                        help="root of data/.../logits/ (default: the runner's --output_dir, else .); with -e it "
+                        "is given to the runner as --output_dir")
     add_flag(lm_eval, "device", default="auto",
              help="--from-samples: auto (CUDA, else NPU, else CPU), cpu, cuda, cuda:N, npu, npu:N")
     add_log_level(parser)
@@ -240,15 +259,19 @@ def _run_dump(args: argparse.Namespace) -> int:
     for flag, value in paths.items():  # a name too long names its flag, before any work
         if value:
             check_path_fits(value, flag)
+    args.bad_case_result = _bad_case_csv(args.bad_case_result)
     if args.from_samples is not None:
         return _run_samples_dump(args)
     if args.exec_command is None:
         raise UsageError("give the runner command with -e, or an lm-eval samples file with --from-samples")
-    if args.model_config_path is not None or args.output_dir or args.device != "auto":
-        raise UsageError("--model_config_path, --output_dir and --device go with --from-samples; with -e they "
-                         "belong in the runner command")
+    if args.model_config_path is not None or args.device != "auto":
+        raise UsageError("--model_config_path and --device go with --from-samples; with -e they belong in the "
+                         "runner command")
+    from logitsdump.dump import output_dir_of, with_output_dir
+
+    exec_command = with_output_dir(args.exec_command, args.output_dir) if args.output_dir else args.exec_command
     options = DumpOptions(
-        exec_command=args.exec_command,
+        exec_command=exec_command,
         bad_case_csv=args.bad_case_result,
         token_range=args.token_range,
         resume=args.resume,
@@ -258,9 +281,23 @@ def _run_dump(args: argparse.Namespace) -> int:
         replay_mode=args.replay_mode,
     )
     result = run_dump(options)
-    for line in result.summary_lines():
-        print(line, flush=True)
+    _print_lines(result.summary_lines())
+    from logitsdump.launch import split_command
+    from logitsdump.next_steps import after_dump
+
+    root = Path(output_dir_of(split_command(exec_command)) or ".")
+    _print_lines(after_dump([f.path for f in result.folders], args.replay, root))
     return 0
+
+
+def _bad_case_csv(given: str) -> str:
+    """`-bcr`: the file, or the newest bcanalyze result of a folder, said in one line."""
+    from logitsdump.badcase import resolve_bad_case_csv
+
+    path, found = resolve_bad_case_csv(given)
+    if path != Path(given):
+        print(f"-bcr {given}: the newest of its {found} bad-case file(s): {path}", flush=True)
+    return str(path)
 
 
 def _run_samples_dump(args: argparse.Namespace) -> int:
@@ -276,8 +313,10 @@ def _run_samples_dump(args: argparse.Namespace) -> int:
         token_range=args.token_range, output_dir=args.output_dir, device=args.device, resume=args.resume,
         overwrite=args.overwrite, logits_fp32=args.logits_fp32, replay=args.replay, replay_mode=args.replay_mode,
     ))
-    for line in result.summary_lines():
-        print(line, flush=True)
+    _print_lines(result.summary_lines())
+    from logitsdump.next_steps import after_dump
+
+    _print_lines(after_dump([f.path for f in result.folders], args.replay, Path(args.output_dir or ".")))
     return 0
 
 
@@ -321,8 +360,9 @@ def _add_compare_parser(subparsers) -> None:
                         help="pass when KL divergence < this, >= 0 (default 0.0001)")
     checks.add_argument("-l1", "--l1-norm", type=_number_at_least(-1.0), default=0.01,
                         help="pass when |relative L1 difference| < this, >= -1 (default 0.01)")
-    checks.add_argument("-d", "--dtype", choices=DATA_TYPES, default="fp16",
-                        help="dtype whose ULP the max-logit test uses (default fp16)")
+    checks.add_argument("-d", "--dtype", choices=DATA_TYPES, default=None,
+                        help="dtype whose ULP the max-logit test uses (default: the dumps' dtype from their "
+                        "manifests; fp16, as msit, for folders without one)")
     checks.add_argument("--topk", type=positive_int, default=10,
                         help="our addition: k of the top-k overlap, at most the vocabulary (default 10)")
     verdict = parser.add_argument_group("our additions: the tolerances of the per-case verdict")
@@ -436,6 +476,9 @@ def _run_compare(args: argparse.Namespace) -> int:
     print(f"results: {summary.csv_path}")
     print(f"cases:   {summary.cases_csv_path}")
     print(f"         {summary.cases_json_path}")
+    from logitsdump.next_steps import after_compare
+
+    _print_lines(after_compare(summary.cases_json_path.parent))
     return 0
 
 
@@ -446,9 +489,14 @@ def _add_demo_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="the whole flow on the embedded tiny model (fp32 = golden, bf16 = under test), offline, on the CPU",
+        description="Run eval, bcanalyze, dump (the device under test replaying golden), compare and report on "
+        "the embedded tiny Llama, fp32 standing for the golden device and bf16 for the device under test, on "
+        "four sample tasks; offline, on the CPU. The commands it ran are written to commands.sh in its folder: "
+        "a template for your own two devices (docs/workflow.md).",
     )
     parser.add_argument(
-        "--workdir", default=None, help="new or empty folder for everything (default: ./logitsdump-demo/<time>)"
+        "-o", "--output-dir", "--workdir", dest="workdir", default=None,
+        help="new or empty folder for everything (default: ./logitsdump-demo/<time>)",
     )
     parser.add_argument(
         "--no-replay",
@@ -493,8 +541,6 @@ def _add_report_parser(subparsers) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from logitsdump.fsutil import check_can_write, check_path_fits
     from logitsdump.report import load_compares, print_summary, write_report
     from logitsdump.report.html import names_a_page
@@ -514,6 +560,9 @@ def _run_report(args: argparse.Namespace) -> int:
     path = write_report(result, args.output_dir, topk=args.topk, triage=evidence)
     print_summary(result, triage=evidence)
     print(f"report: {path}")
+    from logitsdump.next_steps import after_report
+
+    _print_lines(after_report(path))
     return 0
 
 
@@ -524,8 +573,14 @@ def _add_examples_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "examples",
         help="copy the embedded tiny model, sample datasets and YAML files into a folder",
+        description="Copy the embedded tiny Llama (model/), the sample datasets (datasets/), and the model, task "
+        "and tolerances files (configs/) into a new or empty folder; the YAML files use paths relative to "
+        "themselves, so the copy runs where it is. docs/workflow.md uses it on both devices.",
     )
-    parser.add_argument("directory", help="destination folder (created; must be empty if it exists)")
+    parser.add_argument("directory", nargs="?", default=None,
+                        help="destination folder (created; must be empty if it exists)")
+    parser.add_argument("-o", "--output-dir", dest="output_dir", default=None, metavar="DIR",
+                        help="the destination folder, as the positional argument")
     add_log_level(parser)
     parser.set_defaults(handler=_run_examples)
 
@@ -533,7 +588,9 @@ def _add_examples_parser(subparsers) -> None:
 def _run_examples(args: argparse.Namespace) -> int:
     from logitsdump.demo.examples import copy_examples
 
-    folder = copy_examples(args.directory)
+    if (args.directory is None) == (args.output_dir is None):
+        raise UsageError("give the destination folder once: `logitsdump examples DIR` or `-o DIR`")
+    folder = copy_examples(args.directory or args.output_dir)
     print(f"examples written to {folder}")
     print("try: " + shlex.join([
         "logitsdump", "eval", "--model_config_path", f"{folder}/configs/model/tiny_llama_fp32.yaml",
@@ -565,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     from logitsdump.triage import commands as triage_commands  # preflight, probe, ablate
 
     triage_commands.add_parsers(subparsers)
+    from logitsdump.cli_examples import add_examples
+
+    add_examples(subparsers)
     return parser
 
 

@@ -1,16 +1,19 @@
 """The `dump` stage: bad-case CSV -> dump request -> child runner -> the logits folders it wrote.
 
 The runner (ours or modeltest) writes `{output_dir}/data/{DEV}/precision_test/{task}/{dtype}/{model}/logits/`.
-We find those folders by looking for `logits` folders under `<output_dir>/data` (output_dir taken
-from the child's `--output_dir`/`--output-dir`, default the current directory) that changed
-since the launch.
+We count what this run wrote among the `logits` folders under `<output_dir>/data` (output_dir taken
+from the child's `--output_dir`/`--output-dir`, default the current directory): a folder whose dump
+summary carries this run's id (our runner writes it, `protocol.ENV_DUMP_ID`), or, with a runner that
+writes no summary (a real modeltest), a folder whose files differ from those before the launch.
+Another dump's folder in the same output_dir, even one written a second earlier, is not counted; in a
+folder of ours, only the cases and files its manifest lists (what the runner reports having written).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,8 +38,8 @@ from logitsdump.store import (
 
 #: How deep under `<output_dir>/data` a logits folder may be (DEV/precision_test/task/dtype/model/logits).
 MAX_DEPTH = 8
-#: File-system time stamps can be coarse: folders changed this long before the launch still count.
-MTIME_SLACK_SECONDS = 2.0
+#: What a folder held: (name, inode, mtime in ns, size) of each entry, and the folder's own mtime.
+Fingerprint = tuple
 
 log = get_logger("dump")
 
@@ -132,6 +135,7 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
         request = replace(request, overwrite=True)
     if options.replay is not None:
         request = replace(request, replay_dir=_replay_dir(options.replay, command), replay_mode=options.replay_mode)
+    request = replace(request, dump_id=uuid.uuid4().hex)
     _check_list_length(request, options.bad_case_csv)
     requested = request.case_count
     root = Path(os.path.abspath(output_dir_of(command.argv) or os.getcwd()))
@@ -142,16 +146,16 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
         request.token_max_length,
         shlex.join(command.argv),
     )
-    started = time.time()
+    before = snapshot_logits_folders(root)
     try:
         launch(command.argv, request, base_env=env)
     except LaunchError as err:
-        done = sum(f.cases for f in find_logits_folders(root, since=started - MTIME_SLACK_SECONDS))
+        done = sum(f.cases for f in written_folders(root, before, None))
         if done and not isinstance(err, Interrupted):
             raise LaunchError(f"{err}; {done} case(s) were dumped before it stopped: fix the cause above "
                               "and continue with dump --resume (same flags)") from None
         raise
-    folders = tuple(find_logits_folders(root, since=started - MTIME_SLACK_SECONDS))
+    folders = tuple(written_folders(root, before, request.dump_id))
     result = DumpResult(requested, folders)
     if not folders:
         log.warning("no logits folder was written under %s (looked for data/.../logits/)", data_root(root))
@@ -177,38 +181,89 @@ def _replay_dir(folder: str, command) -> str:
     return str(path.resolve())
 
 
+def with_output_dir(command: str, output_dir: str) -> str:
+    """`dump -o DIR` with `-e`: the runner command with `--output_dir DIR` added (kept as is when it already
+    names DIR; a UsageError when it names another folder)."""
+    from logitsdump.launch import split_command
+
+    argv = split_command(command)
+    given = output_dir_of(argv)
+    if given:
+        if os.path.abspath(given) != os.path.abspath(output_dir):
+            raise UsageError(f"-o {output_dir} and the runner's --output_dir {given} differ: give one of them")
+        return command
+    return f"{command} --output_dir {shlex.quote(output_dir)}"
+
+
 def output_dir_of(argv: Sequence[str]) -> str:
     """The value of `--output_dir`/`--output-dir` in the child's argv ('' when absent)."""
     return flag_value(argv, ("--output_dir", "--output-dir")) or ""
 
 
-def find_logits_folders(root: Path, since: float) -> list[DumpFolder]:
-    """`logits` folders under `root/data` whose folder or manifest changed at or after `since`, sorted."""
+def _logits_folders(root: Path) -> list[tuple[Path, list[str]]]:
+    """Every `logits` folder under `root/data` (at most MAX_DEPTH deep) with its file names, sorted."""
     data = data_root(root)
-    found: list[DumpFolder] = []
+    found = []
     base_depth = len(data.parts)
     for folder, dirs, files in os.walk(data):
         here = Path(folder)
         if len(here.parts) - base_depth >= MAX_DEPTH:
             dirs.clear()
-        if here.name != LOGITS_FOLDER or not _changed_since(here, since):
-            continue
-        dirs.clear()
-        pth = [name for name in files if name.endswith(LOGITS_SUFFIX) or is_topk_file_name(name)]  # a server: top-k
-        manifest = read_manifest(here) if MANIFEST_NAME in files else []
-        found.append(DumpFolder(here, len(manifest) if manifest else _keys_in_names(pth), len(pth),
-                                read_dump_summary(here) if DUMP_SUMMARY_NAME in files else None))
-    return sorted(found, key=lambda f: str(f.path))
+        if here.name == LOGITS_FOLDER:
+            dirs.clear()
+            found.append((here, sorted(files)))
+    return sorted(found, key=lambda item: str(item[0]))
 
 
-def _changed_since(folder: Path, since: float) -> bool:
-    for path in (folder, folder / MANIFEST_NAME):
+def _fingerprint(folder: Path, files: Sequence[str]) -> Fingerprint:
+    entries = []
+    for name in files:
         try:
-            if path.stat().st_mtime >= since:
-                return True
+            st = (folder / name).stat()
         except OSError:
             continue
-    return False
+        entries.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
+    try:
+        own = folder.stat()
+        return (own.st_ino, own.st_mtime_ns, tuple(entries))
+    except OSError:
+        return ((), 0, tuple(entries))
+
+
+def snapshot_logits_folders(root: Path) -> dict[Path, Fingerprint]:
+    """What each logits folder under `root/data` holds now (taken before the launch)."""
+    return {folder: _fingerprint(folder, files) for folder, files in _logits_folders(root)}
+
+
+def written_folders(root: Path, before: Mapping[Path, Fingerprint], dump_id: str | None) -> list[DumpFolder]:
+    """The logits folders under `root/data` this dump run wrote, sorted.
+
+    A folder whose dump summary carries `dump_id` is this run's; one whose summary carries another id is
+    another run's, even when it changed meanwhile (a dump beside this one in the same output_dir). A folder
+    without a summary of an id (a real modeltest's; or `dump_id` None: a run stopped before its summary)
+    counts when its files differ from `before`.
+    """
+    found: list[DumpFolder] = []
+    for folder, files in _logits_folders(root):
+        summary = read_dump_summary(folder) if DUMP_SUMMARY_NAME in files else None
+        if dump_id is not None and summary is not None and summary.dump_id is not None:
+            if summary.dump_id != dump_id:
+                continue
+        elif before.get(folder) == _fingerprint(folder, files):
+            continue
+        found.append(_counted(folder, files, summary))
+    return found
+
+
+def _counted(folder: Path, files: Sequence[str], summary: DumpSummary | None) -> DumpFolder:
+    """A written folder counted by what its runner reports: the manifest's cases and the files they list
+    (our runner), else the logits files and the keys in their names (a real modeltest writes no manifest)."""
+    manifest = read_manifest(folder) if MANIFEST_NAME in files else []
+    if manifest:
+        listed = {name for record in manifest for name in record.files}
+        return DumpFolder(folder, len(manifest), len(listed.intersection(files)), summary)
+    pth = [name for name in files if name.endswith(LOGITS_SUFFIX) or is_topk_file_name(name)]  # a server: top-k
+    return DumpFolder(folder, _keys_in_names(pth), len(pth), summary)
 
 
 def _keys_in_names(names: Sequence[str]) -> int:

@@ -40,6 +40,9 @@ ENV_REPLAY_DIR = "LOGITSDUMP_REPLAY_DIR"
 #: `prefill` (the whole golden continuation scored in one forward pass).
 ENV_REPLAY_MODE = "LOGITSDUMP_REPLAY_MODE"
 REPLAY_MODES = ("step", "prefill")
+#: Our extension: the id of one `dump` run. Our runner writes it into the dump's summary, so `dump`
+#: counts only the folders this run wrote (not another dump's into the same --output_dir).
+ENV_DUMP_ID = "LOGITSDUMP_DUMP_ID"
 
 #: The five HumanEval-X key prefixes, in the order of BAD_CASE_LIST's five lists.
 HUMANEVALX_PREFIXES = ("CPP", "Go", "Java", "JavaScript", "Python")
@@ -64,6 +67,8 @@ class DumpRequest:
     replay_dir: str | None = None
     overwrite: bool = False
     replay_mode: str = "step"
+    #: The dump run asking (`ENV_DUMP_ID`); None: not told (a runner started by hand).
+    dump_id: str | None = None
 
     @property
     def per_language(self) -> bool:
@@ -94,7 +99,7 @@ def child_environment(
     """
     env = dict(base)
     for name in (ENV_BAD_CASE_LIST, ENV_BAD_CASE_LIST_FILE, ENV_RESUME, ENV_OVERWRITE, ENV_LOGITS_FP32,
-                 ENV_REPLAY_DIR, ENV_REPLAY_MODE):
+                 ENV_REPLAY_DIR, ENV_REPLAY_MODE, ENV_DUMP_ID):
         env.pop(name, None)
     env[ENV_DUMP_ENABLED] = "True"
     env[ENV_TOKEN_MAX_LENGTH] = str(request.token_max_length)
@@ -111,6 +116,8 @@ def child_environment(
     if request.replay_dir is not None:
         env[ENV_REPLAY_DIR] = request.replay_dir
         env[ENV_REPLAY_MODE] = request.replay_mode
+    if request.dump_id is not None:
+        env[ENV_DUMP_ID] = request.dump_id
     return env
 
 
@@ -166,6 +173,7 @@ def read_request(environ: Mapping[str, str] | None = None) -> DumpRequest | None
         logits_fp32=environ.get(ENV_LOGITS_FP32, "") == "1",
         replay_dir=environ.get(ENV_REPLAY_DIR) or None,
         replay_mode=_replay_mode(environ),
+        dump_id=environ.get(ENV_DUMP_ID) or None,
     )
 
 

@@ -40,6 +40,9 @@ MANIFEST_SCHEMA_VERSION = 1
 DUMP_SUMMARY_NAME = "dump_summary.json"
 #: The largest dump summary read (it holds three numbers).
 SUMMARY_MAX_BYTES = 64 << 10
+#: The manifest `extra` key of a case its task judges from the logits of its choices (BoolQ's yes/no,
+#: CMMLU's letters): a list of {"label", "token", "logit"}, the first generated token's raw logits.
+EXTRA_CHOICES = "choices"
 
 #: The HumanEval-X language tags that msit's parser recognises in a file name.
 LANGUAGE_TAGS = ("cpp", "go", "java", "js", "python")
@@ -277,11 +280,13 @@ def read_vocab(folder: str | os.PathLike[str]) -> list[str] | None:
 
 @dataclass(frozen=True)
 class DumpSummary:
-    """What one dump of our runner did: `requested` cases, `matched` (found in the dataset), `complete`."""
+    """What one dump of our runner did: `requested` cases, `matched` (found in the dataset), `complete`, and
+    the id of the `dump` run that asked (`protocol.ENV_DUMP_ID`; None when the runner was not told one)."""
 
     requested: int
     matched: int
     complete: int
+    dump_id: str | None = None
 
 
 def write_dump_summary(folder: str | os.PathLike[str], summary: DumpSummary) -> None:
@@ -296,11 +301,12 @@ def read_dump_summary(folder: str | os.PathLike[str]) -> DumpSummary | None:
     try:
         data = json.loads(read_input(Path(folder) / DUMP_SUMMARY_NAME, "dump summary", SUMMARY_MAX_BYTES))
         values = [data[name] for name in ("requested", "matched", "complete")]
-    except (UserError, ValueError, RecursionError, TypeError, KeyError):
+        dump_id = data.get("dump_id")
+    except (UserError, OSError, ValueError, RecursionError, TypeError, KeyError, AttributeError):
         return None
-    if not all(type(v) is int and v >= 0 for v in values):
+    if not all(type(v) is int and v >= 0 for v in values) or not (dump_id is None or isinstance(dump_id, str)):
         return None
-    return DumpSummary(*values)
+    return DumpSummary(*values, dump_id=dump_id)
 
 
 # ---- provenance: what each run and each case fed the model (the parity preflight reads it) ------------

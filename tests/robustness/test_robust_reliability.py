@@ -110,7 +110,7 @@ def test_concurrent_compare_commands_each_print_their_own_summary(tmp_path: Path
     for i, process in enumerate(processes):
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
-        assert f"rows: {i + 1} " in stdout  # its own summary
+        assert f"token pairs: {i + 1} " in stdout  # its own summary
         results = Path(next(line.split(maxsplit=1)[1] for line in stdout.splitlines() if line.startswith("results:")))
         assert len(_rows(results)) == i + 1  # the file it names is its own
         printed.append(results)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from logitsdump.compare.floor import NOISE_KEYS, Floor, finite_number, read_tolerances_file, resolve_floor
+from logitsdump.compare.floor import (
+    NOISE_KEYS,
+    Floor,
+    finite_number,
+    least_precise,
+    read_tolerances_file,
+    resolve_floor,
+)
 from logitsdump.compare.metrics import Thresholds
 from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import UsageError
 from logitsdump.fsutil import shorten
+
+#: msit's `-d/--dtype` default: the ULP dtype of folders whose manifests do not say (a real modeltest's dump).
+MSIT_DTYPE = "fp16"
 
 
 @dataclass(frozen=True)
@@ -24,7 +34,9 @@ class CompareOptions:
     cosine: float = 0.999
     kl: float = 0.0001
     l1: float = 0.01
-    dtype: str = "fp16"
+    #: The dtype whose ULP the max-logit test uses; None: the least precise dtype of the dumps' manifests
+    #: (`with_dumps_dtype`), msit's fp16 for folders without one.
+    dtype: str | None = None
     topk: int = 10
     #: Free runs: a first argmax change is a tie-flip when golden's margin is at most this (logits).
     #: None: from `tolerances_file`, else the floor's noise margin (`floor.resolve_floor`).
@@ -44,7 +56,14 @@ class CompareOptions:
     workers: int | None = None
 
     def thresholds(self) -> Thresholds:
-        return Thresholds(cosine=self.cosine, kl=self.kl, l1=self.l1, dtype=self.dtype)
+        return Thresholds(cosine=self.cosine, kl=self.kl, l1=self.l1, dtype=self.dtype or MSIT_DTYPE)
+
+    def with_dumps_dtype(self, dtypes: Iterable[str | None]) -> CompareOptions:
+        """These options with `dtype` set: as given, else the least precise of `dtypes` (the manifests'),
+        else msit's fp16."""
+        if self.dtype is not None:
+            return self
+        return replace(self, dtype=least_precise(dtypes, MSIT_DTYPE))
 
     def floor(self, dtypes: Iterable[str | None] = ()) -> Floor:
         """The noise floor of this run: the fields given here, then the tolerances file, then the default
@@ -56,7 +75,8 @@ class CompareOptions:
         given.update({k: getattr(self, k) for k in NOISE_KEYS if getattr(self, k) is not None})
         tie = self.tie_tolerance if self.tie_tolerance is not None else given.get("tie_tolerance")
         file = str(self.tolerances_file) if self.tolerances_file is not None else None
-        return resolve_floor(given, file=file, measured_on=measured_on, dtypes=dtypes, fallback_dtype=self.dtype,
+        return resolve_floor(given, file=file, measured_on=measured_on, dtypes=dtypes,
+                             fallback_dtype=self.dtype or MSIT_DTYPE,
                              tie=tie)
 
     def validate(self) -> None:
@@ -71,7 +91,7 @@ class CompareOptions:
             if number is None or number < low or (high is not None and number > high):
                 span = f"in [{low:g}, {high:g}]" if high is not None else f"a finite number >= {low:g}"
                 raise UsageError(f"{flag} must be {span}, found {shorten(repr(value))}")
-        if self.dtype not in DATA_TYPES:
+        if self.dtype is not None and self.dtype not in DATA_TYPES:
             raise UsageError(f"-d/--dtype must be one of {', '.join(DATA_TYPES)}, found {self.dtype!r}")
         if self.topk < 1:
             raise UsageError(f"--topk must be >= 1, found {self.topk}")

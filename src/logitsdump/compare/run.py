@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump import __version__
+from logitsdump.compare.choices import explain_choices
 from logitsdump.compare.floor import Floor
 from logitsdump.compare.judge import judge_cases
 from logitsdump.compare.measure import measure_all
@@ -80,6 +81,8 @@ class Measured:
     cases: list[CaseRecord]
     #: The noise floor the cases were judged against (measured, flags, or the dtype's default).
     floor: Floor
+    #: The options as run: `dtype` resolved from the manifests when it was not given.
+    options: CompareOptions
     #: The parity preflight of the two folders (`triage.preflight.Preflight.to_dict()`).
     preflight: Mapping[str, Any] = field(default_factory=dict)
 
@@ -94,22 +97,25 @@ def measure(options: CompareOptions) -> Measured:
         check_path_fits(options.tolerances_file, "--tolerances")
     pairs = pair_files(golden_dir, my_dir)  # an unreadable folder: one line
     folders = DumpFolders(golden_dir, my_dir)
+    options = options.with_dumps_dtype(folders.dtypes())  # -d not given: the dumps' own dtype
     floor = options.floor(folders.dtypes())  # a bad tolerances file fails before the output folder is made
     out_dir = ensure_writable_dir(options.output_dir)
     from logitsdump.compare.topk import has_topk_files, measure_topk
+    from logitsdump.triage.setup_verdicts import mark_setup_cases  # set-up differences before numerics
 
     if has_topk_files(golden_dir) or has_topk_files(my_dir):  # a server's top-k dump: top-k evidence only
         steps, cases = measure_topk(golden_dir, my_dir, folders, floor.tolerances, options.thresholds())
-        return Measured(out_dir, steps, cases, floor)
+        cases, preflight = mark_setup_cases(cases, golden_dir, my_dir)
+        return Measured(out_dir, steps, cases, floor, options, preflight)
     topk = _bounded_topk(options.topk, folders.vocab_size())
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
     steps = list(tracked(measure_all(pairs, options.thresholds(), topk, options.workers), "measuring file pairs",
                          len(pairs), "pair", logger=_log))
-    cases = [folders.annotate(case) for case in judge_cases(steps, floor.tolerances, folders.replays(steps))]
-    from logitsdump.triage.setup_verdicts import mark_setup_cases  # set-up differences before numerics
-
+    cases = [explain_choices(folders.annotate(case), folders.golden_cases, folders.my_cases,
+                             floor.tolerances.noise_margin)
+             for case in judge_cases(steps, floor.tolerances, folders.replays(steps))]
     cases, preflight = mark_setup_cases(cases, golden_dir, my_dir)
-    return Measured(out_dir, steps, cases, floor, preflight)
+    return Measured(out_dir, steps, cases, floor, options, preflight)
 
 
 def run_compare(options: CompareOptions, *, now: datetime | None = None) -> CompareSummary:
@@ -140,7 +146,7 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
             floor=measured.floor,
         )
         document = CompareDocument(
-            tool=f"logitsdump {__version__}", timestamp=stamp, options=options.to_dict(measured.floor),
+            tool=f"logitsdump {__version__}", timestamp=stamp, options=measured.options.to_dict(measured.floor),
             summary={**summary.to_dict(), "preflight": measured.preflight}, cases=summary.cases,
             floor=measured.floor.to_dict(),
         )

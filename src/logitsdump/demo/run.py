@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -78,12 +79,18 @@ class TaskRun:
     floor: str = ""
 
 
+#: The script the demo writes into its folder: the commands it ran, as `logitsdump` command lines.
+COMMANDS_NAME = "commands.sh"
+
+
 @dataclass(frozen=True)
 class DemoResult:
     workdir: Path
     runs: tuple[TaskRun, ...]
     report: Path | None
     seconds: float
+    #: `COMMANDS_NAME` in the work folder
+    commands: Path | None = None
 
     def verdict_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -121,31 +128,63 @@ def run_demo(options: DemoOptions) -> DemoResult:
     say(f"logitsdump demo: golden = {golden.label}, under test = {test.label}, on the CPU; working in {workdir}")
     runs = [TaskRun(task) for task in options.tasks]
     get_logger().setLevel(max(get_logger().level, logging.WARNING))  # the steps' own info lines
-    with _step("[1/5] evaluate both 'devices' (logitsdump eval)"):
-        for run in runs:
-            for side in (golden, test):
-                _evaluate(run, side, workdir)
-    with _step("[2/5] find the bad cases (logitsdump bcanalyze)"):
-        for run in runs:
-            _bcanalyze(run, golden, test, workdir)
-    how = "the device under test replays the golden tokens" if options.replay else "both decode freely"
-    with _step(f"[3/5] dump the bad cases' logits, {options.tokens} tokens each "
-               f"(logitsdump dump -e \"logitsdump eval ...\"; {how})"):
-        _dump_all([r for r in runs if r.bad_cases], golden, test, workdir, options)
-    with _step("[4/5] compare the two devices' logits (logitsdump compare)"):
-        for run in runs:
-            if len(run.logits_dirs) == 2:
-                _compare(run, golden, test, workdir, options.tolerances)
-        floors = {run.floor for run in runs if run.floor}
-        for floor in sorted(floors):
-            say(f"  verdicts judged against the {floor}")
+    commands = Commands(workdir / COMMANDS_NAME)
     report = None
-    if options.report and any(r.compare_json for r in runs):
-        with _step("[5/5] write the report (logitsdump report)"):
-            report = _report(workdir, runs)
+    try:
+        with _step("[1/5] evaluate both 'devices' (logitsdump eval)"):
+            commands.section("1. the accuracy runs: golden (fp32) and the device under test (bf16)")
+            for run in runs:
+                for side in (golden, test):
+                    _evaluate(run, side, workdir, commands)
+        with _step("[2/5] find the bad cases (logitsdump bcanalyze)"):
+            commands.section("2. the cases whose pass/fail differs")
+            for run in runs:
+                _bcanalyze(run, golden, test, workdir, commands)
+        how = "the device under test replays the golden tokens" if options.replay else "both decode freely"
+        with _step(f"[3/5] dump the bad cases' logits, {options.tokens} tokens each "
+                   f"(logitsdump dump -e \"logitsdump eval ...\"; {how})"):
+            commands.section("3. the bad cases' logits: golden first, then the device under test"
+                             + (" replaying it" if options.replay else ""))
+            _dump_all([r for r in runs if r.bad_cases], golden, test, workdir, options, commands)
+        with _step("[4/5] compare the two devices' logits (logitsdump compare)"):
+            commands.section("4. the verdict of each case")
+            for run in runs:
+                if len(run.logits_dirs) == 2:
+                    _compare(run, golden, test, workdir, options.tolerances, commands)
+            floors = {run.floor for run in runs if run.floor}
+            for floor in sorted(floors):
+                say(f"  verdicts judged against the {floor}")
+        if options.report and any(r.compare_json for r in runs):
+            with _step("[5/5] write the report (logitsdump report)"):
+                commands.section("5. one page for every task")
+                report = _report(workdir, runs, commands)
+    finally:
+        commands.write()  # what ran, also when a step failed
     seconds = time.monotonic() - started
     _print_summary(runs, golden, test, report, seconds)
-    return DemoResult(workdir, tuple(runs), report, seconds)
+    say(f"the commands it ran: {commands.path} (a template for two real devices: docs/workflow.md)")
+    return DemoResult(workdir, tuple(runs), report, seconds, commands.path)
+
+
+class Commands:
+    """The demo's steps as `logitsdump` command lines, written as a shell script into the work folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = ["#!/bin/sh", "# The commands `logitsdump demo` ran (its own steps run in-process; these are",
+                      "# the same steps as commands). Run again, they write into the same folders.", "set -e"]
+
+    def section(self, title: str) -> None:
+        self.lines += ["", f"# {title}"]
+
+    def add(self, argv: Sequence[str]) -> None:
+        self.lines.append(shlex.join(str(a) for a in argv))
+
+    def write(self) -> None:
+        from logitsdump.fsutil import atomic_write_text
+
+        atomic_write_text(self.path, "\n".join(self.lines) + "\n")
+        self.path.chmod(0o755)
 
 
 @contextlib.contextmanager
@@ -165,7 +204,7 @@ def _layout(workdir: Path, area: str, side: Side, task: str):
                         config.model_type, 1, 1)
 
 
-def _evaluate(run: TaskRun, side: Side, workdir: Path) -> None:
+def _evaluate(run: TaskRun, side: Side, workdir: Path, commands: Commands) -> None:
     from logitsdump.runner.evaluate import EvalOptions, run_eval
 
     options = EvalOptions(
@@ -175,6 +214,9 @@ def _evaluate(run: TaskRun, side: Side, workdir: Path) -> None:
         save_debug=True,
         device="cpu",
     )
+    commands.add(["logitsdump", "eval", "--model_config_path", options.model_config_path, "--task_config_path",
+                  options.task_config_path, "--output_dir", options.output_dir, "--save_debug_enable",
+                  "--device", options.device])
     with contextlib.redirect_stdout(io.StringIO()):
         result = run_eval(options)
     total = result.scores[-1]
@@ -184,7 +226,7 @@ def _evaluate(run: TaskRun, side: Side, workdir: Path) -> None:
         f"-> {result.layout.debug_file.relative_to(workdir)}")
 
 
-def _bcanalyze(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
+def _bcanalyze(run: TaskRun, golden: Side, test: Side, workdir: Path, commands: Commands) -> None:
     from logitsdump.badcase import BcanalyzeOptions, analyze
 
     options = BcanalyzeOptions(
@@ -192,6 +234,8 @@ def _bcanalyze(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
         str(_layout(workdir, "eval", test, run.task).debug_file),
         str(workdir / "bcanalyze" / run.task),
     )
+    commands.add(["logitsdump", "bcanalyze", "-gp", options.golden_path, "-mp", options.test_path,
+                  "-o", options.output_dir])
     result = analyze(options)
     run.bad_cases = result.bad_cases if result.output_path else 0
     run.bad_case_csv = result.output_path
@@ -200,22 +244,17 @@ def _bcanalyze(run: TaskRun, golden: Side, test: Side, workdir: Path) -> None:
     say(f"  {'':<16} {result.flips.describe()}")
 
 
-@dataclass
-class _DumpJob:
-    run: TaskRun
-    side: Side
-    argv: list[str]
-    log_path: Path
-    process: subprocess.Popen | None = None
-
-
-def _dump_all(runs: Sequence[TaskRun], golden: Side, test: Side, workdir: Path, options: DemoOptions) -> None:
-    """Every task's golden dump, then (after it, when replaying) its test dump; two processes at a time."""
+def _dump_all(runs: Sequence[TaskRun], golden: Side, test: Side, workdir: Path, options: DemoOptions,
+              commands: Commands) -> None:
+    """Every task's golden dump, then (after it, when replaying) its test dump; two processes at a time.
+    Each task's lines are printed together, in task order, once its dumps are done."""
     env = _child_env()
     queue: deque[_DumpJob] = deque(_dump_job(run, golden, workdir, options, None) for run in runs)
     if not options.replay:
         queue.extend(_dump_job(run, test, workdir, options, None) for run in runs)
     running: list[_DumpJob] = []
+    done: dict[str, list[_DumpJob]] = {run.task: [] for run in runs}
+    shown = 0
     while queue or running:
         while queue and len(running) < PARALLEL_DUMPS:
             job = queue.popleft()
@@ -227,16 +266,33 @@ def _dump_all(runs: Sequence[TaskRun], golden: Side, test: Side, workdir: Path, 
         for job in [j for j in running if j.process is not None and j.process.poll() is not None]:
             running.remove(job)
             _finish_dump(job, workdir)
+            done[job.run.task].append(job)
             if options.replay and job.side is golden:
                 queue.appendleft(_dump_job(job.run, test, workdir, options, job.run.logits_dirs[golden.name]))
+        while shown < len(runs) and len(done[runs[shown].task]) == 2:  # the next task in order is complete
+            for job in sorted(done[runs[shown].task], key=lambda j: j.side is not golden):
+                commands.add(["logitsdump", *job.argv[3:]])
+                say(job.line)
+            shown += 1
+
+
+@dataclass
+class _DumpJob:
+    run: TaskRun
+    side: Side
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    #: what the demo prints for it, once done
+    line: str = ""
 
 
 def _dump_job(run: TaskRun, side: Side, workdir: Path, options: DemoOptions, replay: Path | None) -> _DumpJob:
-    runner = (
-        f"logitsdump eval --model_config_path {side.model_yaml} "
-        f"--task_config_path {examples.task_config(run.task)} --batch_size 1 --tp 1 "
-        f"--output_dir {workdir / 'dump' / side.name} --save_debug_enable --device cpu"
-    )
+    runner = shlex.join([
+        "logitsdump", "eval", "--model_config_path", str(side.model_yaml), "--task_config_path",
+        str(examples.task_config(run.task)), "--batch_size", "1", "--tp", "1", "--output_dir",
+        str(workdir / "dump" / side.name), "--save_debug_enable", "--device", "cpu",
+    ])
     argv = [sys.executable, "-m", "logitsdump", "dump", "-bcr", str(run.bad_case_csv), "-tr", str(options.tokens)]
     if replay is not None:
         argv += ["--replay", str(replay)]
@@ -254,7 +310,8 @@ def _finish_dump(job: _DumpJob, workdir: Path) -> None:
     job.run.logits_dirs[job.side.name] = folder
     files = len(list(folder.glob("*.pth")))
     replayed = " (replaying golden)" if "--replay" in job.argv else ""
-    say(f"  {job.run.task:<16} {job.side.name:<6}: {files} logits files{replayed} -> {folder.relative_to(workdir)}")
+    job.line = (f"  {job.run.task:<16} {job.side.name:<6}: {files} logits files{replayed} "
+                f"-> {folder.relative_to(workdir)}")
 
 
 def _child_env() -> dict[str, str]:
@@ -265,29 +322,33 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _compare(run: TaskRun, golden: Side, test: Side, workdir: Path, tolerances: Path | None) -> None:
+def _compare(run: TaskRun, golden: Side, test: Side, workdir: Path, tolerances: Path | None,
+             commands: Commands) -> None:
     from logitsdump.compare import CompareOptions, run_compare
-    from logitsdump.runner.config import load_model_config
 
-    options = CompareOptions(
+    options = CompareOptions(  # the ULP dtype: the dumps' own (their manifests), as compare without -d
         golden_path=str(run.logits_dirs[golden.name]),
         my_path=str(run.logits_dirs[test.name]),
         output_dir=str(workdir / "compare" / run.task),
-        dtype=load_model_config(test.model_yaml).data_type,
         tolerances_file=tolerances,
     )
+    commands.add(["logitsdump", "compare", "-gp", options.golden_path, "-mp", options.my_path, "-o",
+                  options.output_dir, *(["--tolerances", str(tolerances)] if tolerances is not None else [])])
     summary = run_compare(options)
     run.compare_json = summary.cases_json_path
     run.floor = summary.floor.description if summary.floor is not None else ""
     run.verdicts = {name: count for name, count in summary.verdicts.items() if count}
     counts = ", ".join(f"{count} {name}" for name, count in run.verdicts.items()) or "no cases"
-    say(f"  {run.task:<16} {summary.compared} token pairs: {counts} -> {summary.csv_path.relative_to(workdir)}")
+    cases = len(summary.cases)
+    say(f"  {run.task:<16} {cases} case{'' if cases == 1 else 's'} ({summary.compared} token pairs): {counts} "
+        f"-> {summary.csv_path.relative_to(workdir)}")
 
 
-def _report(workdir: Path, runs: Sequence[TaskRun]) -> Path:
+def _report(workdir: Path, runs: Sequence[TaskRun], commands: Commands) -> Path:
     from logitsdump.report import load_compares, print_summary, write_report
 
     sources = [run.compare_json for run in runs if run.compare_json is not None]
+    commands.add(["logitsdump", "report", *(s.parent for s in sources), "-o", workdir / "report.html"])
     merged = load_compares(sources)
     path = write_report(merged, workdir / "report.html")
     say(f"  report -> {path.relative_to(workdir)}")

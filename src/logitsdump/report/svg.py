@@ -257,9 +257,11 @@ def histogram(
         tip = f"{a:.3g} to {b:.3g}: {count} step{'s' if count != 1 else ''}"
         lines.append(f'<rect class="bar" x="{x0 + 0.5:.1f}" y="{py(count):.1f}" width="{max(0.5, x1 - x0 - 1):.1f}" '
                      f'height="{plot_h - (py(count) - _TOP):.1f}"><title>{escape(tip)}</title></rect>')
-    for tick_value, text in ((-reach, f"{-reach:.3g}"), (0.0, "0"), (reach, f"{reach:.3g}")):
+    # the right end's label ends at the frame (centred, a long one would stick out of the plot)
+    for tick_value, text, anchor in ((-reach, f"{-reach:.3g}", "middle"), (0.0, "0", "middle"),
+                                     (reach, f"{reach:.3g}", "end")):
         lines.append(f'<text class="tick" x="{px(tick_value):.1f}" y="{height - _BOTTOM + 14}" '
-                     f'text-anchor="middle">{escape(text)}</text>')
+                     f'text-anchor="{anchor}">{escape(text)}</text>')
     lines.append(f'<text class="axis" x="{_LEFT + plot_w}" y="{height - 2}" text-anchor="end">{escape(axis_label)}'
                  "</text>")
     lines.append(f'<line class="zero" x1="{px(0):.1f}" x2="{px(0):.1f}" y1="{_TOP}" y2="{_TOP + plot_h}"/>')

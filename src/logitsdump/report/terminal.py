@@ -64,9 +64,6 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
     counts = result.verdict_counts()
     lines: list[str] = [*terminal_block(result, triage, paint), ""]
     summary = result.summary
-    if isinstance(summary.get("rows"), int):
-        lines.append(f"rows: {summary['rows']} (passed {summary.get('passed', '?')}, "
-                     f"failed {summary.get('failed', '?')}, NA {summary.get('na', '?')})")
     count_text = ", ".join(
         f"{paint(v, v) if counts.get(v) else v} {counts.get(v, 0)}" for v in counts
     )
@@ -74,6 +71,10 @@ def format_summary(source: Any, *, color: bool = False, worst: int = WORST_CASES
     hints = [f"{paint(v, v)}: {verdicts.BY_NAME[v].hint}" for v in counts if counts.get(v) and v in verdicts.BY_NAME]
     if hints:
         lines.append("  " + " · ".join(hints))
+    if isinstance(summary.get("rows"), int):  # token pairs are not cases: each case has one pair per step
+        lines.append(f"token pairs: {summary['rows']} (against msit's per-token thresholds: "
+                     f"passed {summary.get('passed', '?')}, failed {summary.get('failed', '?')}, "
+                     f"NA {summary.get('na', '?')})")
     if result.stats is not None:
         lines.append("")
         lines += _statistics(result.stats, paint)
@@ -194,17 +195,30 @@ def _clip(text: str, width: int) -> str:
 
 
 def _thresholds(result: CompareResult) -> str:
+    """What decides the verdicts (the floor for replayed cases, msit's thresholds and the tie tolerance for
+    free runs), the floor, and msit's per-token thresholds (every token pair's pass/fail)."""
     o = result.options
-    text = (f"thresholds: cosine > {o.get('cosine_similarity', '?')}, KL < {o.get('kl_divergence', '?')}, "
-            f"|L1| < {o.get('l1_norm', '?')} (or max logit within 1 ULP of {o.get('dtype', '?')}); "
-            f"tie tolerance {o.get('tie_tolerance', '?')} logits")
-    if result.replayed:
-        text += (f"; replayed: noise margin {o.get('noise_margin', '?')} logits, steps close when "
-                 f"KL <= {o.get('noise_kl', '?')} and cosine >= {o.get('noise_cosine', '?')}")
+    replayed = sum(1 for c in result.rows if c.replayed)
+    free = len(result.rows) - replayed
+    decide = []
+    if replayed:
+        decide.append(f"{replayed} replayed case(s) by the noise floor (noise margin {o.get('noise_margin', '?')} "
+                      f"logits, steps close when KL <= {o.get('noise_kl', '?')} and cosine >= "
+                      f"{o.get('noise_cosine', '?')})")
+    if free or not result.rows:
+        decide.append(f"{free} free-run case(s) by msit's thresholds up to the first argmax change, then the tie "
+                      f"tolerance {o.get('tie_tolerance', '?')} logits")
+    lines = ["verdicts: " + "; ".join(decide)]
     floor = result.document.floor
     if floor is not None and floor.get("description"):
-        text += f"\nfloor: {floor['description']}"
+        lines.append(f"floor: {floor['description']}")
     note = topk_evidence.terminal_note(result.rows)  # a server's top-k dump
     if note:
-        text += f"\n{note}"
-    return text
+        lines.append(note)
+    msit = (f"msit's per-token thresholds (each token pair's pass/fail): cosine > {o.get('cosine_similarity', '?')}, "
+            f"KL < {o.get('kl_divergence', '?')}, |L1| < {o.get('l1_norm', '?')} (or max logit within 1 ULP of "
+            f"{o.get('dtype', '?')})")
+    if result.rows and not free:
+        msit += "; replayed verdicts do not use them"
+    lines.append(msit)
+    return "\n".join(lines)

@@ -195,5 +195,6 @@ class LogitsWriter:
         summary (`matched`: the requested cases found in the dataset); return the records."""
         records = self._merged_records()
         self._write_merged(records)
-        store.write_dump_summary(self.folder, store.DumpSummary(self.request.case_count, matched, len(records)))
+        store.write_dump_summary(self.folder, store.DumpSummary(self.request.case_count, matched, len(records),
+                                                                self.request.dump_id))
         return records

@@ -31,7 +31,14 @@ from logitsdump.runner.config import (
 )
 from logitsdump.runner.decoding import Decoder, Inferred, batches
 from logitsdump.runner.tasks import get_task
-from logitsdump.runner.tasks.base import Case, Task, Tokenizer, needs_tokenizer, pass_label
+from logitsdump.runner.tasks.base import (
+    Case,
+    Task,
+    Tokenizer,
+    choice_logits,
+    needs_tokenizer,
+    pass_label,
+)
 
 if TYPE_CHECKING:
     from logitsdump.protocol import DumpRequest
@@ -350,7 +357,7 @@ def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter |
             if item.inputs is not None and run.options.save_debug:
                 tally.inputs.append((item.case.key, item.inputs.to_dict(with_prompt=False)))
             if writer is not None:
-                tally.dumped_files += _record(writer, item, run.backend, replay)
+                tally.dumped_files += _record(writer, item, run.backend, replay, run.task)
         progress.update(len(batch.cases))
     progress.close()
     decoder.warn_cut_prompts()
@@ -369,10 +376,11 @@ def _judge(task: Task, item: Inferred, tokenizer: Tokenizer) -> outputs.CaseOutc
     )
 
 
-def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: ReplaySource | None) -> int:
-    """Write one case's logits files and manifest line; the number of files written."""
+def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: ReplaySource | None, task: Task) -> int:
+    """Write one case's logits files and manifest line (with the choices' logits of a task judged from
+    them); the number of files written."""
     decoded, generation = item.decoded, item.generation
-    extra = None
+    extra: dict | None = None
     if replay is not None:
         extra = replay.extra(decoded.own_ids or decoded.output_ids[: len(decoded.step_logits)])
     take_notes = getattr(backend, "take_notes", None)  # a server: requests per case, replay method
@@ -382,6 +390,11 @@ def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: Repl
         if extra is not None and method is not None:
             extra["replay"]["method"] = method
         extra = {**(extra or {}), **notes}
+    choices = choice_logits(task, item.case, generation, backend.tokenizer)
+    if choices is not None:
+        from logitsdump.store import EXTRA_CHOICES
+
+        extra = {**(extra or {}), EXTRA_CHOICES: choices}
     names = writer.save(item.case, decoded.step_logits, generation.input_ids, decoded.output_ids,
                         backend.token_texts(decoded.output_ids), generation.text, extra, item.inputs)
     return len(names)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump.runner.config import ModelConfig
+from logitsdump.token_bytes import token_text
 
 
 def load_tokenizer(model_path: str | Path, config: ModelConfig) -> Any:
@@ -54,8 +55,9 @@ class TokenizerMethods:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
-        """The text of each token on its own (special tokens included)."""
-        return [self.tokenizer.decode([int(i)], skip_special_tokens=False) for i in ids]
+        """The text of each token on its own (special tokens included); a piece of a multi-byte character
+        as its bytes, `<0xE2>` (`token_bytes`), not as U+FFFD."""
+        return [token_text(self.tokenizer, i) for i in ids]
 
 
 def eos_ids(configs: Iterable[Any], tokenizer: Any) -> set[int]:

@@ -75,9 +75,10 @@ class Task(Protocol):
     """One modeltest task (`task_name`).
 
     Optional members, read with the helpers below: `needs_tokenizer` (bool: `load_cases` then
-    receives the model's tokenizer as `tokenizer=`, and cases are loaded after the model) and
+    receives the model's tokenizer as `tokenizer=`, and cases are loaded after the model),
     `finished(case, text) -> bool` (a stopping rule on the text generated so far, checked after
-    each token, as modeltest's code-completion stopping).
+    each token, as modeltest's code-completion stopping) and `choice_tokens(case, tokenizer) ->
+    {label: token id}` (a task judged from the logits of its choices: which tokens).
     """
 
     #: `Correct`/`Wrong` for MMLU and C-Eval; `True`/`False` for the others.
@@ -109,6 +110,25 @@ def needs_tokenizer(task: Task) -> bool:
 def is_forward_only(case: Case, need_logits: bool) -> bool:
     """Whether `case` is judged from one forward pass rather than a generation."""
     return need_logits if case.forward_only is None else case.forward_only
+
+
+def choice_logits(
+    task: Task, case: Case, generation: Generation, tokenizer: Tokenizer
+) -> list[dict[str, Any]] | None:
+    """The logits the task judged `case` from, for tasks judged from their choices' logits (BoolQ's yes/no,
+    CMMLU's letters; optional members `choice_tokens(case, tokenizer) -> {label: token id}` and
+    `pick_choice({label: logit}) -> label`, default the first largest): `[{"label", "token", "logit",
+    "picked"}, ...]`, the manifest's `store.EXTRA_CHOICES`; None for the other tasks or without logits."""
+    choose = getattr(task, "choice_tokens", None)
+    logits = generation.first_logits
+    if choose is None or logits is None:
+        return None
+    row = logits.reshape(-1, logits.shape[-1])[-1]
+    values = {label: float(row[token]) for label, token in choose(case, tokenizer).items()}
+    pick = getattr(task, "pick_choice", None)
+    picked = pick(values) if pick is not None else max(values, key=values.__getitem__)
+    return [{"label": label, "token": int(token), "logit": values[label], "picked": label == picked}
+            for label, token in choose(case, tokenizer).items()]
 
 
 def stop_rule(task: Task, case: Case, decode: Any) -> Callable[[Sequence[int]], bool] | None:

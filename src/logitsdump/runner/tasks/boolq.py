@@ -48,6 +48,16 @@ class BoolQTask:
                 cases.append(Case(index, subject, str(index), query, answer, {"line": line}))
         return cases
 
+    def choice_tokens(self, case: Case, tokenizer: Tokenizer) -> dict[str, int]:
+        """The tokens whose logits decide the answer."""
+        yes, no = choice_token_ids(tokenizer)
+        return {"yes": yes, "no": no}
+
+    @staticmethod
+    def pick_choice(logits: dict[str, float]) -> str:
+        """"yes" only when its logit is the larger (a tie answers "no", as `judge`)."""
+        return "yes" if logits["yes"] > logits["no"] else "no"
+
     def judge(self, case: Case, generation: Generation, tokenizer: Tokenizer) -> Judgement:
         """Compare the "yes" and "no" log-probabilities of `generation.first_logits`."""
         import torch

@@ -104,6 +104,11 @@ class CMMLUTask:
             sized = [(shot, n) for shot, n in sized if n != longest]
         return head + "".join(shot for shot, _ in sized) + end
 
+    def choice_tokens(self, case: Case, tokenizer: Tokenizer) -> dict[str, int]:
+        """The option letters' tokens, whose logits decide the answer."""
+        letters = tuple(case.data.get("letters", ("A", "B", "C", "D")))
+        return {letter: choice_token_id(tokenizer, letter) for letter in letters}
+
     def judge(self, case: Case, generation: Generation, tokenizer: Tokenizer) -> Judgement:
         """The option letter with the largest logit against the answer."""
         logits = generation.first_logits
