@@ -229,7 +229,7 @@ def _unreadable_or_skip(tmp_path: Path):
 
 #: case -> (CSV text (None: a folder named bad.csv), -e command, exit status, needle)
 DUMP_CASES: dict[str, tuple[str | bytes | None, str, int, str]] = {
-    "a folder named .csv": (None, "logitsdump eval", 1, "is not a file"),
+    "a folder without a bad-case CSV": (None, "logitsdump eval", 1, "no msit_bad_case_result_<timestamp>.csv in this folder"),
     "not UTF-8": (b"key\n1\n\xff\n", "logitsdump eval", 1, "is not UTF-8 text"),
     "a key too long for an int": ("key\n" + "9" * 40 + "\n", "logitsdump eval", 1, "is not a row index"),
     "a key with a sign": ("key\n+1\n", "logitsdump eval", 1, "key '+1' on line 2 is not a row index"),
