@@ -16,6 +16,7 @@ import pytest
 from logitsdump.compare import CompareOptions
 from logitsdump.compare.judge import ReplayedCase, Tolerances, judge_case, judge_replay_case
 from logitsdump.compare.records import SCHEMA_VERSION, CaseRecord, CompareDocument
+from logitsdump.compare.schema_v1 import upgrade_document
 from logitsdump.demo import examples
 
 DATA = Path(__file__).parent / "data"
@@ -24,7 +25,7 @@ DATA = Path(__file__).parent / "data"
 def _v1(name: str) -> CompareDocument:
     data = json.loads((DATA / name).read_text(encoding="utf-8"))
     assert data["schema_version"] == 1
-    return CompareDocument.from_dict(data)
+    return CompareDocument.from_dict(upgrade_document(data))
 
 
 def _rejudged(case: CaseRecord, tolerances: Tolerances) -> CaseRecord:

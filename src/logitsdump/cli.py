@@ -17,55 +17,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from logitsdump import __version__
+from logitsdump.cli_flags import add_flag, add_golden_and_test, add_log_level, add_output_dir, positive_int
 from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import EXIT_FAILURE, UsageError, UserError
-from logitsdump.logs import LEVELS, get_logger, setup_logging
+from logitsdump.logs import get_logger, setup_logging
 from logitsdump.procguard import Terminated, terminate_like_interrupt
 from logitsdump.protocol import REPLAY_MODES
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int > 0, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected an int > 0, found {value}")
-    return value
-
-
-def add_log_level(parser: argparse.ArgumentParser) -> None:
-    """The shared `-l/--log-level` flag (msit's levels)."""
-    parser.add_argument(
-        "-l", "--log-level", default="info", choices=LEVELS, help="log level (default: info)"
-    )
-
-
-def add_golden_and_test(parser: argparse.ArgumentParser, what: str) -> None:
-    """msit's `-gp/--golden-path` and `-mp/--my-path`: the golden device's and the device under test's `what`."""
-    group = parser.add_argument_group("inputs")
-    group.add_argument("-gp", "--golden-path", required=True, metavar="PATH", help=f"the golden device's {what}")
-    group.add_argument("-mp", "--my-path", required=True, metavar="PATH", help=f"the device under test's {what}")
-
-
-def add_output_dir(parser: argparse.ArgumentParser, default: str | None, default_text: str) -> None:
-    """`-o`: the folder a subcommand writes its files in, the same flag everywhere
-    (`--output-dir`, and msit's `--output` spelling, alike)."""
-    parser.add_argument_group("outputs").add_argument(
-        "-o", "--output-dir", "--output", dest="output_dir", metavar="DIR", default=default,
-        help=f"output folder, created if missing (default: {default_text})",
-    )
-
-
-def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
-    """A modeltest-style flag accepted both as `--a_b` and `--a-b`."""
-    spellings = [f"--{name}"]
-    if "_" in name:
-        spellings.append(f"--{name.replace('_', '-')}")
-    parser.add_argument(*spellings, dest=name, **kwargs)
 
 
 # ---- eval -------------------------------------------------------------------------------------

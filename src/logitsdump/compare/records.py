@@ -15,7 +15,7 @@ Each has `to_dict` (what is written) and `from_dict` (what is read back; the
 report's only reader). Reading is lenient: a missing or mistyped field becomes
 None, so a hand-edited file still renders. The case JSON carries
 `schema_version`; version 1 (logitsdump before the records) is read too
-(`schema_v1.py` upgrades it).
+(`schema_v1.upgrade_document` upgrades it before `CompareDocument.from_dict`).
 
 Names: a *margin* is always in logits. `golden_margin` is golden's top-1 minus
 its top-2 (how sure golden was); `flip_margin` is golden's logit of its own
@@ -547,11 +547,9 @@ class CompareDocument:
                              f"{', '.join(map(str, READABLE_VERSIONS))}); use the logitsdump that wrote it")
         if not isinstance(data.get("cases"), list):
             raise ValueError("expected compare's case JSON with a 'cases' list")
+        if version == 1:  # its cases need their findings derived from the words of their reasons first
+            raise ValueError("schema_version 1 is read through compare.schema_v1.upgrade_document")
         raw = [c for c in data["cases"] if isinstance(c, Mapping)]
-        if version == 1:
-            from logitsdump.compare.schema_v1 import upgrade_case
-
-            raw = [upgrade_case(c) for c in raw]
         cases = tuple(CaseRecord.from_dict(c) for c in raw)
         options = data.get("options")
         summary = data.get("summary")

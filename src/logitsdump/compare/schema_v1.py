@@ -16,6 +16,15 @@ from logitsdump.compare.records import ONLY_IN_GOLDEN, ONLY_IN_MY, CaseRecord
 from logitsdump.compare.verdicts import DIVERGENT, INCOMPLETE, NOISE, PRECISION_SUSPECT, TIE_FLIP
 
 
+def upgrade_document(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Compare's case JSON as `CompareDocument.from_dict` reads it: a version-1 document with its cases
+    upgraded (`upgrade_case`) and marked version 2; any other returned as it is."""
+    if data.get("schema_version") != 1 or not isinstance(data.get("cases"), list):
+        return data
+    cases = [upgrade_case(c) for c in data["cases"] if isinstance(c, Mapping)]
+    return {**data, "schema_version": 2, "cases": cases}
+
+
 def upgrade_case(case: Mapping[str, Any]) -> dict[str, Any]:
     """A version-1 case as version 2: renamed change margins, `unavailable` steps, and the findings and
     focus that version 1 only said in words (its `reason`, whose wording version 1 fixed)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from logitsdump.badcase import RESULT_PREFIX, BcanalyzeOptions, BcanalyzeResult, Flips, first_keys
+from logitsdump.bcresult import RESULT_PREFIX, BcanalyzeOptions, BcanalyzeResult, Flips, first_keys
 from logitsdump.csvsafe import write_csv
 from logitsdump.errors import DataError
 from logitsdump.fsutil import claim_stamped, ensure_writable_dir, timestamp

@@ -27,6 +27,7 @@ import numpy as np
 from logitsdump.compare.distribution import StepStatistics
 from logitsdump.compare.outputs import CASES_JSON, OUTPUT_NAME, output_name, run_tag
 from logitsdump.compare.records import UNKNOWN_TASK, CaseRecord, CompareDocument, Step
+from logitsdump.compare.schema_v1 import upgrade_document
 from logitsdump.compare.verdicts import FREE_RUN_VERDICTS, REPLAY_VERDICTS, VERDICTS
 from logitsdump.errors import DataError, FileFormatError
 from logitsdump.fsutil import check_regular
@@ -215,7 +216,7 @@ def parse_document(document: Any, path: Path) -> CompareResult:
     if not isinstance(document, Mapping):
         raise DataError(f"{path}: expected compare's case JSON with a 'cases' list")
     try:
-        return CompareResult(path, CompareDocument.from_dict(document))
+        return CompareResult(path, CompareDocument.from_dict(upgrade_document(document)))
     except ValueError as err:
         raise DataError(f"{path}: {err}") from None
 

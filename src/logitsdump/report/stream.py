@@ -191,6 +191,7 @@ def _check_version(head: Mapping[str, Any], path: Path) -> None:
 def _whole_file(path: Path) -> CaseFile:
     """A case JSON of another layout, parsed whole (at most `WHOLE_FILE_MAX_BYTES`)."""
     from logitsdump.compare.records import CompareDocument
+    from logitsdump.compare.schema_v1 import upgrade_document
     from logitsdump.fsutil import read_input
 
     data = read_input(path, "case JSON", WHOLE_FILE_MAX_BYTES)
@@ -201,7 +202,7 @@ def _whole_file(path: Path) -> CaseFile:
     if not isinstance(document, Mapping):
         raise DataError(f"{path}: expected compare's case JSON with a 'cases' list")
     try:
-        cases = CompareDocument.from_dict(document).cases
+        cases = CompareDocument.from_dict(upgrade_document(document)).cases
     except ValueError as err:
         raise DataError(f"{path}: {err}") from None
     head = {k: v for k, v in document.items() if k != "cases"}

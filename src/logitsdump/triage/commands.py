@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from logitsdump.cli import add_flag, add_golden_and_test, add_log_level, add_output_dir, positive_int
+from logitsdump.cli_flags import add_flag, add_golden_and_test, add_log_level, add_output_dir, positive_int
 from logitsdump.errors import DataError
 
 #: Where probe and ablate write their reports unless -o says otherwise.
