@@ -254,3 +254,35 @@ def test_the_preflight_and_its_report_never_import_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "set-up: none found" in done.stdout
+
+
+def test_bcanalyzes_pair_reading_finds_what_reading_each_side_finds(tmp_path):
+    """`load_eval_pair` skips the rows both sides hold alike; the preflight it feeds says the same as the
+    one fed by `load_eval_csv` of each side (issue 27: bcanalyze's preflight on a million rows)."""
+    import csv
+
+    from logitsdump.triage.preflight import preflight
+    from logitsdump.triage.sides import load_eval_csv, load_eval_pair
+
+    def write(path, rows):
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            out = csv.writer(handle)
+            out.writerow(["key", "queries", "input_token_ids", "output_token_ids", "test_result", "golden_result",
+                          "pass"])
+            out.writerows(rows)
+
+    golden = [[str(i), f"q{i}", str([1, 5, 6, i]), "[7]", "A", "A", "True"] for i in range(30)]
+    test = [list(row) for row in golden]
+    test[3][2] = str([5, 6, 3])  # no BOS on the test side
+    test[7][2] = str([1, 1, 5, 6, 7])  # two BOS
+    test[9][1] = "another question"
+    test[9][2] = str([1, 8, 9])
+    test[11][2] = "not ids"
+    del test[20]  # a case only golden has
+    write(tmp_path / "g_debug_info.csv", golden)
+    write(tmp_path / "t_debug_info.csv", test)
+    each = preflight(load_eval_csv(tmp_path / "g_debug_info.csv"), load_eval_csv(tmp_path / "t_debug_info.csv"))
+    pair = preflight(*load_eval_pair(tmp_path / "g_debug_info.csv", tmp_path / "t_debug_info.csv"))
+    assert pair.to_dict() == each.to_dict()
+    assert set(pair.case_causes) == {"3", "7", "9"}  # the check can tell: cases whose inputs differ are named
+    assert pair.only_golden == 1 and pair.compared == 29

@@ -274,7 +274,7 @@ def _collector_paused() -> Iterator[None]:
 def _analyze_tables(options: BcanalyzeOptions, golden: _Table, test: _Table) -> BcanalyzeResult:
     """The join of two result tables, the bad-case CSV and McNemar's test."""
     warnings: list[str] = []
-    preflight = _preflight(options)
+    preflight = _preflight(options, golden, test)
 
     join = ["key"]
     if "queries" in golden.columns:
@@ -351,17 +351,29 @@ def _analyze_tables(options: BcanalyzeOptions, golden: _Table, test: _Table) -> 
     return BcanalyzeResult(path, len(out_rows), count, tuple(warnings), flips, preflight)
 
 
-def _preflight(options: BcanalyzeOptions) -> Any:
-    """The parity preflight of the two debug CSVs (and the provenance files beside them); a provenance file
-    that cannot be read is a warning."""
+def _preflight(options: BcanalyzeOptions, golden: _Table, test: _Table) -> Any:
+    """The parity preflight of the two debug CSVs (and the provenance files beside them), from the rows
+    already read; a provenance file that cannot be read is a warning."""
     from logitsdump.triage.preflight import preflight
-    from logitsdump.triage.sides import load_eval_csv
+    from logitsdump.triage.sides import load_eval_pair
 
     try:
-        return preflight(load_eval_csv(Path(options.golden_path)), load_eval_csv(Path(options.test_path)))
+        return preflight(*load_eval_pair(Path(options.golden_path), Path(options.test_path), _cells(golden),
+                                         _cells(test)))
     except DataError as err:
         log.warning("preflight skipped: %s", err)
         return None
+
+
+def _cells(table: _Table) -> Iterator[tuple[str, str | None, str | None]]:
+    """(key, query, input_token_ids cell) of each row, as `triage.sides.debug_cells` reads them."""
+    key = table.column("key")
+    query = table.column("queries") if "queries" in table.columns else None
+    ids = table.column("input_token_ids") if "input_token_ids" in table.columns else None
+    for cells in table.rows:
+        if cells[key].strip():
+            yield (cells[key].strip(), cells[query] if query is not None else None,
+                   cells[ids] if ids is not None else None)
 
 
 def _flips(pairs: dict[tuple[str, str], int]) -> Flips:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,14 +135,68 @@ def load_eval_csv(csv_path: Path) -> Side:
             heads[key] = tuple(ids[:HEAD_IDS])
         if query is not None:
             queries[key] = store.text_sha256(query)
+    return Side(csv_path, "eval", run, cases, heads, queries, {}, _eval_not_recorded(csv_path, run, derived))
+
+
+def _eval_not_recorded(csv_path: Path, run: Mapping[str, Any] | None, derived: int) -> tuple[str, ...]:
+    """What an evaluation's side lacks, in words: the run's settings, and the inputs of `derived` cases."""
     missing = []
     if run is None:
-        missing.append(f"the run's settings ({run_file.name}: written by logitsdump eval --save_debug_enable, not by "
-                       "a real modeltest or an older logitsdump)")
+        missing.append(f"the run's settings ({store.provenance_path_for_csv(csv_path).name}: written by logitsdump "
+                       "eval --save_debug_enable, not by a real modeltest or an older logitsdump)")
     if derived:
         missing.append(f"{derived} case(s)' rendered prompt, few-shot examples, limits and stop reason (compared by "
                        "the debug CSV's token ids only)")
-    return Side(csv_path, "eval", run, cases, heads, queries, {}, tuple(missing))
+    return tuple(missing)
+
+
+#: A case neither side recorded whose two rows hold the same query and prompt ids: nothing to tell apart.
+_SAME_ROWS = store.CaseInputs()
+
+#: (key, query, input_token_ids cell) of each row of a debug CSV, as `debug_cells` gives them.
+Cells = Iterable[tuple[str, str | None, str | None]]
+
+
+def load_eval_pair(golden_csv: Path, test_csv: Path, golden_cells: Cells | None = None,
+                   test_cells: Cells | None = None) -> tuple[Side, Side]:
+    """Both sides of two debug CSVs, as `load_eval_csv` reads each, in time for a million rows a side.
+
+    A case that neither provenance recorded and whose two rows hold the same query and the same token-id
+    cell is not parsed: derived from the same ids, its inputs cannot differ, so both sides hold an empty
+    `CaseInputs` for it (the preflight finds nothing in it, as it would in two equal derivations).
+    `golden_cells`/`test_cells`: the rows when the caller has read them already (bcanalyze), else
+    `debug_cells` of each file.
+    """
+    provenances = [_read_provenance(store.provenance_path_for_csv(p)) for p in (golden_csv, test_csv)]
+    if any(p is not None and p.cases for p in provenances):  # recorded inputs: compared field by field
+        return load_eval_csv(golden_csv), load_eval_csv(test_csv)
+    golden_rows = {key: (query, ids) for key, query, ids in
+                   (golden_cells if golden_cells is not None else debug_cells(golden_csv))}
+    test_rows = {key: (query, ids) for key, query, ids in
+                 (test_cells if test_cells is not None else debug_cells(test_csv))}
+    sides = []
+    for path, rows, other, provenance in ((golden_csv, golden_rows, test_rows, provenances[0]),
+                                          (test_csv, test_rows, golden_rows, provenances[1])):
+        run = provenance.run if provenance is not None else None
+        cases: dict[str, store.CaseInputs] = {}
+        heads: dict[str, tuple[int, ...]] = {}
+        queries: dict[str, str] = {}
+        derived = 0
+        for key, row in rows.items():
+            query, cell = row
+            if other.get(key) == row:
+                cases[key] = _SAME_ROWS
+                derived += cell is not None and cell.lstrip().startswith("[")  # what `_ids` would parse
+                continue
+            ids = _ids(cell)
+            cases[key] = _derived(ids, run) if ids is not None else store.CaseInputs()
+            derived += ids is not None
+            if ids is not None:
+                heads[key] = tuple(ids[:HEAD_IDS])
+            if query is not None:
+                queries[key] = store.text_sha256(query)
+        sides.append(Side(path, "eval", run, cases, heads, queries, {}, _eval_not_recorded(path, run, derived)))
+    return sides[0], sides[1]
 
 
 def _derived(ids: tuple[int, ...] | list[int], run: Mapping[str, Any] | None) -> store.CaseInputs:
@@ -169,6 +223,12 @@ def _read_run(path: Path) -> Mapping[str, Any] | None:
 
 def _debug_rows(csv_path: Path):
     """(key, query or None, token ids or None) of each row of a debug CSV."""
+    for key, query, ids in debug_cells(csv_path):
+        yield key, query, _ids(ids)
+
+
+def debug_cells(csv_path: Path) -> Iterator[tuple[str, str | None, str | None]]:
+    """(key, query, the input_token_ids cell as written) of each row of a debug CSV (None: no such column)."""
     csv.field_size_limit(MAX_CSV_FIELD)
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as handle:
@@ -181,7 +241,7 @@ def _debug_rows(csv_path: Path):
                 if len(cells) <= column["key"] or not cells[column["key"]].strip():
                     continue
                 yield (cells[column["key"]].strip(), _cell(cells, column.get("queries")),
-                       _ids(_cell(cells, column.get("input_token_ids"))))
+                       _cell(cells, column.get("input_token_ids")))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read {csv_path}: {getattr(err, 'strerror', None) or err}") from None
 
