@@ -358,22 +358,25 @@ def _preflight(options: BcanalyzeOptions, golden: _Table, test: _Table) -> Any:
     from logitsdump.triage.sides import load_eval_pair
 
     try:
-        return preflight(*load_eval_pair(Path(options.golden_path), Path(options.test_path), _cells(golden),
-                                         _cells(test)))
+        return preflight(*load_eval_pair(Path(options.golden_path), Path(options.test_path), _rows_by_key(golden),
+                                         _rows_by_key(test)))
     except DataError as err:
         log.warning("preflight skipped: %s", err)
         return None
 
 
-def _cells(table: _Table) -> Iterator[tuple[str, str | None, str | None]]:
-    """(key, query, input_token_ids cell) of each row, as `triage.sides.debug_cells` reads them."""
+def _rows_by_key(table: _Table) -> dict[str, tuple[str | None, str | None]]:
+    """The rows as `triage.sides.rows_by_key` reads them from the file: key -> (query, input_token_ids)."""
     key = table.column("key")
     query = table.column("queries") if "queries" in table.columns else None
     ids = table.column("input_token_ids") if "input_token_ids" in table.columns else None
-    for cells in table.rows:
-        if cells[key].strip():
-            yield (cells[key].strip(), cells[query] if query is not None else None,
-                   cells[ids] if ids is not None else None)
+    if query is not None and ids is not None:
+        found = {cells[key].strip(): (cells[query], cells[ids]) for cells in table.rows}
+    else:
+        found = {cells[key].strip(): (cells[query] if query is not None else None,
+                                      cells[ids] if ids is not None else None) for cells in table.rows}
+    found.pop("", None)  # rows without a key
+    return found
 
 
 def _flips(pairs: dict[tuple[str, str], int]) -> Flips:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,40 +153,41 @@ def _eval_not_recorded(csv_path: Path, run: Mapping[str, Any] | None, derived: i
 #: A case neither side recorded whose two rows hold the same query and prompt ids: nothing to tell apart.
 _SAME_ROWS = store.CaseInputs()
 
-#: (key, query, input_token_ids cell) of each row of a debug CSV, as `debug_cells` gives them.
-Cells = Iterable[tuple[str, str | None, str | None]]
+#: case key -> (query, the input_token_ids cell as written) of a debug CSV (None: no such column).
+Rows = Mapping[str, tuple[str | None, str | None]]
 
 
-def load_eval_pair(golden_csv: Path, test_csv: Path, golden_cells: Cells | None = None,
-                   test_cells: Cells | None = None) -> tuple[Side, Side]:
-    """Both sides of two debug CSVs, as `load_eval_csv` reads each, in time for a million rows a side.
+def rows_by_key(csv_path: Path) -> dict[str, tuple[str | None, str | None]]:
+    """`Rows` of a debug CSV (`debug_cells`; a key seen twice: its last row)."""
+    return {key: (query, ids) for key, query, ids in debug_cells(csv_path)}
+
+
+def load_eval_pair(golden_csv: Path, test_csv: Path, golden_rows: Rows | None = None,
+                   test_rows: Rows | None = None) -> tuple[Side, Side]:
+    """Both sides of two debug CSVs, as `load_eval_csv` reads each, in seconds for a million rows a side.
 
     A case that neither provenance recorded and whose two rows hold the same query and the same token-id
-    cell is not parsed: derived from the same ids, its inputs cannot differ, so both sides hold an empty
-    `CaseInputs` for it (the preflight finds nothing in it, as it would in two equal derivations).
-    `golden_cells`/`test_cells`: the rows when the caller has read them already (bcanalyze), else
-    `debug_cells` of each file.
+    cell is not parsed: derived from the same ids, its inputs cannot differ, so both sides hold the same
+    empty `CaseInputs` for it (the preflight skips a case whose two sides are one object). `golden_rows`,
+    `test_rows`: the rows when the caller has read them already (bcanalyze), else `rows_by_key` of each.
     """
     provenances = [_read_provenance(store.provenance_path_for_csv(p)) for p in (golden_csv, test_csv)]
     if any(p is not None and p.cases for p in provenances):  # recorded inputs: compared field by field
         return load_eval_csv(golden_csv), load_eval_csv(test_csv)
-    golden_rows = {key: (query, ids) for key, query, ids in
-                   (golden_cells if golden_cells is not None else debug_cells(golden_csv))}
-    test_rows = {key: (query, ids) for key, query, ids in
-                 (test_cells if test_cells is not None else debug_cells(test_csv))}
+    golden_rows = rows_by_key(golden_csv) if golden_rows is None else golden_rows
+    test_rows = rows_by_key(test_csv) if test_rows is None else test_rows
+    same = golden_rows.items() & test_rows.items()  # in C: most cases of a healthy pair
+    same_keys = dict.fromkeys((key for key, _ in same), _SAME_ROWS)
+    same_derived = sum(1 for _, (_, cell) in same if cell is not None and cell.lstrip()[:1] == "[")  # `_ids` parses
     sides = []
-    for path, rows, other, provenance in ((golden_csv, golden_rows, test_rows, provenances[0]),
-                                          (test_csv, test_rows, golden_rows, provenances[1])):
+    for path, rows, provenance in ((golden_csv, golden_rows, provenances[0]), (test_csv, test_rows, provenances[1])):
         run = provenance.run if provenance is not None else None
-        cases: dict[str, store.CaseInputs] = {}
+        cases: dict[str, store.CaseInputs] = dict(same_keys)
         heads: dict[str, tuple[int, ...]] = {}
         queries: dict[str, str] = {}
-        derived = 0
-        for key, row in rows.items():
-            query, cell = row
-            if other.get(key) == row:
-                cases[key] = _SAME_ROWS
-                derived += cell is not None and cell.lstrip().startswith("[")  # what `_ids` would parse
+        derived = same_derived
+        for key, (query, cell) in rows.items():
+            if key in same_keys:
                 continue
             ids = _ids(cell)
             cases[key] = _derived(ids, run) if ids is not None else store.CaseInputs()
