@@ -153,11 +153,13 @@ def preflight(golden: Side, test: Side) -> Preflight:
     by_cause: dict[str, list[Difference]] = {}
     for difference in differences:
         by_cause.setdefault(difference.cause, []).append(difference)
-    keys = [k for k in golden.cases if k in test.cases]
+    keys = list(golden.cases) if golden.cases.keys() == test.cases.keys() else \
+        [k for k in golden.cases if k in test.cases]
     touched: dict[str, list[str]] = {}
     evidence: dict[str, list[tuple[str, Any, Any]]] = {}
+    alike = golden.alike & test.alike  # known alike without a look (`sides.load_eval_pair`)
     for key in keys:
-        if golden.cases[key] is test.cases[key]:  # one object for both sides (`sides.load_eval_pair`): alike
+        if key in alike:
             continue
         for cause, g, t in case_differences(golden.cases[key], test.cases[key], golden.queries.get(key),
                                             test.queries.get(key), by_cause):
@@ -180,8 +182,8 @@ def preflight(golden: Side, test: Side) -> Preflight:
     return Preflight(
         golden_source=str(golden.source), test_source=str(test.source), findings=tuple(findings),
         case_causes={k: tuple(v) for k, v in touched.items()}, case_reasons=reasons, compared=len(keys),
-        only_golden=sum(1 for k in golden.cases if k not in test.cases),
-        only_test=sum(1 for k in test.cases if k not in golden.cases),
+        only_golden=len(golden.cases.keys() - test.cases.keys()),
+        only_test=len(test.cases.keys() - golden.cases.keys()),
         context=tuple(d for d in differences if d.klass == CONTEXT), fields_compared=compared_fields,
         not_recorded=not_recorded,
     )

@@ -50,6 +50,8 @@ class Side:
     file_keys: Mapping[str, str] = field(default_factory=dict)
     #: What this side's files do not hold, in words.
     not_recorded: tuple[str, ...] = ()
+    #: Keys whose inputs both sides are known to share, so the preflight skips them (`load_eval_pair`).
+    alike: frozenset[str] = frozenset()
 
 
 def load_side(path: str | os.PathLike[str], flag: str = "PATH") -> Side:
@@ -168,7 +170,7 @@ def load_eval_pair(golden_csv: Path, test_csv: Path, golden_rows: Rows | None = 
 
     A case that neither provenance recorded and whose two rows hold the same query and the same token-id
     cell is not parsed: derived from the same ids, its inputs cannot differ, so both sides hold the same
-    empty `CaseInputs` for it (the preflight skips a case whose two sides are one object). `golden_rows`,
+    empty `CaseInputs` for it (the preflight skips them: `Side.alike`). `golden_rows`,
     `test_rows`: the rows when the caller has read them already (bcanalyze), else `rows_by_key` of each.
     """
     provenances = [_read_provenance(store.provenance_path_for_csv(p)) for p in (golden_csv, test_csv)]
@@ -176,19 +178,20 @@ def load_eval_pair(golden_csv: Path, test_csv: Path, golden_rows: Rows | None = 
         return load_eval_csv(golden_csv), load_eval_csv(test_csv)
     golden_rows = rows_by_key(golden_csv) if golden_rows is None else golden_rows
     test_rows = rows_by_key(test_csv) if test_rows is None else test_rows
-    same = golden_rows.items() & test_rows.items()  # in C: most cases of a healthy pair
-    same_keys = dict.fromkeys((key for key, _ in same), _SAME_ROWS)
-    same_derived = sum(1 for _, (_, cell) in same if cell is not None and cell.lstrip()[:1] == "[")  # `_ids` parses
+    golden_row = golden_rows.get
+    alike = frozenset(key for key, row in test_rows.items() if golden_row(key) == row)  # most of a healthy pair
+    listed = sum(1 for _, cell in test_rows.values() if cell and cell.lstrip()[:1] == "[")  # `_ids`'s first test
+    same_derived = listed - sum(1 for key in test_rows.keys() - alike
+                                if (cell := test_rows[key][1]) and cell.lstrip()[:1] == "[")
     sides = []
     for path, rows, provenance in ((golden_csv, golden_rows, provenances[0]), (test_csv, test_rows, provenances[1])):
         run = provenance.run if provenance is not None else None
-        cases: dict[str, store.CaseInputs] = dict(same_keys)
+        cases: dict[str, store.CaseInputs] = dict.fromkeys(rows, _SAME_ROWS)  # the file's order, as load_eval_csv
         heads: dict[str, tuple[int, ...]] = {}
         queries: dict[str, str] = {}
         derived = same_derived
-        for key, (query, cell) in rows.items():
-            if key in same_keys:
-                continue
+        for key in rows.keys() - alike:
+            query, cell = rows[key]
             ids = _ids(cell)
             cases[key] = _derived(ids, run) if ids is not None else store.CaseInputs()
             derived += ids is not None
@@ -196,7 +199,8 @@ def load_eval_pair(golden_csv: Path, test_csv: Path, golden_rows: Rows | None = 
                 heads[key] = tuple(ids[:HEAD_IDS])
             if query is not None:
                 queries[key] = store.text_sha256(query)
-        sides.append(Side(path, "eval", run, cases, heads, queries, {}, _eval_not_recorded(path, run, derived)))
+        sides.append(Side(path, "eval", run, cases, heads, queries, {}, _eval_not_recorded(path, run, derived),
+                          alike))
     return sides[0], sides[1]
 
 
