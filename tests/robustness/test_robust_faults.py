@@ -168,7 +168,8 @@ def test_runner_sigkill_leaves_whole_files_and_resume_completes(tmp_path: Path, 
     process = dump_process(tmp_path)
     try:
         wait_for(lambda: len(pth_names(folder)) >= 3, 90, process, "the first logits files")
-        runners = children_of(process.pid)
+        # dump's children: the runner and the watchdog that stops the runner's group if dump dies (procguard)
+        runners = [pid for pid in children_of(process.pid) if b"eval" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(runners) == 1
         os.kill(runners[0], signal.SIGKILL)
         _, stderr = process.communicate(timeout=30)

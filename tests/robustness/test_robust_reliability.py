@@ -381,7 +381,8 @@ def test_50k_keys_over_a_small_dataset_say_no_case_failed(tmp_path: Path) -> Non
     assert f"dumped {rows} of 50000 bad cases" in done.stdout
     assert f"{50_000 - rows} of the 50000 bad cases match no row of the dataset" in done.stderr
     assert "failed" not in done.stderr
-    assert read_dump_summary(logits_dir(out)) == DumpSummary(50_000, rows, rows)
+    summary = read_dump_summary(logits_dir(out))
+    assert summary is not None and (summary.requested, summary.matched, summary.complete) == (50_000, rows, rows)
 
 
 # ---- 7. quoted paths inside -e --------------------------------------------------------------------

@@ -33,7 +33,7 @@ LOCK_NAME = ".logits.lock"
 #: Our temporary files (`fsutil.atomic_open`): `.<name>.<8 hex digits>.tmp`.
 TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 #: The files of a dump besides its logits files.
-SIDECARS = (store.MANIFEST_NAME, store.VOCAB_NAME, store.DUMP_SUMMARY_NAME)
+SIDECARS = (store.MANIFEST_NAME, store.VOCAB_NAME, store.DUMP_SUMMARY_NAME, store.PROVENANCE_NAME)
 
 
 @dataclass
