@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from logitsdump.demo import examples
-from logitsdump.report.html import _Token, _token_html
+from logitsdump.report.case_section import _Token, _token_html
 from logitsdump.token_bytes import byte_level_bytes, is_byte_text, spell_bytes, token_text
 
 
