@@ -473,6 +473,8 @@ def _add_report_parser(subparsers) -> None:
                    "name ending in .html")
     parser.add_argument("--topk", type=positive_int, default=None,
                         help="candidates listed at the divergence step (default: compare's --topk, at most 20)")
+    parser.add_argument("--localize", metavar="DIR", default=None,
+                        help="a `logitsdump localize judge` output folder: add its section per localised case")
     add_log_level(parser)
     parser.set_defaults(handler=_run_report)
 
@@ -492,8 +494,13 @@ def _run_report(args: argparse.Namespace) -> int:
         check_can_write(out.parent if page else out, "-o/--output-dir")
         if page:
             check_path_fits(out, "-o/--output-dir")
+    localized = None
+    if args.localize is not None:
+        from logitsdump.localize.outputs import read_document
+
+        localized = read_document(args.localize)
     result = load_compares(args.compare_output)
-    path = write_report(result, args.output_dir, topk=args.topk)
+    path = write_report(result, args.output_dir, topk=args.topk, localized=localized)
     print_summary(result)
     print(f"report: {path}")
     return 0
@@ -544,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(subparsers)
     _add_demo_parser(subparsers)
     _add_examples_parser(subparsers)
+    from logitsdump.localize.command import add_localize_parser
+
+    add_localize_parser(subparsers)
     return parser
 
 

@@ -16,7 +16,7 @@ Its style sheet and scripts are in `page_assets.py`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -38,7 +38,8 @@ DEFAULT_TOPK = 10
 
 
 def write_report(
-    source: Any, output_path: str | os.PathLike[str] | None = None, *, topk: int | None = None
+    source: Any, output_path: str | os.PathLike[str] | None = None, *, topk: int | None = None,
+    localized: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the HTML report of a compare run; return its path.
 
@@ -46,7 +47,7 @@ def write_report(
     `CompareSummary`, or a loaded `CompareResult`. `output_path`: a folder
     (created if missing; the page is `report.html` in it) or a file name ending
     in `.html`; default: `report.html` in the folder of the compare output. The
-    file is written atomically.
+    file is written atomically. `localized`: a `localize judge` document, shown after the cases.
     """
     if isinstance(source, (list, tuple)):
         result = load_compares(source)
@@ -55,7 +56,7 @@ def write_report(
     path = Path(output_path) if output_path is not None else default_report_path(result)
     if not names_a_page(path):
         path = ensure_writable_dir(path) / REPORT_NAME  # a folder, as `-o` is everywhere
-    atomic_write_text(path, render_report(result, topk=topk))
+    atomic_write_text(path, render_report(result, topk=topk, localized=localized))
     return path
 
 
@@ -69,7 +70,8 @@ def default_report_path(result: CompareResult) -> Path:
     return result.json_path.parent / REPORT_NAME
 
 
-def render_report(result: CompareResult, *, topk: int | None = None) -> str:
+def render_report(result: CompareResult, *, topk: int | None = None,
+                  localized: Mapping[str, Any] | None = None) -> str:
     """The whole page as text."""
     k = topk or min(int(result.options.get("topk") or DEFAULT_TOPK), 20)
     title = f"logitsdump report · {_golden_name(result)} vs {_test_name(result)}"
@@ -97,8 +99,12 @@ def render_report(result: CompareResult, *, topk: int | None = None) -> str:
         parts.append('<p class="muted">This compare run has no cases.</p>')
     for number, case in enumerate(result.cases):
         parts.append(_case_section(result, case, number, k))
+    parts.append("</section>")
+    if localized is not None:
+        from logitsdump.report.localize import section
+
+        parts.append(section(localized))
     parts += [
-        "</section>",
         f'<footer>{escape(result.tool)} · compare run {escape(_stamp(result.timestamp))} · '
         f"{escape(str(result.json_path.name))}</footer>",
         f"<script>{page_assets.MAIN_JS}</script>",
