@@ -11,7 +11,8 @@ dumped step. Three processes, only folders between them, as on two machines:
   2. test (`--side test`): one process loads the model under test once and replays every condition, a
      defect planted in memory per case (`defects.plant`) at a layer (head, projection) drawn at random
      across the depth (seeded by --seed, the condition and the case);
-  3. golden (`--side judge`): `localize judge` with the golden model (sufficiency check, heads).
+  3. golden (`--side judge`): `localize judge` with the golden model and the control arms' (sufficiency check,
+     heads).
 Tuning (the verdict constants of `localize.verdict` were chosen on it): gsm8k cases 0-7, the healthy pairs,
 scale-layer x1.1, zero-head and RoPE base 3e4. Report: the other 53 cases (gsm8k 8-21, boolq, mmlu), seven
 defect families and the two healthy pairs. Baselines on the same runs (the test's plain pass): first module
@@ -237,18 +238,17 @@ def records_of(work: Path, phase: str) -> dict[str, Path]:
 def judge_side(work: Path, phase: str) -> None:
     import torch
 
-    from logitsdump.localize import models
-    from logitsdump.localize.run_judge import JudgeOptions, judge
+    from logitsdump.localize.run_judge import GoldenSide, JudgeOptions, judge
 
     torch.set_num_threads(1)
-    golden = models.load(str(work / "golden.yaml"), device="cpu")
+    side = GoldenSide(str(work / "golden.yaml"), device="cpu")
     for replay_dir in sorted((work / "replay" / phase).glob("*/*")):
         out = work / "judge" / phase / replay_dir.parent.name / replay_dir.name
         if out.is_dir() and any(out.glob("localize_cases_*.json")):
             continue
         started = time.monotonic()
         judge(JudgeOptions(str(work / "record" / phase / replay_dir.name), str(replay_dir), str(out)),
-              say=lambda _m: None, golden=golden)
+              say=lambda _m: None, side=side)
         (out / "bench-seconds").write_text(f"{time.monotonic() - started}", encoding="utf-8")
 
 
@@ -329,6 +329,8 @@ def summarize(work: Path, phase: str) -> dict:
     thresholds = calibrated(rows, work)
     structure = None
     table = {}
+    by_excess: dict[str, list[int]] = {"3-10x": [0, 0], ">= 10x": [0, 0]}
+    healthy_scores = {"pairs": 0, "above": 0, "max": 0.0, "layer_max": 0.0}
     for name, (_draw, dtype) in (TUNE if phase == "tune" else REPORT).items():
         mine = [r for r in rows if r["condition"] == name]
         if not mine:
@@ -361,7 +363,18 @@ def summarize(work: Path, phase: str) -> dict:
                 stats["no_culprit"] += 1
             if verdict["kind"] == DIFFUSE:
                 stats["diffuse"] += 1
+            if name.startswith("healthy"):
+                scores = [r["score"] or 0.0 for r in case["candidates"]]
+                healthy_scores["pairs"] += len(scores)
+                healthy_scores["above"] += sum(x > ABOVE for x in scores)
+                healthy_scores["max"] = max(healthy_scores["max"], *scores)
+                healthy_scores["layer_max"] = max(healthy_scores["layer_max"],
+                                                  *[r["score"] or 0.0 for r in case["layers"]])
             causal = case.get("causal")
+            if verdict["kind"] == CULPRIT and causal and causal["outcome"] in (CONFIRMED, "refuted"):
+                key = "3-10x" if causal["kl_test"] < 10 * causal["kl_noise"] else ">= 10x"
+                by_excess[key][0] += causal["outcome"] == CONFIRMED
+                by_excess[key][1] += 1
             if verdict["kind"] == CULPRIT and causal:
                 if causal["outcome"] == UNTESTABLE:
                     stats["causal_untestable"] += 1
@@ -400,65 +413,74 @@ def summarize(work: Path, phase: str) -> dict:
         cases += len(header["cases"])
         record_seconds += float((record / "bench-seconds").read_text()) if (record / "bench-seconds").is_file() else 0
     layers = structure.layers if structure else LAYERS
-    return {"phase": phase, "conditions": table, "above": ABOVE,
+    return {"phase": phase, "conditions": table, "above": ABOVE, "causal_by_excess": by_excess,
+            "healthy_scores": healthy_scores,
             "bytes_per_token_layer": record_bytes / max(1, tokens * layers), "record_seconds_per_case":
             record_seconds / max(1, cases), "record_cases": cases, "record_mb": record_bytes / 1e6}
 
 
 def pct(part: int, whole: int) -> str:
-    return f"{part}/{whole} = {part / whole:.0%}" if whole else "-"
+    return f"{part}/{whole} ({part / whole:.0%})" if whole else "-"
 
 
 def print_table(summary: dict) -> None:
+    conditions = summary["conditions"]
     say("")
-    say(f"SmolLM2-135M-Instruct, fp32 golden; phase {summary['phase']}; a culprit is above {summary['above']:g}x "
-        "its band; `own >= 3x`: the planted module's own error is at least 3x its band")
+    say(f"SmolLM2-135M-Instruct, fp32 golden; phase {summary['phase']}; above band: > {summary['above']:g}x; "
+        "'own >= 3x': the planted module's own error is at least 3x its band")
     say("")
-    say("| condition | cases | verdicts | exact (layer, module), own >= 3x | layer only, own >= 3x | exact, all cases "
-        "| no culprit | diffuse | causal check confirms | head right | resolution | first cos < 0.99: exact / "
-        "names any | largest jump: exact / any | calibrated threshold: exact / any |")
-    say("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, s in summary["conditions"].items():
-        shown = ", ".join(f"{v} {k}" for k, v in sorted(s["verdicts"].items()))
-        healthy = name.startswith("healthy")
-        is_global = "global" in name or "RoPE" in name
-        detected = sorted(x for x in s["detected_scores"] if x)
-        resolution = "-"
-        if not healthy and not is_global and (s["detected_scores"] or s["missed_scores"]):
-            smallest = f"{detected[0]:.2g}x" if detected else "none"
-            below = [x for x in s["missed_scores"] if x < 3.0]
-            resolution = (f"smallest found {smallest}; {len(below)} case(s) under 3x "
-                          f"({sum(1 for x in s['missed_scores'] if x < 3.0)} missed)")
-        b = s["baselines"]
-        cells = [
-            name, str(s["cases"]), shown,
-            pct(s["exact_eligible"], s["eligible"]) if not healthy and not is_global else "-",
-            pct(s["layer_eligible"], s["eligible"]) if not healthy and not is_global else "-",
-            pct(s["exact_all"], s["cases"]) if not healthy and not is_global else "-",
-            pct(s["no_culprit"], s["cases"]), pct(s["diffuse"], s["cases"]),
-            pct(s["causal_confirmed"], s["causal_testable"]) + (f" ({s['causal_untestable']} untestable)"
-                                                                 if s["causal_untestable"] else ""),
-            pct(s["heads_right"], s["heads_asked"]) if s["heads_asked"] else "-",
-            resolution,
-        ]
-        for key in ("cosine", "jump", "calibrated"):
-            names_any = pct(b[key]["names_any"], s["cases"])
-            cells.append(f"{pct(b[key]['exact'], s['cases'])} / {names_any}" if not healthy and not is_global
-                         else f"- / {names_any}")
-        say("| " + " | ".join(cells) + " |")
+    say("| condition | cases | verdicts | exact (layer, module), own >= 3x | layer, own >= 3x | no culprit | diffuse "
+        "| causal check confirms (testable) | head right |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    for name, c in conditions.items():
+        local = not name.startswith("healthy") and "global" not in name
+        shown = ", ".join(f"{n} {k}" for k, n in sorted(c["verdicts"].items()))
+        untestable = f" + {c['causal_untestable']} untestable" if c["causal_untestable"] else ""
+        say(f"| {name} | {c['cases']} | {shown} | {pct(c['exact_eligible'], c['eligible']) if local else '-'} "
+            f"| {pct(c['layer_eligible'], c['eligible']) if local else '-'} | {pct(c['no_culprit'], c['cases'])} "
+            f"| {pct(c['diffuse'], c['cases'])} | {pct(c['causal_confirmed'], c['causal_testable'])}{untestable} "
+            f"| {pct(c['heads_right'], c['heads_asked']) if c['heads_asked'] else '-'} |")
     say("")
-    ratios = [r for s in summary["conditions"].values() for r in s["module_ratio"]]
-    layer_ratios = [r for s in summary["conditions"].values() for r in s["layer_ratio"]]
-    seconds = [x for s in summary["conditions"].values() for x in s["seconds_case"]]
-    judged = [max(s["judge_seconds"]) for s in summary["conditions"].values() if s["judge_seconds"]]
+    say("baselines on the same runs: names the planted (layer, module) / names anything")
+    say("")
+    say("| condition | localize | first cosine < 0.99 | largest accumulated jump | calibrated accumulated threshold |")
+    say("|---|---|---|---|---|")
+    for name, c in conditions.items():
+        local = not name.startswith("healthy") and "global" not in name
+        n, culprits, b = c["cases"], c["verdicts"].get("culprit", 0), c["baselines"]
+        first = f"{pct(c['exact_all'], n) if local else '-'} / {pct(culprits, n)}"
+        rest = [f"{pct(b[k]['exact'], n) if local else '-'} / {pct(b[k]['names_any'], n)}"
+                for k in ("cosine", "jump", "calibrated")]
+        say(f"| {name} | {first} | " + " | ".join(rest) + " |")
+    say("")
+    for name, c in conditions.items():
+        if name.startswith("healthy") or "global" in name or not c["scores"]:
+            continue
+        detected = sorted(x for x in c["detected_scores"] if x)
+        below = sum(1 for x in c["scores"] if x is None or x < 3.0)
+        say(f"resolution, {name}: smallest own score found {detected[0]:.3g}x; {below} of {c['cases']} cases under 3x "
+            f"(of them found: {sum(1 for x in c['detected_scores'] if x and x < 3.0)})" if detected else
+            f"resolution, {name}: none found")
+    testable = sum(c["causal_testable"] for c in conditions.values())
+    confirmed = sum(c["causal_confirmed"] for c in conditions.values())
+    say(f"causal check, all culprits: {pct(confirmed, testable)} of the testable confirm; by the test's final KL over "
+        f"the noise: {', '.join(f'{k}: {pct(*v)}' for k, v in summary['causal_by_excess'].items())}")
+    healthy = summary["healthy_scores"]
+    say(f"healthy pairs: {healthy['pairs']} (case, module) scores, {healthy['above']} above {summary['above']:g}, the "
+        f"largest {healthy['max']:.3g}; whole layers: the largest {healthy['layer_max']:.3g}")
+    ratios = sorted(r for c in conditions.values() for r in c["module_ratio"])
+    layer_ratios = sorted(r for c in conditions.values() for r in c["layer_ratio"])
+    seconds = [x for c in conditions.values() for x in c["seconds_case"]]
+    judged = [max(c["judge_seconds"]) for c in conditions.values() if c["judge_seconds"]]
     if ratios:
-        say(f"cost: isolated module-level pass / plain prefill (same process, side by side, per case): median "
-            f"{statistics.median(ratios):.2f}, max {max(ratios):.2f}; layer-level pass: median "
-            f"{statistics.median(layer_ratios):.2f}, max {max(layer_ratios):.2f}")
+        say(f"cost: isolated module-level pass / plain prefill, per case in the same process: median "
+            f"{statistics.median(ratios):.2f}, p90 {ratios[int(0.9 * len(ratios))]:.2f}, max {ratios[-1]:.2f} "
+            f"({len(ratios)} cases); layer-level pass: median {statistics.median(layer_ratios):.2f}, p90 "
+            f"{layer_ratios[int(0.9 * len(layer_ratios))]:.2f}")
         say(f"cost: test side {statistics.median(seconds):.1f} s per case (median; max {max(seconds):.1f} s: five "
             f"passes and the necessity run); golden record {summary['record_seconds_per_case']:.1f} s per case "
-            f"(process start and model loads included); judge with the golden model at most {max(judged):.2f} s "
-            "per case (the condition with the most culprits: a sufficiency pass each)")
+            f"(process start and model loads included); judge with the golden side's models at most "
+            f"{max(judged):.2f} s per case")
     say(f"cost: stats-mode record {summary['record_mb']:.0f} MB for {summary['record_cases']:.0f} cases, "
         f"{summary['bytes_per_token_layer'] / 1000:.2f} KB per token per layer (hidden 576, fp32)")
 

@@ -204,3 +204,31 @@ def test_the_two_sides_run_as_separate_processes_through_the_cli(golden, tmp_pat
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "page.html").read_text()
     assert 'id="localize"' in page and "culprit(1, self_attn, head 2)" in page and '<svg class="depth"' in page
+
+
+def test_tensors_mode_measures_the_ops_of_the_top_sites(golden, tmp_path: Path) -> None:
+    rec = tmp_path / "record"
+    record(RecordOptions(model_config_path=str(examples.model_config("fp32")), output_dir=str(rec),
+                         golden_dump=str(golden["dump"]), keys=("0",), test_dtypes=("bf16",), keep="tensors",
+                         ops_at=(1,), device="cpu"), say=_quiet)
+    header = json.loads((rec / "localize_record.json").read_text())
+    ops = [c["module"] for c in header["structure"]["candidates"] if c["kind"] == "op"]
+    assert ops == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                   "mlp.up_proj", "mlp.down_proj"]
+    assert header["bytes"] > json.loads((golden["record"] / "localize_record.json").read_text())["bytes"] / 3
+    test_yaml = _planted_yaml(tmp_path, Defect("round-weights", layer=1, module="self_attn.v_proj", bits=1))
+    replay(ReplayOptions(str(rec), str(test_yaml), str(tmp_path / "replay"), device="cpu"), say=_quiet)
+    result = judge(JudgeOptions(str(rec), str(tmp_path / "replay"), str(tmp_path / "out"),
+                                model_config_path=str(examples.model_config("fp32")), device="cpu"), say=_quiet)
+    verdict = result.cases[0]["verdict"]
+    assert verdict["kind"] == "culprit" and verdict["layer"] == 1, verdict
+    assert set(verdict["module"].split("+")) == {"self_attn", "self_attn.v_proj"}  # the op inside the module
+
+
+def test_a_test_dtype_without_a_control_arm_is_inconclusive_and_says_why(golden, tmp_path: Path) -> None:
+    replay(ReplayOptions(str(golden["record"]), str(examples.model_config("fp32")), str(tmp_path / "replay"),
+                         device="cpu"), say=_quiet)  # the record has a bf16 control arm only
+    result = judge(JudgeOptions(str(golden["record"]), str(tmp_path / "replay"), str(tmp_path / "out")), say=_quiet)
+    assert {c["verdict"]["kind"] for c in result.cases} == {"inconclusive"}
+    assert "no control arm in the test's dtype (fp32)" in result.cases[0]["verdict"]["reason"]
+    assert result.run.kind == "inconclusive"

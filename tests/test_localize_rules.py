@@ -127,11 +127,12 @@ def test_the_run_takes_the_culprit_most_cases_see() -> None:
 
 
 def test_causal_check_confirms_refutes_and_says_when_it_cannot() -> None:
-    confirmed = causal_check(kl_test=0.5, kl_noise=0.001, kl_necessity=0.002, kl_sufficiency=0.45)
+    confirmed = causal_check(kl_test=0.5, kl_noise=0.001, kl_necessity=0.002, kl_sufficiency=0.45,
+                             kl_sufficiency_golden=0.2)
     assert confirmed.outcome == "confirmed"
-    # fractions of the excess over the noise (0.5 - 0.001)
-    assert confirmed.necessity_recovered == pytest.approx(0.498 / 0.499)
-    assert confirmed.sufficiency_reproduced == pytest.approx(0.45 / 0.499)
+    assert confirmed.necessity_recovered == pytest.approx(0.498 / 0.499)  # of the excess over the noise
+    assert confirmed.sufficiency_reproduced == pytest.approx(0.449 / 0.499)  # the control arm's run, less its noise
+    assert confirmed.sufficiency_golden_reproduced == pytest.approx(0.2 / 0.499)  # reported, not judged
     not_necessary = causal_check(0.5, 0.001, 0.3, 0.45)
     assert not_necessary.outcome == "refuted" and not not_necessary.necessity_holds
     not_sufficient = causal_check(0.5, 0.001, 0.002, 0.1)

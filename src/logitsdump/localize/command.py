@@ -59,7 +59,7 @@ def add_localize_parser(subparsers) -> None:
     rep = sub.add_parser("replay", help="test side: each recorded module fed golden's input on the model under test",
                          description="Replay a record on the model under test: its plain prefill, every candidate "
                          "fed golden's recorded input (layers, then modules), the provisional culprit and its "
-                         "necessity check (golden's output patched in).")
+                         "necessity check (its own error taken out).")
     rep.add_argument("--record", required=True, metavar="DIR", help="the record folder from the golden side")
     add_flag(rep, "model_config_path", required=True, help="the model YAML under test (HF backend)")
     rep.add_argument("--attn", choices=("sdpa", "eager"), default=None,

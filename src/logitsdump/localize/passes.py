@@ -2,13 +2,13 @@
 
 - `capture`: golden's input and output of every candidate, and each layer's attention heads (the input of
   its output projection), on the golden side;
-- `isolated`: every candidate of one level fed golden's input (cast to the model's dtype) by a pre-hook,
-  its output's per-token relative error against golden's measured by a forward hook; side inputs
+- `isolated`: every candidate of one level (layers, modules, ops) fed golden's input (cast to the model's
+  dtype) by a pre-hook, its output's per-token relative error against golden's measured by a forward hook; side inputs
   (position embeddings, attention mask, position ids) are the run's own and reach the module untouched;
 - `plain`: no feeding: the accumulated error of every candidate's output (and input), the flat cosine
   (msprobe's and tt-metal's measure), and the logits;
-- `patched`: one candidate's output replaced (golden's in the test run: necessity; the test's in the
-  golden run: sufficiency), the logits at the focus position.
+- `patched`: one candidate's output changed by the test's own error there (taken out of the test run:
+  necessity; added to a healthy run: sufficiency), the logits at the focus position.
 
 A module's input is its first positional tensor, or its `hidden_states` keyword (transformers 5 calls
 attention with keywords). Its output is a tensor, or the first element of a tuple with the elements of
@@ -94,9 +94,10 @@ def capture(model: Any, ids: Sequence[int], structure: Structure) -> Capture:
 
 def isolated(model: Any, ids: Sequence[int], structure: Structure, golden: Mapping[str, Any], level: str,
              *, keep: bool = False) -> PassResult:
-    """Every candidate of `level` ("layer": the decoder layers; "module": their children, the model-level
-    modules and any ops) fed golden's input; per-token errors of their outputs (and their outputs, `keep`)."""
-    kinds = ("layer",) if level == "layer" else ("module", "model", "op")
+    """Every candidate of `level` fed golden's input ("layer": the decoder layers; "module": their children and the
+    model-level modules; "op": the projections inside the top sites, in a pass of their own so that feeding an op
+    never hides its parent module's own error); per-token errors of their outputs (and their outputs, `keep`)."""
+    kinds = {"layer": ("layer",), "module": ("module", "model"), "op": ("op",)}[level]
     chosen = [c for c in structure.candidates if c.kind in kinds]
     result = PassResult()
     modules = modules_by_name(model, [c.name for c in chosen])
@@ -142,16 +143,17 @@ def timed_prefill(model: Any, ids: Sequence[int]) -> tuple[Any, float]:
     return out.logits[0].float().cpu(), time.perf_counter() - started
 
 
-def patched(model: Any, ids: Sequence[int], name: str, replacement: Any, *,
+def patched(model: Any, ids: Sequence[int], name: str, change: Any, *, how: str = "replace",
             heads_at: int | None = None, structure: Structure | None = None) -> tuple[Any, Any]:
-    """The logits [positions, vocab] float32 with candidate `name`'s output replaced by `replacement` (cast to
-    the output's dtype), and, with `heads_at`, that layer's heads' input (captured in the same pass)."""
+    """The logits [positions, vocab] float32 with candidate `name`'s output replaced by `change` (`how="replace"`),
+    or with `change` subtracted from it or added to it ("subtract", "add": in float32, then cast back); with
+    `heads_at`, that layer's heads' input (captured in the same pass)."""
     heads: dict[int, Any] = {}
     module = modules_by_name(model, [name])[name]
     with _hooks() as add:
         if heads_at is not None and structure is not None:
             _watch_heads(model, structure, add, heads, only=heads_at)
-        add(module.register_forward_hook(_replace(replacement), with_kwargs=True))
+        add(module.register_forward_hook(_change(change, how), with_kwargs=True))
         out = prefill(model, ids)
     return out.logits[0].float().cpu(), heads.get(heads_at) if heads_at is not None else None
 
@@ -282,17 +284,26 @@ def _measure_input(name: str, golden_input: Any, result: PassResult) -> Any:
     return hook
 
 
-def _replace(replacement: Any) -> Any:
-    """A forward hook returning the module's output with its compared parts replaced by `replacement`."""
+def _change(change: Any, how: str) -> Any:
+    """A forward hook returning the module's output with its compared parts replaced by `change`, or minus it, or
+    plus it (`how`)."""
+    import torch
+
+    sign = {"replace": 0.0, "subtract": -1.0, "add": 1.0}[how]
+
+    def new_part(old: Any, piece: Any) -> Any:
+        piece = piece.to(device=old.device).reshape(old.shape)
+        value = piece if how == "replace" else old.to(torch.float32) + sign * piece.to(torch.float32)
+        return value.to(old.dtype)
+
     def hook(_module: Any, _args: tuple, _kwargs: dict, output: Any) -> Any:
         parts = output_parts(output)
         if _is_tensor(output):
-            return replacement.to(device=output.device, dtype=output.dtype).reshape(output.shape)
-        sizes = [output[i].shape[-1] for i in parts]
-        pieces = replacement.split(sizes, dim=-1)
+            return new_part(output, change)
+        pieces = change.split([output[i].shape[-1] for i in parts], dim=-1)
         new = list(output)
         for index, piece in zip(parts, pieces, strict=True):
-            new[index] = piece.to(device=output[index].device, dtype=output[index].dtype).reshape(output[index].shape)
+            new[index] = new_part(output[index], piece)
         return tuple(new)
     return hook
 

@@ -147,7 +147,8 @@ class RecordCase:
 
 @dataclass(frozen=True)
 class Necessity:
-    """The test run with golden's output patched in at the provisional culprit: the final KL at the focus step."""
+    """The test run with the provisional culprit's own error (its isolated output minus golden's) taken out of its
+    output: the final KL at the focus step against golden."""
 
     names: tuple[str, ...]
     kl: float

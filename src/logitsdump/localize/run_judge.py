@@ -1,11 +1,12 @@
 """`localize judge`: the verdict of every case and of the run, from a record and its replay (files only).
 
 With golden's model YAML (on the golden side) it also runs, for each culprit, the sufficiency check (the
-golden run with only the culprit's output the test's: its isolated output from the replay) and, for an
-attention culprit, the split per head (each head's contribution through the output projection, against
-the control arm's per-head band). Without it, the verdicts and the necessity check (from the replay) stand
-alone. `band`: a replay of the same record by a known-healthy test set-up, used as the band instead of the
-control arm (per case where it replayed the case, else pooled over its cases).
+control arm's run, golden's device in the test dtype, with only the culprit's output the test's: its isolated
+output from the replay; the same in golden's own run is reported) and, for an attention culprit, the split per
+head (each head's contribution through the output projection, against the control arm's per-head band).
+Without it, the verdicts and the necessity check (from the replay) stand alone. `band`: a replay of the same
+record by a known-healthy test set-up, used as the band instead of the control arm (per case where it replayed
+the case, else pooled over its cases).
 """
 
 from __future__ import annotations
@@ -52,6 +53,29 @@ class JudgeOptions:
     device: str = "auto"
 
 
+class GoldenSide:
+    """The golden side's models for the confirmations: golden's own, and each control arm's (loaded when first
+    needed, kept for the next judge)."""
+
+    def __init__(self, model_config_path: str, device: str = "auto", golden: Any = None) -> None:
+        self.model_config_path = model_config_path
+        self.device = device
+        self._golden = golden
+        self._controls: dict[tuple[str, str | None], Any] = {}
+
+    @property
+    def golden(self) -> Any:
+        if self._golden is None:
+            self._golden = models.load(self.model_config_path, device=self.device)
+        return self._golden
+
+    def control(self, dtype: str, attn: str | None) -> Any:
+        if (dtype, attn) not in self._controls:
+            self._controls[dtype, attn] = models.load(self.model_config_path, device=self.device, data_type=dtype,
+                                                      attn=attn)
+        return self._controls[dtype, attn]
+
+
 @dataclass(frozen=True)
 class JudgeSummary:
     document: Path
@@ -62,8 +86,10 @@ class JudgeSummary:
     cases: list[dict[str, Any]]
 
 
-def judge(options: JudgeOptions, say: Callable[[str], None] = print, *, golden: Any = None) -> JudgeSummary:
-    """Judge every recorded case (see the module docstring). `golden`: an already loaded golden backend."""
+def judge(options: JudgeOptions, say: Callable[[str], None] = print, *,
+          side: GoldenSide | None = None) -> JudgeSummary:
+    """Judge every recorded case (see the module docstring). `side`: the golden side's models, already loaded
+    (default: from `options.model_config_path`, when given)."""
     record = files.RecordFolder(options.record)
     replayed = files.ReplayFolder(options.replay)
     healthy = files.ReplayFolder(options.band) if options.band else None
@@ -77,14 +103,14 @@ def judge(options: JudgeOptions, say: Callable[[str], None] = print, *, golden: 
             raise DataError(f"{replay_folder.path} is the replay of another record (record id "
                             f"{replay_folder.header.get('record_id')}, {options.record} is "
                             f"{record.header.get('record_id')}): replay this record on the test side")
-    if golden is None and options.model_config_path is not None:
-        golden = models.load(options.model_config_path, device=options.device)
+    if side is None and options.model_config_path is not None:
+        side = GoldenSide(options.model_config_path, options.device)
     pooled = _pooled(healthy, golden_dtype) if healthy is not None else None
     cases = []
     for case_id in record.ids:
         entry = record.case(case_id)
         replay = replayed.case(case_id)
-        cases.append(judge_case(entry, replay, structure, golden_dtype, record, replayed, golden=golden,
+        cases.append(judge_case(entry, replay, structure, golden_dtype, record, replayed, side=side,
                                 healthy=healthy, pooled=pooled))
         verdict = cases[-1]["verdict"]
         causal = cases[-1]["causal"]
@@ -99,7 +125,7 @@ def judge(options: JudgeOptions, say: Callable[[str], None] = print, *, golden: 
         "test_provenance": replayed.header.get("provenance"), "golden_provenance": record.header.get("provenance"),
         "constants": {"above": ABOVE, "standout": STANDOUT, "diffuse_layers": DIFFUSE_LAYERS,
                       "noise_factor": NOISE_FACTOR, "most": MOST},
-        "confirmed_with_golden_model": golden is not None,
+        "confirmed_with_golden_model": side is not None,
         "structure": structure.to_dict(), "run": run.to_dict(), "cases": cases,
     }
     from logitsdump.report.localize import render_page
@@ -125,7 +151,7 @@ def judge(options: JudgeOptions, say: Callable[[str], None] = print, *, golden: 
 
 
 def judge_case(entry: RecordCase, replay: ReplayCase | None, structure: Structure, golden_dtype: str,
-               record: files.RecordFolder, replayed: files.ReplayFolder, *, golden: Any = None,
+               record: files.RecordFolder, replayed: files.ReplayFolder, *, side: GoldenSide | None = None,
                healthy: files.ReplayFolder | None = None, pooled: BandSource | None = None) -> dict[str, Any]:
     """One case's verdict, causal check, head and table (the document's case entry)."""
     control = entry.controls.get(replay.control) if replay is not None and replay.control else None
@@ -134,7 +160,7 @@ def judge_case(entry: RecordCase, replay: ReplayCase | None, structure: Structur
     causal = None
     heads = None
     if verdict.kind == CULPRIT and replay is not None:
-        causal, heads = _confirm(entry, replay, structure, verdict, control, record, replayed, golden)
+        causal, heads = _confirm(entry, replay, structure, verdict, control, record, replayed, side)
         if heads is not None:
             verdict = verdict.with_head(heads["head"])
     test = replay.arm if replay else None
@@ -181,27 +207,33 @@ def _pooled(healthy: files.ReplayFolder, golden_dtype: str) -> BandSource:
 
 def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdict: CaseVerdict, control: Arm | None,
              record: files.RecordFolder, replayed: files.ReplayFolder,
-             golden: Any) -> tuple[Causal, dict[str, Any] | None]:
-    """The causal check of a culprit and, with golden's model, its head."""
+             side: GoldenSide | None) -> tuple[Causal, dict[str, Any] | None]:
+    """The causal check of a culprit and, with the golden side's models, its head."""
     from logitsdump.localize import passes
 
     target = patch_target(structure, verdict)
-    necessity = replay.necessity.kl if replay.necessity and replay.necessity.names == (target,) else None
+    matched = replay.necessity if replay.necessity and replay.necessity.names == (target,) else None
+    necessity = matched.kl if matched else None
     kl_noise = control.kl_focus if control is not None else float("nan")
-    sufficiency = None
+    sufficiency = sufficiency_golden = None
     heads = None
     kept = replayed.tensors(replay)
-    if golden is not None and f"{target}:out" in kept:
+    if side is not None and control is not None and f"{target}:out" in kept:
         golden_sites = rebuild(entry.refs, record.tensors(entry), entry.checksums)
         lm_head = next(c.name for c in structure.candidates if c.module == LM_HEAD)
         golden_logits = golden_sites[f"{lm_head}:out"][0, -1]
-        attention = "heads:in" in kept and verdict.layer is not None
-        logits, golden_heads = passes.patched(golden.model, list(entry.token_ids), target, kept[f"{target}:out"],
-                                              heads_at=verdict.layer if attention else None, structure=structure)
+        tokens = list(entry.token_ids)
+        own_error = kept[f"{target}:out"].float() - golden_sites[f"{target}:out"].float().to("cpu")
+        arm_model = side.control(control.dtype, control.attn).model
+        logits, _ = passes.patched(arm_model, tokens, target, own_error, how="add")
         sufficiency = passes.kl_divergence(golden_logits, logits[-1])
+        attention = "heads:in" in kept and verdict.layer is not None
+        logits, golden_heads = passes.patched(side.golden.model, tokens, target, own_error, how="add",
+                                              heads_at=verdict.layer if attention else None, structure=structure)
+        sufficiency_golden = passes.kl_divergence(golden_logits, logits[-1])
         if attention and golden_heads is not None:
-            heads = _split_heads(structure, verdict, kept, golden, golden_heads, control)
-    return causal_check(replay.arm.kl_focus, kl_noise, necessity, sufficiency), heads
+            heads = _split_heads(structure, verdict, kept, side.golden, golden_heads, control)
+    return causal_check(replay.arm.kl_focus, kl_noise, necessity, sufficiency, sufficiency_golden), heads
 
 
 def _split_heads(structure: Structure, verdict: CaseVerdict, kept: dict[str, Any], golden: Any, golden_heads: Any,

@@ -148,9 +148,10 @@ def _record_case(case: str, spec: CaseSpec, model: Any, structure: Any,
 
 @dataclass(frozen=True)
 class Measured:
-    """An arm and the isolated passes behind it (their kept outputs, with `keep`)."""
+    """An arm and the passes behind it (the isolated ones' kept outputs, with `keep`)."""
 
     arm: Arm
+    plain: Any
     layer: Any
     module: Any
 
@@ -167,6 +168,11 @@ def measure_arm(model: Any, tokens: Sequence[int], structure: Any, golden_sites:
     plain = passes.plain(model, tokens, structure, golden_sites)
     layer = passes.isolated(model, tokens, structure, golden_sites, "layer", keep=keep)
     module = passes.isolated(model, tokens, structure, golden_sites, "module", keep=keep)
+    if structure.of_kind("op"):  # the tensors mode's ops, measured as module-level candidates
+        ops = passes.isolated(model, tokens, structure, golden_sites, "op", keep=keep)
+        module.errors.update(ops.errors)
+        module.outputs.update(ops.outputs)
+        module.seconds += ops.seconds
     heads = {}
     if golden_heads and golden_model is not None:
         heads = layer_heads(structure, model, module.heads_in, golden_model, golden_heads)
@@ -176,7 +182,7 @@ def measure_arm(model: Any, tokens: Sequence[int], structure: Any, golden_sites:
         kl_focus=passes.kl_divergence(golden_logits, plain.logits[-1]), heads=heads,
         seconds={"prefill": prefill_seconds, "plain": plain.seconds, "layer": layer.seconds, "module": module.seconds},
     )
-    return Measured(arm, layer, module)
+    return Measured(arm, plain, layer, module)
 
 
 def layer_heads(structure: Any, model: Any, heads_in: dict[int, Any], golden_model: Any,

@@ -4,7 +4,8 @@ golden's recorded input, and the necessity check of the provisional culprit.
 Per case: golden's tensors are rebuilt from the record (checked), then a plain prefill (the cost baseline),
 the plain pass (accumulated errors, the final KL at the focus step), the layer-level and the module-level
 isolated passes. The provisional verdict (the record's control arm as the band: `judging`) picks the
-culprit; the test run is repeated with golden's output patched in there (necessity), and the culprit's
+culprit; the test run is repeated with the culprit's own error (its isolated output minus golden's) taken out
+of its output (necessity), and the culprit's
 isolated output, with its heads' input and output-projection weight for an attention culprit, is kept for
 the golden side's sufficiency check and head split. Only the replay folder goes back.
 """
@@ -125,9 +126,10 @@ def replay_case(entry: RecordCase, folder: files.RecordFolder, model: Any, struc
     necessity = None
     if verdict.kind == CULPRIT:
         target = patch_target(structure, verdict)
-        logits, _ = passes.patched(model, tokens, target, golden[f"{target}:out"])
-        necessity = Necessity((target,), passes.kl_divergence(golden_logits, logits[-1]))
         source = measured.layer if structure.by_name()[target].kind == "layer" else measured.module
+        own_error = source.outputs[target].to(golden[f"{target}:out"].device).float() - golden[f"{target}:out"].float()
+        logits, _ = passes.patched(model, tokens, target, own_error, how="subtract")
+        necessity = Necessity((target,), passes.kl_divergence(golden_logits, logits[-1]))
         kept[f"{target}:out"] = source.outputs[target]
         kept.update(_heads_tensors(model, structure, verdict, measured.module.heads_in))
     case = ReplayCase(entry.id, arm, control, verdict.to_dict(), necessity,
@@ -136,10 +138,12 @@ def replay_case(entry: RecordCase, folder: files.RecordFolder, model: Any, struc
 
 
 def patch_target(structure: Structure, verdict: CaseVerdict) -> str:
-    """The candidate the causal check patches: the culprit module, or its whole layer when several of its
-    modules are the culprit."""
-    if len(verdict.names) == 1:
-        return verdict.names[0]
+    """The candidate the causal check patches: the culprit module (an op inside it: the module), or its whole layer
+    when several of its modules are the culprit."""
+    kinds = {c.name: c.kind for c in structure.candidates}
+    modules = [n for n in verdict.names if kinds.get(n) != "op"] or list(verdict.names)
+    if len(modules) == 1:
+        return modules[0]
     return next(c.name for c in structure.candidates if c.kind == "layer" and c.layer == verdict.layer)
 
 

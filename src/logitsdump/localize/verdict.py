@@ -38,8 +38,8 @@ DIFFUSE_LAYERS = 4
 LAYER_ABOVE = 2 * ABOVE
 #: The causal check is run when the test's final KL is at least this many times the control arm's (the noise).
 NOISE_FACTOR = 3.0
-#: Necessity: patching removes at least this part of the final KL's excess over the noise; sufficiency: the
-#: module alone reproduces at least this part of it.
+#: Necessity: taking the culprit's own error out removes at least this part of the final KL's excess over the noise;
+#: sufficiency: the culprit alone reproduces at least this part of it (`causal_check`).
 MOST = 0.5
 #: The smallest noise KL the causal check assumes (a control bit-identical to golden has KL 0).
 KL_FLOOR = 1e-9
@@ -254,8 +254,8 @@ def judge_run(verdicts: Sequence[CaseVerdict]) -> RunVerdict:
 
 @dataclass(frozen=True)
 class Causal:
-    """The causal check of a culprit: necessity (golden's output patched in at the culprit, in the test run)
-    and sufficiency (only the culprit run the test way, inside the golden run), on the final KL at the focus."""
+    """The causal check of a culprit: necessity (the culprit's own error taken out of the test run) and sufficiency
+    (only the culprit run the test way, inside the control arm's run), on the final KL at the focus step."""
 
     outcome: str
     reason: str
@@ -263,11 +263,15 @@ class Causal:
     kl_noise: float
     kl_necessity: float | None = None
     kl_sufficiency: float | None = None
-    #: The parts of the final KL's excess over the noise that patching removes and that the module alone reproduces.
+    #: The parts of the final KL's excess over the noise that taking the culprit's error out removes, and that the
+    #: culprit alone reproduces (in the control arm).
     necessity_recovered: float | None = None
     sufficiency_reproduced: float | None = None
     necessity_holds: bool | None = None
     sufficiency_holds: bool | None = None
+    #: The sufficiency run in golden's own dtype, and the part of the excess it reproduces (reported, not judged).
+    kl_sufficiency_golden: float | None = None
+    sufficiency_golden_reproduced: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -280,33 +284,47 @@ class Causal:
 CONFIRMED, REFUTED, UNTESTABLE, NOT_RUN = "confirmed", "refuted", "untestable", "not-run"
 
 
-def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None,
-                 kl_sufficiency: float | None) -> Causal:
-    """Whether patching the culprit removes most of the final KL's excess over the noise (necessity), and whether
-    the culprit alone reproduces most of it (sufficiency); run when the excess is clear (see NOISE_FACTOR)."""
+def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, kl_sufficiency: float | None,
+                 kl_sufficiency_golden: float | None = None) -> Causal:
+    """The causal check of a culprit on the final KL at the focus step, run when the test's KL is clearly above
+    the noise (NOISE_FACTOR times the control arm's):
+    - necessity: the test run with the culprit's own error taken out (`kl_necessity`) loses at least MOST of
+      the test's KL excess over the noise;
+    - sufficiency: the control arm (golden's device in the test dtype) with the culprit's own error added to
+      its output, the culprit run the test way and nothing else (`kl_sufficiency`), reproduces at least MOST
+      of that excess. The same run in golden's own dtype
+      (`kl_sufficiency_golden`) is reported: a bf16 network amplifies a small perturbation through its rounding
+      (around SmolLM2's massive activations), so golden's fp32 run shows a fraction of a bf16 excess."""
     noise = max(kl_noise if math.isfinite(kl_noise) else 0.0, KL_FLOOR)
     if not kl_test > NOISE_FACTOR * noise:
         return Causal(UNTESTABLE, f"the final KL at the focus step ({kl_test:.3g}) is within {NOISE_FACTOR:g}x the "
                       f"noise (the control arm's {kl_noise:.3g}): nothing clear to recover", kl_test, kl_noise,
-                      kl_necessity, kl_sufficiency)
+                      kl_necessity, kl_sufficiency, kl_sufficiency_golden=kl_sufficiency_golden)
     if kl_necessity is None or kl_sufficiency is None:
         missing = "necessity" if kl_necessity is None else "sufficiency"
         return Causal(NOT_RUN, f"the {missing} run is missing (judge without the golden model, or the replay "
-                      "patched another candidate)", kl_test, kl_noise, kl_necessity, kl_sufficiency)
+                      "patched another candidate)", kl_test, kl_noise, kl_necessity, kl_sufficiency,
+                      kl_sufficiency_golden=kl_sufficiency_golden)
     excess = kl_test - noise
     recovered = (kl_test - kl_necessity) / excess
-    reproduced = kl_sufficiency / excess
+    reproduced = (kl_sufficiency - noise) / excess
     necessary = recovered >= MOST
     sufficient = reproduced >= MOST
-    parts = [f"golden patched in: KL {kl_test:.3g} -> {kl_necessity:.3g} ({recovered:.0%} of the excess over the "
-             f"noise {noise:.3g} recovered)", f"alone in golden: {kl_sufficiency:.3g} ({reproduced:.0%} of it)"]
+    parts = [f"its own error taken out of the test run: KL {kl_test:.3g} -> {kl_necessity:.3g} ({recovered:.0%} of "
+             f"the excess over the noise {noise:.3g} removed)",
+             f"only it run the test way in the control arm: KL {kl_sufficiency:.3g} ({reproduced:.0%} of the excess "
+             "reproduced)"]
+    golden_part = None
+    if kl_sufficiency_golden is not None:
+        golden_part = kl_sufficiency_golden / excess
+        parts.append(f"in golden's own dtype: {kl_sufficiency_golden:.3g} ({golden_part:.0%})")
     if not necessary:
-        parts.append("patching it leaves most of the excess: another site contributes")
+        parts.append("taking it out leaves most of the excess: another site contributes")
     if not sufficient:
         parts.append(f"alone it reproduces less than {MOST:.0%}")
     outcome = CONFIRMED if necessary and sufficient else REFUTED
     return Causal(outcome, "; ".join(parts), kl_test, kl_noise, kl_necessity, kl_sufficiency, recovered, reproduced,
-                  necessary, sufficient)
+                  necessary, sufficient, kl_sufficiency_golden, golden_part)
 
 
 def judge_heads(test_mean: Sequence[float], test_max: Sequence[float], band_mean: Sequence[float],
