@@ -36,7 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from logitsdump.demo import examples
-from logitsdump.demo.defects import PROJECTIONS, Defect, write_model_yaml
+from logitsdump.demo.defects import NORMS, PROJECTIONS, Defect, write_model_yaml
 
 TASKS = ("gsm8k", "boolq", "mmlu_zero_shot")
 TOKENS = 8
@@ -64,6 +64,11 @@ REPORT: dict[str, tuple[Callable[[random.Random], Defect | None], str]] = {
                                                               module="post_attention_layernorm"), "bf16"),
     "one projection at 3 mantissa bits": (lambda rng: Defect("round-weights", layer=_layer(rng),
                                                               module=rng.choice(PROJECTIONS), bits=3), "bf16"),
+    # first run in the final report (never tuned on, never run before it):
+    "query projection x 1.1 (softmax temperature)": (lambda rng: Defect("scale-q", layer=_layer(rng), factor=1.1),
+                                                     "bf16"),
+    "a norm's gain x 1.05": (lambda rng: Defect("scale-norm", layer=_layer(rng), module=rng.choice(NORMS),
+                                                factor=1.05), "bf16"),
     "global: RoPE base 1e5 -> 1e4": (lambda rng: Defect("rope-base", value=1e4), "bf16"),
     "global: every RMSNorm eps 1e-5 -> 1": (lambda rng: Defect("rms-eps", value=1.0), "bf16"),
 }

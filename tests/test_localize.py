@@ -124,7 +124,8 @@ def test_golden_tensors_rebuild_exactly_from_the_record(golden) -> None:
     Defect("zero-head", layer=1, head=1), Defect("scale-mlp", layer=0, factor=1.1),
     Defect("round-weights", layer=1, module="mlp.up_proj", bits=3), Defect("rope-base", value=500.0),
     Defect("norm-eps", layer=1, module="post_attention_layernorm", value=0.5), Defect("fp16-norm", layer=0),
-    Defect("rms-eps", value=1e-2),
+    Defect("rms-eps", value=1e-2), Defect("scale-q", layer=1, factor=1.2),
+    Defect("scale-norm", layer=0, module="input_layernorm", factor=1.1),
 ])
 def test_planting_in_memory_equals_the_planted_folder(defect: Defect, tmp_path: Path) -> None:
     import torch

@@ -3,7 +3,9 @@
 A "device with a defect" is simulated by a copy of a model folder that carries the defect:
 - in its weights: `scale-layer` (layer `layer`'s attention and MLP outputs times `factor`, a wrong
   scale factor in a fused kernel), `scale-o-proj` (only its attention output projection), `scale-mlp`
-  (only its MLP's down projection), `zero-head` (head `head` of layer `layer` contributes nothing: a kernel
+  (only its MLP's down projection), `scale-q` (its query projection: the attention's softmax temperature
+  off, as with a wrong scale in a fused attention kernel), `scale-norm` (the weight of its norm `module`,
+  e.g. `input_layernorm`: a wrong gain), `zero-head` (head `head` of layer `layer` contributes nothing: a kernel
   that drops a head), `round-weights` (the weight of projection `module` of layer `layer`, e.g.
   `mlp.up_proj`, rounded to `bits` mantissa bits: a kernel that keeps too few bits);
 - in its config: `rms-eps` (every RMSNorm's epsilon set to `value`), `rope-base` (RoPE's base
@@ -29,15 +31,17 @@ from pathlib import Path
 
 from logitsdump.errors import ConfigError
 
-KINDS = ("scale-layer", "scale-o-proj", "scale-mlp", "zero-head", "round-weights", "rms-eps", "rope-base", "fp16-norm",
-         "norm-eps")
+KINDS = ("scale-layer", "scale-o-proj", "scale-mlp", "scale-q", "scale-norm", "zero-head", "round-weights", "rms-eps",
+         "rope-base", "fp16-norm", "norm-eps")
+#: The kinds planted in the weights.
+WEIGHT_KINDS = ("scale-layer", "scale-o-proj", "scale-mlp", "scale-q", "scale-norm", "zero-head", "round-weights")
 #: The kinds that change every layer (global defects), and those planted in the modeling file.
 GLOBAL_KINDS = ("rms-eps", "rope-base")
 CODE_KINDS = ("fp16-norm", "norm-eps")
 #: The projections `round-weights` may round.
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                "mlp.up_proj", "mlp.down_proj")
-#: The norms `norm-eps` may change.
+#: The norms `norm-eps` and `scale-norm` may change.
 NORMS = ("input_layernorm", "post_attention_layernorm")
 #: The modeling file a `fp16-norm` folder carries, and the class its config's auto_map names.
 CODE_FILE = Path(__file__).resolve().parent / "planted_modeling.py"
@@ -70,10 +74,10 @@ class Defect:
         if self.kind in GLOBAL_KINDS:
             return None, None
         module = {"scale-layer": "self_attn+mlp", "scale-o-proj": "self_attn", "scale-mlp": "mlp",
-                  "zero-head": "self_attn", "fp16-norm": "input_layernorm"}.get(self.kind)
+                  "scale-q": "self_attn", "zero-head": "self_attn", "fp16-norm": "input_layernorm"}.get(self.kind)
         if self.kind == "round-weights":
             module = str(self.module).split(".")[0]
-        if self.kind == "norm-eps":
+        if self.kind in ("norm-eps", "scale-norm"):
             module = self.module
         return self.layer, module
 
@@ -88,8 +92,8 @@ def check(defect: Defect, layers: int) -> None:
         raise ConfigError(f"defect {defect.kind}: layer {defect.layer} is not in 0..{layers - 1}")
     if defect.kind == "round-weights" and defect.module not in PROJECTIONS:
         raise ConfigError(f"defect round-weights: module {defect.module!r}: use one of {', '.join(PROJECTIONS)}")
-    if defect.kind == "norm-eps" and defect.module not in NORMS:
-        raise ConfigError(f"defect norm-eps: module {defect.module!r}: use one of {', '.join(NORMS)}")
+    if defect.kind in ("norm-eps", "scale-norm") and defect.module not in NORMS:
+        raise ConfigError(f"defect {defect.kind}: module {defect.module!r}: use one of {', '.join(NORMS)}")
     if defect.kind == "round-weights" and not 0 <= defect.bits <= 23:
         raise ConfigError(f"defect round-weights: bits {defect.bits} is not in 0..23")
 
@@ -113,7 +117,7 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
     check(defect, int(config["num_hidden_layers"]))
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("model.safetensors"))
     prefix = f"model.layers.{defect.layer}."
-    if defect.kind in ("scale-layer", "scale-o-proj", "scale-mlp", "zero-head", "round-weights"):
+    if defect.kind in WEIGHT_KINDS:
         weights = load_file(str(source / "model.safetensors"))
         if defect.kind == "round-weights":
             name = f"{prefix}{defect.module}.weight"
@@ -125,7 +129,8 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
             weights[prefix + "self_attn.o_proj.weight"] = o_proj
         else:
             names = {"scale-layer": ("self_attn.o_proj.weight", "mlp.down_proj.weight"),
-                     "scale-o-proj": ("self_attn.o_proj.weight",), "scale-mlp": ("mlp.down_proj.weight",)}[defect.kind]
+                     "scale-o-proj": ("self_attn.o_proj.weight",), "scale-mlp": ("mlp.down_proj.weight",),
+                     "scale-q": ("self_attn.q_proj.weight",), "scale-norm": (f"{defect.module}.weight",)}[defect.kind]
             for name in names:
                 weights[prefix + name] = weights[prefix + name] * defect.factor
         save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
@@ -168,9 +173,11 @@ def plant(model, defect: Defect):
         linear.weight.data = new.to(linear.weight.dtype)
 
     with torch.no_grad():
-        if defect.kind in ("scale-layer", "scale-o-proj", "scale-mlp"):
-            targets = {"scale-layer": (layer.self_attn.o_proj, layer.mlp.down_proj),
-                       "scale-o-proj": (layer.self_attn.o_proj,), "scale-mlp": (layer.mlp.down_proj,)}[defect.kind]
+        if defect.kind in ("scale-layer", "scale-o-proj", "scale-mlp", "scale-q", "scale-norm"):
+            names = {"scale-layer": ("self_attn.o_proj", "mlp.down_proj"), "scale-o-proj": ("self_attn.o_proj",),
+                     "scale-mlp": ("mlp.down_proj",), "scale-q": ("self_attn.q_proj",),
+                     "scale-norm": (str(defect.module),)}[defect.kind]
+            targets = [layer.get_submodule(name) for name in names]
             for linear in targets:
                 set_weight(linear, linear.weight.float() * defect.factor)
         elif defect.kind == "zero-head":
