@@ -225,7 +225,8 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
         tokens = list(entry.token_ids)
         own_error = kept[f"{target}:out"].float() - golden_sites[f"{target}:out"].float().to("cpu")
         arm_model = side.control(control.dtype, control.attn).model
-        logits, _ = passes.patched(arm_model, tokens, target, own_error, how="add")
+        logits, _ = passes.patched(arm_model, tokens, target, _deviation(arm_model, tokens, structure, golden_sites,
+                                                                         target, kept[f"{target}:out"]), how="add")
         sufficiency = passes.kl_divergence(golden_logits, logits[-1])
         attention = "heads:in" in kept and verdict.layer is not None
         logits, golden_heads = passes.patched(side.golden.model, tokens, target, own_error, how="add",
@@ -234,6 +235,20 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
         if attention and golden_heads is not None:
             heads = _split_heads(structure, verdict, kept, side.golden, golden_heads, control)
     return causal_check(replay.arm.kl_focus, kl_noise, necessity, sufficiency, sufficiency_golden), heads
+
+
+def _deviation(arm_model: Any, tokens: list[int], structure: Structure, golden_sites: dict[str, Any], target: str,
+               test_output: Any) -> Any:
+    """The culprit's deviation from a healthy module of the test dtype: its isolated output in the test minus the
+    control arm's, both fed golden's input (what the sufficiency check adds to the control arm's run; the roundoff
+    both share cancels, so the control arm's run does not get its own rounding twice)."""
+    from logitsdump.localize import passes
+
+    level = "layer" if structure.by_name()[target].kind == "layer" else "module"
+    device = arm_model.get_input_embeddings().weight.device
+    sites = {name: tensor.to(device) for name, tensor in golden_sites.items()}
+    control = passes.isolated(arm_model, tokens, structure, sites, level, keep=True).outputs[target]
+    return test_output.float() - control.float().to(test_output.device)
 
 
 def _split_heads(structure: Structure, verdict: CaseVerdict, kept: dict[str, Any], golden: Any, golden_heads: Any,
