@@ -495,6 +495,8 @@ def _add_report_parser(subparsers) -> None:
     parser.add_argument("--triage", nargs="+", default=(), metavar="FILE",
                         help="probe_<ts>.json / ablation_<ts>.json of `logitsdump probe` / `ablate`, shown in the "
                         "set-up-or-numerics section")
+    parser.add_argument("--localize", metavar="DIR", default=None,
+                        help="a `logitsdump localize judge` output folder: add its section per localised case")
     add_log_level(parser)
     parser.set_defaults(handler=_run_report)
 
@@ -512,11 +514,16 @@ def _run_report(args: argparse.Namespace) -> int:
         check_can_write(out.parent if page else out, "-o/--output-dir")
         if page:
             check_path_fits(out, "-o/--output-dir")
+    localized = None
+    if args.localize is not None:
+        from logitsdump.localize.outputs import read_document
+
+        localized = read_document(args.localize)
     result = load_compares(args.compare_output)
     from logitsdump.report.triage import load_evidence
 
     evidence = load_evidence(result, args.triage)
-    path = write_report(result, args.output_dir, topk=args.topk, triage=evidence)
+    path = write_report(result, args.output_dir, topk=args.topk, triage=evidence, localized=localized)
     print_summary(result, triage=evidence)
     print(f"report: {path}")
     from logitsdump.next_steps import after_report
@@ -584,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     from logitsdump.cli_examples import add_examples
 
     add_examples(subparsers)
+    from logitsdump.localize.command import add_localize_parser
+
+    add_localize_parser(subparsers)
     return parser
 
 

@@ -4,6 +4,7 @@ transformers loads it through the config's `auto_map` (trust_remote_code): a Lla
 - `fp16-norm`: layer `config.planted_fp16_norm_layer` squares the input of its input RMSNorm in fp16
   instead of fp32. Where |x| > 255.9 the square overflows to inf, the variance is inf, and the norm's
   output there is 0;
+- `norm-eps` (`config.planted_norm_eps`, `{"layer", "module", "value"}`): one norm has another epsilon;
 - `rms-eps`, `rope-base` (`config.planted_constants`): the kernels use another RMSNorm epsilon or RoPE
   base than config.json says (the config file stays right, as on a device whose kernel is wrong);
 - `batch-mask` (`BatchMaskLlamaForCausalLM`): a batched forward pass (more than one row) drops the
@@ -39,7 +40,8 @@ class FP16RMSNorm(nn.Module):
 
 
 class PlantedLlamaForCausalLM(LlamaForCausalLM):
-    """LlamaForCausalLM with the fp16 RMSNorm in one layer, or a wrong constant in its kernels."""
+    """LlamaForCausalLM with the fp16 RMSNorm in one layer, one norm's epsilon changed, or a wrong constant
+    in its kernels."""
 
     def __init__(self, config) -> None:
         for name, value in (getattr(config, "planted_constants", None) or {}).items():
@@ -50,6 +52,10 @@ class PlantedLlamaForCausalLM(LlamaForCausalLM):
         if getattr(config, "planted_fp16_norm_layer", None) is not None:
             layer = self.model.layers[int(config.planted_fp16_norm_layer)]
             layer.input_layernorm = FP16RMSNorm(config.hidden_size, config.rms_norm_eps)
+        eps = getattr(config, "planted_norm_eps", None)
+        if eps:
+            norm = getattr(self.model.layers[int(eps["layer"])], str(eps["module"]))
+            norm.variance_epsilon = float(eps["value"])
 
 
 class BatchMaskLlamaForCausalLM(LlamaForCausalLM):

@@ -16,6 +16,7 @@ Its style sheet and scripts are in `page_assets.py`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ DEFAULT_TOPK = 10
 
 def write_report(
     source: Any, output_path: str | os.PathLike[str] | None = None, *, topk: int | None = None,
-    triage: Any = None,
+    triage: Any = None, localized: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the HTML report of a compare run; return its path.
 
@@ -46,6 +47,7 @@ def write_report(
     (created if missing; the page is `report.html` in it) or a file name ending
     in `.html`; default: `report.html` in the folder of the compare output. The
     file is written atomically. `triage`: a `report.triage.Evidence` (the probe and ablation reports).
+    `localized`: a `localize judge` document, shown after the cases.
     """
     if isinstance(source, (list, tuple)):
         result = load_compares(source)
@@ -54,7 +56,7 @@ def write_report(
     path = Path(output_path) if output_path is not None else default_report_path(result)
     if not names_a_page(path):
         path = ensure_writable_dir(path) / REPORT_NAME  # a folder, as `-o` is everywhere
-    atomic_write_text(path, render_report(result, topk=topk, triage=triage))
+    atomic_write_text(path, render_report(result, topk=topk, triage=triage, localized=localized))
     return path
 
 
@@ -68,8 +70,10 @@ def default_report_path(result: CompareResult) -> Path:
     return result.json_path.parent / REPORT_NAME
 
 
-def render_report(result: CompareResult, *, topk: int | None = None, triage: Any = None) -> str:
-    """The whole page as text (`triage`: the evidence of the set-up-or-numerics section, `report.triage`)."""
+def render_report(result: CompareResult, *, topk: int | None = None, triage: Any = None,
+                  localized: Mapping[str, Any] | None = None) -> str:
+    """The whole page as text (`triage`: the evidence of the set-up-or-numerics section, `report.triage`;
+    `localized`: a `localize judge` document, shown after the cases)."""
     from logitsdump.report.triage import html_section
 
     k = topk or min(int(result.options.get("topk") or DEFAULT_TOPK), 20)
@@ -102,8 +106,12 @@ def render_report(result: CompareResult, *, topk: int | None = None, triage: Any
         parts.append(f'<p class="muted limits">{escape(limits_text(result.rows, shown))}</p>')
     for number in tracked(shown, "drawing the case sections", unit="case"):  # read one at a time (index.py)
         parts.append(case_section(result, result.cases[number], number, k))
+    parts.append("</section>")
+    if localized is not None:
+        from logitsdump.report.localize import section
+
+        parts.append(section(localized))
     parts += [
-        "</section>",
         f'<footer>{escape(result.tool)} · compare run {escape(_stamp(result.timestamp))} · '
         f"{escape(str(result.json_path.name))}</footer>",
         f"<script>{page_assets.MAIN_JS}</script>",

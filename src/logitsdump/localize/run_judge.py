@@ -1,0 +1,277 @@
+"""`localize judge`: the verdict of every case and of the run, from a record and its replay (files only).
+
+With golden's model YAML (on the golden side) it also runs, for each culprit, the sufficiency check (the
+control arm's run, golden's device in the test dtype, with only the culprit's output the test's: its isolated
+output from the replay; the same in golden's own run is reported) and, for an attention culprit, the split per
+head (each head's contribution through the output projection, against the control arm's per-head band).
+Without it, the verdicts and the necessity check (from the replay) stand alone. `band`: a replay of the same
+record by a known-healthy test set-up, used as the band instead of the control arm (per case where it replayed
+the case, else pooled over its cases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from logitsdump.errors import DataError
+from logitsdump.fsutil import check_path_fits, claim_stamped, ensure_writable_dir, timestamp
+from logitsdump.localize import baselines, files, models, outputs
+from logitsdump.localize.candidates import LM_HEAD, Structure
+from logitsdump.localize.compact import rebuild
+from logitsdump.localize.judging import HEALTHY_SAME, BandSource, case_verdict, control_source, pooled_source
+from logitsdump.localize.msprobe import culprit_config
+from logitsdump.localize.records import SCHEMA_VERSION, Arm, RecordCase, ReplayCase
+from logitsdump.localize.run_replay import patch_target
+from logitsdump.localize.verdict import (
+    ABOVE,
+    CULPRIT,
+    DIFFUSE_LAYERS,
+    MOST,
+    NOISE_FACTOR,
+    STANDOUT,
+    CaseVerdict,
+    Causal,
+    RunVerdict,
+    causal_check,
+    judge_heads,
+    judge_run,
+)
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """What `localize judge` is asked to do."""
+
+    record: str
+    replay: str
+    output_dir: str
+    model_config_path: str | None = None
+    band: str | None = None
+    device: str = "auto"
+
+
+class GoldenSide:
+    """The golden side's models for the confirmations: golden's own, and each control arm's (loaded when first
+    needed, kept for the next judge)."""
+
+    def __init__(self, model_config_path: str, device: str = "auto", golden: Any = None) -> None:
+        self.model_config_path = model_config_path
+        self.device = device
+        self._golden = golden
+        self._controls: dict[tuple[str, str | None], Any] = {}
+
+    @property
+    def golden(self) -> Any:
+        if self._golden is None:
+            self._golden = models.load(self.model_config_path, device=self.device)
+        return self._golden
+
+    def control(self, dtype: str, attn: str | None) -> Any:
+        if (dtype, attn) not in self._controls:
+            self._controls[dtype, attn] = models.load(self.model_config_path, device=self.device, data_type=dtype,
+                                                      attn=attn)
+        return self._controls[dtype, attn]
+
+
+@dataclass(frozen=True)
+class JudgeSummary:
+    document: Path
+    cases_csv: Path
+    candidates_csv: Path
+    page: Path
+    run: RunVerdict
+    cases: list[dict[str, Any]]
+
+
+def judge(options: JudgeOptions, say: Callable[[str], None] = print, *,
+          side: GoldenSide | None = None) -> JudgeSummary:
+    """Judge every recorded case (see the module docstring). `side`: the golden side's models, already loaded
+    (default: from `options.model_config_path`, when given)."""
+    record = files.RecordFolder(options.record)
+    replayed = files.ReplayFolder(options.replay)
+    healthy = files.ReplayFolder(options.band) if options.band else None
+    out = Path(options.output_dir)
+    check_path_fits(out, "-o/--output-dir", "localize_candidates_00000000000000_0000.csv.tmp")
+    ensure_writable_dir(out)
+    structure = Structure.from_dict(record.header["structure"])
+    golden_dtype = record.header["model"]["dtype"]
+    for replay_folder in (replayed, healthy):
+        if replay_folder is not None and replay_folder.header.get("record_id") != record.header.get("record_id"):
+            raise DataError(f"{replay_folder.path} is the replay of another record (record id "
+                            f"{replay_folder.header.get('record_id')}, {options.record} is "
+                            f"{record.header.get('record_id')}): replay this record on the test side")
+    if side is None and options.model_config_path is not None:
+        side = GoldenSide(options.model_config_path, options.device)
+    pooled = _pooled(healthy, golden_dtype) if healthy is not None else None
+    cases = []
+    for case_id in record.ids:
+        entry = record.case(case_id)
+        replay = replayed.case(case_id)
+        cases.append(judge_case(entry, replay, structure, golden_dtype, record, replayed, side=side,
+                                healthy=healthy, pooled=pooled))
+        verdict = cases[-1]["verdict"]
+        causal = cases[-1]["causal"]
+        say(f"{entry.label} (step {entry.focus_step}): {verdict['label']}"
+            + (f" {verdict['score']:.3g}x" if verdict.get("score") is not None and verdict["kind"] == CULPRIT else "")
+            + (f"; causal check {causal['outcome']}" if causal else "") + f" - {verdict['reason']}")
+    run = judge_run([CaseVerdict.from_dict(c["verdict"]) for c in cases])
+    document = {
+        "schema_version": SCHEMA_VERSION, "kind": "localize", "tool": "logitsdump localize judge",
+        "record": str(record.path), "replay": str(replayed.path), "band": options.band,
+        "model": record.header["model"], "test": replayed.header.get("model"),
+        "test_provenance": replayed.header.get("provenance"), "golden_provenance": record.header.get("provenance"),
+        "constants": {"above": ABOVE, "standout": STANDOUT, "diffuse_layers": DIFFUSE_LAYERS,
+                      "noise_factor": NOISE_FACTOR, "most": MOST},
+        "confirmed_with_golden_model": side is not None,
+        "structure": structure.to_dict(), "run": run.to_dict(), "cases": cases,
+    }
+    from logitsdump.report.localize import render_page
+
+    with claim_stamped(out, timestamp(), outputs.names) as (doc_path, cases_csv, candidates_csv, page):
+        tag = doc_path.name[len(outputs.DOCUMENT[0]):-len(outputs.DOCUMENT[1])]
+        for case in cases:
+            if case["verdict"]["kind"] == CULPRIT:
+                path = out / f"msprobe_{case['id']}_{tag}.json"
+                modules = [(n, structure.by_name()[n].cls) for n in case["verdict"]["names"]]
+                files.write_json(path, culprit_config(modules, case["focus_step"]))
+                case["msprobe_config"] = str(path)
+        outputs.write_cases_csv(cases_csv, cases)
+        outputs.write_candidates_csv(candidates_csv, cases, ABOVE)
+        document["timestamp"] = tag
+        from logitsdump.fsutil import atomic_write_text
+
+        atomic_write_text(page, render_page(document))
+        outputs.write_document(doc_path, document)
+    say(f"run: {run.label}: {run.reason}")
+    say(f"results: {doc_path}\n         {cases_csv}\n         {candidates_csv}\n         {page}")
+    return JudgeSummary(doc_path, cases_csv, candidates_csv, page, run, cases)
+
+
+def judge_case(entry: RecordCase, replay: ReplayCase | None, structure: Structure, golden_dtype: str,
+               record: files.RecordFolder, replayed: files.ReplayFolder, *, side: GoldenSide | None = None,
+               healthy: files.ReplayFolder | None = None, pooled: BandSource | None = None) -> dict[str, Any]:
+    """One case's verdict, causal check, head and table (the document's case entry)."""
+    control = entry.controls.get(replay.control) if replay is not None and replay.control else None
+    bands = _bands(entry, control, golden_dtype, healthy, pooled)
+    verdict, modules, layers = case_verdict(structure, bands, replay.arm if replay else None)
+    causal = None
+    heads = None
+    if verdict.kind == CULPRIT and replay is not None:
+        causal, heads = _confirm(entry, replay, structure, verdict, control, record, replayed, side)
+        if heads is not None:
+            verdict = verdict.with_head(heads["head"])
+    test = replay.arm if replay else None
+    rows = []
+    for scored in modules:
+        row = scored.to_dict()
+        row.update(_accumulated(test, scored.candidate.name))
+        if control is not None and control.accumulated.get(scored.candidate.name):
+            values = control.accumulated[scored.candidate.name]
+            row["control_accumulated_mean"] = sum(values) / len(values)
+        rows.append(row)
+    return {
+        "id": entry.id, "label": entry.label, "subject": entry.subject, "key": entry.key, "task": entry.task,
+        "focus_step": entry.focus_step, "focus_why": entry.focus_why, "compare_verdict": entry.compare_verdict,
+        "tokens": len(entry.token_ids), "prompt_tokens": entry.prompt_tokens,
+        "band_source": bands.kind if bands else None,
+        "verdict": verdict.to_dict(), "causal": causal.to_dict() if causal else None, "heads": heads,
+        "kl_test": test.kl_focus if test else None, "kl_noise": control.kl_focus if control else None,
+        "candidates": rows, "layers": [s.to_dict() for s in layers],
+        "baselines": {"first_cosine_below": baselines.first_cosine_below(structure, test) if test else None,
+                      "largest_jump": baselines.largest_jump(structure, test) if test else None},
+        "seconds": dict(test.seconds) if test else {},
+        "msprobe_config": None,
+    }
+
+
+def _bands(entry: RecordCase, control: Arm | None, golden_dtype: str, healthy: files.ReplayFolder | None,
+           pooled: BandSource | None) -> BandSource | None:
+    if healthy is not None:
+        same = healthy.case(entry.id)
+        if same is not None:
+            source = control_source(same.arm, golden_dtype)
+            return BandSource(HEALTHY_SAME, source.floor, arm=same.arm)
+        return pooled
+    return control_source(control, golden_dtype) if control is not None else None
+
+
+def _pooled(healthy: files.ReplayFolder, golden_dtype: str) -> BandSource:
+    arms = [c.arm for c in (healthy.case(i) for i in healthy.ids) if c is not None]
+    if not arms:
+        raise DataError(f"{healthy.path}: the healthy replay holds no case")
+    return pooled_source(arms, golden_dtype)
+
+
+def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdict: CaseVerdict, control: Arm | None,
+             record: files.RecordFolder, replayed: files.ReplayFolder,
+             side: GoldenSide | None) -> tuple[Causal, dict[str, Any] | None]:
+    """The causal check of a culprit and, with the golden side's models, its head."""
+    from logitsdump.localize import passes
+
+    target = patch_target(structure, verdict)
+    matched = replay.necessity if replay.necessity and replay.necessity.names == (target,) else None
+    necessity = matched.kl if matched else None
+    kl_noise = control.kl_focus if control is not None else float("nan")
+    sufficiency = sufficiency_golden = None
+    heads = None
+    kept = replayed.tensors(replay)
+    if side is not None and control is not None and f"{target}:out" in kept:
+        golden_sites = rebuild(entry.refs, record.tensors(entry), entry.checksums)
+        lm_head = next(c.name for c in structure.candidates if c.module == LM_HEAD)
+        golden_logits = golden_sites[f"{lm_head}:out"][0, -1]
+        tokens = list(entry.token_ids)
+        own_error = kept[f"{target}:out"].float() - golden_sites[f"{target}:out"].float().to("cpu")
+        arm_model = side.control(control.dtype, control.attn).model
+        logits, _ = passes.patched(arm_model, tokens, target, _deviation(arm_model, tokens, structure, golden_sites,
+                                                                         target, kept[f"{target}:out"]), how="add")
+        sufficiency = passes.kl_divergence(golden_logits, logits[-1])
+        attention = "heads:in" in kept and verdict.layer is not None
+        logits, golden_heads = passes.patched(side.golden.model, tokens, target, own_error, how="add",
+                                              heads_at=verdict.layer if attention else None, structure=structure)
+        sufficiency_golden = passes.kl_divergence(golden_logits, logits[-1])
+        if attention and golden_heads is not None:
+            heads = _split_heads(structure, verdict, kept, side.golden, golden_heads, control)
+    return causal_check(replay.arm.kl_focus, kl_noise, necessity, sufficiency, sufficiency_golden), heads
+
+
+def _deviation(arm_model: Any, tokens: list[int], structure: Structure, golden_sites: dict[str, Any], target: str,
+               test_output: Any) -> Any:
+    """The culprit's deviation from a healthy module of the test dtype: its isolated output in the test minus the
+    control arm's, both fed golden's input (what the sufficiency check adds to the control arm's run; the roundoff
+    both share cancels, so the control arm's run does not get its own rounding twice)."""
+    from logitsdump.localize import passes
+
+    level = "layer" if structure.by_name()[target].kind == "layer" else "module"
+    device = arm_model.get_input_embeddings().weight.device
+    sites = {name: tensor.to(device) for name, tensor in golden_sites.items()}
+    control = passes.isolated(arm_model, tokens, structure, sites, level, keep=True).outputs[target]
+    return test_output.float() - control.float().to(test_output.device)
+
+
+def _split_heads(structure: Structure, verdict: CaseVerdict, kept: dict[str, Any], golden: Any, golden_heads: Any,
+                 control: Arm | None) -> dict[str, Any] | None:
+    from logitsdump.localize.candidates import output_projection
+    from logitsdump.localize.heads import contributions, head_stats
+
+    modules = dict(golden.model.named_modules())
+    found = next((output_projection(modules[n]) for n in verdict.names if output_projection(modules[n])), None)
+    if found is None or control is None or verdict.layer not in control.heads:
+        return None
+    test = contributions(kept["heads:in"], kept["heads:weight"], structure.heads)
+    gold = contributions(golden_heads, found[1].weight, structure.heads)
+    stats = head_stats(test, gold)
+    band = control.heads[verdict.layer]
+    head, scores, reason = judge_heads(stats.mean, stats.max, band.mean, band.max)
+    return {"layer": verdict.layer, "head": head, "scores": [min(s, 1e12) for s in scores], "reason": reason,
+            "local_mean": list(stats.mean), "band_mean": list(band.mean)}
+
+
+def _accumulated(test: Arm | None, name: str) -> dict[str, Any]:
+    if test is None or not test.accumulated.get(name):
+        return {}
+    values = test.accumulated[name]
+    return {"accumulated_mean": sum(values) / len(values), "accumulated_max": max(values),
+            "accumulated_cosine": test.cosine.get(name)}
