@@ -37,6 +37,13 @@ ENV_REPLAY_DIR = "LOGITSDUMP_REPLAY_DIR"
 #: `prefill` (the whole golden continuation scored in one forward pass).
 ENV_REPLAY_MODE = "LOGITSDUMP_REPLAY_MODE"
 REPLAY_MODES = ("step", "prefill")
+#: Our extension (`dump --control KIND`): the runner replays the golden dump of `LOGITSDUMP_REPLAY_DIR` in a
+#: second healthy configuration of the golden model and writes the control arm beside that dump.
+ENV_CONTROL = "LOGITSDUMP_CONTROL"
+#: `dtype`: the golden model in another data type; `impl`: through another attention implementation.
+CONTROL_KINDS = ("dtype", "impl")
+#: Our extension: the control's data type (default: `runner.control.resolve_control`'s rule).
+ENV_CONTROL_DTYPE = "LOGITSDUMP_CONTROL_DTYPE"
 
 #: The five HumanEval-X key prefixes, in the order of BAD_CASE_LIST's five lists.
 HUMANEVALX_PREFIXES = ("CPP", "Go", "Java", "JavaScript", "Python")
@@ -60,6 +67,9 @@ class DumpRequest:
     logits_fp32: bool = False
     replay_dir: str | None = None
     replay_mode: str = "step"
+    #: A control run (`CONTROL_KINDS`), None for a plain dump; it replays `replay_dir`.
+    control: str | None = None
+    control_dtype: str | None = None
 
     @property
     def per_language(self) -> bool:
@@ -90,7 +100,7 @@ def child_environment(
     """
     env = dict(base)
     for name in (ENV_BAD_CASE_LIST, ENV_BAD_CASE_LIST_FILE, ENV_RESUME, ENV_LOGITS_FP32, ENV_REPLAY_DIR,
-                 ENV_REPLAY_MODE):
+                 ENV_REPLAY_MODE, ENV_CONTROL, ENV_CONTROL_DTYPE):
         env.pop(name, None)
     env[ENV_DUMP_ENABLED] = "True"
     env[ENV_TOKEN_MAX_LENGTH] = str(request.token_max_length)
@@ -105,6 +115,10 @@ def child_environment(
     if request.replay_dir is not None:
         env[ENV_REPLAY_DIR] = request.replay_dir
         env[ENV_REPLAY_MODE] = request.replay_mode
+    if request.control is not None:
+        env[ENV_CONTROL] = request.control
+        if request.control_dtype is not None:
+            env[ENV_CONTROL_DTYPE] = request.control_dtype
     return env
 
 
@@ -159,7 +173,18 @@ def read_request(environ: Mapping[str, str] | None = None) -> DumpRequest | None
         logits_fp32=environ.get(ENV_LOGITS_FP32, "") == "1",
         replay_dir=environ.get(ENV_REPLAY_DIR) or None,
         replay_mode=_replay_mode(environ),
+        control=_control(environ),
+        control_dtype=environ.get(ENV_CONTROL_DTYPE) or None,
     )
+
+
+def _control(environ: Mapping[str, str]) -> str | None:
+    kind = environ.get(ENV_CONTROL, "") or None
+    if kind is not None and kind not in CONTROL_KINDS:
+        raise ConfigError(f"{ENV_CONTROL} must be one of {', '.join(CONTROL_KINDS)}, found {kind!r}")
+    if kind is not None and not environ.get(ENV_REPLAY_DIR):
+        raise ConfigError(f"{ENV_CONTROL} needs {ENV_REPLAY_DIR}: a control arm replays the golden dump's tokens")
+    return kind
 
 
 def _replay_mode(environ: Mapping[str, str]) -> str:

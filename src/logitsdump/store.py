@@ -27,6 +27,9 @@ VOCAB_NAME = "vocab.json"
 MANIFEST_SCHEMA_VERSION = 1
 #: Our runner's account of one dump: cases asked for, found in the dataset, complete (for `dump`'s summary).
 DUMP_SUMMARY_NAME = "dump_summary.json"
+#: The key of a manifest line's `extra` about the control arm: in a golden dump, `{"dir", "kind"}` (the control
+#: folder, relative to the golden one); in a control dump, how it was made (`runner.control.ControlSpec`).
+CONTROL_EXTRA = "control"
 
 #: The HumanEval-X language tags that msit's parser recognises in a file name.
 LANGUAGE_TAGS = ("cpp", "go", "java", "js", "python")

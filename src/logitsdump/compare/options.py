@@ -40,6 +40,10 @@ class CompareOptions:
     noise_mean_kl_steps: float | None = None
     #: A tolerances file written by `logitsdump calibrate`: the measured noise floor.
     tolerances_file: str | os.PathLike[str] | None = None
+    #: The control arm's folder (`compare/control.py`); None: the one the golden dump names or has beside it.
+    control_path: str | os.PathLike[str] | None = None
+    #: False: judge without a control arm even where one is found (`--no-control`).
+    use_control: bool = True
     #: Reader threads; None: the CPU count, at most 8.
     workers: int | None = None
 
@@ -81,6 +85,8 @@ class CompareOptions:
             raise UsageError(f"--noise-mean-kl-steps must be a finite number >= 1, found {self.noise_mean_kl_steps}")
         if self.noise_cosine is not None and not (-1.0 <= self.noise_cosine <= 1.0):
             raise UsageError(f"--noise-cosine must be in [-1, 1], found {self.noise_cosine}")
+        if self.control_path is not None and not self.use_control:
+            raise UsageError("--control and --no-control contradict each other")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be >= 1, found {self.workers}")
 
@@ -104,4 +110,6 @@ class CompareOptions:
             "noise_mean_kl": tolerances.noise_mean_kl,
             "noise_mean_kl_steps": tolerances.noise_mean_kl_steps,
             "tolerances_file": str(self.tolerances_file) if self.tolerances_file is not None else None,
+            "control_path": str(self.control_path) if self.control_path is not None else None,
+            "use_control": self.use_control,
         }

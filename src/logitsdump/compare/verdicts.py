@@ -41,6 +41,7 @@ TIE_FLIP = "tie-flip"
 DIVERGENT = "divergent"
 PRECISION_SUSPECT = "precision-suspect"
 INCOMPLETE = "incomplete"
+UNREFERENCED = "unreferenced"
 
 #: Every verdict, best first.
 TABLE: tuple[Verdict, ...] = (
@@ -82,6 +83,14 @@ TABLE: tuple[Verdict, ...] = (
         INCOMPLETE, False, 1, "#6b5b95", "35",
         "A logits file is missing or unreadable before a verdict could be reached: dump the case again.",
         "files missing or unreadable", free_run=True, replay=True,
+    ),
+    Verdict(
+        UNREFERENCED, False, 1, "#757575", "90",
+        "The devices differ by more than the conservative default of the dtype allows, but there is no "
+        "reference for this model's noise (no control arm, no measured floor) and the difference stays below "
+        "the gross bound no healthy pair reaches: neither noise nor a bug can be told. Dump a control arm "
+        "(dump --control) and compare again.",
+        "no reference: dump a control (dump --control)", free_run=True, replay=True,
     ),
 )
 

@@ -3,7 +3,10 @@
 A "device with a defect" is simulated by a copy of a model folder that carries the defect:
 - in its weights: `scale-layer` (layer `layer`'s attention and MLP outputs times `factor`, a wrong
   scale factor in a fused kernel), `scale-o-proj` (only its attention output projection),
-  `zero-head` (head `head` of layer `layer` contributes nothing: a kernel that drops a head);
+  `scale-weight` (one linear module of layer `layer`, `module` e.g. `self_attn.v_proj` or `mlp.up_proj`,
+  times `factor`), `scale-final-norm` (the final RMSNorm's weight times `factor`: every logit scaled),
+  `round-weights` (every linear weight of layer `layer` rounded to `bits` mantissa bits, a too coarse
+  weight format), `zero-head` (head `head` of layer `layer` contributes nothing: a kernel that drops a head);
 - in its config: `rms-eps` (every RMSNorm's epsilon set to `value`), `rope-base` (RoPE's base
   theta set to `value`);
 - in its code: `fp16-norm` (layer `layer`'s input RMSNorm squares its input in fp16 instead of
@@ -23,7 +26,13 @@ from pathlib import Path
 
 from logitsdump.errors import ConfigError
 
-KINDS = ("scale-layer", "scale-o-proj", "zero-head", "rms-eps", "rope-base", "fp16-norm")
+KINDS = ("scale-layer", "scale-o-proj", "scale-weight", "scale-final-norm", "round-weights", "zero-head", "rms-eps",
+         "rope-base", "fp16-norm")
+#: The kinds planted in the weights file.
+WEIGHT_KINDS = ("scale-layer", "scale-o-proj", "scale-weight", "scale-final-norm", "round-weights", "zero-head")
+#: The linear modules of a Llama layer (`scale-weight`'s `module`, `round-weights`' targets).
+LINEAR_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                  "mlp.up_proj", "mlp.down_proj")
 #: The modeling file a `fp16-norm` folder carries, and the class its config's auto_map names.
 CODE_FILE = Path(__file__).resolve().parent / "planted_modeling.py"
 CODE_CLASS = "PlantedLlamaForCausalLM"
@@ -39,6 +48,10 @@ class Defect:
     head: int = 0
     #: The new epsilon (`rms-eps`) or RoPE theta (`rope-base`).
     value: float | None = None
+    #: `scale-weight`: the linear module of the layer (one of `LINEAR_MODULES`).
+    module: str = ""
+    #: `round-weights`: the mantissa bits kept.
+    bits: int = 3
 
     @property
     def needs_code(self) -> bool:
@@ -54,15 +67,27 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
         raise ConfigError(f"unknown defect {defect.kind!r}: use one of {', '.join(KINDS)}")
     if defect.kind in ("rms-eps", "rope-base") and (defect.value is None or not defect.value > 0):
         raise ConfigError(f"defect {defect.kind} needs a value > 0")
+    if defect.kind == "scale-weight" and defect.module not in LINEAR_MODULES:
+        raise ConfigError(f"defect scale-weight: module must be one of {', '.join(LINEAR_MODULES)}, "
+                          f"found {defect.module!r}")
+    if defect.kind == "round-weights" and not 0 <= defect.bits <= 22:
+        raise ConfigError(f"defect round-weights: bits must be in 0..22, found {defect.bits}")
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     layers = int(config["num_hidden_layers"])
     if not 0 <= defect.layer < layers:
         raise ConfigError(f"defect {defect.kind}: layer {defect.layer} is not in 0..{layers - 1}")
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("model.safetensors"))
     prefix = f"model.layers.{defect.layer}."
-    if defect.kind in ("scale-layer", "scale-o-proj", "zero-head"):
+    if defect.kind in WEIGHT_KINDS:
         weights = load_file(str(source / "model.safetensors"))
-        if defect.kind == "zero-head":
+        if defect.kind == "scale-final-norm":
+            weights["model.norm.weight"] = weights["model.norm.weight"] * defect.factor
+        elif defect.kind == "round-weights":
+            for name in LINEAR_MODULES:
+                weights[f"{prefix}{name}.weight"] = _round_mantissa(weights[f"{prefix}{name}.weight"], defect.bits)
+        elif defect.kind == "scale-weight":
+            weights[f"{prefix}{defect.module}.weight"] = weights[f"{prefix}{defect.module}.weight"] * defect.factor
+        elif defect.kind == "zero-head":
             head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
             o_proj = weights[prefix + "self_attn.o_proj.weight"].copy()
             o_proj[:, defect.head * head_dim : (defect.head + 1) * head_dim] = 0
@@ -86,6 +111,17 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
         config["planted_fp16_norm_layer"] = defect.layer
     (target / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return target
+
+
+def _round_mantissa(values, bits: int):
+    """float32 `values` rounded to `bits` mantissa bits (to nearest, ties away from zero)."""
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float32)
+    mantissa, exponent = np.frexp(array)  # array = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
+    scale = float(2 ** (bits + 1))
+    rounded = np.sign(mantissa) * np.floor(np.abs(mantissa) * scale + 0.5) / scale
+    return np.ldexp(rounded, exponent).astype(np.float32)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

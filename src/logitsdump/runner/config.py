@@ -34,6 +34,8 @@ class ModelConfig:
     requested_gpu_framework: str = "Huggingface"
     trust_remote_code: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Our extension (HF backend): transformers' attention implementation (`sdpa`, `eager`, ...); '' = its default.
+    attn_implementation: str = ""
     source: str = ""
 
 
@@ -169,6 +171,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
         requested_gpu_framework=framework,
         trust_remote_code=check.get("trust_remote_code", bool, False),
         env=env,
+        attn_implementation=check.get("attn_implementation", str, ""),
         source=str(file),
     )
     if not config.model_path:

@@ -36,6 +36,7 @@ from logitsdump.runner.tasks.base import Case, Task, Tokenizer, needs_tokenizer,
 if TYPE_CHECKING:
     from logitsdump.protocol import DumpRequest
     from logitsdump.runner.backends import Backend
+    from logitsdump.runner.control import ControlSpec
     from logitsdump.runner.distributed import World
     from logitsdump.runner.dumping import LogitsWriter
     from logitsdump.runner.replay import ReplaySource
@@ -75,6 +76,7 @@ class _Plan:
     dataset_root: Path
     cases: list[Case]  # empty for tasks that build their cases with the model's tokenizer
     request: DumpRequest | None  # the dump protocol's request; None for a plain evaluation
+    control: ControlSpec | None = None  # a control run (`dump --control`): what it changed of the model YAML
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,14 @@ class _Run:
     backend: Backend
     world: World
     layout: outputs.OutputLayout
+    control: ControlSpec | None = None
+
+    @property
+    def dump_dir(self) -> Path:
+        """Where the logits go: the layout's folder, or a control run's folder beside the golden dump."""
+        if self.control is not None and self.request is not None and self.request.replay_dir is not None:
+            return outputs.control_dir_of(Path(self.request.replay_dir))
+        return self.layout.logits_dir
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,13 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     request = protocol.read_request()
     if request is not None and options.batch_size != 1:
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")
+    control = None
+    if request is not None and request.control is not None:
+        from logitsdump.runner.control import resolve_control
+
+        control = resolve_control(request.control, model_config, request.control_dtype)
+        model_config = control.apply(model_config)
+        log.info("dump: the %s, replaying %s", control.description, request.replay_dir)
     _check_output_paths(options, model_config, task_config)
     dataset_root = resolve_dataset_root(task_config)
     # data errors show before the model loads, except for tasks that build cases with its tokenizer
@@ -135,7 +152,7 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     if backend is None:
         check_model_folder(model_config)
     ensure_writable_dir(options.output_dir or ".")  # before the model loads, after the input checks
-    plan = _Plan(options, task, task_config, dataset_root, cases, request)
+    plan = _Plan(options, task, task_config, dataset_root, cases, request, control)
 
     from logitsdump.runner import distributed
     from logitsdump.runner.device import choose_device
@@ -144,6 +161,8 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     if backend is not None:
         if world.distributed:
             raise ConfigError("a preloaded backend cannot be shared by torchrun's processes")
+        if control is not None:
+            raise ConfigError("a control run loads the golden model in its own configuration: no preloaded backend")
         return _run_loaded(plan, backend, world)
     device = choose_device(options.device, world.local_rank if world.distributed else None)
     distributed.init_process_group(world, device.kind)
@@ -192,7 +211,7 @@ def _run_loaded(plan: _Plan, backend: Backend, world: World) -> EvalResult:
         batch_size=plan.options.batch_size,
         tp=plan.options.tp,
     )
-    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout)
+    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout, plan.control)
     with interrupt.stop_on_signals():  # SIGINT/SIGTERM: exit 130/143, also inside a forward pass
         return _evaluate(run, cases)
 
@@ -208,7 +227,7 @@ def _make_writer(run: _Run, request: DumpRequest) -> LogitsWriter | None:
     if world.writes_logits:
         provenance = backend.provenance()
         writer = LogitsWriter(
-            run.layout.logits_dir,
+            run.dump_dir,
             request,
             DumpContext(
                 task=run.task_config.task_name,
@@ -254,7 +273,9 @@ def _evaluate(run: _Run, cases: Sequence[Case]) -> EvalResult:
     if writer is not None:
         records = writer.finish(matched=len(cases))
         log.info("dump: %d files for %d cases in %s (%d already complete)",
-                 dumped_files, len(records), run.layout.logits_dir, skipped)
+                 dumped_files, len(records), run.dump_dir, skipped)
+    if run.control is not None:  # a teacher-forced second configuration: its accuracy files would mislead
+        return EvalResult(run.layout, tuple(outcomes), (), dumped_files)
     return _write_outputs(run.options, run.task, run.task_config, run.layout, outcomes, dumped_files)
 
 
@@ -286,7 +307,7 @@ def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter |
         for item in inferred:
             tally.outcomes.append((batch.number, _judge(run.task, item, run.backend.tokenizer)))
             if writer is not None:
-                tally.dumped_files += _record(writer, item, run.backend, replay)
+                tally.dumped_files += _record(writer, item, run.backend, replay, run.control)
         progress.update(len(batch.cases))
     progress.close()
     decoder.warn_cut_prompts()
@@ -305,12 +326,17 @@ def _judge(task: Task, item: Inferred, tokenizer: Tokenizer) -> outputs.CaseOutc
     )
 
 
-def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: ReplaySource | None) -> int:
+def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: ReplaySource | None,
+            control: ControlSpec | None = None) -> int:
     """Write one case's logits files and manifest line; the number of files written."""
     decoded, generation = item.decoded, item.generation
     extra = None
     if replay is not None:
         extra = replay.extra(decoded.own_ids or decoded.output_ids[: len(decoded.step_logits)])
+    if control is not None:
+        from logitsdump.store import CONTROL_EXTRA
+
+        extra = {**(extra or {}), CONTROL_EXTRA: control.to_dict()}
     names = writer.save(item.case, decoded.step_logits, generation.input_ids, decoded.output_ids,
                         backend.token_texts(decoded.output_ids), generation.text, extra)
     return len(names)
