@@ -161,7 +161,7 @@ def resolve_floor(given: Mapping[str, float | None], *, file: str | None, measur
             _log.warning("the floor %s was measured on %s, but these dumps are %s: measure one for %s", file,
                          measured_dtype, dtype, dtype)
         return Floor(MEASURED, tolerances, measured_dtype or dtype, file, measured)
-    if chosen:
+    if chosen or tie is not None:  # a tie tolerance given is the user's reference for free runs
         return Floor(FLAGS, tolerances, dtype)
     return Floor(DEFAULT, tolerances, dtype)
 
