@@ -26,6 +26,7 @@ healthy pairs in docs/compare.md ("The control arm").
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -130,7 +131,7 @@ def locate_control(golden_dir: Path, given: str | Path | None, enabled: bool = T
     for record in read_manifest(golden_dir):
         pointer = record.extra.get(CONTROL_EXTRA) if isinstance(record.extra, Mapping) else None
         if isinstance(pointer, Mapping) and isinstance(pointer.get("dir"), str):
-            named = golden_dir / pointer["dir"]
+            named = Path(os.path.normpath(golden_dir / pointer["dir"]))  # "logits/../control" -> "control"
             if named.is_dir():
                 return named, NAMED
             _log.warning("the golden manifest names the control %s, which does not exist", named)

@@ -205,4 +205,7 @@ def _thresholds(result: CompareResult) -> str:
     floor = result.document.floor
     if floor is not None and floor.get("description"):
         text += f"\nfloor: {floor['description']}"
+    reference = result.document.reference
+    if reference is not None and reference.get("source") == "control" and reference.get("description"):
+        text += f"\nreference: {reference['description']}"
     return text
