@@ -204,7 +204,8 @@ def _add_dump_parser(subparsers) -> None:
         "--replay-mode",
         choices=REPLAY_MODES,
         default="step",
-        help="our addition: step = forced decoding through the KV-cache decode path (default); "
+        help="our addition, how --replay (and a --control arm) feed the golden tokens: step = forced decoding "
+        "through the KV-cache decode path (default); "
         "prefill = score the whole golden continuation in one forward pass",
     )
     parser.add_argument(

@@ -95,7 +95,9 @@ class DumpResult:
         if self.control is not None:
             lines.append(f"control folder: {self.control.path} ({self.control.cases} cases, {self.control.files} "
                          "files)")
-        if self.docs is None:
+        if self.control is not None and not self.folders:  # `--control --replay`: the control alone
+            lines.append(f"dumped the control of {self.control.cases} of {self.requested} bad cases")
+        elif self.docs is None:
             lines.append(f"dumped {self.cases} of {self.requested} bad cases, {self.files} logits files")
         else:
             lines.append(f"dumped {self.cases} of {self.requested} cases of {self.docs} bad docs (one case per "
@@ -165,7 +167,7 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
             raise DataError(f"--control: {len(golden)} logits folders under {data_root(root)} changed during this "
                             "dump and hold its cases, expected one: give each dump its own --output_dir")
         control = _folder(run_control(command, request, golden[0].path, options.control, options.control_dtype,
-                                      env))
+                                      env, options.replay_mode))
     result = DumpResult(requested, folders, control=control)
     if not folders:
         log.warning("no logits folder was written under %s (looked for data/.../logits/)", data_root(root))
