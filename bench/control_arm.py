@@ -39,15 +39,13 @@ from logitsdump.demo import examples
 from logitsdump.demo.defects import Defect, write_defective_model, write_model_yaml
 
 #: The evaluation tasks (task or task:subject+subject): none of them was used to derive the constants.
-TASKS = "truthfulqa,boolq,mmlu_zero_shot:high_school_mathematics"
+TASKS = "mmlu_zero_shot:high_school_mathematics,boolq,humaneval,gpqa"
 PASS = ("identical", "consistent", "noise", "tie-flip")
 FLAGGED = ("precision-suspect", "divergent")
 #: name -> (defect, used by bench/planted_bug.py too). The last ones are at layers and modules that bench does not use.
 DEFECTS: dict[str, tuple[Defect, bool]] = {
     "o_proj of layer 15 x 1.1": (Defect("scale-o-proj", layer=15, factor=1.1), True),
-    "RMSNorm eps 1e-5 -> 1e-3": (Defect("rms-eps", value=1e-3), True),
     "v_proj of layer 3 x 1.1": (Defect("scale-weight", layer=3, module="self_attn.v_proj", factor=1.1), False),
-    "up_proj of layer 2 x 1.02": (Defect("scale-weight", layer=2, module="mlp.up_proj", factor=1.02), False),
     "up_proj of layer 2 x 1.05": (Defect("scale-weight", layer=2, module="mlp.up_proj", factor=1.05), False),
     "up_proj of layer 2 x 1.1": (Defect("scale-weight", layer=2, module="mlp.up_proj", factor=1.1), False),
     "gate_proj of layer 27 x 1.05": (Defect("scale-weight", layer=27, module="mlp.gate_proj", factor=1.05), False),
@@ -55,7 +53,7 @@ DEFECTS: dict[str, tuple[Defect, bool]] = {
     "layer 20 weights at 3 mantissa bits": (Defect("round-weights", layer=20, bits=3), False),
 }
 #: The defects also dumped free-running (no replay).
-FREE_DEFECTS = ("v_proj of layer 3 x 1.1", "up_proj of layer 2 x 1.1")
+FREE_DEFECTS = ("v_proj of layer 3 x 1.1",)
 
 
 @dataclass
@@ -150,7 +148,7 @@ def _every_key(task_yaml: Path, folder: Path) -> tuple[Path, int]:
 
 
 def _dump(model_yaml: Path, task_yaml: Path, keys: Path, out: Path, tokens: int, log: Path, *,
-          replay: Path | None = None, control: str | None = None) -> Path:
+          replay: Path | None = None, control: str | None = None, replay_mode: str = "step") -> Path:
     """One `logitsdump dump` subprocess; the logits folder it wrote (kept from an earlier run in --workdir)."""
     done = out / "bench-done"
     if done.is_file():
@@ -162,6 +160,8 @@ def _dump(model_yaml: Path, task_yaml: Path, keys: Path, out: Path, tokens: int,
         argv += ["--replay", str(replay)]
     if control is not None:
         argv += ["--control", control]
+    if replay is not None or control is not None:
+        argv += ["--replay-mode", replay_mode]
     argv += ["-e", runner]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -230,7 +230,7 @@ def smollm2(args: argparse.Namespace) -> list[Row]:
         def dump(name: str, yaml: Path, task: str = task, task_yaml: Path = task_yaml, keys: Path = keys,
                  **kw) -> Path:
             return _dump(yaml, task_yaml, keys, work / "dump" / _slug(name) / task, args.tokens,
-                         work / "logs" / f"{_slug(name)}_{task}.log", **kw)
+                         work / "logs" / f"{_slug(name)}_{task}.log", replay_mode=args.replay_mode, **kw)
 
         g32 = dump("golden fp32", fp32, control="impl")
         g16 = dump("golden bf16", bf16, control="dtype")
@@ -252,7 +252,8 @@ def smollm2(args: argparse.Namespace) -> list[Row]:
             rows[f"free: {name}"].add(summary)
             _mark_caused(rows[f"free: {name}"], summary, healthy)
         _say(f"  {spec}: done ({time.monotonic() - t0:.0f} s); work folder {work}")
-    _say(f"SmolLM2-135M-Instruct: {total} cases of {args.tasks}, {args.tokens} tokens each")
+    _say(f"SmolLM2-135M-Instruct: {total} cases of {args.tasks}, {args.tokens} tokens each, replay mode "
+         f"{args.replay_mode}")
     return list(rows.values())
 
 
@@ -289,6 +290,9 @@ def main() -> None:
     parser.add_argument("--tasks", default=TASKS,
                         help=f"comma-separated task or task:subject+subject list (default {TASKS})")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--replay-mode", choices=("step", "prefill"), default="prefill",
+                        help="how the test sides and the controls replay golden's tokens (dump --replay-mode; "
+                        "prefill: one forward pass, several times faster in bf16 on a CPU)")
     parser.add_argument("--workdir", default=None, help="keep (and reuse) every dump here")
     parser.add_argument("--no-tiny", action="store_true", help="skip the tiny model's demo --no-replay")
     args = parser.parse_args()

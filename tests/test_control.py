@@ -319,3 +319,20 @@ def test_the_mean_rule_p_value_matches_its_threshold() -> None:
 def test_t_quantile_matches_the_tables(p: float, df: int, expected: float) -> None:
     assert t_quantile(p, df) == pytest.approx(expected, rel=0.01)
     assert t_quantile(0.975, 10**6) == pytest.approx(NormalDist().inv_cdf(0.975), rel=1e-4)
+
+
+# ---- where users see it -----------------------------------------------------------------------------------
+
+
+def test_the_report_plots_test_and_control_and_shows_the_run_ratio(tmp_path: Path) -> None:
+    from logitsdump.report import write_report
+
+    golden, _control, mine = build(tmp_path, test_noise=0.06)
+    text = write_report(_compare(golden, mine, tmp_path / "o")).read_text(encoding="utf-8")
+    assert '<section class="reference" id="reference"><h2>Noise reference</h2>' in text
+    assert "control arm: impl control: attention eager instead of sdpa" in text
+    assert "95% interval" in text and "precision-suspect" in text
+    assert text.count("Against the control arm") == 10
+    assert text.count('class="series series-test"') == 10 and text.count('class="series series-control"') == 10
+    plain = write_report(_compare(golden, mine, tmp_path / "p", use_control=False)).read_text(encoding="utf-8")
+    assert "Against the control arm" not in plain and "no measured floor" in plain

@@ -25,7 +25,7 @@ from typing import Any
 from logitsdump.compare import verdicts
 from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
-from logitsdump.report import numbers, page_assets, statistics
+from logitsdump.report import control, numbers, page_assets, statistics
 from logitsdump.report.load import CompareResult, load_compare, load_compares, load_topk
 from logitsdump.report.svg import line_plot
 
@@ -88,6 +88,7 @@ def render_report(result: CompareResult, *, topk: int | None = None) -> str:
         "<body>",
         _header(result),
         _overview(result),
+        control.run_block(result.document.reference),  # the noise reference (control arm) of the run
         statistics.run_section(result),
         _case_table(result),
         '<section id="cases" class="cases">',
@@ -357,6 +358,7 @@ def _case_section(result: CompareResult, case: CaseRecord, number: int, k: int) 
         parts.append(f'<pre class="query">{escape(query)}</pre>')
     parts.append(_alignment(result, case))
     parts.append(_plots(case, result, focus.token_id if focus else None))
+    parts.append(control.case_block(case))  # '' unless judged against the control arm
     parts.append(statistics.case_block(case, result))
     if case.replayed:
         parts.append(_changes_table(result, case))
