@@ -20,6 +20,7 @@ def test_demo_command_runs_the_whole_flow(tmp_path):
     report = workdir / "report.html"
     assert report.is_file() and "<svg" in report.read_text(encoding="utf-8")
     assert "(replaying golden)" in done.stdout
+    assert "its control arm:" in done.stdout and "judged against the control arm" in done.stdout
     assert list((workdir / "dump" / "test").rglob("manifest.jsonl"))
     again = run_cli("demo", "--workdir", str(workdir))
     assert again.returncode == 1 and "not an empty folder" in again.stderr

@@ -169,7 +169,9 @@ def open_control(path: Path, found: str, golden_dir: Path, golden: Mapping[str, 
             raise DataError(f"{flag}: {label} has another prompt than golden's (other input tokens): a control "
                             "must be dumped from the same task YAML and dataset")
         replay = record.extra.get("replay") if isinstance(record.extra, Mapping) else None
-        forced = tuple(record.output_token_ids)
+        # the tokens fed: those before the last step (a step's logits follow the tokens before it; the last
+        # one chose a token nothing was fed with, which a 1-step replay records as its own)
+        forced = tuple(record.output_token_ids[: max(0, len(record.files) - 1)])
         if isinstance(replay, Mapping) and forced != tuple(reference.output_token_ids[: len(forced)]):
             raise DataError(f"{flag}: {label} replayed other tokens than golden's (it replayed "
                             f"{replay.get('golden_dir') or 'another dump'}): make the control from this golden dump")
