@@ -1,19 +1,21 @@
 """Does the control arm give the right verdict by default on a real model? Every condition of issue 26, side by side.
 
-    nice -n 10 timeout 5400 python bench/control_arm.py [--tasks TASK,TASK:SUBJECT+SUBJECT]
-                                                     [--tokens 16] [--workdir DIR] [--no-tiny]
+    nice -n 10 timeout 5400 python bench/control_arm.py [--tasks TASK,TASK:SUBJECT+SUBJECT] [--free-tasks ...]
+                                                     [--tokens 16] [--replay-mode prefill] [--workdir DIR] [--no-tiny]
 
 SmolLM2-135M-Instruct (`logitsdump.demo.smollm2`), the README's workflow plus the control and nothing else (no
 calibrate, no held-out cases): every case of each task is a bad case (a weak small model rarely flips
 pass/fail), dumped with `logitsdump dump -e "logitsdump eval ..." -bcr <every key> -tr N`:
   golden fp32, `dump --control impl`   its control: bf16 through the other attention implementation (eager);
-  golden bf16, `dump --control dtype`  its control: fp32;
+  golden bf16 (on the fp32 golden's text, `dump --replay`: a second bf16 free run costs ~30 s a case on this CPU),
+      then `dump --control dtype --replay` it: its control, fp32;
 and judged by plain `logitsdump compare -gp GOLDEN -mp TEST` (the control found through the golden manifest):
   A. pure bf16 noise:        golden fp32, test bf16 (sdpa) replayed, implementation control;
   B. healthy implementation: golden bf16 (sdpa), test bf16 eager replayed, dtype control fp32;
   planted defects:          golden fp32, test bf16 with the defect replayed, implementation control;
   no reference:             A again with `--no-control` and no floor (the dtype's default alone);
-  free runs:                golden fp32, test bf16 free-running (no replay), healthy and with two defects.
+  free runs:                golden fp32, test bf16 free-running (no replay), healthy and with a defect
+                            (on --free-tasks only: bf16 free generation is the slow part on a CPU).
 and, unless --no-tiny, `logitsdump demo --no-replay` on the embedded tiny model (its free runs of pure bf16 noise).
 
 The constants of `compare/control.py` were derived on gsm8k and MMLU astronomy + college_biology (docs/compare.md,
@@ -40,6 +42,7 @@ from logitsdump.demo.defects import Defect, write_defective_model, write_model_y
 
 #: The evaluation tasks (task or task:subject+subject): none of them was used to derive the constants.
 TASKS = "mmlu_zero_shot:high_school_mathematics,boolq,humaneval,gpqa"
+FREE_TASKS = "mmlu_zero_shot:high_school_mathematics,humaneval"
 PASS = ("identical", "consistent", "noise", "tie-flip")
 FLAGGED = ("precision-suspect", "divergent")
 #: name -> (defect, used by bench/planted_bug.py too). The last ones are at layers and modules that bench does not use.
@@ -172,7 +175,10 @@ def _dump(model_yaml: Path, task_yaml: Path, keys: Path, out: Path, tokens: int,
     if status != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         raise SystemExit(f"dump failed (status {status}), see {log}: {' | '.join(tail)}")
-    folders = [p.parent for p in out.rglob("manifest.jsonl") if p.parent.name == "logits"]
+    if replay is not None and control is not None:  # the control of an existing golden dump, beside it
+        folders = [replay.parent / "control"]
+    else:
+        folders = [p.parent for p in out.rglob("manifest.jsonl") if p.parent.name == "logits"]
     if len(folders) != 1:
         raise SystemExit(f"expected one logits folder under {out}, found {folders}")
     done.write_text(f"{folders[0]}\n", encoding="utf-8")
@@ -233,7 +239,8 @@ def smollm2(args: argparse.Namespace) -> list[Row]:
                          work / "logs" / f"{_slug(name)}_{task}.log", replay_mode=args.replay_mode, **kw)
 
         g32 = dump("golden fp32", fp32, control="impl")
-        g16 = dump("golden bf16", bf16, control="dtype")
+        g16 = dump("golden bf16 replayed", bf16, replay=g32)  # B's golden: bf16 on the fp32 golden's text
+        dump("golden bf16 dtype control", fp32, replay=g16, control="dtype")  # the control of that golden dump
         _say(f"  {spec}: {n} cases; golden fp32 + impl control, golden bf16 + dtype control "
              f"({time.monotonic() - t0:.0f} s)")
         cmp = work / "compare"
@@ -244,6 +251,9 @@ def smollm2(args: argparse.Namespace) -> list[Row]:
         rows["B. bf16 sdpa vs eager, dtype control"].add(_compare(g16, b, cmp / "b" / task))
         for name, yaml in defects.items():
             rows[name].add(_compare(g32, dump(name, yaml, replay=g32), cmp / _slug(name) / task))
+        if spec not in args.free_tasks.split(","):
+            _say(f"  {spec}: done ({time.monotonic() - t0:.0f} s)")
+            continue
         free = _compare(g32, dump("test bf16 free", bf16), cmp / "free" / task)
         rows["free: bf16 noise"].add(free)
         healthy = {(c.subject, c.key): c for c in free.cases}
@@ -293,6 +303,8 @@ def main() -> None:
     parser.add_argument("--replay-mode", choices=("step", "prefill"), default="prefill",
                         help="how the test sides and the controls replay golden's tokens (dump --replay-mode; "
                         "prefill: one forward pass, several times faster in bf16 on a CPU)")
+    parser.add_argument("--free-tasks", default=FREE_TASKS, help=f"the tasks also dumped free-running (default "
+                        f"{FREE_TASKS})")
     parser.add_argument("--workdir", default=None, help="keep (and reuse) every dump here")
     parser.add_argument("--no-tiny", action="store_true", help="skip the tiny model's demo --no-replay")
     args = parser.parse_args()
