@@ -240,7 +240,7 @@ def smollm2(args: argparse.Namespace) -> list[Row]:
 
         g32 = dump("golden fp32", fp32, control="impl")
         g16 = dump("golden bf16 replayed", bf16, replay=g32)  # B's golden: bf16 on the fp32 golden's text
-        dump("golden bf16 dtype control", fp32, replay=g16, control="dtype")  # the control of that golden dump
+        dump("golden bf16 dtype control", bf16, replay=g16, control="dtype")  # its control: fp32 (golden's YAML)
         _say(f"  {spec}: {n} cases; golden fp32 + impl control, golden bf16 + dtype control "
              f"({time.monotonic() - t0:.0f} s)")
         cmp = work / "compare"

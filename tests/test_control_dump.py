@@ -56,6 +56,10 @@ def test_dump_control_writes_the_control_beside_golden_and_compare_uses_it(tmp_p
     assert again.returncode == 0, again.stderr
     assert f"control folder: {control} (3 cases, 18 files)" in again.stdout
     assert "dumped 0 of" not in again.stdout
+    if kind == "dtype":  # the control is derived from the golden side's YAML: another one is refused
+        wrong = run_cli("dump", "-bcr", str(bad), "-tr", "6", "--control", kind, "--replay", str(golden), "-e",
+                        _runner("bf16", tmp_path / "g"))
+        assert wrong.returncode != 0 and "give the golden side's model YAML" in wrong.stdout + wrong.stderr
 
 
 def test_control_flags_usage_errors(tmp_path):

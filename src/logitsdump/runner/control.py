@@ -58,6 +58,17 @@ class ControlSpec:
         return {**dataclasses.asdict(self), "description": self.description}
 
 
+def check_golden_side(golden_dir: str | None, golden: ModelConfig) -> None:
+    """ConfigError when the runner's model YAML is not the golden dump's (its dtype differs from the one the
+    golden manifest records): the control is derived from the golden side's YAML."""
+    from logitsdump.store import read_manifest
+
+    dumped = next((r.dtype for r in read_manifest(golden_dir) if r.dtype), None) if golden_dir else None
+    if dumped is not None and dumped != golden.data_type:
+        raise ConfigError(f"--control: the runner's model YAML is {golden.data_type} but the golden dump {golden_dir} "
+                          f"is {dumped}: give the golden side's model YAML, the control is derived from it")
+
+
 def resolve_control(kind: str, golden: ModelConfig, dtype: str | None = None) -> ControlSpec:
     """The control of `kind` for the golden model YAML `golden` (`dtype`: the control's data type, None:
     the rule of the module docstring). Raises ConfigError for a control that would change nothing."""

@@ -140,8 +140,9 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")
     control = None
     if request is not None and request.control is not None:
-        from logitsdump.runner.control import resolve_control
+        from logitsdump.runner.control import check_golden_side, resolve_control
 
+        check_golden_side(request.replay_dir, model_config)
         control = resolve_control(request.control, model_config, request.control_dtype)
         model_config = control.apply(model_config)
         log.info("dump: the %s, replaying %s", control.description, request.replay_dir)
