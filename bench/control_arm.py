@@ -54,9 +54,12 @@ DEFECTS: dict[str, tuple[Defect, bool]] = {
     "gate_proj of layer 27 x 1.05": (Defect("scale-weight", layer=27, module="mlp.gate_proj", factor=1.05), False),
     "final RMSNorm x 1.02": (Defect("scale-final-norm", factor=1.02), False),
     "layer 20 weights at 3 mantissa bits": (Defect("round-weights", layer=20, bits=3), False),
+    "up_proj of layer 2 x 1.2": (Defect("scale-weight", layer=2, module="mlp.up_proj", factor=1.2), False),
+    "v_proj of layer 3 x 1.3": (Defect("scale-weight", layer=3, module="self_attn.v_proj", factor=1.3), False),
+    "drop head 3 of layer 5": (Defect("zero-head", layer=5, head=3), False),
 }
 #: The defects also dumped free-running (no replay).
-FREE_DEFECTS = ("v_proj of layer 3 x 1.1",)
+FREE_DEFECTS = ("v_proj of layer 3 x 1.1", "up_proj of layer 2 x 1.2")
 
 
 @dataclass

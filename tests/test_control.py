@@ -205,7 +205,8 @@ def test_partial_coverage_judges_what_the_control_covers_and_names_the_rest(tmp_
     assert {by_ref[k] for k in (6, 7, 8, 9)} == {"default"}
     ref = summary.reference
     assert ref.run.cases == 6 and len(ref.uncovered) == 4
-    assert "4 case(s) not in the control judged by the default: bf16" in ref.description
+    assert "4 case(s) not in the control judged by the default: bf16 (task #6, task #7, task #8, task #9)" in \
+        ref.description
 
 
 # ---- a control that does not fit: one line each ----------------------------------------------------------

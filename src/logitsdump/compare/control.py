@@ -666,7 +666,8 @@ def control_reference(arm: ControlArm, dtypes: Mapping[str, str | None], cases: 
     description = (f"control arm: {arm.description} ({arm.path}, {'replayed' if arm.replayed else 'free-running'}, "
                    f"{arm.found}); " + describe_run(run, factor))
     if uncovered:
-        description += f"; {len(uncovered)} case(s) not in the control judged by the {floor_label}"
+        named = ", ".join(uncovered[:5]) + (" ..." if len(uncovered) > 5 else "")
+        description += f"; {len(uncovered)} case(s) not in the control judged by the {floor_label} ({named})"
     return Reference("control", description, arm, factor, rule,
                      {"golden": dtypes.get("golden"), "test": dtypes.get("test"), "control": arm.dtype}, run,
                      uncovered)
