@@ -65,7 +65,8 @@ def _save(folder: Path, subject: str, key: int, steps: list[np.ndarray]) -> None
 
 def build(root: Path, *, cases: int = 10, test_noise: float = 0.02, control_noise: float = 0.02,
           control_cases: int | None = None, control_steps: int = STEPS, replayed_test: bool = True,
-          test_steps: list[list[np.ndarray]] | None = None, seed: int = 0) -> tuple[Path, Path, Path]:
+          test_steps: list[list[np.ndarray]] | None = None, seed: int = 0, control_replayed: bool = True,
+          control_tokens: list[int] | None = None) -> tuple[Path, Path, Path]:
     """golden/, control/ beside it (named in golden's manifest) and mine/: `cases` cases of STEPS steps."""
     golden, control, mine = root / "run" / "logits", root / "run" / "control", root / "mine"
     rng = np.random.default_rng(seed)
@@ -82,9 +83,10 @@ def build(root: Path, *, cases: int = 10, test_noise: float = 0.02, control_nois
         if control_cases is None or key < control_cases:
             c = [x + rng.standard_normal(V) * control_noise for x in g][:control_steps]
             _save(control, "task", key, c)
+            replay = {"golden_dir": str(golden.resolve()), "mode": "step", "own_tokens": tokens[: len(c)]}
             append_manifest(control, _record(
-                "task", key, c, dtype="bf16", tokens=tokens[: len(c)],
-                replay={"golden_dir": str(golden.resolve()), "mode": "step", "own_tokens": tokens[: len(c)]},
+                "task", key, c, dtype="bf16", tokens=control_tokens or tokens[: len(c)],
+                replay=replay if control_replayed else None,
                 control={"kind": "impl", "description": "impl control: attention eager instead of sdpa"}))
     covered = {(r.subject, r.index) for r in read_manifest(control)} if control.is_dir() else set()
     name_control(golden, control, "impl", covered)
@@ -171,6 +173,26 @@ def test_a_free_run_is_judged_against_the_control_up_to_its_first_change(tmp_pat
     assert all(c.reference == "control" for c in summary.cases)
     golden2, _c, mine2 = build(tmp_path / "bug", replayed_test=False, test_noise=0.08)
     assert {c.verdict for c in _compare(golden2, mine2, tmp_path / "o2").cases} == {"divergent"}
+
+
+def test_a_free_running_control_as_modeltest_makes_it(tmp_path: Path) -> None:
+    golden, _control, mine = build(tmp_path, replayed_test=False, control_replayed=False)
+    summary = _compare(golden, mine, tmp_path / "o", control_path=tmp_path / "run" / "control")
+    assert not summary.reference.control.replayed and "free-running" in summary.reference.description
+    assert {c.verdict for c in summary.cases} <= {"consistent", "tie-flip"}
+    assert all(c.reference == "control" for c in summary.cases)
+
+
+def test_a_one_step_control_may_record_its_own_last_token(tmp_path: Path) -> None:
+    """A 1-token replay feeds nothing: the token it records is its own choice, not golden's (boolq)."""
+    golden, control, mine = build(tmp_path, cases=2, control_steps=1)
+    _edit_control(control, output_token_ids=(V - 1,))
+    for path in mine.glob("logits_task_*_[1-7].pth"):  # the test side dumped one token too
+        path.unlink()
+    rewrite_manifest(mine, [replace(r, files=r.files[:1], output_token_ids=r.output_token_ids[:1])
+                            for r in read_manifest(mine)])
+    summary = _compare(golden, mine, tmp_path / "o")
+    assert summary.reference.control is not None and all(c.paired.steps == 1 for c in summary.cases)
 
 
 # ---- finding the control ------------------------------------------------------------------------------------
