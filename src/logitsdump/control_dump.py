@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = get_logger("dump")
 
+
 def check_control(kind: str | None, command: Command) -> None:
     """Refuse a `--control` that cannot be made, before anything runs."""
     if kind is None:

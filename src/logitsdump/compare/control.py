@@ -49,7 +49,13 @@ from logitsdump.dtypes import DATA_TYPES, DTYPE_EPS
 from logitsdump.errors import DataError, UserError
 from logitsdump.logs import get_logger
 from logitsdump.runner.outputs import control_dir_of
-from logitsdump.store import CONTROL_EXTRA, CaseManifest, parse_logits_file_name, read_manifest
+from logitsdump.store import (
+    CONTROL_EXTRA,
+    CaseManifest,
+    parse_logits_file_name,
+    parse_logits_subject,
+    read_manifest,
+)
 from logitsdump.tensorio import TENSOR_SUFFIXES
 
 _log = get_logger("compare")
@@ -201,8 +207,6 @@ def _tensor_names(folder: Path) -> list[str]:
 
 
 def _case_of(name: str) -> CaseKey | None:
-    from logitsdump.store import parse_logits_subject
-
     try:
         key, _token = parse_logits_file_name(name)
     except UserError:  # an odd name belongs to no case (pairing reports it)

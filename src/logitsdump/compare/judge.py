@@ -133,8 +133,6 @@ def ordered_steps(steps: Iterable[Step]) -> tuple[Step, ...]:
     return tuple(sorted(steps, key=lambda s: (s.token_id or 0, s.file_name)))
 
 
-
-
 def judge_case(subject: str, key: int | str, steps: Iterable[Step], tolerances: float | Tolerances) -> CaseRecord:
     """Judge one free-run case from its steps (any order; sorted by token here)."""
     tie_tolerance = tolerances.tie if isinstance(tolerances, Tolerances) else float(tolerances)
