@@ -4,8 +4,8 @@
     python bench/planted_bug.py --model smollm2 [--cases 40] [--tokens 16]    # a real model
 
 --model tiny (default): golden is the embedded tiny model in fp32; each device under test is in bf16
-and goes through the whole demo flow (eval, bcanalyze, dump with the test side replaying the golden
-tokens, compare with the tiny model's measured floor):
+and goes through the whole demo flow (eval, bcanalyze, dump with the golden side's control arm
+`--control impl` and the test side replaying the golden tokens, compare against the control):
   noise             the same model (pure dtype noise): its bad cases should be consistent or noise;
   zero-head         head 0 of layer 0 zeroed (a kernel that drops a head): should be precision-suspect;
   scale-layer-1.25  layer 1's attention and MLP outputs scaled by 1.25 (a wrong scale): likewise;
@@ -20,6 +20,8 @@ case of each task is dumped and judged (a bad-case list of every key), not only 
      judged) of the healthy model, fp32 golden against bf16 replayed (`dump --replay`);
   3. every condition in bf16, replayed on golden's tokens, judged by `compare --tolerances <floor>`
      (and, for the last column, without a floor: the conservative default of bf16).
+  The calibrated floor is kept here for comparison; the control arm on SmolLM2 (the README's workflow) is
+  measured by bench/control_arm.py.
 Conditions: pure bf16 noise and planted defects of realistic size (a dropped attention head, a wrong
 RMSNorm epsilon, a scaled o_proj, an fp16 overflow in one layer's RMSNorm, a wrong RoPE base).
 A defect is "above the floor" when its mean KL is above the floor's case mean KL tolerance; below it,

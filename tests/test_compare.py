@@ -147,14 +147,17 @@ def test_verdicts(tmp_path: Path) -> None:
     assert "unreadable" in verdicts[7].reason
     assert dict(summary.verdicts) == {
         "identical": 1, "consistent": 1, "noise": 0, "tie-flip": 2, "divergent": 2, "precision-suspect": 0,
-        "incomplete": 2, "setup-differs": 0,
+        "incomplete": 2, "setup-differs": 0, "unreferenced": 0,
     }
     # a tighter tolerance turns the tie into a divergence
     assert {c.key: c.verdict for c in _run(tmp_path, tie_tolerance=0.01).cases}[3] == "divergent"
-    # so does the default, the floor's margin: fp16's conservative 0.00707 logits (no manifests: -d fp16)
+    # the default (fp16's conservative 0.00707 logits, no manifests: -d fp16) would call it divergent, but with
+    # no reference for this model's noise a change below the gross bound is unreferenced; a gross one is not
     default = _run(tmp_path)
     assert default.floor.tolerances.tie == pytest.approx(0.00707)
-    assert {c.key: c.verdict for c in default.cases}[3] == "divergent"
+    by_key = {c.key: c for c in default.cases}
+    assert by_key[3].verdict == "unreferenced" and "dump a control" in by_key[3].reason
+    assert by_key[4].verdict == "divergent" and "beyond any healthy pair" in by_key[4].reason
 
 
 def test_case_outputs(tmp_path: Path) -> None:

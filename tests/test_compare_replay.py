@@ -20,7 +20,7 @@ import torch
 from logitsdump.cli import main
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.calibrate import calibrate, format_calibration, load_tolerances
-from logitsdump.compare.floor import default_tolerances, least_precise
+from logitsdump.compare.floor import default_tolerances, gross_bound, least_precise
 from logitsdump.compare.judge import Tolerances
 from logitsdump.compare.kernels import rank_of
 from logitsdump.compare.metrics import Thresholds, pair_metrics
@@ -440,7 +440,9 @@ def test_without_a_floor_a_small_real_bug_is_not_called_noise(tmp_path: Path) ->
     default = {c.key: c for c in run_compare(CompareOptions(tmp_path / "golden", tmp_path / "mine",
                                                             tmp_path / "d"), now=NOW).cases}
     assert 0.01 < default[1].worst_kl < 0.13  # the premise: the old tiny-model default (0.13) called it noise
-    assert default[1].verdict == "precision-suspect" and "drift apart" in default[1].reason
+    # above the dtype's default but below the gross bound: without a reference neither noise nor accused
+    assert default[1].verdict == "unreferenced" and "drift apart" in default[1].reason
+    assert "dump a control" in default[1].reason and not default[1]
     assert default[2].verdict == "consistent"
     old = {c.key: c.verdict for c in _run(tmp_path).cases}
     assert old == {1: "consistent", 2: "consistent"}  # what the old constants said
@@ -449,6 +451,19 @@ def test_without_a_floor_a_small_real_bug_is_not_called_noise(tmp_path: Path) ->
     assert floor["source"] == "default" and floor["dtype"] == "bf16"  # the test manifests' dtype
     assert "logitsdump calibrate" in floor["description"] and floor["tolerances"]["noise_kl"] == 8e-4
     assert document["options"]["noise_kl"] == 8e-4 and document["options"]["noise_margin"] == 0.0566
+
+
+def test_without_a_floor_a_gross_bug_is_still_accused(tmp_path: Path) -> None:
+    _drift_case(tmp_path, 1, 0.05)  # every step's distribution nearly flat: beyond any healthy pair
+    (case,) = run_compare(CompareOptions(tmp_path / "golden", tmp_path / "mine", tmp_path / "d"), now=NOW).cases
+    assert case.worst_kl > gross_bound("bf16").kl
+    assert case.verdict == "precision-suspect" and "beyond any healthy pair" in case.reason
+
+
+def test_the_gross_bound_scales_with_the_dtype() -> None:
+    bf16, fp16 = gross_bound("bf16"), gross_bound("fp16")
+    assert (bf16.kl, bf16.margin) == (0.8, 1.6)  # 2 x the noisiest healthy pair measured (floor.py)
+    assert fp16.kl == pytest.approx(0.8 / 64, rel=1e-2) and fp16.margin == pytest.approx(1.6 / 8, rel=1e-2)
 
 
 def test_the_case_mean_kl_rule_scales_with_the_number_of_steps() -> None:

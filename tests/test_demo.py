@@ -22,9 +22,11 @@ def test_demo_command_runs_the_whole_flow(tmp_path):
     report = workdir / "report.html"
     assert report.is_file() and "<svg" in report.read_text(encoding="utf-8")
     assert "(replaying golden)" in done.stdout
+    assert "its control arm:" in done.stdout and "judged against the control arm" in done.stdout
     assert list((workdir / "dump" / "test").rglob("manifest.jsonl"))
     # step 3: each task's two lines together, in the demo's task order (the dumps run two at a time)
-    step3 = done.stdout[done.stdout.index("[3/5]"):done.stdout.index("[4/5]")].splitlines()[1:-2]
+    step3 = [line for line in done.stdout[done.stdout.index("[3/5]"):done.stdout.index("[4/5]")].splitlines()[1:-2]
+             if "its control arm" not in line]
     assert [line.split()[0] for line in step3] == [task for task in DEMO_TASKS for _ in range(2)]
     assert [line.split()[1].rstrip(":") for line in step3] == ["golden", "test"] * len(DEMO_TASKS)
     # the commands it ran, as a script: every stage's command; its compare and report lines run as written

@@ -1,8 +1,8 @@
 """The package's modules import each other without circles (issue 30: a newcomer reads them in order).
 
-Every `import logitsdump...` counts, also those inside functions or under TYPE_CHECKING: a circle hidden
-in a function is still one a reader has to untangle. A package's `__init__` re-exporting its modules is
-not counted as a module of its own.
+Every `import logitsdump...` counts, also those inside functions: a circle hidden in a function is still one
+a reader has to untangle. Imports under `if TYPE_CHECKING:` (names for type hints only, never run) and a
+package's `__init__` re-exporting its modules are not counted.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, file in modules.items():
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        hints = {id(n) for block in ast.walk(tree) if _type_checking(block) for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in hints:
+                continue
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("logitsdump"):
                 for alias in node.names:
                     whole = f"{node.module}.{alias.name}"
@@ -37,6 +41,11 @@ def import_graph() -> dict[str, set[str]]:
                 targets.update(a.name for a in node.names if a.name.startswith("logitsdump"))
         graph[name] = {t for t in targets if t in modules and t not in packages and t != name}
     return graph
+
+
+def _type_checking(node: ast.AST) -> bool:
+    """An `if TYPE_CHECKING:` block."""
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
 def find_circle(graph: dict[str, set[str]]) -> list[str] | None:

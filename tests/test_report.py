@@ -16,7 +16,7 @@ import pytest
 from logitsdump.cli import main
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.run import CompareSummary
-from logitsdump.compare.verdicts import FREE_RUN_VERDICTS
+from logitsdump.compare.verdicts import FREE_RUN_VERDICTS, VERDICTS
 from logitsdump.demo import examples
 from logitsdump.errors import DataError
 from logitsdump.logs import get_logger
@@ -111,9 +111,11 @@ def test_report_has_every_section_and_the_verdict_counts(real_run: CompareSummar
     assert len(cases) == len(real_run.cases) == 5
     # one card per verdict, with the run's counts
     cards = {a["data-verdict"]: a for a in page.find("div", class_="card")}
-    assert list(cards) == list(FREE_RUN_VERDICTS)  # a run without replayed cases: the free-run verdicts
+    # a run without replayed cases: the free-run verdicts, and `unreferenced` where a case has it (no control)
+    shown = [v for v in VERDICTS if v in FREE_RUN_VERDICTS or (v == "unreferenced" and real_run.verdicts[v])]
+    assert list(cards) == shown
     assert real_run.verdicts["noise"] == real_run.verdicts["precision-suspect"] == 0
-    for verdict in FREE_RUN_VERDICTS:
+    for verdict in shown:
         count = real_run.verdicts[verdict]
         assert re.search(rf'data-verdict="{verdict}"><div class="count">{count}</div>', text)
         assert re.search(rf'data-verdict="{re.escape(verdict)}" aria-pressed="true">{verdict} <b>{count}</b>', text)
@@ -311,13 +313,14 @@ class _Tty(io.StringIO):
 def test_terminal_summary_counts_tasks_and_worst_cases(real_run: CompareSummary) -> None:
     text = format_summary(real_run)
     assert not ANSI.search(text)
-    verdicts = ", ".join(f"{verdict} {real_run.verdicts[verdict]}" for verdict in FREE_RUN_VERDICTS)
+    shown = [v for v in VERDICTS if v in FREE_RUN_VERDICTS or (v == "unreferenced" and real_run.verdicts[v])]
+    verdicts = ", ".join(f"{verdict} {real_run.verdicts[verdict]}" for verdict in shown)
     assert f"cases: 5 ({verdicts})" in text
     assert (f"token pairs: {real_run.rows} (against msit's per-token thresholds: passed {real_run.passed}, "
             f"failed {real_run.failed}, NA {real_run.na})") in text
     assert re.search(r"^  mmlu_zero_shot +5 ", text, flags=re.M)
     assert "worst cases" in text
-    bad = [c for c in real_run.cases if c.verdict in ("divergent", "tie-flip", "incomplete")]
+    bad = [c for c in real_run.cases if c.verdict in ("divergent", "tie-flip", "incomplete", "unreferenced")]
     assert len(re.findall(r"^  \S+ #\d+ ", text, flags=re.M)) == min(5, len(bad))
     assert "tie tolerance 0.0566" in text  # the floor's margin: the bf16 dumps' conservative default
     assert "\nfloor: no measured floor: the conservative default for bf16" in text  # free runs name it too

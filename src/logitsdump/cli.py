@@ -22,7 +22,7 @@ from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import EXIT_FAILURE, UsageError, UserError
 from logitsdump.logs import get_logger, setup_logging
 from logitsdump.procguard import Terminated, terminate_like_interrupt
-from logitsdump.protocol import REPLAY_MODES
+from logitsdump.protocol import CONTROL_KINDS, REPLAY_MODES
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -191,9 +191,22 @@ def _add_dump_parser(subparsers) -> None:
         "--replay-mode",
         choices=REPLAY_MODES,
         default="step",
-        help="our addition: step = forced decoding through the KV-cache decode path (default); "
+        help="our addition, how --replay (and a --control arm) feed the golden tokens: step = forced decoding "
+        "through the KV-cache decode path (default); "
         "prefill = score the whole golden continuation in one forward pass",
     )
+    parser.add_argument(
+        "--control",
+        choices=CONTROL_KINDS,
+        default=None,
+        help="our addition, on the golden side: then replay the same cases on the golden tokens in a second "
+        "healthy configuration (dtype: the other dtype, fp32 <-> bf16; impl: the other attention "
+        "implementation, in the dtype under test), written to control/ beside the golden dump; compare judges "
+        "the test against it. With --replay GOLDEN_DIR: only the control of that dump (our runner only)",
+    )
+    parser.add_argument("--control-dtype", choices=DATA_TYPES, default=None,
+                        help="our addition: the control's dtype (default: dtype control fp32 <-> bf16; impl "
+                        "control golden's, bf16 for an fp32 golden)")
     lm_eval = parser.add_argument_group("our addition: replaying an lm-eval run (instead of -e)")
     lm_eval.add_argument("--from-samples", metavar="SAMPLES_JSONL", default=None,
                          help="lm-eval's samples_<task>_*.jsonl (--log_samples): replay the logged prompts of the "
@@ -218,8 +231,12 @@ def _run_dump(args: argparse.Namespace) -> int:
     for flag, value in paths.items():  # a name too long names its flag, before any work
         if value:
             check_path_fits(value, flag)
+    if args.control_dtype is not None and args.control is None:
+        raise UsageError("--control-dtype goes with --control")
     args.bad_case_result = _bad_case_csv(args.bad_case_result)
     if args.from_samples is not None:
+        if args.control is not None:
+            raise UsageError("--control needs the runner command (-e \"logitsdump eval ...\"), not --from-samples")
         return _run_samples_dump(args)
     if args.exec_command is None:
         raise UsageError("give the runner command with -e, or an lm-eval samples file with --from-samples")
@@ -238,6 +255,8 @@ def _run_dump(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         replay=args.replay,
         replay_mode=args.replay_mode,
+        control=args.control,
+        control_dtype=args.control_dtype,
     )
     result = run_dump(options)
     _print_lines(result.summary_lines())
@@ -324,7 +343,15 @@ def _add_compare_parser(subparsers) -> None:
                         "manifests; fp16, as msit, for folders without one)")
     checks.add_argument("--topk", type=positive_int, default=10,
                         help="our addition: k of the top-k overlap, at most the vocabulary (default 10)")
-    verdict = parser.add_argument_group("our additions: the tolerances of the per-case verdict")
+    reference = parser.add_argument_group("our additions: the noise reference of the per-case verdict")
+    reference.add_argument("--control", metavar="DIR", default=None,
+                           help="the control arm: the same cases dumped on the golden side in a second healthy "
+                           "configuration (dump --control); each step of the test is judged against it. Default: "
+                           "the one the golden manifest names, else control/ beside -gp (docs/compare.md)")
+    reference.add_argument("--no-control", action="store_true",
+                           help="judge without a control arm even where one is found")
+    verdict = parser.add_argument_group("our additions: the tolerances of the per-case verdict (without a "
+                                        "control arm, or for cases it lacks)")
     verdict.add_argument("--tie-tolerance", type=_number_at_least(0.0), default=None,
                         help="a first argmax change is a tie-flip when golden's top-1 logit leads the "
                         "test's choice by at most this (logits; default: the noise floor's, see --tolerances)")
@@ -422,6 +449,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         topk=args.topk,
         tolerances_file=args.tolerances,
+        control_path=args.control,
+        use_control=not args.no_control,
         **tolerances,
     )
     if args.calibrate:
@@ -462,6 +491,9 @@ def _add_demo_parser(subparsers) -> None:
         action="store_true",
         help="dump both devices free-running (msit's way) instead of replaying the golden tokens on the test side",
     )
+    parser.add_argument("--control", choices=(*CONTROL_KINDS, "none"), default="impl",
+                        help="the golden side's control arm, compare's noise reference (default impl: bf16 through "
+                        "the other attention implementation; none: judge against the dtype's default alone)")
     add_log_level(parser)
     parser.set_defaults(handler=_run_demo)
 
@@ -469,7 +501,8 @@ def _add_demo_parser(subparsers) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from logitsdump.demo.run import DemoOptions, run_demo
 
-    run_demo(DemoOptions(workdir=args.workdir, replay=not args.no_replay))
+    control = None if args.control == "none" else args.control
+    run_demo(DemoOptions(workdir=args.workdir, replay=not args.no_replay, control=control))
     return 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from logitsdump.badcase import read_bad_case_request
+from logitsdump.control_dump import check_control, ours, run_control
 from logitsdump.errors import DataError, LaunchError, UsageError
 from logitsdump.fsutil import ensure_writable_dir
 from logitsdump.launch import Interrupted, flag_value, launch, validate_command
@@ -58,6 +59,10 @@ class DumpOptions:
     #: our extension: the golden dump's logits folder whose tokens are fed (teacher forcing)
     replay: str | None = None
     replay_mode: str = "step"
+    #: our extension: also dump the control arm of the golden dump (`control_dump.py`): `dtype` or `impl`;
+    #: with `replay`, only the control of that existing golden dump
+    control: str | None = None
+    control_dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class DumpResult:
     folders: tuple[DumpFolder, ...]
     #: lm-eval replays: the bad docs the `requested` cases come from (a multiple-choice doc is one case per choice)
     docs: int | None = None
+    #: `--control`: the control arm's folder (beside the golden dump)
+    control: DumpFolder | None = None
 
     @property
     def cases(self) -> int:
@@ -91,7 +98,12 @@ class DumpResult:
     def summary_lines(self) -> list[str]:
         """The lines printed on stdout after the run."""
         lines = [f"logits folder: {f.path} ({f.cases} cases, {f.files} files)" for f in self.folders]
-        if self.docs is None:
+        if self.control is not None:
+            lines.append(f"control folder: {self.control.path} ({self.control.cases} cases, {self.control.files} "
+                         "files)")
+        if self.control is not None and not self.folders:  # `--control --replay`: the control alone
+            lines.append(f"dumped the control of {self.control.cases} of {self.requested} bad cases")
+        elif self.docs is None:
             lines.append(f"dumped {self.cases} of {self.requested} bad cases, {self.files} logits files")
         else:
             lines.append(f"dumped {self.cases} of {self.requested} cases of {self.docs} bad docs (one case per "
@@ -125,6 +137,7 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
         raise UsageError("--resume keeps the logits folder's complete cases, --overwrite replaces them: give one")
     env = dict(os.environ if base_env is None else base_env)
     command = validate_command(options.exec_command, path=env.get("PATH", os.defpath))
+    check_control(options.control, command)
     request = read_bad_case_request(
         options.bad_case_csv,
         options.token_range,
@@ -140,6 +153,8 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
     requested = request.case_count
     root = Path(os.path.abspath(output_dir_of(command.argv) or os.getcwd()))
     ensure_writable_dir(root)  # a read-only or too long output folder fails here, before anything runs
+    if options.control is not None and options.replay is not None:  # the control of an existing golden dump
+        return _control_only(options, command, request, env)
     log.info(
         "dumping %d bad case(s), %d token(s) each, with: %s",
         requested,
@@ -156,13 +171,35 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
                               "and continue with dump --resume (same flags)") from None
         raise
     folders = tuple(written_folders(root, before, request.dump_id))
-    result = DumpResult(requested, folders)
+    control = None
+    if options.control is not None:
+        golden = ours(folders, request)
+        if len(golden) != 1:
+            raise DataError(f"--control: {len(golden)} logits folders under {data_root(root)} were written by this "
+                            "dump and hold its cases, expected one: give each dump its own --output_dir")
+        control = _folder(run_control(command, request, golden[0].path, options.control, options.control_dtype,
+                                      env, options.replay_mode))
+    result = DumpResult(requested, folders, control=control)
     if not folders:
         log.warning("no logits folder was written under %s (looked for data/.../logits/)", data_root(root))
     else:
         for line in result.shortfall_lines():
             log.warning(line)
     return result
+
+
+def _control_only(options: DumpOptions, command, request: DumpRequest, env: Mapping[str, str]) -> DumpResult:
+    """`--control` with `--replay GOLDEN`: the control arm of that golden dump only."""
+    assert options.control is not None and request.replay_dir is not None
+    folder = run_control(command, request, Path(request.replay_dir), options.control, options.control_dtype, env,
+                         options.replay_mode)
+    return DumpResult(request.case_count, (), control=_folder(folder))
+
+
+def _folder(path: Path) -> DumpFolder:
+    """A logits folder by its manifest's cases and its logits files (the control dump's)."""
+    names = [p.name for p in path.glob(f"*{LOGITS_SUFFIX}")]
+    return DumpFolder(path, len(read_manifest(path)), len(names), read_dump_summary(path))
 
 
 def _replay_dir(folder: str, command) -> str:

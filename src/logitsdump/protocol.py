@@ -43,6 +43,13 @@ REPLAY_MODES = ("step", "prefill")
 #: Our extension: the id of one `dump` run. Our runner writes it into the dump's summary, so `dump`
 #: counts only the folders this run wrote (not another dump's into the same --output_dir).
 ENV_DUMP_ID = "LOGITSDUMP_DUMP_ID"
+#: Our extension (`dump --control KIND`): the runner replays the golden dump of `LOGITSDUMP_REPLAY_DIR` in a
+#: second healthy configuration of the golden model and writes the control arm beside that dump.
+ENV_CONTROL = "LOGITSDUMP_CONTROL"
+#: `dtype`: the golden model in another data type; `impl`: through another attention implementation.
+CONTROL_KINDS = ("dtype", "impl")
+#: Our extension: the control's data type (default: `runner.control.resolve_control`'s rule).
+ENV_CONTROL_DTYPE = "LOGITSDUMP_CONTROL_DTYPE"
 
 #: The five HumanEval-X key prefixes, in the order of BAD_CASE_LIST's five lists.
 HUMANEVALX_PREFIXES = ("CPP", "Go", "Java", "JavaScript", "Python")
@@ -69,6 +76,9 @@ class DumpRequest:
     replay_mode: str = "step"
     #: The dump run asking (`ENV_DUMP_ID`); None: not told (a runner started by hand).
     dump_id: str | None = None
+    #: A control run (`CONTROL_KINDS`), None for a plain dump; it replays `replay_dir`.
+    control: str | None = None
+    control_dtype: str | None = None
 
     @property
     def per_language(self) -> bool:
@@ -99,7 +109,7 @@ def child_environment(
     """
     env = dict(base)
     for name in (ENV_BAD_CASE_LIST, ENV_BAD_CASE_LIST_FILE, ENV_RESUME, ENV_OVERWRITE, ENV_LOGITS_FP32,
-                 ENV_REPLAY_DIR, ENV_REPLAY_MODE, ENV_DUMP_ID):
+                 ENV_REPLAY_DIR, ENV_REPLAY_MODE, ENV_DUMP_ID, ENV_CONTROL, ENV_CONTROL_DTYPE):
         env.pop(name, None)
     env[ENV_DUMP_ENABLED] = "True"
     env[ENV_TOKEN_MAX_LENGTH] = str(request.token_max_length)
@@ -118,6 +128,10 @@ def child_environment(
         env[ENV_REPLAY_MODE] = request.replay_mode
     if request.dump_id is not None:
         env[ENV_DUMP_ID] = request.dump_id
+    if request.control is not None:
+        env[ENV_CONTROL] = request.control
+        if request.control_dtype is not None:
+            env[ENV_CONTROL_DTYPE] = request.control_dtype
     return env
 
 
@@ -174,7 +188,18 @@ def read_request(environ: Mapping[str, str] | None = None) -> DumpRequest | None
         replay_dir=environ.get(ENV_REPLAY_DIR) or None,
         replay_mode=_replay_mode(environ),
         dump_id=environ.get(ENV_DUMP_ID) or None,
+        control=_control(environ),
+        control_dtype=environ.get(ENV_CONTROL_DTYPE) or None,
     )
+
+
+def _control(environ: Mapping[str, str]) -> str | None:
+    kind = environ.get(ENV_CONTROL, "") or None
+    if kind is not None and kind not in CONTROL_KINDS:
+        raise ConfigError(f"{ENV_CONTROL} must be one of {', '.join(CONTROL_KINDS)}, found {kind!r}")
+    if kind is not None and not environ.get(ENV_REPLAY_DIR):
+        raise ConfigError(f"{ENV_CONTROL} needs {ENV_REPLAY_DIR}: a control arm replays the golden dump's tokens")
+    return kind
 
 
 def _replay_mode(environ: Mapping[str, str]) -> str:

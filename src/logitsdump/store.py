@@ -43,6 +43,9 @@ SUMMARY_MAX_BYTES = 64 << 10
 #: The manifest `extra` key of a case its task judges from the logits of its choices (BoolQ's yes/no,
 #: CMMLU's letters): a list of {"label", "token", "logit"}, the first generated token's raw logits.
 EXTRA_CHOICES = "choices"
+#: The key of a manifest line's `extra` about the control arm: in a golden dump, `{"dir", "kind"}` (the control
+#: folder, relative to the golden one); in a control dump, how it was made (`runner.control.ControlSpec`).
+CONTROL_EXTRA = "control"
 
 #: The HumanEval-X language tags that msit's parser recognises in a file name.
 LANGUAGE_TAGS = ("cpp", "go", "java", "js", "python")

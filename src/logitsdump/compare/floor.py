@@ -17,6 +17,10 @@ Three sources, in this order of preference:
   A floor measured with few argmax changes takes at least this margin too (the changes' own margins
   are a poor estimate from a handful). Cosine of logits is not scale-free (adding a constant to
   every logit changes it), so the default does not use it (-1).
+With the default alone there is no reference for this model's noise: a case the default's rules would
+accuse is `unreferenced` ("dump a control") unless it passes the gross bound (`gross_bound`), twice the
+noisiest healthy pair measured on any model here (the random-weight tiny model in bf16: step KL 0.39,
+golden margin at an argmax change 0.79 logits), scaled to the dtype like the default.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from logitsdump.compare.judge import Tolerances
+from logitsdump.compare.judge import GrossBound, Tolerances
 from logitsdump.dtypes import DATA_TYPES, DTYPE_EPS
 from logitsdump.errors import DataError
 from logitsdump.fsutil import TOLERANCES_MAX_BYTES, read_input_text, shorten
@@ -37,6 +41,10 @@ from logitsdump.logs import get_logger
 
 #: llama.cpp `--kl-divergence` on LLaMA-3-8B, bf16 against fp16: the 99.9th percentile of per-token KL.
 BF16_ANCHOR_KL = 8e-4
+#: The gross bound of bf16: 2 x the largest step KL (0.39) and argmax-change margin (0.79 logits) of the
+#: noisiest healthy pair measured here (the tiny random model, fp32 vs bf16, 1557 steps; its floor file).
+GROSS_BF16_KL = 0.8
+GROSS_BF16_MARGIN = 1.6
 MEASURED, FLAGS, DEFAULT = "measured", "flags", "default"
 #: The noise tolerances a floor sets (CompareOptions fields); `tie_tolerance` is the free runs' own.
 NOISE_KEYS = ("noise_margin", "noise_kl", "noise_cosine", "noise_mean_kl", "noise_mean_kl_steps")
@@ -56,6 +64,13 @@ def default_tolerances(dtype: str) -> dict[str, float | None]:
     kl = BF16_ANCHOR_KL * (DTYPE_EPS[dtype] / DTYPE_EPS["bf16"]) ** 2
     return {"noise_kl": float(f"{kl:.3g}"), "noise_margin": margin_of_kl(kl),
             "noise_cosine": -1.0, "noise_mean_kl": None, "noise_mean_kl_steps": 1.0}
+
+
+def gross_bound(dtype: str) -> GrossBound:
+    """The deviations no healthy pair of `dtype` reaches (see the module docstring), scaled from bf16's by
+    the dtype's spacing (KL as its square, a margin as itself)."""
+    scale = DTYPE_EPS[dtype] / DTYPE_EPS["bf16"]
+    return GrossBound(float(f"{GROSS_BF16_KL * scale**2:.3g}"), float(f"{GROSS_BF16_MARGIN * scale:.3g}"), dtype)
 
 
 def margin_of_kl(kl: float) -> float:
@@ -83,6 +98,12 @@ class Floor:
     measured_on: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def gross(self) -> GrossBound | None:
+        """The gross bound when this floor is the dtype's default alone (no reference for the model); None for a
+        measured floor or flags (a reference the user gave)."""
+        return gross_bound(self.dtype) if self.source == DEFAULT and self.dtype in DATA_TYPES else None
+
+    @property
     def label(self) -> str:
         """A few words for a table cell: the source, and the file or the dtype whose default was used."""
         if self.source == MEASURED:
@@ -105,8 +126,10 @@ class Floor:
         if self.source == FLAGS:
             return (f"no measured floor: noise tolerances given as flags, the rest the default for {self.dtype}: "
                     f"{values}")
-        return (f"no measured floor: the conservative default for {self.dtype} ({values}); measure this model's "
-                "floor with `logitsdump calibrate`")
+        gross = self.gross
+        bound = f"; below the gross bound (step KL {gross.kl:g}, margin {gross.margin:g}) unreferenced" if gross else ""
+        return (f"no measured floor: the conservative default for {self.dtype} ({values}{bound}); dump a control "
+                "arm (dump --control) or measure this model's floor with `logitsdump calibrate`")
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "description": self.description, "dtype": self.dtype, "path": self.path,
@@ -139,7 +162,7 @@ def resolve_floor(given: Mapping[str, float | None], *, file: str | None, measur
             _log.warning("the floor %s was measured on %s, but these dumps are %s: measure one for %s", file,
                          measured_dtype, dtype, dtype)
         return Floor(MEASURED, tolerances, measured_dtype or dtype, file, measured)
-    if chosen:
+    if chosen or tie is not None:  # a tie tolerance given is the user's reference for free runs
         return Floor(FLAGS, tolerances, dtype)
     return Floor(DEFAULT, tolerances, dtype)
 

@@ -28,7 +28,10 @@ every t, so every step is judged, against the noise tolerances (`Tolerances`):
 - `incomplete`: a file is missing or unreadable and the others show no problem.
 A verdict is truthy (passes) for identical, consistent, tie-flip and noise.
 The noise tolerances come from a floor (`floor.py`): measured by `logitsdump calibrate`, or the
-conservative default of the dumps' dtype.
+conservative default of the dumps' dtype. With the default alone (no reference for this model's
+noise) a case the rules above would accuse is `unreferenced` unless it passes the gross bound
+(`GrossBound`), which no healthy pair reaches: no reference, no accusation.
+Cases covered by a control arm are judged against it instead (`control.py`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from logitsdump.compare.verdicts import (
     NOISE,
     PRECISION_SUSPECT,
     TIE_FLIP,
+    UNREFERENCED,
 )
 
 #: Default noise tolerances of replayed cases without a measured floor: `floor.default_tolerances("bf16")`,
@@ -102,14 +106,37 @@ class ReplayedCase:
     steps: int | None = None
 
 
-def _ordered(steps: Iterable[Step]) -> tuple[Step, ...]:
+@dataclass(frozen=True)
+class GrossBound:
+    """Deviations no healthy pair of the dtype reaches (`floor.gross_bound`): a step KL above `kl`, or an argmax
+    change where golden's margin is above `margin` (logits). Used only without any reference."""
+
+    kl: float
+    margin: float
+    dtype: str
+
+    def exceeded_by(self, steps: Sequence[Step], changes: Sequence[ArgmaxChange]) -> str:
+        """Why `steps`/`changes` pass the bound ('' when they do not)."""
+        worst = max((s for s in steps if s.metrics is not None), key=lambda s: s.metrics.kl_divergence,  # type: ignore[union-attr]
+                    default=None)
+        if worst is not None and worst.metrics is not None and worst.metrics.kl_divergence > self.kl:
+            return f"token {worst.token_id}: KL {worst.metrics.kl_divergence:.3g} > the gross bound {self.kl:g}"
+        widest = max(changes, key=lambda c: c.flip_margin, default=None)
+        if widest is not None and widest.flip_margin > self.margin:
+            return (f"token {widest.token}: an argmax change of golden margin {widest.flip_margin:.4g} > the gross "
+                    f"bound {self.margin:g}")
+        return ""
+
+
+def ordered_steps(steps: Iterable[Step]) -> tuple[Step, ...]:
+    """Steps in token order (file name breaks ties)."""
     return tuple(sorted(steps, key=lambda s: (s.token_id or 0, s.file_name)))
 
 
 def judge_case(subject: str, key: int | str, steps: Iterable[Step], tolerances: float | Tolerances) -> CaseRecord:
     """Judge one free-run case from its steps (any order; sorted by token here)."""
     tie_tolerance = tolerances.tie if isinstance(tolerances, Tolerances) else float(tolerances)
-    ordered = _ordered(steps)
+    ordered = ordered_steps(steps)
     verdict, reason, end, flip, finding = "", "", len(ordered), None, ""
     all_identical = True
     for index, step in enumerate(ordered):
@@ -139,7 +166,7 @@ def judge_case(subject: str, key: int | str, steps: Iterable[Step], tolerances: 
     if not verdict:
         verdict = IDENTICAL if all_identical else CONSISTENT
     judged = ordered[:end]
-    return _case_record(
+    return build_case_record(
         subject, key, verdict, reason, ordered, judged,
         measured=[s.metrics for s in judged if s.metrics is not None],
         tokens_compared=sum(1 for s in ordered if s.metrics is not None),
@@ -157,8 +184,8 @@ def judge_replay_case(
     Steps only in golden beyond the replay's last step (`replay.steps`: golden
     dumped more tokens than the replay) are reported, not judged.
     """
-    ordered = _ordered(steps)
-    judged = tuple(s for s in ordered if not _beyond_replay(s, replay))
+    ordered = ordered_steps(steps)
+    judged = tuple(s for s in ordered if not beyond_replay(s, replay))
     measured_steps = [s for s in judged if s.metrics is not None]
     measured = [s.metrics for s in measured_steps if s.metrics is not None]
     changes = tuple(ArgmaxChange.at(s) for s in measured_steps if s.changed)
@@ -217,14 +244,14 @@ def judge_replay_case(
                   "noise tolerances")
     else:
         verdict, reason = CONSISTENT, ""
-    return _case_record(
+    return build_case_record(
         subject, key, verdict, reason, ordered, judged, measured=measured, tokens_compared=len(measured),
         changes=changes, first_diff_token=changes[0].token if changes else None, replay_mode=replay.mode,
         findings=tuple(findings),
     )  # fmt: skip
 
 
-def _case_record(
+def build_case_record(
     subject: str,
     key: int | str,
     verdict: str,
@@ -265,7 +292,7 @@ def _case_record(
     return replace(record, focus_step=focus_step, focus_why=focus_why)
 
 
-def _beyond_replay(step: Step, replay: ReplayedCase) -> bool:
+def beyond_replay(step: Step, replay: ReplayedCase) -> bool:
     """A golden-only file past the last step the replay dumped: golden simply dumped more tokens."""
     return (
         replay.steps is not None
@@ -303,11 +330,15 @@ def judge_cases(
     steps: Iterable[Step],
     tolerances: float | Tolerances,
     replays: Mapping[tuple[str, int | str], ReplayedCase] | None = None,
+    *,
+    gross: GrossBound | None = None,
 ) -> list[CaseRecord]:
     """Group steps by (subject, key) and judge each case; steps without a key (parse errors) are skipped.
 
     `tolerances`: a `Tolerances`, or a tie tolerance alone (the rest default).
     `replays`: (subject, key) -> the replay record of the cases dumped with `--replay`.
+    `gross`: there is no reference for the model's noise (the dtype's default alone): a case the rules accuse
+    below this bound is `unreferenced` instead.
     """
     tol = tolerances if isinstance(tolerances, Tolerances) else Tolerances(tie=float(tolerances))
     groups: dict[tuple[str, int | str], list[Step]] = {}
@@ -323,10 +354,28 @@ def judge_cases(
             cases.append(judge_replay_case(subject, key, group, tol, replay))
         else:
             cases.append(judge_case(subject, key, group, tol))
-    return sorted(cases, key=_case_order)
+    if gross is not None:
+        cases = [unreferenced(case, gross) for case in cases]
+    return sorted(cases, key=case_order)
 
 
-def _case_order(case: CaseRecord) -> tuple:
+def unreferenced(case: CaseRecord, gross: GrossBound) -> CaseRecord:
+    """`case` as `unreferenced` when the rules accused it on a deviation below the gross bound (no reference
+    to tell noise from a bug), with the reason kept; else unchanged. A failed check (NaN, inf, shape) is
+    never noise and stays accused."""
+    if case.verdict not in (PRECISION_SUSPECT, DIVERGENT) or "failed-check" in case.findings:
+        return case
+    beyond = gross.exceeded_by(case.judged_steps, case.changes)
+    if beyond:
+        return replace(case, reason=f"{case.reason}; beyond any healthy pair ({beyond})")
+    reason = (f"{case.reason}; but with no reference for this model's noise (no control arm, no measured floor) "
+              f"and below the gross bound of {gross.dtype} (step KL {gross.kl:g}, margin {gross.margin:g} logits), "
+              "this cannot be told from noise: dump a control (dump --control) and compare again")
+    kept = tuple(f for f in case.findings if f not in ("drift", "clear-change", "threshold-fail"))
+    return replace(case, verdict=UNREFERENCED, reason=reason, findings=(*kept, "unreferenced"))
+
+
+def case_order(case: CaseRecord) -> tuple:
     """Cases in msit's key order: int keys, then lang/num keys; subject breaks ties."""
     if isinstance(case.key, int):
         return (0, case.key, "", 0, case.subject)

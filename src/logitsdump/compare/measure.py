@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from logitsdump.compare.kernels import Workspace, bitwise_equal, scan
-from logitsdump.compare.metrics import Thresholds, check_pair, pair_metrics
+from logitsdump.compare.metrics import PERTURBATION_TOKENS, Thresholds, check_pair, pair_metrics
 from logitsdump.compare.pairing import FilePair
 from logitsdump.compare.records import Step
 from logitsdump.errors import FileFormatError
@@ -153,7 +153,7 @@ def measure_pair(pair: FilePair, thresholds: Thresholds, topk: int, scratch: Scr
         return replace(base, reason=" ".join(reasons), unavailable=True)
     if golden.shape != mine.shape:
         return replace(base, reason=check_pair(golden, mine))
-    g_scan, m_scan = scan(golden, max(topk, 2)), scan(mine, max(topk, 2))
+    g_scan, m_scan = scan(golden, max(topk, 2, PERTURBATION_TOKENS)), scan(mine, max(topk, 2))
     problem = check_pair(golden, mine, (g_scan.finite, m_scan.finite))
     if problem or g_scan.top is None or m_scan.top is None:
         return replace(base, reason=problem, same_values=bitwise_equal(golden, mine))

@@ -95,6 +95,22 @@ def topk_overlap(g: np.ndarray, m: np.ndarray, k: int) -> float:
     return np.intersect1d(g_top, m_top, assume_unique=True).size / g_top.size
 
 
+#: The number of golden's top tokens `perturbation_rms` is taken over (at most the kernels' top-k bound:
+#: one scan finds them): enough tokens for a precise scale, the ones a decision depends on.
+PERTURBATION_TOKENS = 64
+
+
+def perturbation_rms(g: np.ndarray, m: np.ndarray, top: np.ndarray) -> float:
+    """RMS of (m - g) - mean(m - g) over the indices `top` (golden's top tokens), float64, in logits.
+
+    Centred because adding a constant to every logit changes no probability; over golden's top
+    tokens because they carry the decision, and with 64 of them the scale of a step's perturbation
+    is known to a few percent (docs/compare.md, "The control arm")."""
+    d = m[top].astype(np.float64) - g[top].astype(np.float64)
+    d -= d.mean()
+    return float(np.sqrt(np.dot(d, d) / d.size))
+
+
 def golden_margin(g: np.ndarray) -> float:
     """Golden top-1 minus top-2 logit (float64); 0 for a single-entry vocab."""
     if g.size < 2:
@@ -154,13 +170,14 @@ def pair_metrics(
 ) -> PairMetrics:
     """Every metric of one pair of equal-shape, finite vectors (see `check_pair`).
 
-    `tops`: `top_k(g, max(topk, 2))` and the same of m, when already known (see `scan`).
+    `tops`: golden's top indices (at least `max(topk, 2)`; `PERTURBATION_TOKENS` give `perturbation_rms`
+    its full width) and the test's (`max(topk, 2)`), when already known (see `scan`).
     """
     identical = bitwise_equal(g, m)
     if tops is not None:
         g_top, m_top = tops
     else:
-        g_top = top_k(g, max(topk, 2))
+        g_top = top_k(g, max(topk, 2, PERTURBATION_TOKENS))
         m_top = g_top if identical else top_k(m, max(topk, 2))
     k = min(topk, g.size)
     g1, m1 = int(g_top[0]), int(m_top[0])
@@ -174,6 +191,7 @@ def pair_metrics(
         cos, kl, l1 = cosine_similarity(g, m, sums), kl_divergence(g, m, sums), l1_norm(g, m, sums)
         udiff, mad = abs(g_max - m_max), max_abs_diff(g, m, sums)
         dp = signed_dp(g, m, sums, top1=g1)
+    rms = 0.0 if identical else perturbation_rms(g, m, g_top[:PERTURBATION_TOKENS])
     unit = _ulp_at(m_max, thresholds.dtype)
     changed = g1 != m1
     return PairMetrics(
@@ -195,4 +213,5 @@ def pair_metrics(
         my_flip_margin=float(m[m1]) - float(m[g1]),
         my_top1_rank_in_golden=rank_of(g, m1) if changed else 1,
         golden_top1_rank_in_mine=rank_of(m, g1) if changed else 1,
+        perturbation_rms=rms,
     )

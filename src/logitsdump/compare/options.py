@@ -52,6 +52,10 @@ class CompareOptions:
     noise_mean_kl_steps: float | None = None
     #: A tolerances file written by `logitsdump calibrate`: the measured noise floor.
     tolerances_file: str | os.PathLike[str] | None = None
+    #: The control arm's folder (`compare/control.py`); None: the one the golden dump names or has beside it.
+    control_path: str | os.PathLike[str] | None = None
+    #: False: judge without a control arm even where one is found (`--no-control`).
+    use_control: bool = True
     #: Reader threads; None: the CPU count, at most 8.
     workers: int | None = None
 
@@ -95,6 +99,8 @@ class CompareOptions:
             raise UsageError(f"-d/--dtype must be one of {', '.join(DATA_TYPES)}, found {self.dtype!r}")
         if self.topk < 1:
             raise UsageError(f"--topk must be >= 1, found {self.topk}")
+        if self.control_path is not None and not self.use_control:
+            raise UsageError("--control and --no-control contradict each other")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be >= 1, found {self.workers}")
 
@@ -118,6 +124,8 @@ class CompareOptions:
             "noise_mean_kl": tolerances.noise_mean_kl,
             "noise_mean_kl_steps": tolerances.noise_mean_kl_steps,
             "tolerances_file": str(self.tolerances_file) if self.tolerances_file is not None else None,
+            "control_path": str(self.control_path) if self.control_path is not None else None,
+            "use_control": self.use_control,
         }
 
 

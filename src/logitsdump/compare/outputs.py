@@ -11,6 +11,7 @@ already claimed the plain stamp: names are never reused.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,6 +47,7 @@ CASE_COLUMNS = (
     *STATISTICS_FIELDS,  # llama.cpp's statistics of the judged steps (`distribution.StepStatistics`)
     "noise_floor",  # the floor the verdict used (`floor.Floor.label`)
     "evidence", "kl_is_lower_bound",  # top-k evidence (`compare/topk.py`): the KL columns are lower bounds
+    "reference", "noise_ratio", "noise_ratio_p",  # what judged the case; against a control: the paired statistic
 )
 NA = "NA"
 
@@ -117,14 +119,20 @@ def _step_row(step: Step) -> list[Any]:
 # ---- the case CSV and JSON --------------------------------------------------------------------
 
 
-def write_cases_csv(path: Path, cases: Iterable[CaseRecord], floor_label: str) -> None:
-    """The cases CSV; `floor_label` (the floor every verdict used) fills the `noise_floor` column."""
-    write_csv(path, CASE_COLUMNS, (_case_row(case, floor_label) for case in cases))
+def write_cases_csv(path: Path, cases: Iterable[CaseRecord], floor_label: str,
+                    control_label: str | None = None) -> None:
+    """The cases CSV; `floor_label` (the run's floor) fills the `noise_floor` column, and the `reference`
+    column of a case judged against the control arm is `control_label`, of any other the floor's."""
+    write_csv(path, CASE_COLUMNS, (_case_row(case, floor_label, control_label) for case in cases))
 
 
-def _case_row(case: CaseRecord, floor_label: str) -> dict[str, Any]:
+def _case_row(case: CaseRecord, floor_label: str, control_label: str | None = None) -> dict[str, Any]:
     data = case.to_dict()
     data["noise_floor"] = floor_label
+    judged_by_control = case.reference == "control" and case.paired is not None
+    data["reference"] = control_label if judged_by_control and control_label else floor_label
+    data["noise_ratio"] = math.exp(case.paired.log_ratio) if judged_by_control and case.paired else None
+    data["noise_ratio_p"] = case.paired.p_value if judged_by_control and case.paired else None
     data["key"] = str(case.key)
     data["changed_steps"] = " ".join(str(t) for t in case.changed_steps)
     data["flip_margins"] = " ".join(_num(c.flip_margin) for c in case.changes)

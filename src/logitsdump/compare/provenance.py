@@ -40,6 +40,11 @@ class DumpFolders:
         records = (*self.golden_cases.values(), *self.my_cases.values())
         return {r.dtype for r in records if r.dtype}
 
+    def dtype(self, *, golden: bool) -> str | None:
+        """The data type one side's manifest records (the first line that has one), None without."""
+        table = self.golden_cases if golden else self.my_cases
+        return next((r.dtype for r in table.values() if r.dtype), None)
+
     def token(self, token_id: int | None, *, golden: bool) -> str | None:
         """The text of a token: from that side's vocabulary, else the other side's."""
         vocabs = (self.golden_vocab, self.my_vocab) if golden else (self.my_vocab, self.golden_vocab)

@@ -87,6 +87,9 @@ class PairMetrics:
     my_top1_rank_in_golden: int = 1
     #: Rank of golden's choice in the test's logits; 1 on a match.
     golden_top1_rank_in_mine: int = 1
+    #: RMS of the centred logit difference m - g over golden's top `metrics.PERTURBATION_TOKENS` tokens
+    #: (logits): the size of the perturbation where it matters, the control arm's per-step statistic.
+    perturbation_rms: float | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -309,6 +312,84 @@ class ManifestSummary:
         )
 
 
+@dataclass(frozen=True)
+class ControlStep:
+    """One judged step of a case against the control arm (`compare/control.py`)."""
+
+    token: int
+    #: KL(golden || control) and the control's `perturbation_rms` at this step; None: no control step here.
+    control_kl: float | None
+    control_rms: float | None
+    #: log of the test's over the control's squared perturbation (`PairMetrics.perturbation_rms`), clamped.
+    log_ratio: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ControlStep | None:
+        token = _int(data.get("token"))
+        if token is None:
+            return None
+        return cls(token, finite_float(data.get("control_kl")), finite_float(data.get("control_rms")),
+                   finite_float(data.get("log_ratio")))
+
+
+@dataclass(frozen=True)
+class PairedCase:
+    """How a case was judged against the control arm: the paired statistics (`compare/control.py`)."""
+
+    #: Judged steps that have a control step (n of the statistics).
+    steps: int
+    #: Mean over those steps of log(test's / control's squared perturbation): 0 when the test is as noisy.
+    log_ratio: float
+    #: log of the healthy spread factor of this pairing (the test's noise may be that much larger).
+    allowance: float
+    #: The mean rule: log_ratio - allowance above this is drift (at the stated false-alarm rate).
+    threshold: float
+    #: One-sided p-value of the mean rule (small: the test is noisier than any healthy pair would be).
+    p_value: float
+    #: The worst step, its log_ratio - allowance, and the worst-step rule's threshold.
+    worst_token: int | None
+    worst_excess: float | None
+    step_threshold: float
+    #: sum KL(golden || test) / sum KL(golden || control) over the paired steps (None: the control's is 0).
+    kl_ratio: float | None
+    control_steps: tuple[ControlStep, ...] = ()
+    #: Judged tokens with no control step (a free-running control that left golden's text earlier).
+    uncovered: tuple[int, ...] = ()
+
+    @property
+    def excess(self) -> float:
+        """log_ratio - allowance: how much noisier than the healthy bound the test is (log)."""
+        return self.log_ratio - self.allowance
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["control_steps"] = [c.to_dict() for c in self.control_steps]
+        data["uncovered"] = list(self.uncovered)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PairedCase | None:
+        if not isinstance(data, Mapping):
+            return None
+        numbers = {name: finite_float(data.get(name)) for name in
+                   ("log_ratio", "allowance", "threshold", "p_value", "step_threshold")}
+        if any(v is None for v in numbers.values()):
+            return None
+        raw = data.get("control_steps") if isinstance(data.get("control_steps"), list) else []
+        return cls(
+            steps=_int(data.get("steps")) or 0,
+            worst_token=_int(data.get("worst_token")),
+            worst_excess=finite_float(data.get("worst_excess")),
+            kl_ratio=finite_float(data.get("kl_ratio")),
+            control_steps=tuple(c for c in (ControlStep.from_dict(d) for d in raw if isinstance(d, Mapping)) if c),
+            uncovered=_ints(data.get("uncovered")) or (),
+            **numbers,  # type: ignore[arg-type]
+        )
+
+
 #: Why a case's focus step was chosen: code -> the words the report uses.
 FOCUS_REASONS = {
     "first-change": "the first argmax change",
@@ -327,6 +408,7 @@ FINDINGS = {
     "near-tie-change": "the argmax changes where golden's margin is within the tolerance",
     "clear-change": "the argmax changes where golden was clearly sure",
     "drift": "the distributions drift beyond the noise tolerances",
+    "unreferenced": "above the dtype's default but below the gross bound, with no reference to judge by",
 }
 
 
@@ -371,6 +453,10 @@ class CaseRecord:
     #: None: judged on every logit. "top-K" (`compare/topk.py`): judged on top-K log probabilities, and
     #: worst_kl / mean_kl / p95_kl are lower bounds of the KL (cosine is not known).
     evidence: str | None = None
+    #: What the verdict was judged against: `control`, or the floor's source (`measured`, `flags`, `default`).
+    reference: str | None = None
+    #: The paired statistics, when the case was judged against the control arm.
+    paired: PairedCase | None = field(default=None, repr=False)
 
     def __bool__(self) -> bool:
         return self.verdict in PASSING
@@ -463,6 +549,8 @@ class CaseRecord:
             "my_manifest": self.my_manifest.to_dict() if self.my_manifest else None,
             "evidence": self.evidence,
             "kl_is_lower_bound": self.evidence is not None,
+            "reference": self.reference,
+            "paired": self.paired.to_dict() if self.paired is not None else None,
         }
 
     @classmethod
@@ -503,6 +591,8 @@ class CaseRecord:
             golden_manifest=ManifestSummary.from_dict(data.get("golden_manifest")),
             my_manifest=ManifestSummary.from_dict(data.get("my_manifest")),
             evidence=_str(data.get("evidence")),
+            reference=_str(data.get("reference")),
+            paired=PairedCase.from_dict(data.get("paired")),
         )
 
 
@@ -520,6 +610,9 @@ class CompareDocument:
     schema_version: int = SCHEMA_VERSION
     #: `floor.Floor.to_dict()`: which noise floor the replayed verdicts used (None: not recorded).
     floor: Mapping[str, Any] | None = None
+    #: `control.Reference.to_dict()`: the run's noise reference (the control arm and the run's ratio, or
+    #: the floor alone), None in files written before it.
+    reference: Mapping[str, Any] | None = None
 
     @cached_property
     def stats(self) -> StepStatistics | None:
@@ -533,6 +626,7 @@ class CompareDocument:
             "timestamp": self.timestamp,
             "options": dict(self.options),
             "floor": dict(self.floor) if self.floor is not None else None,
+            "reference": dict(self.reference) if self.reference is not None else None,
             "summary": dict(self.summary),
             "stats": self.stats.to_dict() if self.stats is not None else None,
             "cases": [case.to_dict() for case in self.cases],
@@ -561,6 +655,7 @@ class CompareDocument:
             cases=cases,
             schema_version=SCHEMA_VERSION,
             floor=dict(data["floor"]) if isinstance(data.get("floor"), Mapping) else None,
+            reference=dict(data["reference"]) if isinstance(data.get("reference"), Mapping) else None,
         )
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from logitsdump import __version__
+from logitsdump.compare import control as ctl
 from logitsdump.compare.choices import explain_choices
 from logitsdump.compare.floor import Floor
 from logitsdump.compare.judge import judge_cases
@@ -55,6 +56,8 @@ class CompareSummary:
     cases: tuple[CaseRecord, ...] = field(repr=False)
     #: The noise floor the replayed cases were judged against.
     floor: Floor | None = None
+    #: What the verdicts were judged against (the control arm, or the floor alone).
+    reference: ctl.Reference | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +88,8 @@ class Measured:
     options: CompareOptions
     #: The parity preflight of the two folders (`triage.preflight.Preflight.to_dict()`).
     preflight: Mapping[str, Any] = field(default_factory=dict)
+    #: The run's noise reference: the control arm where one covers cases, else the floor.
+    reference: ctl.Reference | None = None
 
 
 def measure(options: CompareOptions) -> Measured:
@@ -99,6 +104,7 @@ def measure(options: CompareOptions) -> Measured:
     folders = DumpFolders(golden_dir, my_dir)
     options = options.with_dumps_dtype(folders.dtypes())  # -d not given: the dumps' own dtype
     floor = options.floor(folders.dtypes())  # a bad tolerances file fails before the output folder is made
+    arm = _control_arm(options, golden_dir, folders, pairs)  # so does a control that does not fit
     out_dir = ensure_writable_dir(options.output_dir)
     from logitsdump.compare.topk import has_topk_files, measure_topk
     from logitsdump.triage.setup_verdicts import mark_setup_cases  # set-up differences before numerics
@@ -111,11 +117,41 @@ def measure(options: CompareOptions) -> Measured:
     _log.info("comparing %d file names from %s and %s", len(pairs), golden_dir, my_dir)
     steps = list(tracked(measure_all(pairs, options.thresholds(), topk, options.workers), "measuring file pairs",
                          len(pairs), "pair", logger=_log))
-    cases = [explain_choices(folders.annotate(case), folders.golden_cases, folders.my_cases,
-                             floor.tolerances.noise_margin)
-             for case in judge_cases(steps, floor.tolerances, folders.replays(steps))]
+    replays = folders.replays(steps)
+    dtypes = {"golden": folders.dtype(golden=True), "test": folders.dtype(golden=False)}
+    if arm is not None:
+        _log.info("judging against the control arm %s (%s)", arm.path, arm.description)
+        control_steps = ctl.ControlSteps.of(
+            arm, measure_all(pair_files(golden_dir, arm.path), options.thresholds(), topk, options.workers))
+        control_steps.check_not_silent()
+        factor, _rule = ctl.spread_factor(dtypes["golden"], dtypes["test"], arm.dtype)
+        judged = ctl.judge_with_control(steps, control_steps, floor.tolerances, replays, factor, gross=floor.gross)
+    else:
+        judged = judge_cases(steps, floor.tolerances, replays, gross=floor.gross)
+    cases = [explain_choices(folders.annotate(replace(case, reference=case.reference or floor.source)),
+                             folders.golden_cases, folders.my_cases, floor.tolerances.noise_margin)
+             for case in judged]
     cases, preflight = mark_setup_cases(cases, golden_dir, my_dir)
-    return Measured(out_dir, steps, cases, floor, options, preflight)
+    if arm is not None:
+        reference = ctl.control_reference(arm, dtypes, cases, floor.label)
+    else:
+        reference = ctl.Reference(floor.source, floor.description, dtypes=dtypes)
+    return Measured(out_dir, steps, cases, floor, options, preflight, reference)
+
+
+def _control_arm(options: CompareOptions, golden_dir: Path, folders: DumpFolders,
+                 pairs: list) -> ctl.ControlArm | None:
+    """The control arm of the run, checked against the golden dump; None without one (or an unusable one)."""
+    located = ctl.locate_control(golden_dir, options.control_path, options.use_control)
+    if located is None:
+        return None
+    path, found = located
+    check_path_fits(path, "--control")
+    golden_names = [p.file_name for p in pairs if p.golden is not None]
+    arm = ctl.open_control(path, found, golden_dir, folders.golden_cases, golden_names)
+    if not ctl.usable(arm, folders.dtype(golden=True), folders.dtype(golden=False)):
+        return None
+    return arm
 
 
 def run_compare(options: CompareOptions, *, now: datetime | None = None) -> CompareSummary:
@@ -127,7 +163,7 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
           result_set((csv_path, cases_csv, cases_json)) as staged):  # the three appear together or not at all
         write_steps_csv(staged[0], tracked(steps, f"writing {csv_path.name}", len(steps), "row", logger=_log))
         write_cases_csv(staged[1], tracked(cases, f"writing {cases_csv.name}", len(cases), "case", logger=_log),
-                        measured.floor.label)
+                        measured.floor.label, _control_label(measured.reference))
         counts = dict.fromkeys(VERDICTS, 0)
         for case in cases:
             counts[case.verdict] += 1
@@ -144,17 +180,26 @@ def run_compare(options: CompareOptions, *, now: datetime | None = None) -> Comp
             verdicts=counts,
             cases=tuple(cases),
             floor=measured.floor,
+            reference=measured.reference,
         )
         document = CompareDocument(
             tool=f"logitsdump {__version__}", timestamp=stamp, options=measured.options.to_dict(measured.floor),
             summary={**summary.to_dict(), "preflight": measured.preflight}, cases=summary.cases,
             floor=measured.floor.to_dict(),
+            reference=measured.reference.to_dict() if measured.reference is not None else None,
         )
         if len(cases) >= LARGE_RUN:  # one line: the JSON is written in one go
             _log.info("writing %s (%d cases)", cases_json.name, len(cases))
         write_cases_json(staged[2], document)
     _log.info("wrote %s", csv_path)
     return summary
+
+
+def _control_label(reference: ctl.Reference | None) -> str | None:
+    """The `reference` cell of the cases judged against the control arm."""
+    if reference is None or reference.control is None:
+        return None
+    return f"control: {reference.control.description} ({reference.control.path})"
 
 
 def _bounded_topk(topk: int, vocab: int | None) -> int:

@@ -152,3 +152,23 @@ def log_binomial_tail(n: int, k: int) -> float:
         if term < 1e-17 * total:
             break
     return log_top + math.log(total)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with `df` degrees of freedom: exact for 1 and 2, else the
+    Cornish-Fisher expansion around the normal quantile (relative error below 1% from df = 3 on at
+    p <= 0.995, below 0.2% at p <= 0.975)."""
+    from statistics import NormalDist
+
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z = NormalDist().inv_cdf(p)
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4

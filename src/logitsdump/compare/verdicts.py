@@ -27,7 +27,8 @@ class Verdict:
     meaning: str
     #: A few words, for narrow places (the terminal).
     hint: str
-    #: It can be given to a free-running case (msit's way) / to a replayed case (`dump --replay`).
+    #: It can be given to a free-running case (msit's way) / to a replayed case (`dump --replay`); neither:
+    #: only without any noise reference (shown only where a case has it).
     free_run: bool
     replay: bool
     #: Listed among the worst cases although it passes (noise picked another token).
@@ -42,6 +43,7 @@ DIVERGENT = "divergent"
 PRECISION_SUSPECT = "precision-suspect"
 INCOMPLETE = "incomplete"
 SETUP_DIFFERS = "setup-differs"
+UNREFERENCED = "unreferenced"
 
 #: Every verdict, best first.
 TABLE: tuple[Verdict, ...] = (
@@ -91,6 +93,14 @@ TABLE: tuple[Verdict, ...] = (
         "compare again; the logits say nothing about precision until then.",
         "set-ups differ: fix them first", free_run=False, replay=False,  # not a numerics verdict: shown when given
     ),
+    Verdict(
+        UNREFERENCED, False, 1, "#757575", "90",
+        "The devices differ by more than the conservative default of the dtype allows, but there is no "
+        "reference for this model's noise (no control arm, no measured floor) and the difference stays below "
+        "the gross bound no healthy pair reaches: neither noise nor a bug can be told. Dump a control arm "
+        "(dump --control) and compare again.",
+        "no reference: dump a control (dump --control)", free_run=False, replay=False,
+    ),
 )
 
 #: name -> its entry.
@@ -100,6 +110,8 @@ VERDICTS: tuple[str, ...] = tuple(v.name for v in TABLE)
 #: The verdicts of a free run (both devices chose their own tokens) and of a replayed case.
 FREE_RUN_VERDICTS: tuple[str, ...] = tuple(v.name for v in TABLE if v.free_run)
 REPLAY_VERDICTS: tuple[str, ...] = tuple(v.name for v in TABLE if v.replay)
+#: The verdicts of a run without any noise reference (no control arm, no floor), in either mode.
+UNREFERENCED_VERDICTS: tuple[str, ...] = (UNREFERENCED,)  # neither free-run nor replay verdict (nor setup-differs)
 PASSING: frozenset[str] = frozenset(v.name for v in TABLE if v.passing)
 #: A verdict this version does not know (from a newer compare output) sorts after every known one.
 UNKNOWN_SEVERITY = 5
@@ -136,4 +148,5 @@ def slug(name: str) -> str:
 def help_text() -> str:
     """`free runs: a, b, ...; replayed cases (dump --replay): c, d, ...`, for the CLI."""
     return (f"free runs: {', '.join(FREE_RUN_VERDICTS)}; replayed cases (dump --replay): "
-            f"{', '.join(REPLAY_VERDICTS)}; inputs or settings differ (the preflight): {SETUP_DIFFERS}")
+            f"{', '.join(REPLAY_VERDICTS)}; without a control or floor also {', '.join(UNREFERENCED_VERDICTS)}; "
+            f"inputs or settings differ (the preflight): {SETUP_DIFFERS}")

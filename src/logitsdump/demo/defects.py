@@ -5,9 +5,12 @@ A "device with a defect" is simulated by a copy of a model folder that carries t
   scale factor in a fused kernel), `scale-o-proj` (only its attention output projection), `scale-mlp`
   (only its MLP's down projection), `scale-q` (its query projection: the attention's softmax temperature
   off, as with a wrong scale in a fused attention kernel), `scale-norm` (the weight of its norm `module`,
-  e.g. `input_layernorm`: a wrong gain), `zero-head` (head `head` of layer `layer` contributes nothing: a kernel
+  e.g. `input_layernorm`: a wrong gain), `scale-weight` (one linear module of layer `layer`, `module` e.g.
+  `self_attn.v_proj` or `mlp.up_proj`, times `factor`), `scale-final-norm` (the final RMSNorm's weight times
+  `factor`: every logit scaled), `zero-head` (head `head` of layer `layer` contributes nothing: a kernel
   that drops a head), `round-weights` (the weight of projection `module` of layer `layer`, e.g.
-  `mlp.up_proj`, rounded to `bits` mantissa bits: a kernel that keeps too few bits);
+  `mlp.up_proj`, or without a `module` every linear weight of the layer, rounded to `bits` mantissa bits:
+  a kernel or weight format that keeps too few bits);
 - in its kernels' constants: `rms-eps` (every RMSNorm's epsilon set to `value`), `rope-base` (RoPE's
   base theta set to `value`); config.json keeps the right values (a device whose kernel is wrong; a
   changed config.json is a set-up difference the preflight names, `setup_plants`), the folder's modeling
@@ -36,16 +39,18 @@ from pathlib import Path
 
 from logitsdump.errors import ConfigError
 
-KINDS = ("scale-layer", "scale-o-proj", "scale-mlp", "scale-q", "scale-norm", "zero-head", "round-weights", "rms-eps",
-         "rope-base", "fp16-norm", "norm-eps", "batch-mask")
+KINDS = ("scale-layer", "scale-o-proj", "scale-mlp", "scale-q", "scale-norm", "scale-weight", "scale-final-norm",
+         "zero-head", "round-weights", "rms-eps", "rope-base", "fp16-norm", "norm-eps", "batch-mask")
 #: The kinds planted in the weights.
-WEIGHT_KINDS = ("scale-layer", "scale-o-proj", "scale-mlp", "scale-q", "scale-norm", "zero-head", "round-weights")
+WEIGHT_KINDS = ("scale-layer", "scale-o-proj", "scale-mlp", "scale-q", "scale-norm", "scale-weight", "scale-final-norm",
+                "zero-head", "round-weights")
 #: The kinds that change every layer (global defects), and those the configuration triggers.
 GLOBAL_KINDS = ("rms-eps", "rope-base")
 CONFIGURATION_KINDS = ("batch-mask",)
-#: The projections `round-weights` may round.
-PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-               "mlp.up_proj", "mlp.down_proj")
+#: The linear modules of a Llama layer (`scale-weight`'s and `round-weights`' `module`).
+LINEAR_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                  "mlp.up_proj", "mlp.down_proj")
+PROJECTIONS = LINEAR_MODULES
 #: The norms `norm-eps` and `scale-norm` may change.
 NORMS = ("input_layernorm", "post_attention_layernorm")
 #: The modeling file a code defect's folder carries, and the class its config's auto_map names.
@@ -66,7 +71,8 @@ class Defect:
     head: int = 0
     #: The new epsilon (`rms-eps`, `norm-eps`) or RoPE theta (`rope-base`).
     value: float | None = None
-    #: The projection (`round-weights`) or norm (`norm-eps`) of the layer.
+    #: The linear module (`scale-weight`, `round-weights`: one of `LINEAR_MODULES`; `round-weights` without
+    #: one: every linear module of the layer) or the norm (`norm-eps`, `scale-norm`) of the layer.
     module: str | None = None
     #: Mantissa bits kept (`round-weights`).
     bits: int = 3
@@ -83,8 +89,10 @@ class Defect:
             return None, None
         module = {"scale-layer": "self_attn+mlp", "scale-o-proj": "self_attn", "scale-mlp": "mlp",
                   "scale-q": "self_attn", "zero-head": "self_attn", "fp16-norm": "input_layernorm"}.get(self.kind)
-        if self.kind == "round-weights":
-            module = str(self.module).split(".")[0]
+        if self.kind == "scale-final-norm":
+            return None, "norm"
+        if self.kind in ("round-weights", "scale-weight"):
+            module = str(self.module).split(".")[0] if self.module else "self_attn+mlp"
         if self.kind in ("norm-eps", "scale-norm"):
             module = self.module
         return self.layer, module
@@ -98,8 +106,11 @@ def check(defect: Defect, layers: int) -> None:
         raise ConfigError(f"defect {defect.kind} needs a value > 0")
     if not 0 <= defect.layer < layers:
         raise ConfigError(f"defect {defect.kind}: layer {defect.layer} is not in 0..{layers - 1}")
-    if defect.kind == "round-weights" and defect.module not in PROJECTIONS:
-        raise ConfigError(f"defect round-weights: module {defect.module!r}: use one of {', '.join(PROJECTIONS)}")
+    if defect.kind == "round-weights" and defect.module and defect.module not in LINEAR_MODULES:
+        raise ConfigError(f"defect round-weights: module {defect.module!r}: use one of {', '.join(LINEAR_MODULES)}")
+    if defect.kind == "scale-weight" and defect.module not in LINEAR_MODULES:
+        raise ConfigError(f"defect scale-weight: module must be one of {', '.join(LINEAR_MODULES)}, "
+                          f"found {defect.module!r}")
     if defect.kind in ("norm-eps", "scale-norm") and defect.module not in NORMS:
         raise ConfigError(f"defect {defect.kind}: module {defect.module!r}: use one of {', '.join(NORMS)}")
     if defect.kind == "round-weights" and not 0 <= defect.bits <= 23:
@@ -127,9 +138,13 @@ def write_defective_model(source: Path, target: Path, defect: Defect) -> Path:
     prefix = f"model.layers.{defect.layer}."
     if defect.kind in WEIGHT_KINDS:
         weights = load_file(str(source / "model.safetensors"))
-        if defect.kind == "round-weights":
-            name = f"{prefix}{defect.module}.weight"
-            weights[name] = round_mantissa(weights[name], defect.bits)
+        if defect.kind == "scale-final-norm":
+            weights["model.norm.weight"] = weights["model.norm.weight"] * defect.factor
+        elif defect.kind == "round-weights":
+            for name in (defect.module,) if defect.module else LINEAR_MODULES:
+                weights[f"{prefix}{name}.weight"] = round_mantissa(weights[f"{prefix}{name}.weight"], defect.bits)
+        elif defect.kind == "scale-weight":
+            weights[f"{prefix}{defect.module}.weight"] = weights[f"{prefix}{defect.module}.weight"] * defect.factor
         elif defect.kind == "zero-head":
             head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
             o_proj = weights[prefix + "self_attn.o_proj.weight"].copy()
@@ -191,10 +206,16 @@ def plant(model, defect: Defect):
             weight = layer.self_attn.o_proj.weight.detach().clone()
             weight[:, defect.head * head_dim:(defect.head + 1) * head_dim] = 0
             set_weight(layer.self_attn.o_proj, weight)
-        elif defect.kind == "round-weights":
+        elif defect.kind == "scale-weight":
             linear = layer.get_submodule(str(defect.module))
-            set_weight(linear, torch.from_numpy(round_mantissa(linear.weight.detach().float().cpu().numpy(),
-                                                               defect.bits)).to(linear.weight.device))
+            set_weight(linear, linear.weight.float() * defect.factor)
+        elif defect.kind == "scale-final-norm":
+            set_weight(model.model.norm, model.model.norm.weight.float() * defect.factor)
+        elif defect.kind == "round-weights":
+            for name in (defect.module,) if defect.module else LINEAR_MODULES:
+                linear = layer.get_submodule(str(name))
+                set_weight(linear, torch.from_numpy(round_mantissa(linear.weight.detach().float().cpu().numpy(),
+                                                                   defect.bits)).to(linear.weight.device))
         elif defect.kind in ("rms-eps", "norm-eps"):
             norms = ([m for m in model.modules() if hasattr(m, "variance_epsilon")] if defect.kind == "rms-eps"
                      else [layer.get_submodule(str(defect.module))])

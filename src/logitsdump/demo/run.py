@@ -3,7 +3,9 @@
 fp32 stands in for the golden device and bf16 for the device under test (or any two model YAML
 files, e.g. a model with a planted defect). Each step is the real one: evaluation (the library call
 behind `logitsdump eval`), `bcanalyze`, `logitsdump dump -e "logitsdump eval ..."` as a subprocess
-for each device (the device under test replaying the golden tokens), `compare`, and the report.
+for each device (the golden side with its control arm, `--control impl`: the same cases in bf16
+through the other attention implementation; the device under test replaying the golden tokens),
+`compare` (which judges each case against the control), and the report.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from logitsdump.demo import examples
 from logitsdump.errors import UserError
 from logitsdump.fsutil import ensure_writable_dir
 from logitsdump.logs import get_logger
+from logitsdump.runner.outputs import control_dir_of
 
 #: The tasks the demo runs: those whose fp32 and bf16 verdicts differ on the tiny model.
 DEMO_TASKS = ("boolq", "mmlu_zero_shot", "ceval_zero_shot", "gsm8k")
@@ -59,8 +62,10 @@ class DemoOptions:
     #: the device under test replays the golden tokens (`dump --replay`)
     replay: bool = True
     report: bool = True
-    #: the noise floor compare judges with (a tolerances file; None: compare's dtype default)
-    tolerances: Path | None = field(default_factory=lambda: examples.TINY_FLOOR)
+    #: the golden side's control arm (`dump --control`: impl or dtype; None: none), compare's noise reference
+    control: str | None = "impl"
+    #: a noise floor for the cases without a control (a tolerances file; None: compare's dtype default)
+    tolerances: Path | None = None
 
 
 @dataclass
@@ -75,7 +80,7 @@ class TaskRun:
     logits_dirs: dict[str, Path] = field(default_factory=dict)
     compare_json: Path | None = None
     verdicts: dict[str, int] = field(default_factory=dict)
-    #: which noise floor compare used (`Floor.description`)
+    #: what compare judged against (`control.Reference.description`)
     floor: str = ""
 
 
@@ -151,9 +156,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
             for run in runs:
                 if len(run.logits_dirs) == 2:
                     _compare(run, golden, test, workdir, options.tolerances, commands)
-            floors = {run.floor for run in runs if run.floor}
-            for floor in sorted(floors):
-                say(f"  verdicts judged against the {floor}")
+            for run in runs:
+                if run.floor:
+                    say(f"  {run.task:<16} judged against the {run.floor}")
         if options.report and any(r.compare_json for r in runs):
             with _step("[5/5] write the report (logitsdump report)"):
                 commands.section("5. one page for every task")
@@ -296,6 +301,8 @@ def _dump_job(run: TaskRun, side: Side, workdir: Path, options: DemoOptions, rep
     argv = [sys.executable, "-m", "logitsdump", "dump", "-bcr", str(run.bad_case_csv), "-tr", str(options.tokens)]
     if replay is not None:
         argv += ["--replay", str(replay)]
+    elif side.name == "golden" and options.control is not None:
+        argv += ["--control", options.control]
     argv += ["-e", runner]
     return _DumpJob(run, side, argv, workdir / "logs" / f"dump_{run.task}_{side.name}.log")
 
@@ -312,6 +319,10 @@ def _finish_dump(job: _DumpJob, workdir: Path) -> None:
     replayed = " (replaying golden)" if "--replay" in job.argv else ""
     job.line = (f"  {job.run.task:<16} {job.side.name:<6}: {files} logits files{replayed} "
                 f"-> {folder.relative_to(workdir)}")
+    control = control_dir_of(folder)
+    if "--control" in job.argv and control.is_dir():
+        job.line += (f"\n  {job.run.task:<16} {'':<6}  its control arm: {len(list(control.glob('*.pth')))} logits "
+                     f"files -> {control.relative_to(workdir)}")
 
 
 def _child_env() -> dict[str, str]:
@@ -336,7 +347,7 @@ def _compare(run: TaskRun, golden: Side, test: Side, workdir: Path, tolerances: 
                   options.output_dir, *(["--tolerances", str(tolerances)] if tolerances is not None else [])])
     summary = run_compare(options)
     run.compare_json = summary.cases_json_path
-    run.floor = summary.floor.description if summary.floor is not None else ""
+    run.floor = summary.reference.description if summary.reference is not None else ""
     run.verdicts = {name: count for name, count in summary.verdicts.items() if count}
     counts = ", ".join(f"{count} {name}" for name, count in run.verdicts.items()) or "no cases"
     cases = len(summary.cases)

@@ -14,7 +14,7 @@ from logitsdump.errors import UsageError, UserError
 
 def add_localize_parser(subparsers) -> None:
     """Add `localize` and its three subcommands to the argparse tree."""
-    from logitsdump.cli import add_flag, add_log_level, add_output_dir
+    from logitsdump.cli_flags import add_flag, add_log_level, add_output_dir
 
     parser = subparsers.add_parser(
         "localize",

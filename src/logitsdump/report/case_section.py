@@ -11,7 +11,7 @@ from typing import Any
 
 from logitsdump.compare import verdicts
 from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
-from logitsdump.report import statistics, topk_evidence
+from logitsdump.report import control, statistics, topk_evidence
 from logitsdump.report.cells import fmt, fmt_cos, fmt_number, fmt_pct, golden_name, test_name
 from logitsdump.report.load import CompareResult, load_topk
 from logitsdump.report.svg import line_plot
@@ -71,6 +71,7 @@ def case_section(result: CompareResult, case: CaseRecord, number: int, k: int) -
         parts.append(f'<pre class="query">{escape(query)}</pre>')
     parts.append(_alignment(result, case))
     parts.append(_plots(case, result, focus.token_id if focus else None))
+    parts.append(control.case_block(case))  # '' unless judged against the control arm
     parts.append(statistics.case_block(case, result))
     if case.replayed:
         parts.append(_changes_table(result, case))

@@ -24,7 +24,7 @@ from typing import Any
 from logitsdump.compare import verdicts
 from logitsdump.fsutil import atomic_write_text, ensure_writable_dir
 from logitsdump.progress import tracked
-from logitsdump.report import page_assets, statistics
+from logitsdump.report import control, page_assets, statistics
 from logitsdump.report.case_section import case_section
 from logitsdump.report.cells import fmt, fmt_cos, fmt_int, fmt_number, golden_name, test_name
 from logitsdump.report.index import PAGE_ROWS, detailed, limits_text, tabled
@@ -94,6 +94,7 @@ def render_report(result: CompareResult, *, topk: int | None = None, triage: Any
         _header(result),
         html_section(result, triage),
         _overview(result),
+        control.run_block(result.document.reference),  # the noise reference (control arm) of the run
         statistics.run_section(result),
         _case_table(result),
         '<section id="cases" class="cases">',

@@ -206,8 +206,10 @@ def load_compares(sources: Sequence[Any]) -> CompareResult:
         options[name] = paths[0] if len(set(paths)) == 1 else f"{len(paths)} folders"
     floors = {json.dumps(r.document.floor, sort_keys=True) for r in results}
     floor = first.document.floor if len(floors) == 1 else None  # merged runs of different floors: none named
+    references = {json.dumps(r.document.reference, sort_keys=True) for r in results}
+    reference = first.document.reference if len(references) == 1 else None  # likewise the noise reference
     document = CompareDocument(first.tool, max(r.timestamp for r in results), options, summary,
-                               cases, floor=floor)  # type: ignore[arg-type]
+                               cases, floor=floor, reference=reference)  # type: ignore[arg-type]
     return CompareResult(first.json_path, document, folders, prebuilt_index=index)
 
 

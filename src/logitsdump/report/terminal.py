@@ -212,6 +212,9 @@ def _thresholds(result: CompareResult) -> str:
     floor = result.document.floor
     if floor is not None and floor.get("description"):
         lines.append(f"floor: {floor['description']}")
+    reference = result.document.reference
+    if reference is not None and reference.get("source") == "control" and reference.get("description"):
+        lines.append(f"reference: {reference['description']}")
     note = topk_evidence.terminal_note(result.rows)  # a server's top-k dump
     if note:
         lines.append(note)

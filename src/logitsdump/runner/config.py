@@ -40,6 +40,8 @@ class ModelConfig:
     generation: Mapping[str, Any] = field(default_factory=dict)
     #: our extension: where the model is served, for `requested_gpu_framework: Server` (backends/openai.py)
     server: Mapping[str, Any] = field(default_factory=dict)
+    #: Our extension (HF backend): transformers' attention implementation (`sdpa`, `eager`, ...); '' = its default.
+    attn_implementation: str = ""
     source: str = ""
 
 
@@ -182,6 +184,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
         env=env,
         generation=generation,
         server=dict(check.get("server", dict, {})),
+        attn_implementation=check.get("attn_implementation", str, ""),
         source=str(file),
     )
     if not config.model_path:

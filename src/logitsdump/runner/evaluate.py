@@ -43,6 +43,7 @@ from logitsdump.runner.tasks.base import (
 if TYPE_CHECKING:
     from logitsdump.protocol import DumpRequest
     from logitsdump.runner.backends import Backend
+    from logitsdump.runner.control import ControlSpec
     from logitsdump.runner.distributed import World
     from logitsdump.runner.dumping import LogitsWriter
     from logitsdump.runner.logits_folder import FolderClaim
@@ -83,6 +84,7 @@ class _Plan:
     dataset_root: Path
     cases: list[Case]  # empty for tasks that build their cases with the model's tokenizer
     request: DumpRequest | None  # the dump protocol's request; None for a plain evaluation
+    control: ControlSpec | None = None  # a control run (`dump --control`): what it changed of the model YAML
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,14 @@ class _Run:
     claim: FolderClaim | None = None
     #: The run's provenance (`runner.provenance.run_provenance`): beside the debug CSV and the dump.
     provenance: dict = field(default_factory=dict)
+    control: ControlSpec | None = None
+
+    @property
+    def dump_dir(self) -> Path:
+        """Where the logits go: the layout's folder, or a control run's folder beside the golden dump."""
+        if self.control is not None and self.request is not None and self.request.replay_dir is not None:
+            return outputs.control_dir_of(Path(self.request.replay_dir))
+        return self.layout.logits_dir
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,14 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     request = protocol.read_request()
     if request is not None and options.batch_size != 1:
         raise ConfigError(f"a logits dump needs --batch_size 1, found {options.batch_size}")
+    control = None
+    if request is not None and request.control is not None:
+        from logitsdump.runner.control import check_golden_side, resolve_control
+
+        check_golden_side(request.replay_dir, model_config)
+        control = resolve_control(request.control, model_config, request.control_dtype)
+        model_config = control.apply(model_config)
+        log.info("dump: the %s, replaying %s", control.description, request.replay_dir)
     _check_output_paths(options, model_config, task_config)
     dataset_root = resolve_dataset_root(task_config)
     # data errors show before the model loads, except for tasks that build cases with its tokenizer
@@ -151,7 +169,7 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     if backend is None:
         check_model_folder(model_config)
     ensure_writable_dir(options.output_dir or ".")  # before the model loads, after the input checks
-    plan = _Plan(options, task, task_config, dataset_root, cases, request)
+    plan = _Plan(options, task, task_config, dataset_root, cases, request, control)
 
     from logitsdump.runner import distributed
     from logitsdump.runner.device import choose_device
@@ -160,6 +178,8 @@ def run_eval(options: EvalOptions, backend: Backend | None = None) -> EvalResult
     if backend is not None:
         if world.distributed:
             raise ConfigError("a preloaded backend cannot be shared by torchrun's processes")
+        if control is not None:
+            raise ConfigError("a control run loads the golden model in its own configuration: no preloaded backend")
         claim = _claim_logits_folder(plan, model_config, backend.device.label, world)
         try:
             return _run_loaded(plan, backend, world, claim)
@@ -188,7 +208,10 @@ def _claim_logits_folder(plan: _Plan, model_config: ModelConfig, device_label: s
     from logitsdump.runner.logits_folder import claim
 
     layout = _layout(plan.options, model_config, plan.task_config, device_label)
-    return claim(layout.logits_dir, layout.output_dir, plan.request)
+    folder = layout.logits_dir
+    if plan.control is not None and plan.request.replay_dir is not None:  # beside the golden dump it replays
+        folder = outputs.control_dir_of(Path(plan.request.replay_dir))
+    return claim(folder, layout.output_dir, plan.request)
 
 
 def _layout(options: EvalOptions, model_config: ModelConfig, task_config: TaskConfig,
@@ -227,7 +250,8 @@ def _run_loaded(plan: _Plan, backend: Backend, world: World, claim: FolderClaim 
 
     provenance = run_provenance(backend, plan.task_config, batch_size=plan.options.batch_size, tp=plan.options.tp,
                                 world=world, request=plan.request)
-    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout, claim, provenance)
+    run = _Run(plan.options, plan.task, plan.task_config, plan.request, backend, world, layout, claim, provenance,
+               plan.control)
     with interrupt.stop_on_signals():  # SIGINT/SIGTERM: exit 130/143, also inside a forward pass
         return _evaluate(run, cases)
 
@@ -243,7 +267,7 @@ def _make_writer(run: _Run, request: DumpRequest) -> LogitsWriter | None:
     if world.writes_logits:
         provenance = backend.provenance()
         writer = LogitsWriter(
-            run.layout.logits_dir,
+            run.dump_dir,
             request,
             DumpContext(
                 task=run.task_config.task_name,
@@ -260,10 +284,10 @@ def _make_writer(run: _Run, request: DumpRequest) -> LogitsWriter | None:
         )
         if world.is_main:
             claim = run.claim
-            if claim is None or claim.folder != run.layout.logits_dir:  # the backend chose another device
+            if claim is None or claim.folder != run.dump_dir:  # the backend chose another device
                 from logitsdump.runner.logits_folder import claim as claim_folder
 
-                claim = claim_folder(run.layout.logits_dir, run.layout.output_dir, request)
+                claim = claim_folder(run.dump_dir, run.layout.output_dir, request)
             writer.prepare(backend.token_texts(range(backend.vocab_size)), claim)
     distributed.barrier(world)
     if writer is not None and not world.is_main:
@@ -296,11 +320,15 @@ def _evaluate(run: _Run, cases: Sequence[Case]) -> EvalResult:
     if writer is not None:
         records = writer.finish(matched=len(cases))
         log.info("dump: %d files for %d cases in %s (%d already complete)",
-                 dumped_files, len(records), run.layout.logits_dir, skipped)
+                 dumped_files, len(records), run.dump_dir, skipped)
+    missing = [item for part in gathered for item in part.missing]
+    if run.control is not None:  # a teacher-forced second configuration: its accuracy files would mislead
+        _fail_on_missing(missing, writer is not None)
+        return EvalResult(run.layout, tuple(outcomes), (), dumped_files)
     result = _write_outputs(run.options, run.task, run.task_config, run.layout, outcomes, dumped_files)
     if run.options.save_debug:
         _write_provenance(run, [item for part in gathered for item in part.inputs])
-    _fail_on_missing([item for part in gathered for item in part.missing], writer is not None)
+    _fail_on_missing(missing, writer is not None)
     return result
 
 
@@ -357,7 +385,7 @@ def _run_batches(run: _Run, my_batches: Sequence[_Batch], writer: LogitsWriter |
             if item.inputs is not None and run.options.save_debug:
                 tally.inputs.append((item.case.key, item.inputs.to_dict(with_prompt=False)))
             if writer is not None:
-                tally.dumped_files += _record(writer, item, run.backend, replay, run.task)
+                tally.dumped_files += _record(writer, item, run.backend, replay, run.task, run.control)
         progress.update(len(batch.cases))
     progress.close()
     decoder.warn_cut_prompts()
@@ -376,9 +404,10 @@ def _judge(task: Task, item: Inferred, tokenizer: Tokenizer) -> outputs.CaseOutc
     )
 
 
-def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: ReplaySource | None, task: Task) -> int:
+def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: ReplaySource | None, task: Task,
+            control: ControlSpec | None = None) -> int:
     """Write one case's logits files and manifest line (with the choices' logits of a task judged from
-    them); the number of files written."""
+    them; a control run's configuration); the number of files written."""
     decoded, generation = item.decoded, item.generation
     extra: dict | None = None
     if replay is not None:
@@ -395,6 +424,10 @@ def _record(writer: LogitsWriter, item: Inferred, backend: Backend, replay: Repl
         from logitsdump.store import EXTRA_CHOICES
 
         extra = {**(extra or {}), EXTRA_CHOICES: choices}
+    if control is not None:
+        from logitsdump.store import CONTROL_EXTRA
+
+        extra = {**(extra or {}), CONTROL_EXTRA: control.to_dict()}
     names = writer.save(item.case, decoded.step_logits, generation.input_ids, decoded.output_ids,
                         backend.token_texts(decoded.output_ids), generation.text, extra, item.inputs)
     return len(names)

@@ -4,6 +4,8 @@ The only home of the folder layout:
     {output_dir}/results/{dev}/precision_test/{task}/{dtype}/{model}/  result file, infer results
     {output_dir}/debug/{dev}/precision_test/{task}/{dtype}/{model}/    debug CSVs
     {output_dir}/data/{dev}/precision_test/{task}/{dtype}/{model}/logits/   logits files + manifest
+    {output_dir}/data/{dev}/precision_test/{task}/{dtype}/{model}/control/  the control arm of that dump
+                                                                            (our extension: `dump --control`)
 Names from YAML files are made safe as single path components, so nothing
 can be written outside `output_dir`.
 """
@@ -27,6 +29,13 @@ RESULT_COLUMNS = ("subject", "total", "correct", "not_judged", "accuracy")
 DATA_AREA = "data"
 #: The folder of one run's logits files, manifest and vocabulary (the last part of the layout).
 LOGITS_FOLDER = "logits"
+#: The folder of a dump's control arm (the same cases replayed in a second healthy configuration), beside it.
+CONTROL_FOLDER = "control"
+
+
+def control_dir_of(logits_dir: Path) -> Path:
+    """Where the control arm of the dump in `logits_dir` lives: the `control` folder beside it."""
+    return Path(logits_dir).parent / CONTROL_FOLDER
 
 
 def data_root(output_dir: Path) -> Path:
@@ -67,6 +76,11 @@ class OutputLayout:
         return self._base(DATA_AREA) / LOGITS_FOLDER
 
     @property
+    def control_dir(self) -> Path:
+        """The control arm of this run's dump (`control_dir_of(logits_dir)`)."""
+        return control_dir_of(self.logits_dir)
+
+    @property
     def stem(self) -> str:
         """`{task}_{model_type}_batch{bs}_tp{tp}`, modeltest's file-name stem."""
         return safe_component(f"{self.task_name}_{self.model_type}_batch{self.batch_size}_tp{self.tp}")
@@ -100,7 +114,8 @@ class OutputLayout:
         from logitsdump.fsutil import OUTPUT_NAME_ALLOWANCE
 
         return (self.result_file, self.infer_results_file, self.debug_file, self.bad_case_file,
-                self.provenance_file, self.logits_dir / OUTPUT_NAME_ALLOWANCE)
+                self.provenance_file, self.logits_dir / OUTPUT_NAME_ALLOWANCE,
+                self.control_dir / OUTPUT_NAME_ALLOWANCE)
 
 
 @dataclass(frozen=True)

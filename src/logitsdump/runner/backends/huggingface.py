@@ -52,6 +52,8 @@ class HFBackend(TokenizerMethods):
                 placement = {"tp_plan": "auto"}
             elif device.spread:
                 placement = {"device_map": "auto"}
+            if config.attn_implementation:  # our extension of the model YAML (a control arm's other kernel)
+                placement["attn_implementation"] = config.attn_implementation
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
                 self.model_path,
                 trust_remote_code=config.trust_remote_code,

@@ -1,0 +1,323 @@
+"""Does the control arm give the right verdict by default on a real model? Every condition of issue 26, side by side.
+
+    nice -n 10 timeout 5400 python bench/control_arm.py [--tasks TASK,TASK:SUBJECT+SUBJECT] [--free-tasks ...]
+                                                     [--tokens 16] [--replay-mode prefill] [--workdir DIR] [--no-tiny]
+
+SmolLM2-135M-Instruct (`logitsdump.demo.smollm2`), the README's workflow plus the control and nothing else (no
+calibrate, no held-out cases): every case of each task is a bad case (a weak small model rarely flips
+pass/fail), dumped with `logitsdump dump -e "logitsdump eval ..." -bcr <every key> -tr N`:
+  golden fp32, `dump --control impl`   its control: bf16 through the other attention implementation (eager);
+  golden bf16 (on the fp32 golden's text, `dump --replay`: a second bf16 free run costs ~30 s a case on this CPU),
+      then `dump --control dtype --replay` it: its control, fp32;
+and judged by plain `logitsdump compare -gp GOLDEN -mp TEST` (the control found through the golden manifest):
+  A. pure bf16 noise:        golden fp32, test bf16 (sdpa) replayed, implementation control;
+  B. healthy implementation: golden bf16 (sdpa), test bf16 eager replayed, dtype control fp32;
+  planted defects:          golden fp32, test bf16 with the defect replayed, implementation control;
+  no reference:             A again with `--no-control` and no floor (the dtype's default alone);
+  free runs:                golden fp32, test bf16 free-running (no replay), healthy and with a defect
+                            (on --free-tasks only: bf16 free generation is the slow part on a CPU).
+and, unless --no-tiny, `logitsdump demo --no-replay` on the embedded tiny model (its free runs of pure bf16 noise).
+
+The constants of `compare/control.py` were derived on gsm8k and MMLU astronomy + college_biology (docs/compare.md,
+"The control arm"); the default tasks here are other tasks and another MMLU subject, never used to tune them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from logitsdump.demo import examples
+from logitsdump.demo.defects import Defect, write_defective_model, write_model_yaml
+
+#: The evaluation tasks (task or task:subject+subject): none of them was used to derive the constants.
+TASKS = "mmlu_zero_shot:high_school_mathematics,boolq,humaneval,gpqa"
+FREE_TASKS = "mmlu_zero_shot:high_school_mathematics,humaneval"
+PASS = ("identical", "consistent", "noise", "tie-flip")
+FLAGGED = ("precision-suspect", "divergent")
+#: name -> (defect, used by bench/planted_bug.py too). The last ones are at layers and modules that bench does not use.
+DEFECTS: dict[str, tuple[Defect, bool]] = {
+    "o_proj of layer 15 x 1.1": (Defect("scale-o-proj", layer=15, factor=1.1), True),
+    "v_proj of layer 3 x 1.1": (Defect("scale-weight", layer=3, module="self_attn.v_proj", factor=1.1), False),
+    "up_proj of layer 2 x 1.05": (Defect("scale-weight", layer=2, module="mlp.up_proj", factor=1.05), False),
+    "up_proj of layer 2 x 1.1": (Defect("scale-weight", layer=2, module="mlp.up_proj", factor=1.1), False),
+    "gate_proj of layer 27 x 1.05": (Defect("scale-weight", layer=27, module="mlp.gate_proj", factor=1.05), False),
+    "final RMSNorm x 1.02": (Defect("scale-final-norm", factor=1.02), False),
+    "layer 20 weights at 3 mantissa bits": (Defect("round-weights", layer=20, bits=3), False),
+    "up_proj of layer 2 x 1.2": (Defect("scale-weight", layer=2, module="mlp.up_proj", factor=1.2), False),
+    "v_proj of layer 3 x 1.3": (Defect("scale-weight", layer=3, module="self_attn.v_proj", factor=1.3), False),
+    "drop head 3 of layer 5": (Defect("zero-head", layer=5, head=3), False),
+}
+#: The defects also dumped free-running (no replay).
+FREE_DEFECTS = ("v_proj of layer 3 x 1.1", "up_proj of layer 2 x 1.2")
+
+
+@dataclass
+class Row:
+    name: str
+    counts: dict[str, int] = field(default_factory=dict)
+    test_kl: float = 0.0
+    control_kl: float = 0.0
+    steps: int = 0
+    runs: list[str] = field(default_factory=list)
+    run_verdicts: list[str] = field(default_factory=list)
+    #: free runs: cases whose first argmax change the defect causes, and how many of them are flagged
+    caused: int = 0
+    caused_flagged: int = 0
+
+    def add(self, summary) -> None:
+        for case in summary.cases:
+            self.counts[case.verdict] = self.counts.get(case.verdict, 0) + 1
+            if case.paired is None:
+                continue
+            by_token = {s.token_id: s for s in case.judged_steps}
+            for row in case.paired.control_steps:
+                step = by_token.get(row.token)
+                if row.control_kl is not None and step is not None and step.metrics is not None:
+                    self.test_kl += step.metrics.kl_divergence
+                    self.control_kl += row.control_kl
+                    self.steps += 1
+        run = summary.reference.run if summary.reference is not None else None
+        if run is not None:
+            interval = (f" [{math.exp(run.low) * summary.reference.factor:.3g}, "
+                        f"{math.exp(run.high) * summary.reference.factor:.3g}]" if run.low is not None else "")
+            self.runs.append(f"{run.ratio:.3g}x{interval} (f={summary.reference.factor:.3g}) {run.verdict}")
+            self.run_verdicts.append(run.verdict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def share(self, verdicts: tuple[str, ...]) -> str:
+        hits = sum(self.counts.get(v, 0) for v in verdicts)
+        return f"{hits}/{self.total} = {hits / self.total:.0%}" if self.total else "-"
+
+    @property
+    def kl_ratio(self) -> float:
+        return self.test_kl / self.control_kl if self.control_kl else math.nan
+
+    @property
+    def mean_kl(self) -> float:
+        return self.test_kl / self.steps if self.steps else math.nan
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_").lower()
+
+
+def _task_yaml(spec: str, folder: Path, tokens: int) -> tuple[str, Path]:
+    """A copy of the shipped task YAML (task or task:subject+subject), absolute dataset path, `tokens` tokens."""
+    import yaml
+
+    from logitsdump.runner.config import load_task_config, resolve_dataset_root
+
+    task, _, subjects = spec.partition(":")
+    shipped = examples.task_config(task)
+    data = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    data["local_dataset_path"] = str(resolve_dataset_root(load_task_config(shipped)).resolve())
+    data["requested_max_output_length"] = tokens
+    if subjects:
+        wanted = set(subjects.split("+"))
+        data["subject_mapping"] = {k: v for k, v in data["subject_mapping"].items() if k in wanted}
+    name = _slug(spec)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return name, path
+
+
+def _every_key(task_yaml: Path, folder: Path) -> tuple[Path, int]:
+    from logitsdump.runner.config import load_task_config, resolve_dataset_root
+    from logitsdump.runner.tasks import get_task
+
+    config = load_task_config(task_yaml)
+    keys = [case.key for case in get_task(config.task_name).load_cases(config, resolve_dataset_root(config))]
+    path = folder / f"keys_{task_yaml.stem}.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key"])
+        writer.writerows([key] for key in keys)
+    return path, len(keys)
+
+
+def _dump(model_yaml: Path, task_yaml: Path, keys: Path, out: Path, tokens: int, log: Path, *,
+          replay: Path | None = None, control: str | None = None, replay_mode: str = "step") -> Path:
+    """One `logitsdump dump` subprocess; the logits folder it wrote (kept from an earlier run in --workdir)."""
+    done = out / "bench-done"
+    if done.is_file():
+        return Path(done.read_text(encoding="utf-8").strip())
+    runner = (f"logitsdump eval --model_config_path {model_yaml} --task_config_path {task_yaml} --batch_size 1 "
+              f"--tp 1 --output_dir {out} --device cpu")
+    argv = [sys.executable, "-m", "logitsdump", "dump", "-bcr", str(keys), "-tr", str(tokens)]
+    if replay is not None:
+        argv += ["--replay", str(replay)]
+    if control is not None:
+        argv += ["--control", control]
+    if replay is not None or control is not None:
+        argv += ["--replay-mode", replay_mode]
+    argv += ["-e", runner]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    with open(log, "w", encoding="utf-8") as handle:
+        handle.write(" ".join(argv) + "\n")
+        handle.flush()
+        status = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    if status != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        raise SystemExit(f"dump failed (status {status}), see {log}: {' | '.join(tail)}")
+    if replay is not None and control is not None:  # the control of an existing golden dump, beside it
+        folders = [replay.parent / "control"]
+    else:
+        folders = [p.parent for p in out.rglob("manifest.jsonl") if p.parent.name == "logits"]
+    if len(folders) != 1:
+        raise SystemExit(f"expected one logits folder under {out}, found {folders}")
+    done.write_text(f"{folders[0]}\n", encoding="utf-8")
+    return folders[0]
+
+
+def _compare(golden: Path, test: Path, out: Path, **options):
+    from logitsdump.compare import CompareOptions, run_compare
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return run_compare(CompareOptions(golden, test, out, workers=1, **options))
+
+
+def _mark_caused(row: Row, summary, healthy: dict) -> None:
+    """Free runs: the cases whose first argmax change the defect causes (the healthy bf16 free run of the case
+    changes no token up to there), and how many of them are flagged."""
+    for case in summary.cases:
+        if case.first_diff_token is None:
+            continue
+        base = healthy.get((case.subject, case.key))
+        if base is not None and base.first_diff_token is not None and base.first_diff_token <= case.first_diff_token:
+            continue
+        row.caused += 1
+        row.caused_flagged += case.verdict in FLAGGED
+
+
+def smollm2(args: argparse.Namespace) -> list[Row]:
+    from logitsdump.demo import smollm2 as smol
+
+    model = smol.build_model()
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="control_arm_"))
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    chat = {"use_chat_template": True}
+    fp32 = write_model_yaml(work / "fp32.yaml", model, smol.MODEL_NAME, "fp32", **chat)
+    bf16 = write_model_yaml(work / "bf16.yaml", model, smol.MODEL_NAME, "bf16", **chat)
+    eager = write_model_yaml(work / "bf16_eager.yaml", model, smol.MODEL_NAME, "bf16", **chat)
+    eager.write_text(eager.read_text(encoding="utf-8") + "attn_implementation: eager\n", encoding="utf-8")
+    defects = {}
+    for name, (defect, _used) in DEFECTS.items():
+        folder = work / "models" / _slug(name)
+        if not folder.is_dir():
+            write_defective_model(model, folder, defect)
+        defects[name] = write_model_yaml(work / f"{_slug(name)}.yaml", folder, smol.MODEL_NAME, "bf16",
+                                         trust_remote_code=defect.needs_code, **chat)
+    rows = {n: Row(n) for n in ("A. bf16 noise, impl control", "B. bf16 sdpa vs eager, dtype control",
+                                "A without control or floor", *DEFECTS, "free: bf16 noise",
+                                *(f"free: {d}" for d in FREE_DEFECTS))}
+    plans = [(*_task_yaml(spec, work, args.tokens), spec) for spec in args.tasks.split(",")]
+    total = 0
+    for task, task_yaml, spec in plans:
+        keys, n = _every_key(task_yaml, work)
+        total += n
+        t0 = time.monotonic()
+
+        def dump(name: str, yaml: Path, task: str = task, task_yaml: Path = task_yaml, keys: Path = keys,
+                 **kw) -> Path:
+            return _dump(yaml, task_yaml, keys, work / "dump" / _slug(name) / task, args.tokens,
+                         work / "logs" / f"{_slug(name)}_{task}.log", replay_mode=args.replay_mode, **kw)
+
+        g32 = dump("golden fp32", fp32, control="impl")
+        g16 = dump("golden bf16 replayed", bf16, replay=g32)  # B's golden: bf16 on the fp32 golden's text
+        dump("golden bf16 dtype control", bf16, replay=g16, control="dtype")  # its control: fp32 (golden's YAML)
+        _say(f"  {spec}: {n} cases; golden fp32 + impl control, golden bf16 + dtype control "
+             f"({time.monotonic() - t0:.0f} s)")
+        cmp = work / "compare"
+        a = dump("test bf16", bf16, replay=g32)
+        rows["A. bf16 noise, impl control"].add(_compare(g32, a, cmp / "a" / task))
+        rows["A without control or floor"].add(_compare(g32, a, cmp / "a_none" / task, use_control=False))
+        b = dump("test bf16 eager", eager, replay=g16)
+        rows["B. bf16 sdpa vs eager, dtype control"].add(_compare(g16, b, cmp / "b" / task))
+        for name, yaml in defects.items():
+            rows[name].add(_compare(g32, dump(name, yaml, replay=g32), cmp / _slug(name) / task))
+        if spec not in args.free_tasks.split(","):
+            _say(f"  {spec}: done ({time.monotonic() - t0:.0f} s)")
+            continue
+        free = _compare(g32, dump("test bf16 free", bf16), cmp / "free" / task)
+        rows["free: bf16 noise"].add(free)
+        healthy = {(c.subject, c.key): c for c in free.cases}
+        for name in FREE_DEFECTS:
+            summary = _compare(g32, dump(f"free {name}", defects[name]), cmp / f"free_{_slug(name)}" / task)
+            rows[f"free: {name}"].add(summary)
+            _mark_caused(rows[f"free: {name}"], summary, healthy)
+        _say(f"  {spec}: done ({time.monotonic() - t0:.0f} s); work folder {work}")
+    _say(f"SmolLM2-135M-Instruct: {total} cases of {args.tasks}, {args.tokens} tokens each, replay mode "
+         f"{args.replay_mode}")
+    return list(rows.values())
+
+
+def tiny() -> Row:
+    from logitsdump.demo.run import DemoOptions, run_demo
+
+    row = Row("tiny demo --no-replay (bf16 noise)")
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        result = run_demo(DemoOptions(workdir=tmp, replay=False, report=False))
+    row.counts = result.verdict_counts()
+    return row
+
+
+def report(rows: list[Row]) -> None:
+    _say("")
+    _say("| condition | cases | noise/consistent | flagged (precision-suspect, divergent) | unreferenced "
+         "| mean step KL | KL / control's | run ratio [95%] per task |")
+    _say("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        caused = f" (of the {row.caused} whose first change it causes: {row.caused_flagged})" if row.caused else ""
+        _say(f"| {row.name} | {row.total} | {row.share(PASS)} | {row.share(FLAGGED)}{caused} "
+             f"| {row.counts.get('unreferenced', 0)} | {row.mean_kl:.3g} | {row.kl_ratio:.3g} "
+             f"| {'; '.join(row.runs)} |")
+    flagged = [(r.kl_ratio, r.mean_kl, r.name) for r in rows if r.name in DEFECTS
+               and sum(r.counts.get(v, 0) for v in FLAGGED) >= 0.9 * r.total]
+    if flagged:
+        ratio, kl, name = min(flagged)
+        _say(f"\nresolution: the smallest defect flagged in >= 90% of its cases: {name}, mean step KL {kl:.3g} "
+             f"({ratio:.3g}x the control's)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=TASKS,
+                        help=f"comma-separated task or task:subject+subject list (default {TASKS})")
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--replay-mode", choices=("step", "prefill"), default="prefill",
+                        help="how the test sides and the controls replay golden's tokens (dump --replay-mode; "
+                        "prefill: one forward pass, several times faster in bf16 on a CPU)")
+    parser.add_argument("--free-tasks", default=FREE_TASKS, help=f"the tasks also dumped free-running (default "
+                        f"{FREE_TASKS})")
+    parser.add_argument("--workdir", default=None, help="keep (and reuse) every dump here")
+    parser.add_argument("--no-tiny", action="store_true", help="skip the tiny model's demo --no-replay")
+    args = parser.parse_args()
+    started = time.monotonic()
+    rows = smollm2(args)
+    if not args.no_tiny:
+        rows.append(tiny())
+    report(rows)
+    _say(f"\ntotal {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
