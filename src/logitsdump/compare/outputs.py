@@ -147,8 +147,26 @@ def write_cases_json(path: Path, document: CompareDocument) -> None:
     """The case JSON, one line per case: json's C encoder writes each line (with `indent`, json uses its
     pure-Python encoder, ten times slower on thousands of cases)."""
     data = document.to_dict()
-    head = json.dumps({k: v for k, v in data.items() if k != "cases"}, ensure_ascii=False, indent=1,
-                      allow_nan=False)
-    cases = ",\n".join(json.dumps(case, ensure_ascii=False, allow_nan=False) for case in data["cases"])
+    head = _dumps({k: v for k, v in data.items() if k != "cases"}, indent=1)
+    cases = ",\n".join(_dumps(case) for case in data["cases"])
     text = f'{head[:-2]},\n "cases": [\n{cases}\n ]\n}}\n' if cases else f'{head[:-2]},\n "cases": []\n}}\n'
     atomic_write_text(path, text)
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    """JSON of `value`; a value that is not finite (a statistic of logits near float's limit) written as
+    null, looked for only when the plain encoding refuses one."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=indent)
+    except ValueError:
+        return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, indent=indent)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

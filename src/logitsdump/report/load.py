@@ -168,6 +168,7 @@ def load_compare(source: Any) -> CompareResult:
         summary=dict(summary) if isinstance(summary, Mapping) else {},
         cases=read.cases,  # type: ignore[arg-type]  # a lazy sequence, parsed on demand
         floor=dict(head["floor"]) if isinstance(head.get("floor"), Mapping) else None,
+        reference=dict(head["reference"]) if isinstance(head.get("reference"), Mapping) else None,
     )
     return CompareResult(path, document, prebuilt_index=read.index)
 
