@@ -50,8 +50,9 @@ def test_dump_control_writes_the_control_beside_golden_and_compare_uses_it(tmp_p
     # the healthy bf16 test side is noise against its control (the tiny demo's verdicts stay explainable)
     assert {c.verdict for c in summary.cases} <= {"identical", "consistent", "noise"}, [c.reason for c in summary.cases]
     assert reference.run is not None and reference.run.verdict == "noise"
-    # the control is made once and reused: a second control of the same golden dump replaces it
-    again = run_cli("dump", "-bcr", str(bad), "-tr", "6", "--control", kind, "--replay", str(golden), "-e",
+    # a second control of the same golden dump replaces it when told to (--overwrite: the folder policy)
+    again = run_cli("dump", "-bcr", str(bad), "-tr", "6", "--control", kind, "--replay", str(golden),
+                    "--overwrite", "-e",
                     _runner("fp32", tmp_path / "g"))
     assert again.returncode == 0, again.stderr
     assert f"control folder: {control} (3 cases, 18 files)" in again.stdout
