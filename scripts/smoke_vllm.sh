@@ -75,7 +75,7 @@ checks() {
       --noise-kl 5e-7 > "$work/cmp-$run.txt"
     local counts; counts=$(sed -nE 's/^cases: 3 \(identical ([0-9]+), consistent ([0-9]+),.*/\1 \2/p' "$work/cmp-$run.txt")
     read -r same close <<< "${counts:-0 0}"
-    grep -Eq "rows: 18 \(passed 18, failed 0" "$work/cmp-$run.txt" && [ $((same + close)) -eq 3 ] ||
+    grep -Eq "token pairs: 18 \(against msit.s per-token thresholds: passed 18, failed 0" "$work/cmp-$run.txt" && [ $((same + close)) -eq 3 ] ||
       { cat "$work/cmp-$run.txt"; echo "vLLM $run dump: expected 3 identical or consistent cases against HF"; exit 1; }
   done
   for run in step prefill; do  # the manifest records each replayed case's mode, as with the HF backend
