@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logitsdump import store
-from logitsdump.errors import DataError, UsageError, WriteError
+from logitsdump.errors import DataError, UsageError, UserError, WriteError
 from logitsdump.launch import Command, launch
 from logitsdump.logs import get_logger
 from logitsdump.protocol import CONTROL_KINDS, DumpRequest
@@ -40,16 +40,31 @@ def check_control(kind: str | None, command: Command) -> None:
                          "side into its own folder and give it to compare --control DIR (docs/compare.md)")
 
 
-def ours(folders: Sequence[DumpFolder], request: DumpRequest) -> list[DumpFolder]:
-    """The folders a dump of `request` may have written: those whose account asks for as many cases and
-    whose manifest lists only requested indices (another dump running into the same output folder at the
-    same time wrote the others)."""
+def task_of(command: Command) -> str | None:
+    """The task name of our runner's `--task_config_path` YAML (None when it cannot be read: not decisive)."""
+    from logitsdump.launch import flag_value
+    from logitsdump.runner.config import load_task_config
+
+    path = flag_value(command.argv, ("--task_config_path",))
+    try:
+        return load_task_config(path).task_name if path else None
+    except (UserError, OSError):
+        return None
+
+
+def ours(folders: Sequence[DumpFolder], request: DumpRequest, task: str | None = None) -> list[DumpFolder]:
+    """The folders a dump of `request` may have written: those of `task` (when known) whose account asks for as
+    many cases and whose manifest lists only requested indices (another dump running into the same output
+    folder at the same time wrote the others)."""
     wanted = set(request.indices) if not request.per_language else {i for g in request.indices for i in g}  # type: ignore[union-attr]
     kept = []
     for folder in folders:
         if folder.summary is not None and folder.summary.requested != request.case_count:
             continue
-        if all(r.index in wanted for r in store.read_manifest(folder.path)):
+        records = store.read_manifest(folder.path)
+        if task is not None and any(r.task != task for r in records):
+            continue
+        if all(r.index in wanted for r in records):
             kept.append(folder)
     return kept
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from logitsdump.badcase import read_bad_case_request
-from logitsdump.control_dump import check_control, ours, run_control
+from logitsdump.control_dump import check_control, ours, run_control, task_of
 from logitsdump.errors import DataError, LaunchError, UsageError
 from logitsdump.fsutil import ensure_writable_dir
 from logitsdump.launch import Interrupted, flag_value, launch, validate_command
@@ -173,7 +173,7 @@ def run_dump(options: DumpOptions, *, base_env: Mapping[str, str] | None = None)
     folders = tuple(written_folders(root, before, request.dump_id))
     control = None
     if options.control is not None:
-        golden = ours(folders, request)
+        golden = ours(folders, request, task_of(command))
         if len(golden) != 1:
             raise DataError(f"--control: {len(golden)} logits folders under {data_root(root)} were written by this "
                             "dump and hold its cases, expected one: give each dump its own --output_dir")
