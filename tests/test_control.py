@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from logitsdump.cli import main
-from logitsdump.compare import CompareOptions, run_compare
+from logitsdump.compare import CompareOptions, control_arm, run_compare
 from logitsdump.compare import control as ctl
 from logitsdump.compare.stats import t_quantile
 from logitsdump.control_dump import name_control
@@ -106,7 +106,7 @@ def test_a_healthy_test_side_is_consistent_against_its_control(tmp_path: Path) -
     assert {c.verdict for c in summary.cases} <= {"consistent", "noise"}
     assert all(c.reference == "control" and c.paired is not None and c.paired.steps == STEPS for c in summary.cases)
     ref = summary.reference
-    assert ref.source == "control" and ref.control.found == ctl.NAMED and ref.control.path == control
+    assert ref.source == "control" and ref.control.found == control_arm.NAMED and ref.control.path == control
     assert ref.factor == pytest.approx(1.0, abs=0.01)  # fp32 golden, bf16 test, bf16 control
     run = ref.run
     assert run.cases == 10 and run.verdict == "noise" and run.low < 0 < run.high
@@ -201,12 +201,12 @@ def test_a_one_step_control_may_record_its_own_last_token(tmp_path: Path) -> Non
 def test_the_control_is_found_beside_golden_or_given(tmp_path: Path) -> None:
     golden, control, mine = build(tmp_path)
     rewrite_manifest(golden, [replace(r, extra={}) for r in read_manifest(golden)])  # not named any more
-    assert _compare(golden, mine, tmp_path / "a").reference.control.found == ctl.BESIDE
+    assert _compare(golden, mine, tmp_path / "a").reference.control.found == control_arm.BESIDE
     moved = tmp_path / "elsewhere"
     control.rename(moved)
     assert _compare(golden, mine, tmp_path / "b").reference.source == "default"  # none: the floor alone
     summary = _compare(golden, mine, tmp_path / "c", control_path=moved)
-    assert summary.reference.control.found == ctl.GIVEN and summary.reference.run.verdict == "noise"
+    assert summary.reference.control.found == control_arm.GIVEN and summary.reference.run.verdict == "noise"
 
 
 def test_no_control_flag_judges_by_the_floor(tmp_path: Path, capsys) -> None:

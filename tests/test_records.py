@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from logitsdump.compare import CompareOptions
+from logitsdump.compare.document import SCHEMA_VERSION, CompareDocument
 from logitsdump.compare.judge import ReplayedCase, Tolerances, judge_case, judge_replay_case
-from logitsdump.compare.records import SCHEMA_VERSION, CaseRecord, CompareDocument
+from logitsdump.compare.records import CaseRecord
 from logitsdump.compare.schema_v1 import upgrade_document
 from logitsdump.demo import examples
 

@@ -18,8 +18,8 @@ import pytest
 
 from logitsdump.compare import CompareOptions, run_compare
 from logitsdump.compare.distribution import STATISTICS_FIELDS
+from logitsdump.compare.document import CompareDocument
 from logitsdump.compare.outputs import CASE_COLUMNS
-from logitsdump.compare.records import CompareDocument
 from logitsdump.report import format_summary, load_compare, write_report
 from logitsdump.report.svg import histogram, quantile_plot
 from test_compare_replay import _build

@@ -7,6 +7,7 @@ ones without importing the command tree.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 
 from logitsdump.logs import LEVELS
 
@@ -51,3 +52,27 @@ def add_flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
     if "_" in name:
         spellings.append(f"--{name.replace('_', '-')}")
     parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def number_between(low: float, high: float | None = None) -> Callable[[str], float]:
+    """argparse type: a finite float in [low, high] (high None: no upper bound)."""
+    span = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {span}, found {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (
+            high is not None and value > high
+        ):
+            raise argparse.ArgumentTypeError(f"expected a number {span}, found {text}")
+        return value
+
+    return parse
+
+
+def print_lines(lines: Sequence[str]) -> None:
+    """Print each line, flushed (a next-step hint reaches a pipe at once)."""
+    for line in lines:
+        print(line, flush=True)

@@ -36,8 +36,9 @@ from logitsdump.compare.floor import (
     margin_of_kl,
     read_tolerances_file,
 )
+from logitsdump.compare.lenient import finite_float
 from logitsdump.compare.options import CompareOptions
-from logitsdump.compare.records import ONLY_IN_GOLDEN, ONLY_IN_MY, CaseRecord, Step, finite_float
+from logitsdump.compare.records import ONLY_IN_GOLDEN, ONLY_IN_MY, CaseRecord, Step
 from logitsdump.compare.run import measure
 from logitsdump.compare.stats import percentile_high
 from logitsdump.errors import DataError, UsageError

@@ -18,15 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from logitsdump.compare.distribution import STATISTICS_FIELDS, StepStatistics
-from logitsdump.compare.records import (
-    CSV_EXTRA_COLUMNS,
-    ONLY_IN_GOLDEN,
-    ONLY_IN_MY,
-    CaseRecord,
-    CompareDocument,
-    PairMetrics,
-    Step,
-)
+from logitsdump.compare.document import CompareDocument
+from logitsdump.compare.records import CSV_EXTRA_COLUMNS, ONLY_IN_GOLDEN, ONLY_IN_MY, CaseRecord, PairMetrics, Step
 from logitsdump.csvsafe import write_csv
 from logitsdump.fsutil import atomic_write_text
 

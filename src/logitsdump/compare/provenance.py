@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from logitsdump.compare.judge import ReplayedCase
-from logitsdump.compare.records import ArgmaxChange, CaseRecord, ManifestSummary, ReplaySummary, Step
+from logitsdump.compare.manifest_records import ManifestSummary, ReplaySummary
+from logitsdump.compare.records import ArgmaxChange, CaseRecord, Step
 from logitsdump.logs import get_logger
 from logitsdump.protocol import REPLAY_MODES
 from logitsdump.store import CaseManifest, read_manifest, read_vocab

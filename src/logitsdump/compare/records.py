@@ -3,9 +3,10 @@
 - `PairMetrics`: every number measured on one pair of logits files (one token);
 - `Step`: one row of the comparison: a file name, its metrics or why there are none;
 - `ArgmaxChange`: a step where the two devices' top-1 differs, and how sure each was;
-- `ManifestSummary`: what a dump's manifest says about the case (question, tokens, dtype...);
 - `CaseRecord`: the verdict of one case, the numbers behind it, and the step to look at first;
-- `CompareDocument`: the case JSON (`logits_cmp_cases_<ts>.json`) as a whole.
+- elsewhere, one module each: `manifest_records.ManifestSummary` (what a dump's manifest says about the
+  case), `paired_records.PairedCase` (the case against the control arm), `document.CompareDocument` (the
+  case JSON `logits_cmp_cases_<ts>.json` as a whole, with its schema version), `lenient` (the readers).
 
 `CaseRecord.stats` and `CompareDocument.stats` (llama.cpp's `--kl-divergence` statistics of a case's
 judged steps, and of every case's together: `distribution.StepStatistics`) are derived from the steps,
@@ -26,20 +27,20 @@ the test's side.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
 from logitsdump.compare.distribution import StepStatistics, summarize
+from logitsdump.compare.lenient import finite_float, read_int, read_key, read_str, read_typed
+from logitsdump.compare.manifest_records import ManifestSummary
+from logitsdump.compare.paired_records import PairedCase
 from logitsdump.compare.topk_metrics import TopkMetrics
 from logitsdump.compare.verdicts import PASSING
 
 #: The version of the case JSON this module writes, and those it reads. Version 3 added `stats` (per case
 #: and for the run); version 2 reads as it is (the statistics are derived from the steps).
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
 
 #: The task of a case whose dumps have no manifest.
 UNKNOWN_TASK = "unknown"
@@ -104,7 +105,7 @@ class PairMetrics:
         values: dict[str, Any] = {}
         for f in fields(cls):
             kind, optional = _FIELD_TYPES[f.name]
-            value = _typed(data.get(f.name), kind)
+            value = read_typed(data.get(f.name), kind)
             if value is None and not (optional and data.get(f.name) is None):
                 return None
             values[f.name] = value
@@ -180,16 +181,16 @@ class Step:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], subject: str = "") -> Step:
         return cls(
-            file_name=_str(data.get("file_name")) or "",
-            key=_key(data.get("key")),
-            token_id=_int(data.get("token_id")),
-            reason=_str(data.get("reason")) or "",
+            file_name=read_str(data.get("file_name")) or "",
+            key=read_key(data.get("key")),
+            token_id=read_int(data.get("token_id")),
+            reason=read_str(data.get("reason")) or "",
             same_values=data.get("same_values") is True,
             unavailable=data.get("unavailable") is True,
             metrics=PairMetrics.from_dict(data),
             subject=subject,
-            golden_top1_text=_str(data.get("golden_top1_text")),
-            my_top1_text=_str(data.get("my_top1_text")),
+            golden_top1_text=read_str(data.get("golden_top1_text")),
+            my_top1_text=read_str(data.get("my_top1_text")),
             topk=TopkMetrics.from_dict(data.get("topk")),
         )
 
@@ -224,169 +225,19 @@ class ArgmaxChange:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ArgmaxChange | None:
-        token = _int(data.get("token"))
+        token = read_int(data.get("token"))
         if token is None:
             return None
         return cls(
             token=token,
-            golden_token=_int(data.get("golden_token")),  # type: ignore[arg-type]
-            my_token=_int(data.get("my_token")),  # type: ignore[arg-type]
+            golden_token=read_int(data.get("golden_token")),  # type: ignore[arg-type]
+            my_token=read_int(data.get("my_token")),  # type: ignore[arg-type]
             flip_margin=finite_float(data.get("flip_margin")),  # type: ignore[arg-type]
             my_flip_margin=finite_float(data.get("my_flip_margin")),  # type: ignore[arg-type]
-            my_rank_in_golden=_int(data.get("my_rank_in_golden")),  # type: ignore[arg-type]
-            golden_rank_in_mine=_int(data.get("golden_rank_in_mine")),  # type: ignore[arg-type]
-            golden_token_text=_str(data.get("golden_token_text")),
-            my_token_text=_str(data.get("my_token_text")),
-        )
-
-
-@dataclass(frozen=True)
-class ReplaySummary:
-    """A replayed dump's record of one case (the manifest's `extra.replay`)."""
-
-    mode: str
-    golden_dir: str
-    #: The test device's own argmax at each forced step.
-    own_tokens: tuple[int, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "golden_dir": self.golden_dir, "own_tokens": list(self.own_tokens)}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ReplaySummary | None:
-        if not isinstance(data, Mapping) or not isinstance(data.get("mode"), str):
-            return None
-        return cls(str(data["mode"]), str(data.get("golden_dir") or ""), _ints(data.get("own_tokens")) or ())
-
-
-@dataclass(frozen=True)
-class ManifestSummary:
-    """What one side's manifest says about a case (None fields: not recorded)."""
-
-    task: str | None = None
-    index: int | None = None
-    query: str | None = None
-    input_token_ids: tuple[int, ...] | None = None
-    output_token_ids: tuple[int | None, ...] | None = None
-    output_tokens: tuple[str | None, ...] | None = None
-    output_text: str | None = None
-    model_name: str | None = None
-    dtype: str | None = None
-    logits_dtype: str | None = None
-    device: str | None = None
-    logits_kind: str | None = None
-    replay: ReplaySummary | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, ReplaySummary):
-                value = value.to_dict()
-            data[f.name] = value
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Any) -> ManifestSummary | None:
-        if not isinstance(data, Mapping):
-            return None
-        outputs = data.get("output_token_ids")
-        texts = data.get("output_tokens")
-        inputs = data.get("input_token_ids")
-        return cls(
-            task=_str(data.get("task")),
-            index=_int(data.get("index")),
-            query=_str(data.get("query")),
-            input_token_ids=_ints(inputs),
-            output_token_ids=tuple(_int(t) for t in outputs) if isinstance(outputs, list) else None,
-            output_tokens=tuple(_str(t) for t in texts) if isinstance(texts, list) else None,
-            output_text=_str(data.get("output_text")),
-            model_name=_str(data.get("model_name")),
-            dtype=_str(data.get("dtype")),
-            logits_dtype=_str(data.get("logits_dtype")),
-            device=_str(data.get("device")),
-            logits_kind=_str(data.get("logits_kind")),
-            replay=ReplaySummary.from_dict(data.get("replay")),
-        )
-
-
-@dataclass(frozen=True)
-class ControlStep:
-    """One judged step of a case against the control arm (`compare/control.py`)."""
-
-    token: int
-    #: KL(golden || control) and the control's `perturbation_rms` at this step; None: no control step here.
-    control_kl: float | None
-    control_rms: float | None
-    #: log of the test's over the control's squared perturbation (`PairMetrics.perturbation_rms`), clamped.
-    log_ratio: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ControlStep | None:
-        token = _int(data.get("token"))
-        if token is None:
-            return None
-        return cls(token, finite_float(data.get("control_kl")), finite_float(data.get("control_rms")),
-                   finite_float(data.get("log_ratio")))
-
-
-@dataclass(frozen=True)
-class PairedCase:
-    """How a case was judged against the control arm: the paired statistics (`compare/control.py`)."""
-
-    #: Judged steps that have a control step (n of the statistics).
-    steps: int
-    #: Mean over those steps of log(test's / control's squared perturbation): 0 when the test is as noisy.
-    log_ratio: float
-    #: log of the healthy spread factor of this pairing (the test's noise may be that much larger).
-    allowance: float
-    #: The mean rule: log_ratio - allowance above this is drift (at the stated false-alarm rate).
-    threshold: float
-    #: One-sided p-value of the mean rule (small: the test is noisier than any healthy pair would be).
-    p_value: float
-    #: The worst step, its log_ratio - allowance, and the worst-step rule's threshold.
-    worst_token: int | None
-    worst_excess: float | None
-    step_threshold: float
-    #: sum KL(golden || test) / sum KL(golden || control) over the paired steps (None: the control's is 0).
-    kl_ratio: float | None
-    control_steps: tuple[ControlStep, ...] = ()
-    #: Judged tokens with no control step (a free-running control that left golden's text earlier).
-    uncovered: tuple[int, ...] = ()
-
-    @property
-    def excess(self) -> float:
-        """log_ratio - allowance: how much noisier than the healthy bound the test is (log)."""
-        return self.log_ratio - self.allowance
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["control_steps"] = [c.to_dict() for c in self.control_steps]
-        data["uncovered"] = list(self.uncovered)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Any) -> PairedCase | None:
-        if not isinstance(data, Mapping):
-            return None
-        numbers = {name: finite_float(data.get(name)) for name in
-                   ("log_ratio", "allowance", "threshold", "p_value", "step_threshold")}
-        if any(v is None for v in numbers.values()):
-            return None
-        raw = data.get("control_steps") if isinstance(data.get("control_steps"), list) else []
-        return cls(
-            steps=_int(data.get("steps")) or 0,
-            worst_token=_int(data.get("worst_token")),
-            worst_excess=finite_float(data.get("worst_excess")),
-            kl_ratio=finite_float(data.get("kl_ratio")),
-            control_steps=tuple(c for c in (ControlStep.from_dict(d) for d in raw if isinstance(d, Mapping)) if c),
-            uncovered=_ints(data.get("uncovered")) or (),
-            **numbers,  # type: ignore[arg-type]
+            my_rank_in_golden=read_int(data.get("my_rank_in_golden")),  # type: ignore[arg-type]
+            golden_rank_in_mine=read_int(data.get("golden_rank_in_mine")),  # type: ignore[arg-type]
+            golden_token_text=read_str(data.get("golden_token_text")),
+            my_token_text=read_str(data.get("my_token_text")),
         )
 
 
@@ -555,107 +406,44 @@ class CaseRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CaseRecord:
-        subject = _str(data.get("subject")) or ""
+        subject = read_str(data.get("subject")) or ""
         raw_steps = data.get("steps") if isinstance(data.get("steps"), list) else []
         steps = tuple(Step.from_dict(s, subject) for s in raw_steps if isinstance(s, Mapping))
         raw_changes = data.get("changes") if isinstance(data.get("changes"), list) else []
         changes = tuple(c for c in (ArgmaxChange.from_dict(d) for d in raw_changes if isinstance(d, Mapping)) if c)
-        key = _key(data.get("key"))
+        key = read_key(data.get("key"))
         findings = data.get("findings")
         return cls(
             subject=subject,
             key=key if key is not None else "",
-            verdict=_str(data.get("verdict")) or "",
-            reason=_str(data.get("reason")) or "",
-            tokens_total=_int(data.get("tokens_total")) or len(steps),
-            tokens_compared=_int(data.get("tokens_compared")) or 0,
-            tokens_judged=_int(data.get("tokens_judged")) or 0,
-            first_diff_token=_int(data.get("first_diff_token")),
+            verdict=read_str(data.get("verdict")) or "",
+            reason=read_str(data.get("reason")) or "",
+            tokens_total=read_int(data.get("tokens_total")) or len(steps),
+            tokens_compared=read_int(data.get("tokens_compared")) or 0,
+            tokens_judged=read_int(data.get("tokens_judged")) or 0,
+            first_diff_token=read_int(data.get("first_diff_token")),
             worst_cosine=finite_float(data.get("worst_cosine")),
             worst_kl=finite_float(data.get("worst_kl")),
             flip_margin=finite_float(data.get("flip_margin")),
-            golden_token=_int(data.get("golden_token")),
-            my_token=_int(data.get("my_token")),
+            golden_token=read_int(data.get("golden_token")),
+            my_token=read_int(data.get("my_token")),
             steps=steps,
-            replay_mode=_str(data.get("replay_mode")),
+            replay_mode=read_str(data.get("replay_mode")),
             changes=changes,
             mean_kl=finite_float(data.get("mean_kl")),
             p95_kl=finite_float(data.get("p95_kl")),
             mean_cosine=finite_float(data.get("mean_cosine")),
             p95_cosine=finite_float(data.get("p95_cosine")),
             findings=tuple(f for f in findings if isinstance(f, str)) if isinstance(findings, list) else (),
-            focus_step=_int(data.get("focus_step")),
-            focus_why=_str(data.get("focus_why")),
-            golden_token_text=_str(data.get("golden_token_text")),
-            my_token_text=_str(data.get("my_token_text")),
+            focus_step=read_int(data.get("focus_step")),
+            focus_why=read_str(data.get("focus_why")),
+            golden_token_text=read_str(data.get("golden_token_text")),
+            my_token_text=read_str(data.get("my_token_text")),
             golden_manifest=ManifestSummary.from_dict(data.get("golden_manifest")),
             my_manifest=ManifestSummary.from_dict(data.get("my_manifest")),
-            evidence=_str(data.get("evidence")),
-            reference=_str(data.get("reference")),
+            evidence=read_str(data.get("evidence")),
+            reference=read_str(data.get("reference")),
             paired=PairedCase.from_dict(data.get("paired")),
-        )
-
-
-@dataclass(frozen=True)
-class CompareDocument:
-    """The case JSON of one compare run."""
-
-    tool: str
-    timestamp: str
-    #: `CompareOptions.to_dict()`: the thresholds, tolerances and input folders.
-    options: Mapping[str, Any]
-    #: `CompareSummary.to_dict()`: output paths, row and verdict counts.
-    summary: Mapping[str, Any]
-    cases: tuple[CaseRecord, ...]
-    schema_version: int = SCHEMA_VERSION
-    #: `floor.Floor.to_dict()`: which noise floor the replayed verdicts used (None: not recorded).
-    floor: Mapping[str, Any] | None = None
-    #: `control.Reference.to_dict()`: the run's noise reference (the control arm and the run's ratio, or
-    #: the floor alone), None in files written before it.
-    reference: Mapping[str, Any] | None = None
-
-    @cached_property
-    def stats(self) -> StepStatistics | None:
-        """llama.cpp's statistics of the judged steps of every case together (the run's figures)."""
-        return step_statistics(step for case in self.cases for step in case.judged_steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "tool": self.tool,
-            "timestamp": self.timestamp,
-            "options": dict(self.options),
-            "floor": dict(self.floor) if self.floor is not None else None,
-            "reference": dict(self.reference) if self.reference is not None else None,
-            "summary": dict(self.summary),
-            "stats": self.stats.to_dict() if self.stats is not None else None,
-            "cases": [case.to_dict() for case in self.cases],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CompareDocument:
-        """The document; raises ValueError for another schema version or a missing `cases` list."""
-        version = data.get("schema_version")
-        if version not in READABLE_VERSIONS:
-            raise ValueError(f"schema_version {version!r} is not supported (this version reads "
-                             f"{', '.join(map(str, READABLE_VERSIONS))}); use the logitsdump that wrote it")
-        if not isinstance(data.get("cases"), list):
-            raise ValueError("expected compare's case JSON with a 'cases' list")
-        if version == 1:  # its cases need their findings derived from the words of their reasons first
-            raise ValueError("schema_version 1 is read through compare.schema_v1.upgrade_document")
-        raw = [c for c in data["cases"] if isinstance(c, Mapping)]
-        cases = tuple(CaseRecord.from_dict(c) for c in raw)
-        options = data.get("options")
-        summary = data.get("summary")
-        return cls(
-            tool=_str(data.get("tool")) or "logitsdump",
-            timestamp=_str(data.get("timestamp")) or "",
-            options=dict(options) if isinstance(options, Mapping) else {},
-            summary=dict(summary) if isinstance(summary, Mapping) else {},
-            cases=cases,
-            schema_version=SCHEMA_VERSION,
-            floor=dict(data["floor"]) if isinstance(data.get("floor"), Mapping) else None,
-            reference=dict(data["reference"]) if isinstance(data.get("reference"), Mapping) else None,
         )
 
 
@@ -669,55 +457,3 @@ def step_statistics(steps: Iterable[Step]) -> StepStatistics | None:
         [m.my_top1_rank_in_golden for m in measured],
         [m.golden_top1_rank_in_mine for m in measured],
     )
-
-
-# ---- lenient readers ---------------------------------------------------------------------------
-
-
-def _typed(value: Any, kind: type) -> Any:
-    if kind is bool:
-        return value if isinstance(value, bool) else None
-    if kind is int:
-        return _int(value)
-    return finite_float(value)
-
-
-def finite_float(value: Any) -> float | None:
-    """`value` as a finite float, else None (None, booleans, text that is no number, NaN, infinities)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float's range
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value))
-    except ValueError:
-        return None
-
-
-def _ints(value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, list):
-        return None
-    return tuple(number for number in (_int(v) for v in value) if number is not None)
-
-
-def _key(value: Any) -> int | str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    return value if isinstance(value, (int, str)) else str(value)
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-

@@ -18,7 +18,9 @@ from typing import Any
 
 from logitsdump import __version__
 from logitsdump.compare import control as ctl
+from logitsdump.compare import control_arm
 from logitsdump.compare.choices import explain_choices
+from logitsdump.compare.document import CompareDocument
 from logitsdump.compare.floor import Floor
 from logitsdump.compare.judge import judge_cases
 from logitsdump.compare.measure import measure_all
@@ -26,7 +28,7 @@ from logitsdump.compare.options import CompareOptions
 from logitsdump.compare.outputs import run_names, write_cases_csv, write_cases_json, write_steps_csv
 from logitsdump.compare.pairing import pair_files
 from logitsdump.compare.provenance import DumpFolders
-from logitsdump.compare.records import CaseRecord, CompareDocument, Step
+from logitsdump.compare.records import CaseRecord, Step
 from logitsdump.compare.verdicts import VERDICTS
 from logitsdump.errors import DataError
 from logitsdump.fsutil import check_path_fits, claim_stamped, ensure_writable_dir, result_set, timestamp
@@ -121,7 +123,7 @@ def measure(options: CompareOptions) -> Measured:
     dtypes = {"golden": folders.dtype(golden=True), "test": folders.dtype(golden=False)}
     if arm is not None:
         _log.info("judging against the control arm %s (%s)", arm.path, arm.description)
-        control_steps = ctl.ControlSteps.of(
+        control_steps = control_arm.ControlSteps.of(
             arm, measure_all(pair_files(golden_dir, arm.path), options.thresholds(), topk, options.workers))
         control_steps.check_not_silent()
         factor, _rule = ctl.spread_factor(dtypes["golden"], dtypes["test"], arm.dtype)
@@ -140,15 +142,15 @@ def measure(options: CompareOptions) -> Measured:
 
 
 def _control_arm(options: CompareOptions, golden_dir: Path, folders: DumpFolders,
-                 pairs: list) -> ctl.ControlArm | None:
+                 pairs: list) -> control_arm.ControlArm | None:
     """The control arm of the run, checked against the golden dump; None without one (or an unusable one)."""
-    located = ctl.locate_control(golden_dir, options.control_path, options.use_control)
+    located = control_arm.locate_control(golden_dir, options.control_path, options.use_control)
     if located is None:
         return None
     path, found = located
     check_path_fits(path, "--control")
     golden_names = [p.file_name for p in pairs if p.golden is not None]
-    arm = ctl.open_control(path, found, golden_dir, folders.golden_cases, golden_names)
+    arm = control_arm.open_control(path, found, golden_dir, folders.golden_cases, golden_names)
     if not ctl.usable(arm, folders.dtype(golden=True), folders.dtype(golden=False)):
         return None
     return arm

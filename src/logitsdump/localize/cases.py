@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logitsdump import store
-from logitsdump.compare.records import CompareDocument
+from logitsdump.compare.document import CompareDocument
 from logitsdump.compare.verdicts import DIVERGENT, PRECISION_SUSPECT
 from logitsdump.errors import DataError
 

@@ -10,7 +10,8 @@ from html import escape
 from typing import Any
 
 from logitsdump.compare import verdicts
-from logitsdump.compare.records import FOCUS_REASONS, CaseRecord, finite_float
+from logitsdump.compare.lenient import finite_float
+from logitsdump.compare.records import FOCUS_REASONS, CaseRecord
 from logitsdump.report import control, statistics, topk_evidence
 from logitsdump.report.cells import fmt, fmt_cos, fmt_number, fmt_pct, golden_name, test_name
 from logitsdump.report.load import CompareResult, load_topk

@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from logitsdump.compare.records import finite_float
+from logitsdump.compare.lenient import finite_float
 from logitsdump.report import numbers
 
 if TYPE_CHECKING:

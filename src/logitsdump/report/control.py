@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from logitsdump.compare.records import CaseRecord, finite_float
+from logitsdump.compare.lenient import finite_float
+from logitsdump.compare.records import CaseRecord
 
 WIDTH, HEIGHT = 560, 190
 _LEFT, _RIGHT, _TOP, _BOTTOM = 58, 110, 12, 26

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from logitsdump.compare.distribution import StepStatistics
+from logitsdump.compare.document import CompareDocument
 from logitsdump.compare.outputs import CASES_JSON, OUTPUT_NAME, output_name, run_tag
-from logitsdump.compare.records import UNKNOWN_TASK, CaseRecord, CompareDocument, Step
+from logitsdump.compare.records import UNKNOWN_TASK, CaseRecord, Step
 from logitsdump.compare.schema_v1 import upgrade_document
 from logitsdump.compare.verdicts import FREE_RUN_VERDICTS, REPLAY_VERDICTS, VERDICTS
 from logitsdump.errors import DataError, FileFormatError

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from html import escape
 
 from logitsdump.compare.distribution import DP_PERCENTILES, KLD_PERCENTILES, StepStatistics
-from logitsdump.compare.records import CaseRecord, finite_float
+from logitsdump.compare.lenient import finite_float
+from logitsdump.compare.records import CaseRecord
 from logitsdump.compare.stats import quantiles
 from logitsdump.report import numbers
 from logitsdump.report.load import CompareResult

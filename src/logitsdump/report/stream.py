@@ -180,7 +180,7 @@ def _parse_case(data: bytes, path: Path) -> CaseRecord:
 
 
 def _check_version(head: Mapping[str, Any], path: Path) -> None:
-    from logitsdump.compare.records import READABLE_VERSIONS
+    from logitsdump.compare.document import READABLE_VERSIONS
 
     version = head.get("schema_version")
     if version not in READABLE_VERSIONS:
@@ -190,7 +190,7 @@ def _check_version(head: Mapping[str, Any], path: Path) -> None:
 
 def _whole_file(path: Path) -> CaseFile:
     """A case JSON of another layout, parsed whole (at most `WHOLE_FILE_MAX_BYTES`)."""
-    from logitsdump.compare.records import CompareDocument
+    from logitsdump.compare.document import CompareDocument
     from logitsdump.compare.schema_v1 import upgrade_document
     from logitsdump.fsutil import read_input
 

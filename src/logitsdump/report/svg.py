@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from logitsdump.compare.records import finite_float
+from logitsdump.compare.lenient import finite_float
 
 WIDTH = 360
 HEIGHT = 170
