@@ -1,7 +1,8 @@
 """Does the control arm give the right verdict by default on a real model? Every condition of issue 26, side by side.
 
     nice -n 10 timeout 5400 python bench/control_arm.py [--tasks TASK,TASK:SUBJECT+SUBJECT] [--free-tasks ...]
-                                                     [--tokens 16] [--replay-mode prefill] [--workdir DIR] [--no-tiny]
+                                                     [--tokens 16] [--min-steps 8] [--replay-mode prefill]
+                                                     [--workdir DIR] [--no-tiny]
 
 SmolLM2-135M-Instruct (`logitsdump.demo.smollm2`), the README's workflow plus the control and nothing else (no
 calibrate, no held-out cases): every case of each task is a bad case (a weak small model rarely flips
@@ -17,6 +18,10 @@ and judged by plain `logitsdump compare -gp GOLDEN -mp TEST` (the control found 
   free runs:                golden fp32, test bf16 free-running (no replay), healthy and with a defect
                             (on --free-tasks only: bf16 free generation is the slow part on a CPU).
 and, unless --no-tiny, `logitsdump demo --no-replay` on the embedded tiny model (its free runs of pure bf16 noise).
+
+The table counts the cases whose dump holds at least --min-steps tokens (the issue's 16 replayed steps, less
+where golden's answer ended earlier); one-token answers (BoolQ's yes/no: one step to judge) are counted apart in its
+last column, where a case-level verdict has one step of evidence.
 
 The constants of `compare/control.py` were derived on gsm8k and MMLU astronomy + college_biology (docs/compare.md,
 "The control arm"); the default tasks here are other tasks and another MMLU subject, never used to tune them.
@@ -41,7 +46,7 @@ from logitsdump.demo import examples
 from logitsdump.demo.defects import Defect, write_defective_model, write_model_yaml
 
 #: The evaluation tasks (task or task:subject+subject): none of them was used to derive the constants.
-TASKS = "mmlu_zero_shot:high_school_mathematics,boolq,humaneval,gpqa"
+TASKS = "mmlu_zero_shot:high_school_mathematics,humaneval,gpqa,ceval_zero_shot,aime2024,boolq"
 FREE_TASKS = "mmlu_zero_shot:high_school_mathematics,humaneval"
 PASS = ("identical", "consistent", "noise", "tie-flip")
 FLAGGED = ("precision-suspect", "divergent")
@@ -74,9 +79,15 @@ class Row:
     #: free runs: cases whose first argmax change the defect causes, and how many of them are flagged
     caused: int = 0
     caused_flagged: int = 0
+    #: cases whose dump holds fewer than `min_steps` tokens (a one-token answer, e.g. BoolQ's yes/no): apart
+    min_steps: int = 1
+    short: dict[str, int] = field(default_factory=dict)
 
     def add(self, summary) -> None:
         for case in summary.cases:
+            if case.tokens_total < self.min_steps:
+                self.short[case.verdict] = self.short.get(case.verdict, 0) + 1
+                continue
             self.counts[case.verdict] = self.counts.get(case.verdict, 0) + 1
             if case.paired is None:
                 continue
@@ -98,9 +109,11 @@ class Row:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def share(self, verdicts: tuple[str, ...]) -> str:
-        hits = sum(self.counts.get(v, 0) for v in verdicts)
-        return f"{hits}/{self.total} = {hits / self.total:.0%}" if self.total else "-"
+    def share(self, verdicts: tuple[str, ...], *, short: bool = False) -> str:
+        counts = self.short if short else self.counts
+        total = sum(counts.values())
+        hits = sum(counts.get(v, 0) for v in verdicts)
+        return f"{hits}/{total} = {hits / total:.0%}" if total else "-"
 
     @property
     def kl_ratio(self) -> float:
@@ -226,7 +239,8 @@ def smollm2(args: argparse.Namespace) -> list[Row]:
             write_defective_model(model, folder, defect)
         defects[name] = write_model_yaml(work / f"{_slug(name)}.yaml", folder, smol.MODEL_NAME, "bf16",
                                          trust_remote_code=defect.needs_code, **chat)
-    rows = {n: Row(n) for n in ("A. bf16 noise, impl control", "B. bf16 sdpa vs eager, dtype control",
+    rows = {n: Row(n, min_steps=args.min_steps) for n in (
+                                "A. bf16 noise, impl control", "B. bf16 sdpa vs eager, dtype control",
                                 "A without control or floor", *DEFECTS, "free: bf16 noise",
                                 *(f"free: {d}" for d in FREE_DEFECTS))}
     plans = [(*_task_yaml(spec, work, args.tokens), spec) for spec in args.tasks.split(",")]
@@ -283,13 +297,13 @@ def tiny() -> Row:
 def report(rows: list[Row]) -> None:
     _say("")
     _say("| condition | cases | noise/consistent | flagged (precision-suspect, divergent) | unreferenced "
-         "| mean step KL | KL / control's | run ratio [95%] per task |")
-    _say("|---|---|---|---|---|---|---|---|")
+         "| mean step KL | KL / control's | run ratio [95%] per task | short answers: cases, flagged |")
+    _say("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         caused = f" (of the {row.caused} whose first change it causes: {row.caused_flagged})" if row.caused else ""
         _say(f"| {row.name} | {row.total} | {row.share(PASS)} | {row.share(FLAGGED)}{caused} "
              f"| {row.counts.get('unreferenced', 0)} | {row.mean_kl:.3g} | {row.kl_ratio:.3g} "
-             f"| {'; '.join(row.runs)} |")
+             f"| {'; '.join(row.runs)} | {sum(row.short.values())}, {row.share(FLAGGED, short=True)} |")
     flagged = [(r.kl_ratio, r.mean_kl, r.name) for r in rows if r.name in DEFECTS
                and sum(r.counts.get(v, 0) for v in FLAGGED) >= 0.9 * r.total]
     if flagged:
@@ -303,6 +317,8 @@ def main() -> None:
     parser.add_argument("--tasks", default=TASKS,
                         help=f"comma-separated task or task:subject+subject list (default {TASKS})")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--min-steps", type=int, default=8,
+                        help="cases judged on fewer steps (one-token answers) are counted apart (default 8)")
     parser.add_argument("--replay-mode", choices=("step", "prefill"), default="prefill",
                         help="how the test sides and the controls replay golden's tokens (dump --replay-mode; "
                         "prefill: one forward pass, several times faster in bf16 on a CPU)")

@@ -50,7 +50,13 @@ def die_with_parent(parent: int | None = None, signum: int = signal.SIGKILL) -> 
 @contextlib.contextmanager
 def terminate_like_interrupt() -> Iterator[None]:
     """SIGTERM raises `Terminated` in the main thread while the block runs (then the old handler is back)."""
-    def on_term(_signum: int, _frame: object) -> None:
+    owner = os.getpid()
+
+    def on_term(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:  # a forked child (a pool worker before its initializer ran): the default action
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise Terminated()
 
     try:

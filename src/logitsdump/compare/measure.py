@@ -100,8 +100,8 @@ def _measure_in_processes(
 def _worker_start(parent: int) -> None:
     """In each worker process: die with the parent (SIGKILL of compare leaves no worker behind); leave
     SIGINT to the parent, which stops the workers with SIGTERM (the default action: no traceback)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent)
 
 
@@ -116,7 +116,9 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
+    # wait for the pool's manager thread (quick: its workers are gone): one still running at interpreter exit
+    # races Python 3.11's exit hook on the pool's wake-up pipe ("OSError: Bad file descriptor" after our one line)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 _PROCESS_SCRATCH: Scratch | None = None
