@@ -54,16 +54,10 @@ def _pair(golden: Path, test: Path, scratch: Path) -> dict[str, float]:
             top = order[0]
             moved = (m[order[1:]] - m[top]) - (g[order[1:]] - g[top])
             gaps.extend(np.abs(moved) / (math.sqrt(2 * factor) * row.control_rms))
-    within = [v - sum(c) / len(c) for c in cases if len(c) >= 2 for v in c]
-    dof = sum(len(c) - 1 for c in cases if len(c) >= 2)
-    sigma = math.sqrt(sum(w * w for w in within) / dof)
-    means = np.array([sum(c) / len(c) for c in cases])
-    counts = np.array([len(c) for c in cases])
-    rho = (means.var(ddof=1) - np.mean(sigma**2 / counts)) / sigma**2
-    tail = float(np.quantile(np.abs(within), 0.999)) / sigma / NormalDist().inv_cdf(0.9995)
-    return {"cases": len(cases), "steps": int(counts.sum()), "factor": factor, "sigma_w": sigma, "rho": float(rho),
-            "tail": tail, "flip_z": float(np.quantile(gaps, 0.999)),
-            "excess": float(means.mean()) - math.log(factor), "raw": (cases, gaps, factor)}
+    spread = _spread(cases)
+    excess = spread.pop("mean") - math.log(factor)
+    return {**spread, "factor": factor, "flip_z": float(np.quantile(gaps, 0.999)), "excess": excess,
+            "raw": (cases, gaps, factor)}
 
 
 def _pooled(raws: list) -> dict[str, float]:
@@ -71,6 +65,15 @@ def _pooled(raws: list) -> dict[str, float]:
     cases = [[v - m for v in c] for c_list, _g, f in raws
              for m in [np.mean([np.mean(c) for c in c_list])] for c in c_list]
     gaps = [g for _c, g_list, _f in raws for g in g_list]
+    spread = _spread(cases)
+    spread.pop("mean")
+    return {**spread, "flip_z": float(np.quantile(gaps, 0.999))}
+
+
+def _spread(cases: list[list[float]]) -> dict[str, float]:
+    """The within-case spread of r (sigma_w), the case share of its variance (rho) and the tail factor of the
+    within-case deviations against a normal's (their 99.9th percentile over the normal's), with the mean of the
+    case means."""
     within = [v - sum(c) / len(c) for c in cases if len(c) >= 2 for v in c]
     dof = sum(len(c) - 1 for c in cases if len(c) >= 2)
     sigma = math.sqrt(sum(w * w for w in within) / dof)
@@ -79,7 +82,7 @@ def _pooled(raws: list) -> dict[str, float]:
     rho = (means.var(ddof=1) - np.mean(sigma**2 / counts)) / sigma**2
     tail = float(np.quantile(np.abs(within), 0.999)) / sigma / NormalDist().inv_cdf(0.9995)
     return {"cases": len(cases), "steps": int(counts.sum()), "sigma_w": sigma, "rho": float(rho), "tail": tail,
-            "flip_z": float(np.quantile(gaps, 0.999))}
+            "mean": float(means.mean())}
 
 
 def main() -> None:

@@ -35,13 +35,13 @@ import contextlib
 import csv
 import io
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench_dump import dump_cases
 
 from logitsdump.demo import examples
 from logitsdump.demo.defects import Defect, write_defective_model, write_model_yaml
@@ -161,28 +161,8 @@ def _split_keys(task_yaml: Path, folder: Path, limit: int | None) -> dict[str, t
 
 def _dump(model_yaml: Path, task_yaml: Path, keys: Path, out: Path, tokens: int, replay: Path | None,
           replay_mode: str, log: Path) -> Path:
-    """One `logitsdump dump` subprocess; the logits folder it wrote (kept from an earlier run in --workdir)."""
-    done = out / "bench-done"
-    if done.is_file():
-        return Path(done.read_text(encoding="utf-8").strip())
-    runner = (f"logitsdump eval --model_config_path {model_yaml} --task_config_path {task_yaml} --batch_size 1 "
-              f"--tp 1 --output_dir {out} --device cpu")
-    argv = [sys.executable, "-m", "logitsdump", "dump", "-bcr", str(keys), "-tr", str(tokens)]
-    if replay is not None:
-        argv += ["--replay", str(replay), "--replay-mode", replay_mode]
-    argv += ["-e", runner]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    with open(log, "w", encoding="utf-8") as handle:
-        status = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False).returncode
-    if status != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-        raise SystemExit(f"dump failed (status {status}), see {log}: {' | '.join(tail)}")
-    folders = [p.parent for p in out.rglob("manifest.jsonl")]
-    if len(folders) != 1:
-        raise SystemExit(f"expected one logits folder under {out}, found {folders}")
-    done.write_text(f"{folders[0]}\n", encoding="utf-8")
-    return folders[0]
+    """One `logitsdump dump` subprocess (`bench_dump.dump_cases`); the logits folder it wrote."""
+    return dump_cases(model_yaml, task_yaml, keys, out, tokens, log, replay=replay, replay_mode=replay_mode)
 
 
 def _judged_kls(cases) -> list[float]:

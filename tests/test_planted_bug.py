@@ -146,6 +146,7 @@ def test_smollm2_without_the_test_setup_is_one_line(tmp_path):
             "    return real(name)\n"
             "m.distribution = distribution\n"
             f"sys.argv = [{str(script)!r}, '--model', 'smollm2']\n"
+            f"sys.path.insert(0, {str(script.parent)!r})\n"  # as `python bench/planted_bug.py` has it"
             f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
     env = {**cli_env(), "LOGITSDUMP_CACHE": str(tmp_path / "empty-cache")}
     done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, env=env, timeout=300)

@@ -17,6 +17,7 @@ from html import escape
 from typing import Any
 
 from logitsdump.report import page_assets
+from logitsdump.report.svg import segments
 
 #: The candidates shown before the fold.
 TOP_ROWS = 10
@@ -197,7 +198,7 @@ def _depth_plot(case: Mapping[str, Any], above: float) -> str:
                    f'{polygon[-1][0]:.1f},{bottom}"><title>up to {above:g}x the band</title></polygon>')
     for name, css in (("band", "bandline"), ("ctrl", "ctrl"), ("acc", "acc")):
         coords = [(px(i), py(v)) for i, v in enumerate(series[name])]
-        for segment in _segments(coords):
+        for segment in segments(coords):
             out.append(f'<polyline class="{css}" points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in segment)}"/>')
     culprits = set((case.get("verdict") or {}).get("names") or ())
     last_layer = None
@@ -224,21 +225,6 @@ def _depth_plot(case: Mapping[str, Any], above: float) -> str:
 def _layer_step(rows: Sequence[Mapping[str, Any]]) -> int:
     layers = {r.get("layer") for r in rows if r.get("layer") is not None}
     return max(1, math.ceil(len(layers) / 15))
-
-
-def _segments(coords: list[tuple[float, float | None]]) -> list[list[tuple[float, float]]]:
-    out: list[list[tuple[float, float]]] = []
-    current: list[tuple[float, float]] = []
-    for x, y in coords:
-        if y is None:
-            if current:
-                out.append(current)
-            current = []
-        else:
-            current.append((x, y))
-    if current:
-        out.append(current)
-    return out
 
 
 def _g(value: Any) -> str:

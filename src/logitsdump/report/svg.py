@@ -115,7 +115,7 @@ def line_plot(
         x = px(marker)
         lines.append(f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}">'
                      f"<title>{escape(marker_label or f'token {marker}')}</title></line>")
-    for segment in _segments(points):
+    for segment in segments(points):
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in segment)
         lines.append(f'<polyline class="series" points="{coords}"/>')
     for (x, y), raw in zip(points, ys, strict=True):
@@ -136,9 +136,10 @@ def line_plot(
     return "".join(lines)
 
 
-def _segments(points: list[tuple[int, float | None]]) -> list[list[tuple[int, float]]]:
-    out: list[list[tuple[int, float]]] = []
-    current: list[tuple[int, float]] = []
+def segments(points: list[tuple[float, float | None]]) -> list[list[tuple[float, float]]]:
+    """The runs of a polyline between its missing points (y None): one list of points per drawn segment."""
+    out: list[list[tuple[float, float]]] = []
+    current: list[tuple[float, float]] = []
     for x, y in points:
         if y is None:
             if current:
