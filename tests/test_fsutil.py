@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,8 +87,11 @@ def test_interrupt_right_after_the_temporary_file_is_created_leaves_nothing(tmp_
 
 
 _WRITE_FOREVER = """
-import sys
+import signal, sys
 from logitsdump import fsutil
+# what is tested is atomic_open under Ctrl-C, not the signal state this child inherits from pytest
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+signal.signal(signal.SIGINT, signal.default_int_handler)
 print("ready", flush=True)
 i = 0
 while True:
@@ -95,6 +99,18 @@ while True:
         handle.write(bytes(4096))
     i += 1
 """
+
+
+def _process_state(pid: int) -> str:
+    """The kernel's view of a stuck process (state, what it waits in, its signal masks), for the message."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError as err:
+        return f"no /proc entry ({err})"
+    wanted = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    lines = [line for line in status.splitlines() if line.split(":")[0] in wanted]
+    return "; ".join(lines) + f"; wchan {wchan}"
 
 
 def test_sigint_at_random_moments_leaves_no_temporary_file(tmp_path):
@@ -110,7 +126,10 @@ def test_sigint_at_random_moments_leaves_no_temporary_file(tmp_path):
             time.sleep(rng.uniform(0.01, 0.1))
             writer.send_signal(signal.SIGINT)
             # generous: the signal is handled when fsync returns, which a disk busy with other writes delays
-            _, stderr = writer.communicate(timeout=180)
+            try:
+                _, stderr = writer.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"writer {n} still running 120 s after SIGINT: {_process_state(writer.pid)}")
         finally:
             writer.kill()
         assert writer.returncode != 0 and "KeyboardInterrupt" in stderr
