@@ -152,3 +152,19 @@ def test_the_report_side_and_the_cli_tree_stay_torch_free() -> None:
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_replay_case_keeps_its_decoys_and_reads_one_without() -> None:
+    from logitsdump.localize.records import Arm, Necessity, ReplayCase
+    from logitsdump.localize.verdict import Causal
+
+    arm = Arm("bf16", "sdpa", {}, {}, {}, {}, {}, kl_focus=0.1)
+    case = ReplayCase("c0000", arm, "bf16", {"kind": "culprit"}, Necessity(("model.layers.3.mlp",), 0.01),
+                      "case_c0000.safetensors", (Necessity(("model.layers.4.mlp",), 0.09),))
+    back = ReplayCase.from_dict(json.loads(json.dumps(case.to_dict())))
+    assert back == case and back.decoys[0].names == ("model.layers.4.mlp",)
+    older = case.to_dict()
+    del older["decoys"]  # a replay written before decoys existed
+    assert ReplayCase.from_dict(older).decoys == ()
+    decoy = Causal("refuted", "why", 0.1, 0.01, names=("model.layers.4.mlp",), decoy="next layer")
+    assert Causal.from_dict(json.loads(json.dumps(decoy.to_dict()))) == decoy
