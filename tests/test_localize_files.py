@@ -116,6 +116,7 @@ def _document(kind: str = "culprit") -> dict:
             "cases": [{"id": "c0000", "label": "GSM8K.jsonl #0", "task": "gsm8k", "focus_step": 3, "tokens": 70,
                        "band_source": "control arm (same case)", "verdict": verdict,
                        "causal": {"outcome": "confirmed", "reason": "patched: KL 0.2 -> 0.001"}, "heads": None,
+                       "decoys": [{"decoy": "next layer", "outcome": "refuted"}],
                        "kl_test": 0.2, "kl_noise": 0.001, "candidates": rows, "layers": [],
                        "baselines": {"first_cosine_below": None, "largest_jump": "L2.mlp"},
                        "msprobe_config": "out/msprobe_c0000.json"}]}
@@ -125,6 +126,7 @@ def test_the_report_section_shows_the_plot_the_verdict_and_escapes_text() -> Non
     page = report_localize.render_page(_document())
     assert "<svg class=\"depth\"" in page and "culprit(1, mlp)" in page and "polygon class=\"band\"" in page
     assert "&lt;script&gt;" in page and "<script>" not in page
+    assert "next layer: refuted" in page
     assert "causal check" in page and "out/msprobe_c0000.json" in page and "largest jump: L2.mlp" in page
     assert page.count('class="own above"') == 1  # only L1.mlp is above band
 
