@@ -1,9 +1,11 @@
 """`localize judge`: the verdict of every case and of the run, from a record and its replay (files only).
 
 With golden's model YAML (on the golden side) it also runs, for each culprit, the sufficiency check (the
-control arm's run, golden's device in the test dtype, with only the culprit's output the test's: its isolated
-output from the replay; the same in golden's own run is reported) and, for an attention culprit, the split per
-head (each head's contribution through the output projection, against the control arm's per-head band).
+control arm's run, golden's device in the test dtype, with only the culprit's deviation added: does it move the
+logits the way the test's logits moved, `verdict.causal_check`; the same in golden's own run is reported), the
+same for the replay's decoys plus two of the golden side's own (a random change of the culprit's size, the
+culprit's deviation at the next layer), and, for an attention culprit, the split per head (each head's
+contribution through the output projection, against the control arm's per-head band).
 Without it, the verdicts and the necessity check (from the replay) stand alone. `band`: a replay of the same
 record by a known-healthy test set-up, used as the band instead of the control arm (per case where it replayed
 the case, else pooled over its cases).

@@ -5,9 +5,10 @@ Per case: golden's tensors are rebuilt from the record (checked), then a plain p
 the plain pass (accumulated errors, the final KL at the focus step), the layer-level and the module-level
 isolated passes. The provisional verdict (the record's control arm as the band: `judging`) picks the
 culprit; the test run is repeated with the culprit's own error (its isolated output minus golden's) taken out
-of its output (necessity), and the culprit's
-isolated output, with its heads' input and output-projection weight for an attention culprit, is kept for
-the golden side's sufficiency check and head split. Only the replay folder goes back.
+of its output (necessity), and the culprit's isolated output and the test's logits at the focus step, with its
+heads' input and output-projection weight for an attention culprit, are kept for the golden side's sufficiency
+check and head split. `decoys`: the necessity run also at two wrong candidates beside the culprit
+(`decoy_targets`), their outputs kept too. Only the replay folder goes back.
 """
 
 from __future__ import annotations
