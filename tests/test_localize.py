@@ -57,22 +57,30 @@ def _planted_yaml(folder: Path, defect: Defect | None, attn_note: str = "") -> P
     return write_model_yaml(folder / "test.yaml", model, "tiny_test", "bf16", trust_remote_code=needs_code)
 
 
-def _localise(golden: dict[str, Path], tmp_path: Path, defect: Defect | None, attn: str | None = None):
+def _localise(golden: dict[str, Path], tmp_path: Path, defect: Defect | None, attn: str | None = None,
+              decoys: bool = False):
     test_yaml = _planted_yaml(tmp_path, defect)
-    replay(ReplayOptions(str(golden["record"]), str(test_yaml), str(tmp_path / "replay"), device="cpu", attn=attn),
-           say=_quiet)
+    replay(ReplayOptions(str(golden["record"]), str(test_yaml), str(tmp_path / "replay"), device="cpu", attn=attn,
+                         decoys=decoys), say=_quiet)
     return judge(JudgeOptions(str(golden["record"]), str(tmp_path / "replay"), str(tmp_path / "out"),
                               model_config_path=str(examples.model_config("fp32")), device="cpu"), say=_quiet)
 
 
 def test_a_dropped_head_is_found_at_its_layer_module_and_head(golden, tmp_path: Path) -> None:
-    result = _localise(golden, tmp_path, Defect("zero-head", layer=1, head=2))
+    result = _localise(golden, tmp_path, Defect("zero-head", layer=1, head=2), decoys=True)
     assert len(result.cases) == len(KEYS)
     for case in result.cases:
         verdict = case["verdict"]
         assert (verdict["kind"], verdict["layer"], verdict["module"], verdict["head"]) == ("culprit", 1, "self_attn", 2)
         assert verdict["score"] > 10
         assert case["causal"]["outcome"] in ("confirmed", "untestable"), case["causal"]
+        if case["causal"]["outcome"] == "confirmed":
+            assert case["causal"]["sufficiency_cosine"] >= 0.7 and case["causal"]["sufficiency_share"] >= 0.5
+            # the wrong candidates beside it (the next layer's attention, the next module, a random change of the
+            # culprit's size) are refuted; the culprit's own change moved one layer on may pass (not asserted)
+            kinds = {d["decoy"]: d for d in case["decoys"]}
+            for kind in ("next layer", "next module", "random direction"):
+                assert kinds[kind]["outcome"] == "refuted", kinds[kind]
     assert any(c["causal"]["outcome"] == "confirmed" for c in result.cases)
     assert result.run.kind == "culprit" and result.run.site == "L1.self_attn"
     msprobe = json.loads(Path(result.cases[0]["msprobe_config"]).read_text())

@@ -116,6 +116,7 @@ def _document(kind: str = "culprit") -> dict:
             "cases": [{"id": "c0000", "label": "GSM8K.jsonl #0", "task": "gsm8k", "focus_step": 3, "tokens": 70,
                        "band_source": "control arm (same case)", "verdict": verdict,
                        "causal": {"outcome": "confirmed", "reason": "patched: KL 0.2 -> 0.001"}, "heads": None,
+                       "decoys": [{"decoy": "next layer", "outcome": "refuted"}],
                        "kl_test": 0.2, "kl_noise": 0.001, "candidates": rows, "layers": [],
                        "baselines": {"first_cosine_below": None, "largest_jump": "L2.mlp"},
                        "msprobe_config": "out/msprobe_c0000.json"}]}
@@ -125,6 +126,7 @@ def test_the_report_section_shows_the_plot_the_verdict_and_escapes_text() -> Non
     page = report_localize.render_page(_document())
     assert "<svg class=\"depth\"" in page and "culprit(1, mlp)" in page and "polygon class=\"band\"" in page
     assert "&lt;script&gt;" in page and "<script>" not in page
+    assert "next layer: refuted" in page
     assert "causal check" in page and "out/msprobe_c0000.json" in page and "largest jump: L2.mlp" in page
     assert page.count('class="own above"') == 1  # only L1.mlp is above band
 
@@ -152,3 +154,19 @@ def test_the_report_side_and_the_cli_tree_stay_torch_free() -> None:
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_replay_case_keeps_its_decoys_and_reads_one_without() -> None:
+    from logitsdump.localize.records import Arm, Necessity, ReplayCase
+    from logitsdump.localize.verdict import Causal
+
+    arm = Arm("bf16", "sdpa", {}, {}, {}, {}, {}, kl_focus=0.1)
+    case = ReplayCase("c0000", arm, "bf16", {"kind": "culprit"}, Necessity(("model.layers.3.mlp",), 0.01),
+                      "case_c0000.safetensors", (Necessity(("model.layers.4.mlp",), 0.09),))
+    back = ReplayCase.from_dict(json.loads(json.dumps(case.to_dict())))
+    assert back == case and back.decoys[0].names == ("model.layers.4.mlp",)
+    older = case.to_dict()
+    del older["decoys"]  # a replay written before decoys existed
+    assert ReplayCase.from_dict(older).decoys == ()
+    decoy = Causal("refuted", "why", 0.1, 0.01, names=("model.layers.4.mlp",), decoy="next layer")
+    assert Causal.from_dict(json.loads(json.dumps(decoy.to_dict()))) == decoy

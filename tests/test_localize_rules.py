@@ -8,7 +8,7 @@ import pytest
 
 from logitsdump.localize import bands, msprobe, verdict
 from logitsdump.localize.candidates import Candidate
-from logitsdump.localize.verdict import Scored, causal_check, judge_case, judge_heads, judge_run
+from logitsdump.localize.verdict import Scored, Sufficiency, causal_check, judge_case, judge_heads, judge_run
 
 
 def test_band_of_one_case_is_its_mean_and_max() -> None:
@@ -127,18 +127,42 @@ def test_the_run_takes_the_culprit_most_cases_see() -> None:
 
 
 def test_causal_check_confirms_refutes_and_says_when_it_cannot() -> None:
-    confirmed = causal_check(kl_test=0.5, kl_noise=0.001, kl_necessity=0.002, kl_sufficiency=0.45,
+    aligned = Sufficiency(kl=0.05, cosine=0.9, share=0.8)  # its KL falls short, its change goes the test's way
+    confirmed = causal_check(kl_test=0.5, kl_noise=0.001, kl_necessity=0.002, sufficiency=aligned,
                              kl_sufficiency_golden=0.2)
-    assert confirmed.outcome == "confirmed"
+    assert confirmed.outcome == "confirmed" and confirmed.sufficiency_holds
     assert confirmed.necessity_recovered == pytest.approx(0.498 / 0.499)  # of the excess over the noise
-    assert confirmed.sufficiency_reproduced == pytest.approx(0.449 / 0.499)  # the control arm's run, less its noise
+    assert confirmed.sufficiency_reproduced == pytest.approx(0.049 / 0.499)  # reported, not judged
     assert confirmed.sufficiency_golden_reproduced == pytest.approx(0.2 / 0.499)  # reported, not judged
-    not_necessary = causal_check(0.5, 0.001, 0.3, 0.45)
+    not_necessary = causal_check(0.5, 0.001, 0.3, aligned)
     assert not_necessary.outcome == "refuted" and not not_necessary.necessity_holds
-    not_sufficient = causal_check(0.5, 0.001, 0.002, 0.1)
-    assert not_sufficient.outcome == "refuted" and not not_sufficient.sufficiency_holds
-    assert causal_check(0.002, 0.001, 0.001, 0.001).outcome == "untestable"
+    elsewhere = causal_check(0.5, 0.001, 0.002, Sufficiency(0.45, cosine=0.6, share=0.9))  # another direction
+    assert elsewhere.outcome == "refuted" and not elsewhere.sufficiency_holds
+    too_little = causal_check(0.5, 0.001, 0.002, Sufficiency(0.002, cosine=0.9, share=0.4))  # the way, not enough
+    assert too_little.outcome == "refuted" and not too_little.sufficiency_holds
+    assert causal_check(0.5, 0.001, 0.002, Sufficiency(0.0, 0.0, 0.0)).outcome == "refuted"  # no change at all
+    assert causal_check(0.002, 0.001, 0.001, aligned).outcome == "untestable"
     assert causal_check(0.5, 0.001, 0.002, None).outcome == "not-run"
+    assert causal_check(0.5, 0.001, 0.002, Sufficiency(0.45)).outcome == "not-run"  # no test logits: no direction
+
+
+def test_alignment_measures_the_change_of_the_logits_over_the_vocabulary() -> None:
+    import torch
+
+    from logitsdump.localize.passes import alignment
+
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(500, generator=generator) * 3
+    change = torch.randn(500, generator=generator)
+    test = base + change
+    assert alignment(base, test, base + 0.5 * change) == pytest.approx((1.0, 0.5), abs=0.02)
+    centred = alignment(base, test, base + 0.5 * change + 7.0)  # a shift of every logit is no change
+    assert centred == pytest.approx(alignment(base, test, base + 0.5 * change))
+    cosine, share = alignment(base, test, base - change)
+    assert cosine == pytest.approx(-1.0) and share == pytest.approx(-1.0)
+    assert alignment(base, test, base) == (0.0, 0.0)
+    other = torch.randn(500, generator=generator)
+    assert abs(alignment(base, test, base + other)[0]) < 0.2  # an unrelated change: no direction in common
 
 
 def test_judge_heads_names_the_head_that_stands_out() -> None:

@@ -64,6 +64,9 @@ def add_localize_parser(subparsers) -> None:
     add_flag(rep, "model_config_path", required=True, help="the model YAML under test (HF backend)")
     rep.add_argument("--attn", choices=("sdpa", "eager"), default=None,
                      help="attention implementation (default: transformers' choice)")
+    rep.add_argument("--decoys", action="store_true",
+                     help="also check two wrong candidates beside each culprit (the next layer's same module, the "
+                     "next module of its layer): the judge's causal check should refute them")
     _common(rep, add_flag)
     add_output_dir(rep, "./localize_replay", "./localize_replay")
     add_log_level(rep)
@@ -162,7 +165,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         folder = RecordFolder(args.record)
         _refuse_exec(args, [folder.case(i).focus_step for i in folder.ids])
     replay(ReplayOptions(record=args.record, model_config_path=args.model_config_path, output_dir=args.output_dir,
-                         device=args.device, attn=args.attn))
+                         device=args.device, attn=args.attn, decoys=args.decoys))
     return 0
 
 

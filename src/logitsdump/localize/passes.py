@@ -168,6 +168,26 @@ def kl_divergence(golden_logits: Any, test_logits: Any) -> float:
     return max(value, 0.0) if value == value else float("inf")
 
 
+def alignment(base_logits: Any, target_logits: Any, moved_logits: Any) -> tuple[float, float]:
+    """How far a change of the logits (`moved - base`) goes the way of another (`target - base`), over the whole
+    vocabulary, each change centred (a shift of every logit is no change): (cosine, projection), in float64. The
+    projection is the part of the target's change the moved one reproduces along its direction (1: all of it);
+    a zero change gives (0, 0). Unweighted on purpose: weighted by golden's probabilities, a peaked distribution
+    leaves one or two directions, and a random change aligns with the target by chance."""
+    base = base_logits.double().reshape(-1)
+
+    def centred(logits: Any) -> Any:
+        change = logits.double().reshape(-1) - base
+        return change - change.mean()
+
+    target, moved = centred(target_logits), centred(moved_logits)
+    dot = float((target * moved).sum())
+    target_sq, moved_sq = float((target * target).sum()), float((moved * moved).sum())
+    if not (target_sq > 0 and moved_sq > 0) or dot != dot:
+        return 0.0, 0.0
+    return dot / (target_sq * moved_sq) ** 0.5, dot / target_sq
+
+
 def token_errors(output: Any, reference: Any) -> list[float]:
     """Per-token relative L2 error of `output` against `reference` (rows: the last axis but one)."""
     import torch

@@ -177,14 +177,19 @@ class ReplayCase:
     #: The safetensors file with the test's isolated outputs of the provisional culprit (for sufficiency) and
     #: its heads' input and output-projection weight (for the per-head split); None when there is none.
     tensors_file: str | None
+    #: Decoys (`replay --decoys`): the necessity run at deliberately wrong candidates beside the culprit, which the
+    #: causal check should refute (their isolated outputs are in the tensors file too).
+    decoys: tuple[Necessity, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "id": self.id, "arm": self.arm.to_dict(), "control": self.control,
                 "provisional": self.provisional,
-                "necessity": self.necessity.to_dict() if self.necessity else None, "tensors_file": self.tensors_file}
+                "necessity": self.necessity.to_dict() if self.necessity else None, "tensors_file": self.tensors_file,
+                "decoys": [d.to_dict() for d in self.decoys]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReplayCase:
         return cls(id=str(data["id"]), arm=Arm.from_dict(data["arm"]), control=data.get("control"),
                    provisional=dict(data.get("provisional") or {}),
-                   necessity=Necessity.from_dict(data.get("necessity")), tensors_file=data.get("tensors_file"))
+                   necessity=Necessity.from_dict(data.get("necessity")), tensors_file=data.get("tensors_file"),
+                   decoys=tuple(d for d in (Necessity.from_dict(x) for x in data.get("decoys") or ()) if d))

@@ -1,9 +1,11 @@
 """`localize judge`: the verdict of every case and of the run, from a record and its replay (files only).
 
 With golden's model YAML (on the golden side) it also runs, for each culprit, the sufficiency check (the
-control arm's run, golden's device in the test dtype, with only the culprit's output the test's: its isolated
-output from the replay; the same in golden's own run is reported) and, for an attention culprit, the split per
-head (each head's contribution through the output projection, against the control arm's per-head band).
+control arm's run, golden's device in the test dtype, with only the culprit's deviation added: does it move the
+logits the way the test's logits moved, `verdict.causal_check`; the same in golden's own run is reported), the
+same for the replay's decoys plus two of the golden side's own (a random change of the culprit's size, the
+culprit's deviation at the next layer), and, for an attention culprit, the split per head (each head's
+contribution through the output projection, against the control arm's per-head band).
 Without it, the verdicts and the necessity check (from the replay) stand alone. `band`: a replay of the same
 record by a known-healthy test set-up, used as the band instead of the control arm (per case where it replayed
 the case, else pooled over its cases).
@@ -11,6 +13,7 @@ the case, else pooled over its cases).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from logitsdump.localize.compact import rebuild
 from logitsdump.localize.judging import HEALTHY_SAME, BandSource, case_verdict, control_source, pooled_source
 from logitsdump.localize.msprobe import culprit_config
 from logitsdump.localize.records import SCHEMA_VERSION, Arm, RecordCase, ReplayCase
-from logitsdump.localize.run_replay import patch_target
+from logitsdump.localize.run_replay import TEST_LOGITS, patch_target
 from logitsdump.localize.verdict import (
     ABOVE,
     CULPRIT,
@@ -35,9 +38,11 @@ from logitsdump.localize.verdict import (
     CaseVerdict,
     Causal,
     RunVerdict,
+    Sufficiency,
     causal_check,
     judge_heads,
     judge_run,
+    sufficiency_only,
 )
 
 
@@ -159,8 +164,9 @@ def judge_case(entry: RecordCase, replay: ReplayCase | None, structure: Structur
     verdict, modules, layers = case_verdict(structure, bands, replay.arm if replay else None)
     causal = None
     heads = None
+    decoys: list[Causal] = []
     if verdict.kind == CULPRIT and replay is not None:
-        causal, heads = _confirm(entry, replay, structure, verdict, control, record, replayed, side)
+        causal, heads, decoys = _confirm(entry, replay, structure, verdict, control, record, replayed, side)
         if heads is not None:
             verdict = verdict.with_head(heads["head"])
     test = replay.arm if replay else None
@@ -178,6 +184,7 @@ def judge_case(entry: RecordCase, replay: ReplayCase | None, structure: Structur
         "tokens": len(entry.token_ids), "prompt_tokens": entry.prompt_tokens,
         "band_source": bands.kind if bands else None,
         "verdict": verdict.to_dict(), "causal": causal.to_dict() if causal else None, "heads": heads,
+        "decoys": [d.to_dict() for d in decoys],
         "kl_test": test.kl_focus if test else None, "kl_noise": control.kl_focus if control else None,
         "candidates": rows, "layers": [s.to_dict() for s in layers],
         "baselines": {"first_cosine_below": baselines.first_cosine_below(structure, test) if test else None,
@@ -207,34 +214,81 @@ def _pooled(healthy: files.ReplayFolder, golden_dtype: str) -> BandSource:
 
 def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdict: CaseVerdict, control: Arm | None,
              record: files.RecordFolder, replayed: files.ReplayFolder,
-             side: GoldenSide | None) -> tuple[Causal, dict[str, Any] | None]:
-    """The causal check of a culprit and, with the golden side's models, its head."""
+             side: GoldenSide | None) -> tuple[Causal, dict[str, Any] | None, list[Causal]]:
+    """The causal check of a culprit, and of the replay's decoys (wrong candidates it should refute); with the
+    golden side's models, the culprit's head."""
     from logitsdump.localize import passes
 
     target = patch_target(structure, verdict)
-    matched = replay.necessity if replay.necessity and replay.necessity.names == (target,) else None
-    necessity = matched.kl if matched else None
+    runs = {run.names[0]: run.kl for run in (replay.necessity, *replay.decoys) if run is not None and run.names}
     kl_noise = control.kl_focus if control is not None else float("nan")
-    sufficiency = sufficiency_golden = None
-    heads = None
     kept = replayed.tensors(replay)
+    sufficiency: dict[str, Sufficiency] = {}
+    golden_decoys: dict[str, Causal] = {}
+    sufficiency_golden = None
+    heads = None
     if side is not None and control is not None and f"{target}:out" in kept:
         golden_sites = rebuild(entry.refs, record.tensors(entry), entry.checksums)
         lm_head = next(c.name for c in structure.candidates if c.module == LM_HEAD)
         golden_logits = golden_sites[f"{lm_head}:out"][0, -1]
         tokens = list(entry.token_ids)
-        own_error = kept[f"{target}:out"].float() - golden_sites[f"{target}:out"].float().to("cpu")
         arm_model = side.control(control.dtype, control.attn).model
-        logits, _ = passes.patched(arm_model, tokens, target, _deviation(arm_model, tokens, structure, golden_sites,
-                                                                         target, kept[f"{target}:out"]), how="add")
-        sufficiency = passes.kl_divergence(golden_logits, logits[-1])
+        base = passes.prefill(arm_model, tokens).logits[0, -1].float().cpu()
+        test_logits = kept.get(TEST_LOGITS)
+
+        def moved(name: str, change: Any) -> Sufficiency:
+            logits, _ = passes.patched(arm_model, tokens, name, change, how="add")
+            cosine, share = (passes.alignment(base, test_logits, logits[-1])
+                             if test_logits is not None else (None, None))
+            return Sufficiency(passes.kl_divergence(golden_logits, logits[-1]), cosine, share)
+
+        deviations = {name: _deviation(arm_model, tokens, structure, golden_sites, name, kept[f"{name}:out"])
+                      for name in runs if f"{name}:out" in kept}
+        sufficiency = {name: moved(name, change) for name, change in deviations.items()}
+        if replay.decoys and target in deviations:  # the golden side's decoys: no necessity run, sufficiency only
+            shapes = [n for n in deviations if n != target and deviations[n].shape == deviations[target].shape]
+            extra = {RANDOM_DECOY: moved(target, _random_like(deviations[target], entry.id))}
+            if shapes:
+                extra[f"{MOVED_DECOY} {shapes[0]}"] = moved(shapes[0], deviations[target])
+            golden_decoys = {label: sufficiency_only(replay.arm.kl_focus, kl_noise, found)
+                             for label, found in extra.items()}
+        own_error = kept[f"{target}:out"].float() - golden_sites[f"{target}:out"].float().to("cpu")
         attention = "heads:in" in kept and verdict.layer is not None
         logits, golden_heads = passes.patched(side.golden.model, tokens, target, own_error, how="add",
                                               heads_at=verdict.layer if attention else None, structure=structure)
         sufficiency_golden = passes.kl_divergence(golden_logits, logits[-1])
         if attention and golden_heads is not None:
             heads = _split_heads(structure, verdict, kept, side.golden, golden_heads, control)
-    return causal_check(replay.arm.kl_focus, kl_noise, necessity, sufficiency, sufficiency_golden), heads
+    checks = {name: causal_check(replay.arm.kl_focus, kl_noise, kl, sufficiency.get(name),
+                                 sufficiency_golden if name == target else None)
+              for name, kl in runs.items()}
+    culprit = checks.get(target) or causal_check(replay.arm.kl_focus, kl_noise, None, None)
+    decoys = [dataclasses.replace(c, names=(n,), decoy=_decoy_kind(structure, target, n))
+              for n, c in checks.items() if n != target]
+    decoys += [dataclasses.replace(c, names=(target,), decoy=label) for label, c in golden_decoys.items()]
+    return culprit, heads, decoys
+
+
+#: The golden side's decoys: a deviation of the culprit's size in a random direction, at the culprit; the
+#: culprit's own deviation at the next layer's same module.
+RANDOM_DECOY, MOVED_DECOY = "random direction", "moved to"
+
+
+def _decoy_kind(structure: Structure, target: str, name: str) -> str:
+    by_name = structure.by_name()
+    return "next layer" if by_name[name].layer != by_name[target].layer else "next module"
+
+
+def _random_like(deviation: Any, seed: str) -> Any:
+    """A change of the deviation's size (per token) in a random direction, seeded by the case."""
+    import zlib
+
+    import torch
+
+    generator = torch.Generator().manual_seed(zlib.crc32(seed.encode()))
+    noise = torch.randn(deviation.shape, generator=generator, dtype=torch.float32)
+    scale = deviation.float().norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return noise * scale
 
 
 def _deviation(arm_model: Any, tokens: list[int], structure: Structure, golden_sites: dict[str, Any], target: str,

@@ -5,9 +5,10 @@ Per case: golden's tensors are rebuilt from the record (checked), then a plain p
 the plain pass (accumulated errors, the final KL at the focus step), the layer-level and the module-level
 isolated passes. The provisional verdict (the record's control arm as the band: `judging`) picks the
 culprit; the test run is repeated with the culprit's own error (its isolated output minus golden's) taken out
-of its output (necessity), and the culprit's
-isolated output, with its heads' input and output-projection weight for an attention culprit, is kept for
-the golden side's sufficiency check and head split. Only the replay folder goes back.
+of its output (necessity), and the culprit's isolated output and the test's logits at the focus step, with its
+heads' input and output-projection weight for an attention culprit, are kept for the golden side's sufficiency
+check and head split. `decoys`: the necessity run also at two wrong candidates beside the culprit
+(`decoy_targets`), their outputs kept too. Only the replay folder goes back.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class ReplayOptions:
     output_dir: str
     device: str = "auto"
     attn: str | None = None
+    #: Also run the necessity check at decoys (`decoy_targets`), wrong candidates the causal check should refute.
+    decoys: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def replay(options: ReplayOptions, say: Callable[[str], None] = print, *, model:
         started = time.perf_counter()
         try:
             tensors, case = replay_case(entry, folder, model.model, structure, dtype, control,
-                                        golden_dtype=folder.header["model"]["dtype"])
+                                        golden_dtype=folder.header["model"]["dtype"], decoys=options.decoys)
         finally:
             if undo is not None:
                 undo()
@@ -104,8 +107,10 @@ def replay(options: ReplayOptions, say: Callable[[str], None] = print, *, model:
 
 
 def replay_case(entry: RecordCase, folder: files.RecordFolder, model: Any, structure: Structure, dtype: str,
-                control: str | None, *, golden_dtype: str) -> tuple[dict[str, Any], ReplayCase]:
-    """One case's passes, provisional verdict and necessity check; (tensors to keep, the case's record)."""
+                control: str | None, *, golden_dtype: str, decoys: bool = False) -> tuple[dict[str, Any], ReplayCase]:
+    """One case's passes, provisional verdict and necessity check (and the decoys'); (tensors to keep, the case's
+    record). A culprit's case keeps its isolated output, the test's logits at the focus step (the causal check's
+    direction) and an attention culprit's heads."""
     from logitsdump.localize import passes
     from logitsdump.localize.run_record import measure_arm
 
@@ -124,17 +129,48 @@ def replay_case(entry: RecordCase, folder: files.RecordFolder, model: Any, struc
     verdict, _modules, _layers = case_verdict(structure, bands, arm)
     kept: dict[str, Any] = {}
     necessity = None
+    decoy_runs: list[Necessity] = []
     if verdict.kind == CULPRIT:
         target = patch_target(structure, verdict)
-        source = measured.layer if structure.by_name()[target].kind == "layer" else measured.module
-        own_error = source.outputs[target].to(golden[f"{target}:out"].device).float() - golden[f"{target}:out"].float()
-        logits, _ = passes.patched(model, tokens, target, own_error, how="subtract")
-        necessity = Necessity((target,), passes.kl_divergence(golden_logits, logits[-1]))
-        kept[f"{target}:out"] = source.outputs[target]
+        for name in [target, *(decoy_targets(structure, target) if decoys else [])]:
+            source = measured.layer if structure.by_name()[name].kind == "layer" else measured.module
+            own_error = source.outputs[name].to(golden[f"{name}:out"].device).float() - golden[f"{name}:out"].float()
+            logits, _ = passes.patched(model, tokens, name, own_error, how="subtract")
+            run = Necessity((name,), passes.kl_divergence(golden_logits, logits[-1]))
+            if name == target:
+                necessity = run
+            else:
+                decoy_runs.append(run)
+            kept[f"{name}:out"] = source.outputs[name]
+        kept[TEST_LOGITS] = measured.plain.logits[-1].float().clone()
         kept.update(_heads_tensors(model, structure, verdict, measured.module.heads_in))
     case = ReplayCase(entry.id, arm, control, verdict.to_dict(), necessity,
-                      files.CASE_TENSORS.format(id=entry.id) if kept else None)
+                      files.CASE_TENSORS.format(id=entry.id) if kept else None, tuple(decoy_runs))
     return kept, case
+
+
+def decoy_targets(structure: Structure, target: str) -> list[str]:
+    """Two deliberately wrong candidates beside a culprit: the same module of the next layer (the previous one at
+    the last layer), and, for a module, the next module of its own layer in forward order (the previous one for the
+    last)."""
+    culprit = structure.by_name()[target]
+    if culprit.layer is None:
+        return []
+    layers = sorted({c.layer for c in structure.candidates if c.kind == "layer" and c.layer is not None})
+    later = [n for n in layers if n > culprit.layer]
+    neighbour = later[0] if later else max((n for n in layers if n < culprit.layer), default=None)
+    found = [c.name for c in structure.candidates
+             if c.kind == culprit.kind and c.layer == neighbour and c.module == culprit.module][:1]
+    if culprit.kind == "module":
+        own = [c.name for c in structure.candidates if c.kind == "module" and c.layer == culprit.layer]
+        at = own.index(target)
+        if len(own) > 1:
+            found.append(own[at + 1] if at + 1 < len(own) else own[at - 1])
+    return found
+
+
+#: The tensors-file key of the test's logits at the focus step (kept with a culprit).
+TEST_LOGITS = "logits:test"
 
 
 def patch_target(structure: Structure, verdict: CaseVerdict) -> str:

@@ -41,6 +41,11 @@ NOISE_FACTOR = 3.0
 #: Necessity: taking the culprit's own error out removes at least this part of the final KL's excess over the noise;
 #: sufficiency: the culprit alone reproduces at least this part of it (`causal_check`).
 MOST = 0.5
+#: Sufficiency: the culprit alone moves the logits the test's way, at a cosine of at least ALIGNED with the test's
+#: change and at least SHARE of that change along it (`causal_check`). Chosen on the tuning runs (seeds 0-2): the
+#: true culprits' cosine was 0.87 or more, a random change of the culprit's size at the culprit 0.57 at most.
+ALIGNED = 0.7
+SHARE = MOST
 #: The smallest noise KL the causal check assumes (a control bit-identical to golden has KL 0).
 KL_FLOOR = 1e-9
 #: Scores are written at most this large (JSON has no infinity).
@@ -253,9 +258,20 @@ def judge_run(verdicts: Sequence[CaseVerdict]) -> RunVerdict:
 
 
 @dataclass(frozen=True)
+class Sufficiency:
+    """The control arm's run with only the culprit's deviation added: its final KL against golden, and how its
+    change of the logits goes the way of the test's (`passes.alignment`: cosine and projection; None without the
+    test's logits)."""
+
+    kl: float
+    cosine: float | None = None
+    share: float | None = None
+
+
+@dataclass(frozen=True)
 class Causal:
     """The causal check of a culprit: necessity (the culprit's own error taken out of the test run) and sufficiency
-    (only the culprit run the test way, inside the control arm's run), on the final KL at the focus step."""
+    (only the culprit run the test way, inside the control arm's run)."""
 
     outcome: str
     reason: str
@@ -264,7 +280,7 @@ class Causal:
     kl_necessity: float | None = None
     kl_sufficiency: float | None = None
     #: The parts of the final KL's excess over the noise that taking the culprit's error out removes, and that the
-    #: culprit alone reproduces (in the control arm).
+    #: culprit alone reproduces in the control arm (reported; sufficiency is judged on the logits' change).
     necessity_recovered: float | None = None
     sufficiency_reproduced: float | None = None
     necessity_holds: bool | None = None
@@ -272,59 +288,94 @@ class Causal:
     #: The sufficiency run in golden's own dtype, and the part of the excess it reproduces (reported, not judged).
     kl_sufficiency_golden: float | None = None
     sufficiency_golden_reproduced: float | None = None
+    #: The sufficiency run's change of the logits against the test's, both from the control arm's (judged).
+    sufficiency_cosine: float | None = None
+    sufficiency_share: float | None = None
+    #: A decoy's candidate and kind ("next layer", "next module": the replay's own decoys; "random direction",
+    #: "moved to <name>": the golden side's, sufficiency only).
+    names: tuple[str, ...] = ()
+    decoy: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Causal:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        values["names"] = tuple(values.get("names") or ())
+        return cls(**values)
 
 
 CONFIRMED, REFUTED, UNTESTABLE, NOT_RUN = "confirmed", "refuted", "untestable", "not-run"
 
 
-def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, kl_sufficiency: float | None,
+def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, sufficiency: Sufficiency | None,
                  kl_sufficiency_golden: float | None = None) -> Causal:
-    """The causal check of a culprit on the final KL at the focus step, run when the test's KL is clearly above
-    the noise (NOISE_FACTOR times the control arm's):
+    """The causal check of a culprit at the focus step, run when the test's final KL is clearly above the noise
+    (NOISE_FACTOR times the control arm's):
     - necessity: the test run with the culprit's own error taken out (`kl_necessity`) loses at least MOST of
       the test's KL excess over the noise;
-    - sufficiency: the control arm (golden's device in the test dtype) with the culprit's own error added to
-      its output, the culprit run the test way and nothing else (`kl_sufficiency`), reproduces at least MOST
-      of that excess. The same run in golden's own dtype
-      (`kl_sufficiency_golden`) is reported: a bf16 network amplifies a small perturbation through its rounding
-      (around SmolLM2's massive activations), so golden's fp32 run shows a fraction of a bf16 excess."""
+    - sufficiency: the control arm (golden's device in the test dtype) with only the culprit's deviation added
+      to its output (`sufficiency`) moves the logits the test's way: the cosine of its change with the test's
+      change (both from the control arm's logits, over the whole vocabulary, centred) is at least
+      ALIGNED and its projection on the test's change at least SHARE of that change. Not the KL it reaches: a
+      bf16 network does not add a perturbation's effect to its own noise (around SmolLM2's massive activations
+      bf16's spacing is 128), so the KL of an aligned change still falls short of the test's on many cases.
+      The reproduced KL fraction and the same run in golden's own dtype (`kl_sufficiency_golden`) are reported."""
+    kl_sufficiency = sufficiency.kl if sufficiency is not None else None
     noise = max(kl_noise if math.isfinite(kl_noise) else 0.0, KL_FLOOR)
     if not kl_test > NOISE_FACTOR * noise:
         return Causal(UNTESTABLE, f"the final KL at the focus step ({kl_test:.3g}) is within {NOISE_FACTOR:g}x the "
                       f"noise (the control arm's {kl_noise:.3g}): nothing clear to recover", kl_test, kl_noise,
                       kl_necessity, kl_sufficiency, kl_sufficiency_golden=kl_sufficiency_golden)
-    if kl_necessity is None or kl_sufficiency is None:
+    if kl_necessity is None or sufficiency is None or sufficiency.cosine is None or sufficiency.share is None:
         missing = "necessity" if kl_necessity is None else "sufficiency"
         return Causal(NOT_RUN, f"the {missing} run is missing (judge without the golden model, or the replay "
                       "patched another candidate)", kl_test, kl_noise, kl_necessity, kl_sufficiency,
                       kl_sufficiency_golden=kl_sufficiency_golden)
     excess = kl_test - noise
     recovered = (kl_test - kl_necessity) / excess
-    reproduced = (kl_sufficiency - noise) / excess
+    reproduced = (sufficiency.kl - noise) / excess
     necessary = recovered >= MOST
-    sufficient = reproduced >= MOST
+    sufficient_ = sufficient(sufficiency)
     parts = [f"its own error taken out of the test run: KL {kl_test:.3g} -> {kl_necessity:.3g} ({recovered:.0%} of "
              f"the excess over the noise {noise:.3g} removed)",
-             f"only it run the test way in the control arm: KL {kl_sufficiency:.3g} ({reproduced:.0%} of the excess "
-             "reproduced)"]
+             f"only it run the test way in the control arm: its change of the logits at cosine "
+             f"{sufficiency.cosine:.2f} with the test's, {sufficiency.share:.0%} of it along it "
+             f"(KL {sufficiency.kl:.3g}, {reproduced:.0%} of the excess)"]
     golden_part = None
     if kl_sufficiency_golden is not None:
         golden_part = kl_sufficiency_golden / excess
-        parts.append(f"in golden's own dtype: {kl_sufficiency_golden:.3g} ({golden_part:.0%})")
+        parts.append(f"in golden's own dtype: KL {kl_sufficiency_golden:.3g} ({golden_part:.0%})")
     if not necessary:
         parts.append("taking it out leaves most of the excess: another site contributes")
-    if not sufficient:
-        parts.append(f"alone it reproduces less than {MOST:.0%}")
-    outcome = CONFIRMED if necessary and sufficient else REFUTED
-    return Causal(outcome, "; ".join(parts), kl_test, kl_noise, kl_necessity, kl_sufficiency, recovered, reproduced,
-                  necessary, sufficient, kl_sufficiency_golden, golden_part)
+    if not sufficient_:
+        parts.append(f"alone it does not move the logits the test's way (cosine under {ALIGNED:g} or under "
+                     f"{SHARE:.0%} along it)")
+    outcome = CONFIRMED if necessary and sufficient_ else REFUTED
+    return Causal(outcome, "; ".join(parts), kl_test, kl_noise, kl_necessity, sufficiency.kl, recovered, reproduced,
+                  necessary, sufficient_, kl_sufficiency_golden, golden_part, sufficiency.cosine, sufficiency.share)
+
+
+def sufficient(sufficiency: Sufficiency) -> bool:
+    """Sufficiency's rule (`causal_check`): the change of the logits goes the test's way."""
+    return (sufficiency.cosine is not None and sufficiency.share is not None and sufficiency.cosine >= ALIGNED
+            and sufficiency.share >= SHARE)
+
+
+def sufficiency_only(kl_test: float, kl_noise: float, sufficiency: Sufficiency) -> Causal:
+    """A check on sufficiency alone (a golden-side decoy, which has no necessity run): confirmed or refuted by
+    `sufficient`, untestable as in `causal_check`."""
+    noise = max(kl_noise if math.isfinite(kl_noise) else 0.0, KL_FLOOR)
+    if not kl_test > NOISE_FACTOR * noise:
+        return Causal(UNTESTABLE, "the final KL is within the noise", kl_test, kl_noise,
+                      kl_sufficiency=sufficiency.kl)
+    holds = sufficient(sufficiency)
+    reason = (f"sufficiency only: its change of the logits at cosine {sufficiency.cosine or 0.0:.2f} with the test's, "
+              f"{sufficiency.share or 0.0:.0%} of it along it")
+    return Causal(CONFIRMED if holds else REFUTED, reason, kl_test, kl_noise, kl_sufficiency=sufficiency.kl,
+                  sufficiency_reproduced=(sufficiency.kl - noise) / (kl_test - noise), sufficiency_holds=holds,
+                  sufficiency_cosine=sufficiency.cosine, sufficiency_share=sufficiency.share)
 
 
 def judge_heads(test_mean: Sequence[float], test_max: Sequence[float], band_mean: Sequence[float],

@@ -119,6 +119,9 @@ def _confirmation(case: Mapping[str, Any]) -> str:
     rows = [("final KL at the focus step", f"test {_g(case.get('kl_test'))}, control arm {_g(case.get('kl_noise'))}")]
     if causal:
         rows.append(("causal check", f"{causal.get('outcome')}: {causal.get('reason')}"))
+    if case.get("decoys"):
+        rows.append(("decoys (should be refuted)", "; ".join(f"{d.get('decoy')}: {d.get('outcome')}"
+                                                              for d in case["decoys"])))
     if heads:
         scores = ", ".join(f"{h}: {_g(s)}" for h, s in enumerate(heads.get("scores") or []))
         rows.append(("heads (layer " + str(heads.get("layer")) + ")", f"{heads.get('reason')} [{scores}]"))
