@@ -1,7 +1,8 @@
-"""The flags several commands share (argparse helpers): `-gp/-mp`, `-o`, `-l`, modeltest's `--a_b` spellings.
+"""The flags and argparse types several commands share: `-gp/-mp`, `-o`, `-l`, modeltest's `--a_b` spellings,
+numbers in a range, the next-step lines.
 
-In their own module so that every module adding commands (`cli.py`, `triage/commands.py`) uses the same
-ones without importing the command tree.
+In their own module so that every module adding commands (`cli.py`, `cli_dump.py`, `cli_compare.py`,
+`triage/commands.py`, `localize/command.py`) uses the same ones without importing the command tree.
 """
 
 from __future__ import annotations
