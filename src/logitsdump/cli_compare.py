@@ -7,6 +7,7 @@ healthy pairs for compare's replayed verdicts.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from logitsdump.cli_flags import (
     add_golden_and_test,
@@ -20,12 +21,13 @@ from logitsdump.dtypes import DATA_TYPES
 from logitsdump.errors import UsageError
 
 
-def add_parsers(subparsers) -> None:
+def add_parsers(subparsers: Any) -> None:
+    """Add `compare` (alias `logitscmp`) and `calibrate` to the argparse tree."""
     _add_compare_parser(subparsers)
     _add_calibrate_parser(subparsers)
 
 
-def _add_compare_parser(subparsers) -> None:
+def _add_compare_parser(subparsers: Any) -> None:
     from logitsdump.compare import verdicts
 
     parser = subparsers.add_parser(
@@ -91,7 +93,7 @@ def _add_compare_parser(subparsers) -> None:
     parser.set_defaults(handler=_run_compare)
 
 
-def _add_calibrate_parser(subparsers) -> None:
+def _add_calibrate_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "calibrate",
         help="measure a model's noise floor on a known-healthy pair of dumps and write the tolerances file "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from logitsdump.cli_flags import (
     add_flag,
@@ -20,11 +21,8 @@ from logitsdump.errors import UsageError
 from logitsdump.protocol import CONTROL_KINDS, REPLAY_MODES
 
 
-def add_parsers(subparsers) -> None:
-    _add_dump_parser(subparsers)
-
-
-def _add_dump_parser(subparsers) -> None:
+def add_parsers(subparsers: Any) -> None:
+    """Add `dump` to the argparse tree."""
     parser = subparsers.add_parser(
         "dump",
         aliases=["logitsdump"],
