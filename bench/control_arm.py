@@ -45,11 +45,16 @@ from logitsdump.demo import examples
 from logitsdump.demo.defects import Defect, write_defective_model, write_model_yaml
 
 #: The evaluation tasks (task or task:subject+subject): none of them was used to derive the constants.
-TASKS = "mmlu_zero_shot:high_school_mathematics,humaneval,gpqa,ceval_zero_shot,aime2024,boolq"
+TASKS = "mmlu_zero_shot:high_school_mathematics,humaneval,gpqa,ceval_zero_shot,aime2024,boolq,truthfulqa,humanevalx"
+#: The tasks of the run whose per-case hit rate (87% at 2.6x) led to the in-run rule (compare/control.py
+#: ALPHA_IN_RUN); the others, and the defects marked fresh, were added after it, to test it on what it was not
+#: designed on. The report splits the two.
+DESIGNED_ON = ("mmlu_zero_shot:high_school_mathematics", "humaneval", "gpqa", "ceval_zero_shot", "aime2024", "boolq")
 FREE_TASKS = "mmlu_zero_shot:high_school_mathematics,humaneval"
 PASS = ("identical", "consistent", "noise", "tie-flip")
 FLAGGED = ("precision-suspect", "divergent")
 #: name -> (defect, used by bench/planted_bug.py too). The last ones are at layers and modules that bench does not use.
+#: The FRESH ones were added after the in-run rule (see DESIGNED_ON).
 DEFECTS: dict[str, tuple[Defect, bool]] = {
     "o_proj of layer 15 x 1.1": (Defect("scale-o-proj", layer=15, factor=1.1), True),
     "v_proj of layer 3 x 1.1": (Defect("scale-weight", layer=3, module="self_attn.v_proj", factor=1.1), False),
@@ -61,7 +66,19 @@ DEFECTS: dict[str, tuple[Defect, bool]] = {
     "up_proj of layer 2 x 1.2": (Defect("scale-weight", layer=2, module="mlp.up_proj", factor=1.2), False),
     "v_proj of layer 3 x 1.3": (Defect("scale-weight", layer=3, module="self_attn.v_proj", factor=1.3), False),
     "drop head 3 of layer 5": (Defect("zero-head", layer=5, head=3), False),
+    "down_proj of layer 11 x 1.1": (Defect("scale-weight", layer=11, module="mlp.down_proj", factor=1.1), False),
+    "k_proj of layer 8 x 1.2": (Defect("scale-weight", layer=8, module="self_attn.k_proj", factor=1.2), False),
+    "q_proj of layer 25 x 1.2": (Defect("scale-q", layer=25, factor=1.2), False),
+    "post-attention RMSNorm of layer 17 x 1.05": (Defect("scale-norm", layer=17, module="post_attention_layernorm",
+                                                         factor=1.05), False),
+    "input RMSNorm of layer 23 in fp16": (Defect("fp16-norm", layer=23), False),
+    "layer 9 weights at 4 mantissa bits": (Defect("round-weights", layer=9, bits=4), False),
 }
+FRESH = ("down_proj of layer 11 x 1.1", "k_proj of layer 8 x 1.2", "q_proj of layer 25 x 1.2",
+         "post-attention RMSNorm of layer 17 x 1.05", "input RMSNorm of layer 23 in fp16",
+         "layer 9 weights at 4 mantissa bits")
+#: Per-case KL ratio bands of the report (the case's own KL over its control's).
+BANDS = ((0.0, 2.0), (2.0, 3.0), (3.0, 6.0), (6.0, math.inf))
 #: The defects also dumped free-running (no replay).
 FREE_DEFECTS = ("v_proj of layer 3 x 1.1", "up_proj of layer 2 x 1.2")
 
@@ -81,13 +98,16 @@ class Row:
     #: cases whose dump holds fewer than `min_steps` tokens (a one-token answer, e.g. BoolQ's yes/no): apart
     min_steps: int = 1
     short: dict[str, int] = field(default_factory=dict)
+    #: every counted case: (task, its own KL over its control's, flagged)
+    cases: list[tuple[str, float | None, bool]] = field(default_factory=list)
 
-    def add(self, summary) -> None:
+    def add(self, summary, spec: str = "") -> None:
         for case in summary.cases:
             if case.tokens_total < self.min_steps:
                 self.short[case.verdict] = self.short.get(case.verdict, 0) + 1
                 continue
             self.counts[case.verdict] = self.counts.get(case.verdict, 0) + 1
+            self.cases.append((spec, case.paired.kl_ratio if case.paired else None, case.verdict in FLAGGED))
             if case.paired is None:
                 continue
             by_token = {s.token_id: s for s in case.judged_steps}
@@ -226,21 +246,21 @@ def smollm2(args: argparse.Namespace) -> list[Row]:
              f"({time.monotonic() - t0:.0f} s)")
         cmp = work / "compare"
         a = dump("test bf16", bf16, replay=g32)
-        rows["A. bf16 noise, impl control"].add(_compare(g32, a, cmp / "a" / task))
-        rows["A without control or floor"].add(_compare(g32, a, cmp / "a_none" / task, use_control=False))
+        rows["A. bf16 noise, impl control"].add(_compare(g32, a, cmp / "a" / task), spec)
+        rows["A without control or floor"].add(_compare(g32, a, cmp / "a_none" / task, use_control=False), spec)
         b = dump("test bf16 eager", eager, replay=g16)
-        rows["B. bf16 sdpa vs eager, dtype control"].add(_compare(g16, b, cmp / "b" / task))
+        rows["B. bf16 sdpa vs eager, dtype control"].add(_compare(g16, b, cmp / "b" / task), spec)
         for name, yaml in defects.items():
-            rows[name].add(_compare(g32, dump(name, yaml, replay=g32), cmp / _slug(name) / task))
+            rows[name].add(_compare(g32, dump(name, yaml, replay=g32), cmp / _slug(name) / task), spec)
         if spec not in args.free_tasks.split(","):
             _say(f"  {spec}: done ({time.monotonic() - t0:.0f} s)")
             continue
         free = _compare(g32, dump("test bf16 free", bf16), cmp / "free" / task)
-        rows["free: bf16 noise"].add(free)
+        rows["free: bf16 noise"].add(free, spec)
         healthy = {(c.subject, c.key): c for c in free.cases}
         for name in FREE_DEFECTS:
             summary = _compare(g32, dump(f"free {name}", defects[name]), cmp / f"free_{_slug(name)}" / task)
-            rows[f"free: {name}"].add(summary)
+            rows[f"free: {name}"].add(summary, spec)
             _mark_caused(rows[f"free: {name}"], summary, healthy)
         _say(f"  {spec}: done ({time.monotonic() - t0:.0f} s); work folder {work}")
     _say(f"SmolLM2-135M-Instruct: {total} cases of {args.tasks}, {args.tokens} tokens each, replay mode "
@@ -268,12 +288,44 @@ def report(rows: list[Row]) -> None:
         _say(f"| {row.name} | {row.total} | {row.share(PASS)} | {row.share(FLAGGED)}{caused} "
              f"| {row.counts.get('unreferenced', 0)} | {row.mean_kl:.3g} | {row.kl_ratio:.3g} "
              f"| {'; '.join(row.runs)} | {sum(row.short.values())}, {row.share(FLAGGED, short=True)} |")
+    _split(rows)
     flagged = [(r.kl_ratio, r.mean_kl, r.name) for r in rows if r.name in DEFECTS
                and sum(r.counts.get(v, 0) for v in FLAGGED) >= 0.9 * r.total]
     if flagged:
         ratio, kl, name = min(flagged)
         _say(f"\nresolution: the smallest defect flagged in >= 90% of its cases: {name}, mean step KL {kl:.3g} "
              f"({ratio:.3g}x the control's)")
+
+
+def _hits(cases: list[tuple[str, float | None, bool]]) -> str:
+    hits = sum(flagged for _task, _ratio, flagged in cases)
+    return f"{hits}/{len(cases)} = {hits / len(cases):.0%}" if cases else "-"
+
+
+def _split(rows: list[Row]) -> None:
+    """What the in-run rule was designed on against what it was not: per condition, the cases of the DESIGNED_ON
+    tasks and of the others; per case KL band, the designed-on defects' cases there against every fresh case (a
+    FRESH defect, or a task not in DESIGNED_ON)."""
+    _say("\n| condition | fresh defect | flagged: designed-on tasks | flagged: fresh tasks |")
+    _say("|---|---|---|---|")
+    for row in rows:
+        if not row.cases or row.name.startswith("free"):
+            continue
+        old = [c for c in row.cases if c[0] in DESIGNED_ON]
+        new = [c for c in row.cases if c[0] not in DESIGNED_ON]
+        _say(f"| {row.name} | {'yes' if row.name in FRESH else ''} | {_hits(old)} | {_hits(new)} |")
+    _say("\n| the case's own KL / its control's | flagged: designed on | flagged: fresh (defect or task) |")
+    _say("|---|---|---|")
+    for low, high in BANDS:
+        seen, fresh = [], []
+        for row in rows:
+            if row.name not in DEFECTS:
+                continue
+            for case in row.cases:
+                if case[1] is not None and low <= case[1] < high:
+                    (fresh if row.name in FRESH or case[0] not in DESIGNED_ON else seen).append(case)
+        band = f"{low:g}-{high:g}x" if math.isfinite(high) else f">= {low:g}x"
+        _say(f"| {band} | {_hits(seen)} | {_hits(fresh)} |")
 
 
 def main() -> None:

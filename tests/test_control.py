@@ -329,6 +329,63 @@ def test_the_case_rules_keep_their_false_alarm_rate_on_healthy_steps(n: int) -> 
     assert shifted / 2000 > 0.9
 
 
+def _simulated_runs(drift: float, *, runs: int, cases: int, n: int, seed: int) -> tuple[float, float]:
+    """Runs of `cases` cases of n steps, r drawn as the derivation models it plus `drift` (log power): the
+    fraction of cases the case-alone rules flag, and the fraction the gatekeeping procedure flags (the in-run
+    rule too where the run's interval is above the bound), both through `compare/control.py`'s functions."""
+    rules, gated = ctl.Rules(1.0, ctl.STEP_SPREAD), ctl.Rules(1.0, ctl.STEP_SPREAD, in_run=True)
+    rng = random.Random(seed)
+    sigma, alone, together = ctl.STEP_SPREAD, 0, 0
+    for _ in range(runs):
+        drawn = []
+        for _ in range(cases):
+            offset = drift + rng.gauss(0.0, sigma * math.sqrt(ctl.CASE_SHARE))
+            drawn.append([offset + rng.gauss(0.0, sigma) for _ in range(n)])
+        means = [sum(r) / n for r in drawn]
+        _mean, low, _high = ctl.run_interval(means)
+        for r, mean in zip(drawn, means, strict=True):
+            flagged = mean > rules.mean_threshold(n) or max(r) > rules.step_threshold(n)
+            alone += flagged
+            together += flagged or (low is not None and low > 0 and mean > (gated.run_threshold(n) or math.inf))
+    return alone / (runs * cases), together / (runs * cases)
+
+
+@pytest.mark.parametrize(("cases", "n"), [(6, 16), (12, 8)])
+def test_the_in_run_rule_keeps_a_healthy_case_within_its_stated_false_alarm_rate(cases: int, n: int) -> None:
+    """On healthy runs the gate (the run's one-sided 2.5%) bounds the in-run rule: a case is flagged at most
+    ALPHA_MEAN + ALPHA_STEP + 2.5% of the time."""
+    alone, together = _simulated_runs(0.0, runs=4000, cases=cases, n=n, seed=5)
+    assert alone <= ctl.ALPHA_MEAN + ctl.ALPHA_STEP
+    assert together <= ctl.ALPHA_MEAN + ctl.ALPHA_STEP + 0.025
+
+
+def test_the_in_run_rule_catches_a_small_drift_the_case_alone_misses() -> None:
+    """A 1.5x rise in noise power over 16 steps in every case of a 6-case run: about half the cases alone, most of
+    them once the run has shown it (the case-level resolution)."""
+    alone, together = _simulated_runs(math.log(1.5), runs=1000, cases=6, n=16, seed=6)
+    assert alone < 0.6 and together > 0.75
+
+
+def test_a_small_drift_in_every_case_is_flagged_through_the_run(tmp_path: Path, monkeypatch) -> None:
+    golden, _control, mine = build(tmp_path, test_noise=0.024)  # 1.44x the control's power, every case
+    summary = _compare(golden, mine, tmp_path / "o")
+    assert summary.reference.run.verdict == "precision-suspect"
+    through_run = [c for c in summary.cases if "the run's noise is above the healthy bound" in c.reason]
+    assert len(through_run) >= 5 and all(c.verdict == "precision-suspect" for c in through_run)
+    assert all(c.paired.run_threshold is not None and c.paired.excess > c.paired.run_threshold for c in through_run)
+    assert ctl.PairedCase.from_dict(through_run[0].paired.to_dict()) == through_run[0].paired
+    monkeypatch.setattr(ctl, "ALPHA_IN_RUN", ctl.ALPHA_MEAN)  # no in-run rule: the case-alone rules miss them
+    alone = _compare(golden, mine, tmp_path / "p")
+    assert sum(c.verdict == "precision-suspect" for c in alone.cases) < len(through_run) - 3
+
+
+def test_a_healthy_run_gets_no_in_run_rule(tmp_path: Path) -> None:
+    golden, _control, mine = build(tmp_path, test_noise=0.02, seed=1)
+    summary = _compare(golden, mine, tmp_path / "o")
+    assert summary.reference.run.verdict == "noise"
+    assert all(c.paired.run_threshold is None and c.verdict != "precision-suspect" for c in summary.cases)
+
+
 def test_the_mean_rule_p_value_matches_its_threshold() -> None:
     rules = ctl.Rules(1.0, ctl.STEP_SPREAD)
     assert rules.p_value(rules.mean_threshold(16), 16) == pytest.approx(ctl.ALPHA_MEAN, rel=1e-6)

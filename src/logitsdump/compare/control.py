@@ -16,11 +16,14 @@ independent roundings, the control's at least one). A case is drift (precision-s
 in a free run) when
 - the mean rule: mean(r) - log f > z(1 - ALPHA_MEAN) * sigma * sqrt(CASE_SHARE + 1/n), or
 - the worst-step rule: max(r) - log f > z(1 - ALPHA_STEP / n) * sigma * sqrt(1 + CASE_SHARE) * TAIL,
-with sigma = max(STEP_SPREAD, this run's pooled within-case spread of r); an argmax change is clear when
-golden's margin exceeds FLIP_Z * sqrt(2 f) * rms_C(t) (what the control's perturbation at that step,
-scaled to the test's, could overturn). The run: the mean over cases of mean(r) - log f with a 95%
-t-interval; precision-suspect when the whole interval is above 0. Every constant is derived from
-healthy pairs in docs/compare.md ("The control arm").
+with sigma = max(STEP_SPREAD, this run's pooled within-case spread of r), or
+- the in-run rule: the mean rule at ALPHA_IN_RUN instead, inside a run that is itself precision-suspect
+  (below): a gatekeeping procedure, the run's test is the gate, so on a healthy run it fires only where the
+  run's test errs.
+An argmax change is clear when golden's margin exceeds FLIP_Z * sqrt(2 f) * rms_C(t) (what the control's
+perturbation at that step, scaled to the test's, could overturn). The run: the mean over cases of
+mean(r) - log f with a 95% t-interval; precision-suspect when the whole interval is above 0. Every
+constant is derived from healthy pairs in docs/compare.md ("The control arm").
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ CASE_SHARE = 0.10
 #: The false-alarm rates of the mean rule and of the worst-step rule, per case (together at most 1%).
 ALPHA_MEAN = 0.005
 ALPHA_STEP = 0.005
+#: The mean rule's false-alarm rate per case inside a run whose own interval is above the healthy bound: the run
+#: has shown the defect; the case's question is whether it carries it. The conventional 5% level, chosen before
+#: any measurement of it (not fitted). On healthy runs the gate (the run's one-sided 2.5%) keeps a case's false-
+#: alarm rate at most ALPHA_MEAN + ALPHA_STEP + 2.5% = 3.5%, whatever the cases' correlation.
+ALPHA_IN_RUN = 0.05
 #: How much heavier than normal the tail of a healthy step's r is: the 0.999 quantile of |r - case mean| / sigma_w
 #: over the normal one's (1.14, 0.78, 1.31, 0.71; pooled 1.18).
 TAIL = 1.2
@@ -118,6 +126,8 @@ class Rules:
 
     factor: float
     spread: float
+    #: Whether the run is precision-suspect (its interval above the healthy bound): the mean rule at ALPHA_IN_RUN.
+    in_run: bool = False
 
     @property
     def allowance(self) -> float:
@@ -125,6 +135,12 @@ class Rules:
 
     def mean_threshold(self, n: int) -> float:
         return _NORMAL.inv_cdf(1 - ALPHA_MEAN) * self.spread * math.sqrt(CASE_SHARE + 1 / n)
+
+    def run_threshold(self, n: int) -> float | None:
+        """The mean rule's threshold inside a precision-suspect run (None: the run is not)."""
+        if not self.in_run:
+            return None
+        return _NORMAL.inv_cdf(1 - ALPHA_IN_RUN) * self.spread * math.sqrt(CASE_SHARE + 1 / n)
 
     def step_threshold(self, n: int) -> float:
         return _NORMAL.inv_cdf(1 - ALPHA_STEP / n) * self.spread * math.sqrt(1 + CASE_SHARE) * TAIL
@@ -179,7 +195,7 @@ def paired_case(judged: Sequence[Step], control: Mapping[int, Step], rules: Rule
         p_value=rules.p_value(mean - rules.allowance, n), worst_token=worst.token,
         worst_excess=(worst.log_ratio or 0.0) - rules.allowance, step_threshold=rules.step_threshold(n),
         kl_ratio=test_kl / control_kl if control_kl > 0 else None, control_steps=tuple(rows),
-        uncovered=tuple(uncovered),
+        uncovered=tuple(uncovered), run_threshold=rules.run_threshold(n),
     )
 
 
@@ -216,6 +232,11 @@ def _findings(paired: PairedCase | None, changes: Sequence[ArgmaxChange], contro
             problems.append(f"its noise is {math.exp(paired.log_ratio):.3g}x the control's over {paired.steps} "
                             f"step(s) (healthy up to {rules.factor:.3g}x; drift above "
                             f"{rules.factor * math.exp(paired.threshold):.3g}x, p = {paired.p_value:.2g})")
+        elif paired.run_threshold is not None and paired.excess > paired.run_threshold:
+            problems.append(f"its noise is {math.exp(paired.log_ratio):.3g}x the control's over {paired.steps} "
+                            f"step(s) (p = {paired.p_value:.2g}): the run's noise is above the healthy bound, and "
+                            f"in such a run a case above {rules.factor * math.exp(paired.run_threshold):.3g}x "
+                            f"(p < {ALPHA_IN_RUN:g}) carries it")
         if paired.worst_excess is not None and paired.worst_excess > paired.step_threshold:
             alone = math.exp(paired.worst_excess + rules.allowance)
             limit = rules.factor * math.exp(paired.step_threshold)
@@ -351,19 +372,26 @@ def judge_with_control(steps: Sequence[Step], control: ControlSteps, tolerances:
     spread = pooled_spread(_step_ratios(_judged(group, replays.get(case)), control.by_case[case])
                            for case, group in covered.items())
     rules = Rules(factor, max(STEP_SPREAD, spread or 0.0))
+    cases = _judge_covered(covered, control, replays, rules)
+    run = run_ratio(cases, factor)
+    if run is not None and run.low is not None and run.verdict == PRECISION_SUSPECT:
+        cases = _judge_covered(covered, control, replays, replace(rules, in_run=True))
+    rest = [step for case, group in groups.items() if case not in covered for step in group]
+    cases += judge.judge_cases(rest, tolerances, replays, gross=gross)
+    return sorted(cases, key=judge.case_order)
+
+
+def _judge_covered(covered: Mapping[CaseKey, Sequence[Step]], control: ControlSteps,
+                   replays: Mapping[CaseKey, judge.ReplayedCase], rules: Rules) -> list[CaseRecord]:
+    """The cases the control covers, each against its control steps under `rules`."""
     cases = []
-    rest: list[Step] = []
-    for case, group in groups.items():
-        if case not in covered:
-            rest.extend(group)
-            continue
+    for case, group in covered.items():
         replay = replays.get(case)
         if replay is not None:
             cases.append(judge_replayed(case[0], case[1], group, replay, control.by_case[case], rules))
         else:
             cases.append(judge_free(case[0], case[1], group, control.by_case[case], rules))
-    cases += judge.judge_cases(rest, tolerances, replays, gross=gross)
-    return sorted(cases, key=judge.case_order)
+    return cases
 
 
 def _judged(group: Sequence[Step], replay: judge.ReplayedCase | None) -> list[Step]:
@@ -423,20 +451,26 @@ class RunRatio:
                 "verdict": self.verdict}
 
 
+def run_interval(excesses: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """The mean of the cases' excesses (mean r - log f) and its RUN_CONFIDENCE Student-t interval (None with
+    one case)."""
+    n = len(excesses)
+    mean = math.fsum(excesses) / n
+    if n < 2:
+        return mean, None, None
+    sd = math.sqrt(math.fsum((e - mean) ** 2 for e in excesses) / (n - 1))
+    half = t_quantile(0.5 + RUN_CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def run_ratio(cases: Sequence[CaseRecord], factor: float) -> RunRatio | None:
     """The run's ratio over the cases judged against the control (None: none was)."""
     paired = [c.paired for c in cases if c.paired is not None]
     if not paired:
         return None
     allowance = math.log(factor)
-    excesses = [p.log_ratio - allowance for p in paired]
-    n = len(excesses)
-    mean = math.fsum(excesses) / n
-    low = high = None
-    if n >= 2:
-        sd = math.sqrt(math.fsum((e - mean) ** 2 for e in excesses) / (n - 1))
-        half = t_quantile(0.5 + RUN_CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)
-        low, high = mean - half, mean + half
+    n = len(paired)
+    mean, low, high = run_interval([p.log_ratio - allowance for p in paired])
     suspect = (low is not None and low > 0.0) or (n == 1 and any(c.verdict == PRECISION_SUSPECT for c in cases))
     test_kl = control_kl = 0.0
     for case in cases:
@@ -474,8 +508,8 @@ class Reference:
             "factor": self.factor, "factor_rule": self.factor_rule, "dtypes": dict(self.dtypes),
             "run": self.run.to_dict() if self.run is not None else None, "uncovered": list(self.uncovered),
             "constants": {"step_spread": STEP_SPREAD, "case_share": CASE_SHARE, "alpha_mean": ALPHA_MEAN,
-                          "alpha_step": ALPHA_STEP, "tail": TAIL, "flip_z": FLIP_Z, "clamp": CLAMP,
-                          "spread_bound": SPREAD_BOUND},
+                          "alpha_step": ALPHA_STEP, "alpha_in_run": ALPHA_IN_RUN, "tail": TAIL, "flip_z": FLIP_Z,
+                          "clamp": CLAMP, "spread_bound": SPREAD_BOUND},
         }
 
 

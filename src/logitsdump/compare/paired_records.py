@@ -55,6 +55,9 @@ class PairedCase:
     control_steps: tuple[ControlStep, ...] = ()
     #: Judged tokens with no control step (a free-running control that left golden's text earlier).
     uncovered: tuple[int, ...] = ()
+    #: The mean rule's threshold inside a run that is itself precision-suspect (`compare/control.py`,
+    #: ALPHA_IN_RUN); None when the run is not (or has one case).
+    run_threshold: float | None = None
 
     @property
     def excess(self) -> float:
@@ -83,5 +86,6 @@ class PairedCase:
             kl_ratio=finite_float(data.get("kl_ratio")),
             control_steps=tuple(c for c in (ControlStep.from_dict(d) for d in raw if isinstance(d, Mapping)) if c),
             uncovered=read_ints(data.get("uncovered")) or (),
+            run_threshold=finite_float(data.get("run_threshold")),
             **numbers,  # type: ignore[arg-type]
         )
