@@ -449,8 +449,9 @@ def summarize(work: Path, phase: str) -> dict:
 
 def causal_row(condition: str, role: str, causal: dict) -> dict:
     """One causal check's figures (the bench's causal CSV)."""
-    keys = ("outcome", "kl_test", "kl_noise", "necessity_recovered", "sufficiency_reproduced", "sufficiency_cosine",
-            "sufficiency_share", "necessity_holds", "sufficiency_holds")
+    keys = ("outcome", "kl_test", "kl_noise", "necessity_recovered", "necessity_share", "necessity_cosine",
+            "necessity_rule", "sufficiency_reproduced", "sufficiency_cosine", "sufficiency_share", "necessity_holds",
+            "sufficiency_holds")
     return {"condition": condition, "role": role, **{k: causal.get(k) for k in keys}}
 
 
