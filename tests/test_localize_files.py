@@ -181,8 +181,8 @@ def test_the_cases_csv_has_the_necessity_share(tmp_path: Path) -> None:
     import csv
 
     document = _document()
-    document["cases"][0].update(subject="gsm8k", key="0", baselines={"first_cosine_below": None,
-                                                                          "largest_jump": None})
+    document["cases"][0].update(subject="gsm8k", key="0",
+                                baselines={"first_cosine_below": None, "largest_jump": None})
     document["cases"][0]["causal"].update(necessity_share=0.83, necessity_cosine=0.61, necessity_rule="direction",
                                           necessity_recovered=0.4)
     outputs.write_cases_csv(tmp_path / "cases.csv", document["cases"])
