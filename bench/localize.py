@@ -19,9 +19,10 @@ Tuning (the verdict constants of `localize.verdict` were chosen on it): gsm8k ca
 scale-layer x1.1, zero-head and RoPE base 3e4 (seed 0). Report: the other 53 cases (gsm8k 8-21, boolq, mmlu),
 eight local defect families (two of them, scale-q and scale-norm, first run in the report), two global ones and
 the two healthy pairs; docs/localize.md's table is `--seed 4` (both halves of the causal check on the logits'
-change, their lines chosen on the tuning runs at seeds 0-2; the KL rule of necessity printed beside). Baselines on the same runs (the test's plain
-pass): first module with cosine < 0.99 (msprobe, tt-metal), the largest accumulated jump, and a threshold on the
-accumulated error calibrated on the tuning runs' healthy pair of the same dtype (2x its largest value per module).
+change, their lines chosen on the tuning runs at seeds 0-2; the KL rule of necessity printed beside). Baselines
+on the same runs (the test's plain pass): first module with cosine < 0.99 (msprobe, tt-metal), the largest
+accumulated jump, and a threshold on the accumulated error calibrated on the tuning runs' healthy pair of the same
+dtype (2x its largest value per module).
 """
 
 from __future__ import annotations
