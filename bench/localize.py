@@ -18,10 +18,11 @@ dumped step. Three processes, only folders between them, as on two machines:
 Tuning (the verdict constants of `localize.verdict` were chosen on it): gsm8k cases 0-7, the healthy pairs,
 scale-layer x1.1, zero-head and RoPE base 3e4 (seed 0). Report: the other 53 cases (gsm8k 8-21, boolq, mmlu),
 eight local defect families (two of them, scale-q and scale-norm, first run in the report), two global ones and
-the two healthy pairs; docs/localize.md's table is `--seed 3` (the causal check on
-the logits' change was chosen on the tuning runs at seeds 0-2). Baselines on the same runs (the test's plain
-pass): first module with cosine < 0.99 (msprobe, tt-metal), the largest accumulated jump, and a threshold on the
-accumulated error calibrated on the tuning runs' healthy pair of the same dtype (2x its largest value per module).
+the two healthy pairs; docs/localize.md's table is `--seed 4` (both halves of the causal check on the logits'
+change, their lines chosen on the tuning runs at seeds 0-2; the KL rule of necessity printed beside). Baselines
+on the same runs (the test's plain pass): first module with cosine < 0.99 (msprobe, tt-metal), the largest
+accumulated jump, and a threshold on the accumulated error calibrated on the tuning runs' healthy pair of the same
+dtype (2x its largest value per module).
 """
 
 from __future__ import annotations
@@ -333,13 +334,15 @@ def summarize(work: Path, phase: str) -> dict:
     from logitsdump.localize.baselines import first_above_threshold
     from logitsdump.localize.candidates import Structure
     from logitsdump.localize.records import Arm
-    from logitsdump.localize.verdict import ABOVE, CONFIRMED, CULPRIT, DIFFUSE, UNTESTABLE
+    from logitsdump.localize.verdict import ABOVE, CONFIRMED, CULPRIT, DIFFUSE, MOST, UNTESTABLE
 
     rows = load_results(work, phase)
     thresholds = calibrated(rows, work)
     structure = None
     table = {}
     by_excess: dict[str, list[int]] = {"3-10x": [0, 0], ">= 10x": [0, 0]}
+    halves = {"checked": 0, "necessity holds": 0, "sufficiency holds": 0, "necessity on the KL": 0,
+              "confirmed, necessity on the KL": 0}
     decoys: dict[str, Any] = {}
     causal_rows: list[dict] = []
     healthy_scores = {"pairs": 0, "above": 0, "max": 0.0, "layer_max": 0.0}
@@ -387,6 +390,12 @@ def summarize(work: Path, phase: str) -> dict:
                 key = "3-10x" if causal["kl_test"] < 10 * causal["kl_noise"] else ">= 10x"
                 by_excess[key][0] += causal["outcome"] == CONFIRMED
                 by_excess[key][1] += 1
+                halves["checked"] += 1
+                halves["necessity holds"] += bool(causal.get("necessity_holds"))
+                halves["sufficiency holds"] += bool(causal.get("sufficiency_holds"))
+                kl_rule = (causal.get("necessity_recovered") or 0.0) >= MOST
+                halves["necessity on the KL"] += kl_rule
+                halves["confirmed, necessity on the KL"] += kl_rule and bool(causal.get("sufficiency_holds"))
             if verdict["kind"] == CULPRIT and causal and causal["outcome"] in (CONFIRMED, "refuted"):
                 causal_rows.append(causal_row(name, "culprit", causal))
                 for decoy in case.get("decoys") or []:
@@ -441,6 +450,7 @@ def summarize(work: Path, phase: str) -> dict:
         record_seconds += float((record / "bench-seconds").read_text()) if (record / "bench-seconds").is_file() else 0
     layers = structure.layers if structure else LAYERS
     return {"phase": phase, "conditions": table, "above": ABOVE, "causal_by_excess": by_excess,
+            "causal_halves": halves, "most": MOST,
             "decoys": decoys, "causal_rows": causal_rows,
             "healthy_scores": healthy_scores,
             "bytes_per_token_layer": record_bytes / max(1, tokens * layers), "record_seconds_per_case":
@@ -449,8 +459,9 @@ def summarize(work: Path, phase: str) -> dict:
 
 def causal_row(condition: str, role: str, causal: dict) -> dict:
     """One causal check's figures (the bench's causal CSV)."""
-    keys = ("outcome", "kl_test", "kl_noise", "necessity_recovered", "sufficiency_reproduced", "sufficiency_cosine",
-            "sufficiency_share", "necessity_holds", "sufficiency_holds")
+    keys = ("outcome", "kl_test", "kl_noise", "necessity_recovered", "necessity_share", "necessity_cosine",
+            "necessity_rule", "sufficiency_reproduced", "sufficiency_cosine", "sufficiency_share", "necessity_holds",
+            "sufficiency_holds")
     return {"condition": condition, "role": role, **{k: causal.get(k) for k in keys}}
 
 
@@ -500,6 +511,12 @@ def print_table(summary: dict) -> None:
     confirmed = sum(c["causal_confirmed"] for c in conditions.values())
     say(f"causal check, all culprits: {pct(confirmed, testable)} of the testable confirm; by the test's final KL over "
         f"the noise: {', '.join(f'{k}: {pct(*v)}' for k, v in summary['causal_by_excess'].items())}")
+    h = summary["causal_halves"]
+    say(f"causal check, each half on the culprits: necessity holds {pct(h['necessity holds'], h['checked'])} (on the "
+        f"change of the logits it removes), sufficiency {pct(h['sufficiency holds'], h['checked'])}; for comparison, "
+        f"necessity on the KL (>= {summary['most']:g} of the excess recovered) "
+        f"{pct(h['necessity on the KL'], h['checked'])}, "
+        f"the check with it {pct(h['confirmed, necessity on the KL'], h['checked'])}")
     for kind, d in summary["decoys"].items():
         halves = (f"; necessity refutes {d['necessity refutes']}, sufficiency {d['sufficiency refutes']}"
                   if kind in ("next layer", "next module") else " (sufficiency only)")

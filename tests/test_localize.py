@@ -76,16 +76,40 @@ def test_a_dropped_head_is_found_at_its_layer_module_and_head(golden, tmp_path: 
         assert case["causal"]["outcome"] in ("confirmed", "untestable"), case["causal"]
         if case["causal"]["outcome"] == "confirmed":
             assert case["causal"]["sufficiency_cosine"] >= 0.7 and case["causal"]["sufficiency_share"] >= 0.5
+            # necessity on the change of the logits the patch removes (the replay kept the necessity run's logits)
+            assert case["causal"]["necessity_rule"] == "direction" and case["causal"]["necessity_share"] >= 0.5
             # the wrong candidates beside it (the next layer's attention, the next module, a random change of the
-            # culprit's size) are refuted; the culprit's own change moved one layer on may pass (not asserted)
+            # culprit's size) are refuted; the culprit's own change moved one layer on may pass (not asserted);
+            # taking out the next layer's own error leaves the test's change where it was
             kinds = {d["decoy"]: d for d in case["decoys"]}
             for kind in ("next layer", "next module", "random direction"):
                 assert kinds[kind]["outcome"] == "refuted", kinds[kind]
+            assert kinds["next layer"]["necessity_rule"] == "direction"
+            assert kinds["next layer"]["necessity_holds"] is False, kinds["next layer"]
     assert any(c["causal"]["outcome"] == "confirmed" for c in result.cases)
+    (cases_csv,) = (tmp_path / "out").glob("localize_cases_*.csv")
+    header = cases_csv.read_text().splitlines()[0].split(",")
+    assert {"necessity_share", "necessity_cosine", "necessity_rule"} <= set(header)
+    _without_necessity_logits(tmp_path / "replay")  # a replay written before they were kept: the KL rule
+    older = judge(JudgeOptions(str(golden["record"]), str(tmp_path / "replay"), str(tmp_path / "older"),
+                               model_config_path=str(examples.model_config("fp32")), device="cpu"), say=_quiet)
+    for case in older.cases:
+        if case["causal"]["outcome"] in ("confirmed", "refuted"):
+            assert case["causal"]["necessity_rule"] == "kl" and case["causal"]["necessity_share"] is None
+            assert "judged on the KL" in case["causal"]["reason"]
+            assert (case["causal"]["necessity_recovered"] >= 0.5) == case["causal"]["necessity_holds"]
     assert result.run.kind == "culprit" and result.run.site == "L1.self_attn"
     msprobe = json.loads(Path(result.cases[0]["msprobe_config"]).read_text())
     assert msprobe["tensor"]["scope"][0] == "Module.model.layers.1.self_attn.LlamaAttention.forward.0"
     assert msprobe["step"] == [result.cases[0]["focus_step"]]
+
+
+def _without_necessity_logits(replay_dir: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    for path in replay_dir.glob("case_*.safetensors"):
+        kept = {k: v for k, v in load_file(str(path)).items() if not k.startswith("logits:necessity:")}
+        save_file(kept, str(path))
 
 
 def test_a_norm_epsilon_is_found_in_that_norm(golden, tmp_path: Path) -> None:

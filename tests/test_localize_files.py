@@ -168,5 +168,24 @@ def test_a_replay_case_keeps_its_decoys_and_reads_one_without() -> None:
     older = case.to_dict()
     del older["decoys"]  # a replay written before decoys existed
     assert ReplayCase.from_dict(older).decoys == ()
-    decoy = Causal("refuted", "why", 0.1, 0.01, names=("model.layers.4.mlp",), decoy="next layer")
+    decoy = Causal("refuted", "why", 0.1, 0.01, names=("model.layers.4.mlp",), decoy="next layer",
+                   necessity_share=0.1, necessity_cosine=0.2, necessity_rule="direction")
     assert Causal.from_dict(json.loads(json.dumps(decoy.to_dict()))) == decoy
+    before = decoy.to_dict()
+    for key in ("necessity_share", "necessity_cosine", "necessity_rule"):
+        del before[key]  # a document judged before necessity was judged on the logits' change
+    assert Causal.from_dict(before).necessity_rule is None
+
+
+def test_the_cases_csv_has_the_necessity_share(tmp_path: Path) -> None:
+    import csv
+
+    document = _document()
+    document["cases"][0].update(subject="gsm8k", key="0",
+                                baselines={"first_cosine_below": None, "largest_jump": None})
+    document["cases"][0]["causal"].update(necessity_share=0.83, necessity_cosine=0.61, necessity_rule="direction",
+                                          necessity_recovered=0.4)
+    outputs.write_cases_csv(tmp_path / "cases.csv", document["cases"])
+    (row,) = csv.DictReader((tmp_path / "cases.csv").open(encoding="utf-8"))
+    assert (row["necessity_share"], row["necessity_cosine"], row["necessity_rule"]) == ("0.83", "0.61", "direction")
+    assert row["necessity_recovered"] == "0.4"  # the KL fraction, still reported

@@ -146,6 +146,45 @@ def test_causal_check_confirms_refutes_and_says_when_it_cannot() -> None:
     assert causal_check(0.5, 0.001, 0.002, Sufficiency(0.45)).outcome == "not-run"  # no test logits: no direction
 
 
+def test_necessity_is_judged_on_the_change_it_removes_and_falls_back_to_the_kl() -> None:
+    aligned = Sufficiency(kl=0.05, cosine=0.9, share=0.8)
+    # the patched run's KL stays high (its own roundoff elsewhere) but the test's change is gone along it
+    removed = causal_check(0.01, 0.002, 0.008, aligned, removal=(0.6, 0.9))
+    assert removed.outcome == "confirmed" and removed.necessity_holds and removed.necessity_rule == "direction"
+    assert removed.necessity_share == pytest.approx(0.9) and removed.necessity_cosine == pytest.approx(0.6)
+    assert removed.necessity_recovered == pytest.approx(0.25)  # the KL fraction is still reported
+    assert "90% of the test's change" in removed.reason
+    # the KL comes back to the noise, yet the test's change is still there along it: not necessary
+    kept = causal_check(0.5, 0.001, 0.002, aligned, removal=(0.1, 0.2))
+    assert kept.outcome == "refuted" and kept.necessity_holds is False and kept.necessity_recovered > 0.99
+    edge = causal_check(0.5, 0.001, 0.3, aligned, removal=(0.5, verdict.REMOVED))
+    assert edge.necessity_holds
+    # an older replay without the necessity run's logits: the KL rule, and the reason says so
+    older = causal_check(0.5, 0.001, 0.3, aligned)
+    assert older.necessity_rule == "kl" and older.necessity_share is None and not older.necessity_holds
+    assert "judged on the KL" in older.reason
+    assert causal_check(0.5, 0.001, 0.002, aligned).necessity_holds
+
+
+def test_removal_measures_the_part_of_the_change_a_patch_takes_away() -> None:
+    import torch
+
+    from logitsdump.localize.passes import removal
+
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(500, generator=generator) * 3
+    change = torch.randn(500, generator=generator)
+    test = base + change
+    assert removal(base, test, base) == pytest.approx((1.0, 1.0))  # back to the control arm: all of it removed
+    assert removal(base, test, test)[1] == 0.0  # nothing removed
+    assert removal(base, test, test + 5.0)[1] == pytest.approx(0.0, abs=1e-6)  # a shift of every logit is no change
+    assert removal(base, test, base + 0.25 * change) == pytest.approx((1.0, 0.75))
+    noise = torch.randn(500, generator=generator)
+    cosine, share = removal(base, test, base + noise)  # the change gone, roundoff of its own size left
+    assert share == pytest.approx(1.0, abs=0.15) and cosine < 0.9
+    assert removal(base, test, test + noise)[1] == pytest.approx(0.0, abs=0.15)  # only an orthogonal change
+
+
 def test_alignment_measures_the_change_of_the_logits_over_the_vocabulary() -> None:
     import torch
 

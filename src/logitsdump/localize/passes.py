@@ -8,7 +8,8 @@
 - `plain`: no feeding: the accumulated error of every candidate's output (and input), the flat cosine
   (msprobe's and tt-metal's measure), and the logits;
 - `patched`: one candidate's output changed by the test's own error there (taken out of the test run:
-  necessity; added to a healthy run: sufficiency), the logits at the focus position.
+  necessity; added to a healthy run: sufficiency), the logits at the focus position;
+- `alignment`, `removal`: how a patched run's change of those logits goes along the test's.
 
 A module's input is its first positional tensor, or its `hidden_states` keyword (transformers 5 calls
 attention with keywords). Its output is a tensor, or the first element of a tuple with the elements of
@@ -186,6 +187,15 @@ def alignment(base_logits: Any, target_logits: Any, moved_logits: Any) -> tuple[
     if not (target_sq > 0 and moved_sq > 0) or dot != dot:
         return 0.0, 0.0
     return dot / (target_sq * moved_sq) ** 0.5, dot / target_sq
+
+
+def removal(base_logits: Any, target_logits: Any, patched_logits: Any) -> tuple[float, float]:
+    """What a patched run took away of a change of the logits (`target - base`): the removed change
+    `target - patched`, measured against the change as in `alignment`: (cosine, projection). The projection is
+    the part of the change removed along it, 1 - <patched - base, target - base> / |target - base|^2 (1: all of
+    it; 0: none, the patched run's change is the target's, or only orthogonal to it)."""
+    base, target = base_logits.double().reshape(-1), target_logits.double().reshape(-1)
+    return alignment(base, target, base + target - patched_logits.double().reshape(-1))
 
 
 def token_errors(output: Any, reference: Any) -> list[float]:

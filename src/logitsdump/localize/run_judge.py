@@ -1,8 +1,11 @@
 """`localize judge`: the verdict of every case and of the run, from a record and its replay (files only).
 
-With golden's model YAML (on the golden side) it also runs, for each culprit, the sufficiency check (the
-control arm's run, golden's device in the test dtype, with only the culprit's deviation added: does it move the
-logits the way the test's logits moved, `verdict.causal_check`; the same in golden's own run is reported), the
+With golden's model YAML (on the golden side) it also runs, for each culprit, the causal check
+(`verdict.causal_check`, both halves on the change of the logits at the focus step from the control arm's run,
+golden's device in the test dtype): necessity, how much of the test's change the replay's necessity run removed
+(on the KL for a replay that kept no necessity logits); sufficiency, the control arm's run with only the
+culprit's deviation added: does it move the logits the way the test's moved (the same in golden's own run is
+reported); the
 same for the replay's decoys plus two of the golden side's own (a random change of the culprit's size, the
 culprit's deviation at the next layer), and, for an attention culprit, the split per head (each head's
 contribution through the output projection, against the control arm's per-head band).
@@ -27,13 +30,16 @@ from logitsdump.localize.compact import rebuild
 from logitsdump.localize.judging import HEALTHY_SAME, BandSource, case_verdict, control_source, pooled_source
 from logitsdump.localize.msprobe import culprit_config
 from logitsdump.localize.records import SCHEMA_VERSION, Arm, RecordCase, ReplayCase
-from logitsdump.localize.run_replay import TEST_LOGITS, patch_target
+from logitsdump.localize.run_replay import NECESSITY_LOGITS, TEST_LOGITS, patch_target
 from logitsdump.localize.verdict import (
     ABOVE,
+    ALIGNED,
     CULPRIT,
     DIFFUSE_LAYERS,
     MOST,
     NOISE_FACTOR,
+    REMOVED,
+    SHARE,
     STANDOUT,
     CaseVerdict,
     Causal,
@@ -129,7 +135,8 @@ def judge(options: JudgeOptions, say: Callable[[str], None] = print, *,
         "model": record.header["model"], "test": replayed.header.get("model"),
         "test_provenance": replayed.header.get("provenance"), "golden_provenance": record.header.get("provenance"),
         "constants": {"above": ABOVE, "standout": STANDOUT, "diffuse_layers": DIFFUSE_LAYERS,
-                      "noise_factor": NOISE_FACTOR, "most": MOST},
+                      "noise_factor": NOISE_FACTOR, "most": MOST, "removed": REMOVED, "aligned": ALIGNED,
+                      "share": SHARE},
         "confirmed_with_golden_model": side is not None,
         "structure": structure.to_dict(), "run": run.to_dict(), "cases": cases,
     }
@@ -224,6 +231,7 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
     kl_noise = control.kl_focus if control is not None else float("nan")
     kept = replayed.tensors(replay)
     sufficiency: dict[str, Sufficiency] = {}
+    removals: dict[str, tuple[float, float]] = {}
     golden_decoys: dict[str, Causal] = {}
     sufficiency_golden = None
     heads = None
@@ -245,6 +253,9 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
         deviations = {name: _deviation(arm_model, tokens, structure, golden_sites, name, kept[f"{name}:out"])
                       for name in runs if f"{name}:out" in kept}
         sufficiency = {name: moved(name, change) for name, change in deviations.items()}
+        if test_logits is not None:  # necessity on the same change (a replay before it kept them: on the KL)
+            removals = {name: passes.removal(base, test_logits, kept[NECESSITY_LOGITS.format(name=name)])
+                        for name in runs if NECESSITY_LOGITS.format(name=name) in kept}
         if replay.decoys and target in deviations:  # the golden side's decoys: no necessity run, sufficiency only
             shapes = [n for n in deviations if n != target and deviations[n].shape == deviations[target].shape]
             extra = {RANDOM_DECOY: moved(target, _random_like(deviations[target], entry.id))}
@@ -260,7 +271,7 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
         if attention and golden_heads is not None:
             heads = _split_heads(structure, verdict, kept, side.golden, golden_heads, control)
     checks = {name: causal_check(replay.arm.kl_focus, kl_noise, kl, sufficiency.get(name),
-                                 sufficiency_golden if name == target else None)
+                                 sufficiency_golden if name == target else None, removal=removals.get(name))
               for name, kl in runs.items()}
     culprit = checks.get(target) or causal_check(replay.arm.kl_focus, kl_noise, None, None)
     decoys = [dataclasses.replace(c, names=(n,), decoy=_decoy_kind(structure, target, n))

@@ -5,10 +5,11 @@ Per case: golden's tensors are rebuilt from the record (checked), then a plain p
 the plain pass (accumulated errors, the final KL at the focus step), the layer-level and the module-level
 isolated passes. The provisional verdict (the record's control arm as the band: `judging`) picks the
 culprit; the test run is repeated with the culprit's own error (its isolated output minus golden's) taken out
-of its output (necessity), and the culprit's isolated output and the test's logits at the focus step, with its
-heads' input and output-projection weight for an attention culprit, are kept for the golden side's sufficiency
-check and head split. `decoys`: the necessity run also at two wrong candidates beside the culprit
-(`decoy_targets`), their outputs kept too. Only the replay folder goes back.
+of its output (necessity), and the culprit's isolated output, the test's and the necessity run's logits at the
+focus step, with its heads' input and output-projection weight for an attention culprit, are kept for the golden
+side's causal check (both halves judged on the change of the logits from the control arm's) and head split.
+`decoys`: the necessity run also at two wrong candidates beside the culprit (`decoy_targets`), their outputs and
+logits kept too. Only the replay folder goes back.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def replay(options: ReplayOptions, say: Callable[[str], None] = print, *, model:
 def replay_case(entry: RecordCase, folder: files.RecordFolder, model: Any, structure: Structure, dtype: str,
                 control: str | None, *, golden_dtype: str, decoys: bool = False) -> tuple[dict[str, Any], ReplayCase]:
     """One case's passes, provisional verdict and necessity check (and the decoys'); (tensors to keep, the case's
-    record). A culprit's case keeps its isolated output, the test's logits at the focus step (the causal check's
-    direction) and an attention culprit's heads."""
+    record). A culprit's case keeps its isolated output, the test's and the necessity runs' logits at the focus step
+    (the causal check's directions) and an attention culprit's heads."""
     from logitsdump.localize import passes
     from logitsdump.localize.run_record import measure_arm
 
@@ -142,6 +143,7 @@ def replay_case(entry: RecordCase, folder: files.RecordFolder, model: Any, struc
             else:
                 decoy_runs.append(run)
             kept[f"{name}:out"] = source.outputs[name]
+            kept[NECESSITY_LOGITS.format(name=name)] = logits[-1].float().clone()
         kept[TEST_LOGITS] = measured.plain.logits[-1].float().clone()
         kept.update(_heads_tensors(model, structure, verdict, measured.module.heads_in))
     case = ReplayCase(entry.id, arm, control, verdict.to_dict(), necessity,
@@ -169,8 +171,10 @@ def decoy_targets(structure: Structure, target: str) -> list[str]:
     return found
 
 
-#: The tensors-file key of the test's logits at the focus step (kept with a culprit).
+#: The tensors-file keys of the test's logits at the focus step (kept with a culprit), and of the necessity run's at
+#: a patched candidate (the culprit, and each decoy), float32 [vocab] each (192 KB at SmolLM2's 49,152).
 TEST_LOGITS = "logits:test"
+NECESSITY_LOGITS = "logits:necessity:{name}"
 
 
 def patch_target(structure: Structure, verdict: CaseVerdict) -> str:

@@ -38,14 +38,20 @@ DIFFUSE_LAYERS = 4
 LAYER_ABOVE = 2 * ABOVE
 #: The causal check is run when the test's final KL is at least this many times the control arm's (the noise).
 NOISE_FACTOR = 3.0
-#: Necessity: taking the culprit's own error out removes at least this part of the final KL's excess over the noise;
-#: sufficiency: the culprit alone reproduces at least this part of it (`causal_check`).
+#: Necessity: taking the culprit's own error out of the test run removes at least this part of the test's change of
+#: the logits along it (REMOVED; or, for a replay that kept no necessity logits, of the final KL's excess over the
+#: noise); sufficiency: the culprit alone reproduces at least this part of that change (SHARE) (`causal_check`).
 MOST = 0.5
 #: Sufficiency: the culprit alone moves the logits the test's way, at a cosine of at least ALIGNED with the test's
 #: change and at least SHARE of that change along it (`causal_check`). Chosen on the tuning runs (seeds 0-2): the
 #: true culprits' cosine was 0.87 or more, a random change of the culprit's size at the culprit 0.57 at most.
 ALIGNED = 0.7
 SHARE = MOST
+#: Necessity: the part of the test's change of the logits (from the control arm's) that taking the culprit's own
+#: error out removes, along that change, is at least REMOVED (`causal_check`). Chosen on the tuning runs (seeds 0-2):
+#: the true culprits removed 0.73 to 1.06 of it (26 cases), the decoys beside them (a healthy module's roundoff
+#: taken out) at most 0.19 (40 cases).
+REMOVED = MOST
 #: The smallest noise KL the causal check assumes (a control bit-identical to golden has KL 0).
 KL_FLOOR = 1e-9
 #: Scores are written at most this large (JSON has no infinity).
@@ -291,6 +297,12 @@ class Causal:
     #: The sufficiency run's change of the logits against the test's, both from the control arm's (judged).
     sufficiency_cosine: float | None = None
     sufficiency_share: float | None = None
+    #: The part of the test's change of the logits that taking the culprit's error out removes, along that change,
+    #: and the removed change's cosine with it (`passes.removal`; judged: necessity_share, when the replay kept the
+    #: necessity run's logits); `necessity_rule`: what necessity was judged on, "direction" or "kl" (older replays).
+    necessity_share: float | None = None
+    necessity_cosine: float | None = None
+    necessity_rule: str | None = None
     #: A decoy's candidate and kind ("next layer", "next module": the replay's own decoys; "random direction",
     #: "moved to <name>": the golden side's, sufficiency only).
     names: tuple[str, ...] = ()
@@ -310,18 +322,23 @@ CONFIRMED, REFUTED, UNTESTABLE, NOT_RUN = "confirmed", "refuted", "untestable", 
 
 
 def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, sufficiency: Sufficiency | None,
-                 kl_sufficiency_golden: float | None = None) -> Causal:
+                 kl_sufficiency_golden: float | None = None, *, removal: tuple[float, float] | None = None) -> Causal:
     """The causal check of a culprit at the focus step, run when the test's final KL is clearly above the noise
-    (NOISE_FACTOR times the control arm's):
-    - necessity: the test run with the culprit's own error taken out (`kl_necessity`) loses at least MOST of
-      the test's KL excess over the noise;
-    - sufficiency: the control arm (golden's device in the test dtype) with only the culprit's deviation added
-      to its output (`sufficiency`) moves the logits the test's way: the cosine of its change with the test's
-      change (both from the control arm's logits, over the whole vocabulary, centred) is at least
-      ALIGNED and its projection on the test's change at least SHARE of that change. Not the KL it reaches: a
-      bf16 network does not add a perturbation's effect to its own noise (around SmolLM2's massive activations
-      bf16's spacing is 128), so the KL of an aligned change still falls short of the test's on many cases.
-      The reproduced KL fraction and the same run in golden's own dtype (`kl_sufficiency_golden`) are reported."""
+    (NOISE_FACTOR times the control arm's). Both halves are judged on the change of the logits at the focus step
+    from the control arm's (golden's device in the test dtype), over the whole vocabulary, centred (`passes`):
+    - necessity: the test run with the culprit's own error taken out (`kl_necessity`, and `removal`: (cosine,
+      share) of the change it removes, `passes.removal`) removes at least REMOVED of the test's change along it.
+      Not the KL it comes back to: the patched run keeps the test's bf16 roundoff everywhere else, which drives
+      its KL around the noise's by as much as the excess of a case a few times over the noise; that roundoff
+      hardly projects on the test's change. Without `removal` (a replay that kept no necessity logits) necessity
+      falls back to the KL: the patched run loses at least MOST of the test's KL excess over the noise (said in
+      the reason). The recovered KL fraction is reported either way;
+    - sufficiency: the control arm with only the culprit's deviation added to its output (`sufficiency`) moves the
+      logits the test's way: the cosine of its change with the test's change is at least ALIGNED and its
+      projection on the test's change at least SHARE of that change. Not the KL it reaches: a bf16 network does
+      not add a perturbation's effect to its own noise (around SmolLM2's massive activations bf16's spacing is
+      128), so the KL of an aligned change still falls short of the test's on many cases. The reproduced KL
+      fraction and the same run in golden's own dtype (`kl_sufficiency_golden`) are reported."""
     kl_sufficiency = sufficiency.kl if sufficiency is not None else None
     noise = max(kl_noise if math.isfinite(kl_noise) else 0.0, KL_FLOOR)
     if not kl_test > NOISE_FACTOR * noise:
@@ -336,25 +353,35 @@ def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, su
     excess = kl_test - noise
     recovered = (kl_test - kl_necessity) / excess
     reproduced = (sufficiency.kl - noise) / excess
-    necessary = recovered >= MOST
+    removed_cosine, removed = removal if removal is not None else (None, None)
+    necessary = removed >= REMOVED if removed is not None else recovered >= MOST
     sufficient_ = sufficient(sufficiency)
-    parts = [f"its own error taken out of the test run: KL {kl_test:.3g} -> {kl_necessity:.3g} ({recovered:.0%} of "
-             f"the excess over the noise {noise:.3g} removed)",
-             f"only it run the test way in the control arm: its change of the logits at cosine "
-             f"{sufficiency.cosine:.2f} with the test's, {sufficiency.share:.0%} of it along it "
-             f"(KL {sufficiency.kl:.3g}, {reproduced:.0%} of the excess)"]
+    kl_part = (f"KL {kl_test:.3g} -> {kl_necessity:.3g} ({recovered:.0%} of the excess over the noise {noise:.3g} "
+               "removed)")
+    if removed is not None:
+        parts = [f"its own error taken out of the test run: {removed:.0%} of the test's change of the logits removed "
+                 f"along it (the removed change at cosine {removed_cosine:.2f} with it; {kl_part})"]
+    else:
+        parts = [f"its own error taken out of the test run: {kl_part}; judged on the KL: the replay kept no "
+                 "necessity logits (an older replay)"]
+    parts.append(f"only it run the test way in the control arm: its change of the logits at cosine "
+                 f"{sufficiency.cosine:.2f} with the test's, {sufficiency.share:.0%} of it along it "
+                 f"(KL {sufficiency.kl:.3g}, {reproduced:.0%} of the excess)")
     golden_part = None
     if kl_sufficiency_golden is not None:
         golden_part = kl_sufficiency_golden / excess
         parts.append(f"in golden's own dtype: KL {kl_sufficiency_golden:.3g} ({golden_part:.0%})")
     if not necessary:
-        parts.append("taking it out leaves most of the excess: another site contributes")
+        parts.append("taking it out leaves most of the test's change: another site contributes" if removed is not None
+                     else "taking it out leaves most of the excess: another site contributes")
     if not sufficient_:
         parts.append(f"alone it does not move the logits the test's way (cosine under {ALIGNED:g} or under "
                      f"{SHARE:.0%} along it)")
     outcome = CONFIRMED if necessary and sufficient_ else REFUTED
     return Causal(outcome, "; ".join(parts), kl_test, kl_noise, kl_necessity, sufficiency.kl, recovered, reproduced,
-                  necessary, sufficient_, kl_sufficiency_golden, golden_part, sufficiency.cosine, sufficiency.share)
+                  necessary, sufficient_, kl_sufficiency_golden, golden_part, sufficiency.cosine, sufficiency.share,
+                  necessity_share=removed, necessity_cosine=removed_cosine,
+                  necessity_rule="direction" if removed is not None else "kl")
 
 
 def sufficient(sufficiency: Sufficiency) -> bool:
