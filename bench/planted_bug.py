@@ -200,7 +200,9 @@ def smollm2_main(args: argparse.Namespace) -> None:
     conditions = []
     for name in names:
         defect = SMOLLM2_CONDITIONS[name]
-        folder = model if defect is None else write_defective_model(model, work / "models" / _slug(name), defect)
+        folder = model if defect is None else work / "models" / _slug(name)
+        if defect is not None and not folder.is_dir():  # a --workdir kept from an earlier run: reused
+            write_defective_model(model, folder, defect)
         yaml = write_model_yaml(work / f"{_slug(name)}.yaml", folder, smollm2.MODEL_NAME, "bf16",
                                 trust_remote_code=defect is not None and defect.needs_code, **chat)
         conditions.append(Condition(name, yaml))
