@@ -75,15 +75,26 @@ REPORT: dict[str, tuple[Callable[[random.Random], Defect | None], str]] = {
                                                      "bf16"),
     "a norm's gain x 1.05": (lambda rng: Defect("scale-norm", layer=_layer(rng), module=rng.choice(NORMS),
                                                 factor=1.05), "bf16"),
+    # fresh: never run before the final report, in no phase
+    "v_proj x 1.1": (lambda rng: Defect("scale-weight", layer=_layer(rng), module="self_attn.v_proj", factor=1.1),
+                     "bf16"),
+    "MLP up_proj x 1.05": (lambda rng: Defect("scale-weight", layer=_layer(rng), module="mlp.up_proj", factor=1.05),
+                           "bf16"),
     "global: RoPE base 1e5 -> 1e4": (lambda rng: Defect("rope-base", value=1e4), "bf16"),
     "global: every RMSNorm eps 1e-5 -> 1": (lambda rng: Defect("rms-eps", value=1.0), "bf16"),
 }
+#: The report's families no tuning run has: the judge's lines and constants never saw them.
+FRESH = ("v_proj x 1.1", "MLP up_proj x 1.05")
 TUNE: dict[str, tuple[Callable[[random.Random], Defect | None], str]] = {
     HEALTHY_BF16: REPORT[HEALTHY_BF16],
     HEALTHY_FP32: REPORT[HEALTHY_FP32],
     "tune: scale-layer x 1.1": (lambda rng: Defect("scale-layer", layer=_layer(rng), factor=1.1), "bf16"),
     "tune: drop one head": REPORT["drop one head"],
     "tune: global: RoPE base 1e5 -> 3e4": (lambda rng: Defect("rope-base", value=3e4), "bf16"),
+    # every local family of the report from the first on, on the tuning prompts (the causal check's lines were
+    # chosen on them); the fresh families below never are
+    **{name: REPORT[name] for name in REPORT if not name.startswith(("healthy", "global", "drop one head"))
+       and name not in FRESH},
 }
 
 
@@ -236,6 +247,46 @@ def test_side(work: Path, phase: str, seed: int) -> None:
                    say=lambda _m: None, model=backend, prepare=prepare)
             (out / "planted.json").write_text(json.dumps(planted), encoding="utf-8")
             say(f"  test {name} {task}: {len(planted)} cases ({time.monotonic() - started:.0f} s)")
+    measure_cost(work, phase, loaded["bf16"])
+
+
+#: The cost measurement: each case's plain prefill and isolated passes run alternately this many times.
+COST_REPEATS = 5
+
+
+def measure_cost(work: Path, phase: str, backend) -> None:
+    """The isolated passes' cost over a plain prefill, side by side: per case of the phase (the healthy model),
+    a plain prefill, the layer-level and the module-level isolated pass (outputs kept, as the replay does) run in
+    turn COST_REPEATS times; the case's ratio is the median of its rounds' ratios, so a pause of the machine during
+    one pass does not decide it (the replay's own single timings, measured once each, are reported beside it)."""
+    from logitsdump.localize import passes
+    from logitsdump.localize.candidates import Structure
+    from logitsdump.localize.compact import rebuild
+    from logitsdump.localize.files import RecordFolder
+
+    path = work / f"cost_{phase}.json"
+    if path.is_file():
+        return
+    found = []
+    for record_dir in records_of(work, phase).values():
+        record = RecordFolder(record_dir)
+        structure = Structure.from_dict(record.header["structure"])
+        for case_id in record.ids:
+            entry = record.case(case_id)
+            golden = rebuild(entry.refs, record.tensors(entry), entry.checksums)
+            tokens = list(entry.token_ids)
+            passes.timed_prefill(backend.model, tokens)  # warm
+            rounds = []
+            for _ in range(COST_REPEATS):
+                _, prefill = passes.timed_prefill(backend.model, tokens)
+                layer = passes.isolated(backend.model, tokens, structure, golden, "layer", keep=True).seconds
+                module = passes.isolated(backend.model, tokens, structure, golden, "module", keep=True).seconds
+                rounds.append((layer / prefill, module / prefill, prefill))
+            found.append({"case": f"{record_dir.name}/{case_id}", "tokens": len(tokens),
+                          "layer": statistics.median(r[0] for r in rounds),
+                          "module": statistics.median(r[1] for r in rounds),
+                          "prefill_seconds": statistics.median(r[2] for r in rounds)})
+    path.write_text(json.dumps(found, indent=1), encoding="utf-8")
 
 
 def records_of(work: Path, phase: str) -> dict[str, Path]:
@@ -449,7 +500,9 @@ def summarize(work: Path, phase: str) -> dict:
         cases += len(header["cases"])
         record_seconds += float((record / "bench-seconds").read_text()) if (record / "bench-seconds").is_file() else 0
     layers = structure.layers if structure else LAYERS
-    return {"phase": phase, "conditions": table, "above": ABOVE, "causal_by_excess": by_excess,
+    cost_path = work / f"cost_{phase}.json"
+    cost = json.loads(cost_path.read_text(encoding="utf-8")) if cost_path.is_file() else []
+    return {"cost": cost, "phase": phase, "conditions": table, "above": ABOVE, "causal_by_excess": by_excess,
             "causal_halves": halves, "most": MOST,
             "decoys": decoys, "causal_rows": causal_rows,
             "healthy_scores": healthy_scores,
@@ -460,8 +513,8 @@ def summarize(work: Path, phase: str) -> dict:
 def causal_row(condition: str, role: str, causal: dict) -> dict:
     """One causal check's figures (the bench's causal CSV)."""
     keys = ("outcome", "kl_test", "kl_noise", "necessity_recovered", "necessity_share", "necessity_cosine",
-            "necessity_rule", "sufficiency_reproduced", "sufficiency_cosine", "sufficiency_share", "necessity_holds",
-            "sufficiency_holds")
+            "necessity_rule", "sufficiency_reproduced", "sufficiency_cosine", "sufficiency_share",
+            "sufficiency_null_max", "necessity_holds", "sufficiency_holds")
     return {"condition": condition, "role": role, **{k: causal.get(k) for k in keys}}
 
 
@@ -538,6 +591,14 @@ def print_table(summary: dict) -> None:
             f"passes and the necessity run); golden record {summary['record_seconds_per_case']:.1f} s per case "
             f"(process start and model loads included); judge with the golden side's models at most "
             f"{max(judged):.2f} s per case")
+    if summary["cost"]:
+        side_by_side = sorted(c["module"] for c in summary["cost"])
+        layer_side = sorted(c["layer"] for c in summary["cost"])
+        say(f"cost, side by side (each case's median of {COST_REPEATS} alternating rounds, healthy model, "
+            f"{len(side_by_side)} cases): module-level pass / plain prefill median "
+            f"{statistics.median(side_by_side):.2f}, p90 {side_by_side[int(0.9 * len(side_by_side))]:.2f}, max "
+            f"{side_by_side[-1]:.2f}; layer-level median {statistics.median(layer_side):.2f}, p90 "
+            f"{layer_side[int(0.9 * len(layer_side))]:.2f}, max {layer_side[-1]:.2f}")
     say(f"cost: stats-mode record {summary['record_mb']:.0f} MB for {summary['record_cases']:.0f} cases, "
         f"{summary['bytes_per_token_layer'] / 1000:.2f} KB per token per layer (hidden 576, fp32)")
 

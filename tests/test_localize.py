@@ -15,6 +15,7 @@ from logitsdump.errors import DataError
 from logitsdump.localize.run_judge import JudgeOptions, judge
 from logitsdump.localize.run_record import RecordOptions, record
 from logitsdump.localize.run_replay import ReplayOptions, replay
+from logitsdump.localize.verdict import NULL_DRAWS
 
 from helpers import run_cli
 
@@ -75,7 +76,9 @@ def test_a_dropped_head_is_found_at_its_layer_module_and_head(golden, tmp_path: 
         assert verdict["score"] > 10
         assert case["causal"]["outcome"] in ("confirmed", "untestable"), case["causal"]
         if case["causal"]["outcome"] == "confirmed":
-            assert case["causal"]["sufficiency_cosine"] >= 0.7 and case["causal"]["sufficiency_share"] >= 0.5
+            causal = case["causal"]
+            assert causal["sufficiency_cosine"] > causal["sufficiency_null_max"] and causal["sufficiency_share"] >= 0.5
+            assert causal["sufficiency_null_draws"] == NULL_DRAWS
             # necessity on the change of the logits the patch removes (the replay kept the necessity run's logits)
             assert case["causal"]["necessity_rule"] == "direction" and case["causal"]["necessity_share"] >= 0.5
             # the wrong candidates beside it (the next layer's attention, the next module, a random change of the

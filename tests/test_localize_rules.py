@@ -8,7 +8,16 @@ import pytest
 
 from logitsdump.localize import bands, msprobe, verdict
 from logitsdump.localize.candidates import Candidate
-from logitsdump.localize.verdict import Scored, Sufficiency, causal_check, judge_case, judge_heads, judge_run
+from logitsdump.localize.verdict import (
+    Causal,
+    Scored,
+    Sufficiency,
+    causal_check,
+    judge_case,
+    judge_heads,
+    judge_run,
+    sufficiency_only,
+)
 
 
 def test_band_of_one_case_is_its_mean_and_max() -> None:
@@ -136,7 +145,7 @@ def test_causal_check_confirms_refutes_and_says_when_it_cannot() -> None:
     assert confirmed.sufficiency_golden_reproduced == pytest.approx(0.2 / 0.499)  # reported, not judged
     not_necessary = causal_check(0.5, 0.001, 0.3, aligned)
     assert not_necessary.outcome == "refuted" and not not_necessary.necessity_holds
-    elsewhere = causal_check(0.5, 0.001, 0.002, Sufficiency(0.45, cosine=0.6, share=0.9))  # another direction
+    elsewhere = causal_check(0.5, 0.001, 0.002, Sufficiency(0.45, cosine=0.3, share=0.9))  # another direction
     assert elsewhere.outcome == "refuted" and not elsewhere.sufficiency_holds
     too_little = causal_check(0.5, 0.001, 0.002, Sufficiency(0.002, cosine=0.9, share=0.4))  # the way, not enough
     assert too_little.outcome == "refuted" and not too_little.sufficiency_holds
@@ -144,6 +153,27 @@ def test_causal_check_confirms_refutes_and_says_when_it_cannot() -> None:
     assert causal_check(0.002, 0.001, 0.001, aligned).outcome == "untestable"
     assert causal_check(0.5, 0.001, 0.002, None).outcome == "not-run"
     assert causal_check(0.5, 0.001, 0.002, Sufficiency(0.45)).outcome == "not-run"  # no test logits: no direction
+
+
+def test_sufficiency_must_beat_random_changes_of_its_size_at_the_same_place() -> None:
+    null = (0.2, 0.45, 0.62, 0.1)
+    # near the noise a true culprit's cosine stays low, but no random change there comes as close
+    beats = causal_check(0.5, 0.001, 0.002, Sufficiency(0.05, cosine=0.66, share=0.6, null=null))
+    assert beats.outcome == "confirmed" and beats.sufficiency_holds
+    assert beats.sufficiency_null_max == pytest.approx(0.62) and beats.sufficiency_null_draws == 4
+    assert "at most 0.62" in beats.reason
+    # a high cosine that a random change of the same size reaches too says nothing about this deviation
+    generic = causal_check(0.5, 0.001, 0.002, Sufficiency(0.05, cosine=0.8, share=0.9, null=(*null, 0.81)))
+    assert generic.outcome == "refuted" and not generic.sufficiency_holds
+    # under the floor, even above every draw; and the share still counts
+    low = causal_check(0.5, 0.001, 0.002, Sufficiency(0.05, cosine=verdict.ALIGNED_FLOOR - 0.01, share=0.9,
+                                                      null=(0.1,)))
+    assert not low.sufficiency_holds
+    assert not causal_check(0.5, 0.001, 0.002, Sufficiency(0.05, 0.9, 0.4, null=null)).sufficiency_holds
+    # the same rule for a golden-side decoy, judged on sufficiency alone
+    decoy = sufficiency_only(0.5, 0.001, Sufficiency(0.05, cosine=0.6, share=0.7, null=(0.65,)))
+    assert decoy.outcome == "refuted" and decoy.sufficiency_null_max == pytest.approx(0.65)
+    assert Causal.from_dict(beats.to_dict()) == beats
 
 
 def test_necessity_is_judged_on_the_change_it_removes_and_falls_back_to_the_kl() -> None:

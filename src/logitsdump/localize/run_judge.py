@@ -33,11 +33,12 @@ from logitsdump.localize.records import SCHEMA_VERSION, Arm, RecordCase, ReplayC
 from logitsdump.localize.run_replay import NECESSITY_LOGITS, TEST_LOGITS, patch_target
 from logitsdump.localize.verdict import (
     ABOVE,
-    ALIGNED,
+    ALIGNED_FLOOR,
     CULPRIT,
     DIFFUSE_LAYERS,
     MOST,
     NOISE_FACTOR,
+    NULL_DRAWS,
     REMOVED,
     SHARE,
     STANDOUT,
@@ -135,8 +136,8 @@ def judge(options: JudgeOptions, say: Callable[[str], None] = print, *,
         "model": record.header["model"], "test": replayed.header.get("model"),
         "test_provenance": replayed.header.get("provenance"), "golden_provenance": record.header.get("provenance"),
         "constants": {"above": ABOVE, "standout": STANDOUT, "diffuse_layers": DIFFUSE_LAYERS,
-                      "noise_factor": NOISE_FACTOR, "most": MOST, "removed": REMOVED, "aligned": ALIGNED,
-                      "share": SHARE},
+                      "noise_factor": NOISE_FACTOR, "most": MOST, "removed": REMOVED,
+                      "aligned_floor": ALIGNED_FLOOR, "null_draws": NULL_DRAWS, "share": SHARE},
         "confirmed_with_golden_model": side is not None,
         "structure": structure.to_dict(), "run": run.to_dict(), "cases": cases,
     }
@@ -244,11 +245,23 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
         base = passes.prefill(arm_model, tokens).logits[0, -1].float().cpu()
         test_logits = kept.get(TEST_LOGITS)
 
-        def moved(name: str, change: Any) -> Sufficiency:
+        def aligned(name: str, change: Any) -> tuple[float | None, float | None, Any]:
             logits, _ = passes.patched(arm_model, tokens, name, change, how="add")
             cosine, share = (passes.alignment(base, test_logits, logits[-1])
                              if test_logits is not None else (None, None))
-            return Sufficiency(passes.kl_divergence(golden_logits, logits[-1]), cosine, share)
+            return cosine, share, logits[-1]
+
+        def null(name: str, change: Any) -> tuple[float, ...]:
+            """The cosines of NULL_DRAWS random changes of `change`'s size at `name` (none for a zero change)."""
+            if test_logits is None or not bool(change.abs().max() > 0):
+                return ()
+            draws = (aligned(name, _random_like(change, f"{entry.id}/{name}/null{k}"))[0] for k in range(NULL_DRAWS))
+            return tuple(float(c) for c in draws if c is not None)
+
+        def moved(name: str, change: Any, against: tuple[float, ...] | None = None) -> Sufficiency:
+            cosine, share, logits = aligned(name, change)
+            return Sufficiency(passes.kl_divergence(golden_logits, logits), cosine, share,
+                               null(name, change) if against is None else against)
 
         deviations = {name: _deviation(arm_model, tokens, structure, golden_sites, name, kept[f"{name}:out"])
                       for name in runs if f"{name}:out" in kept}
@@ -258,7 +271,9 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
                         for name in runs if NECESSITY_LOGITS.format(name=name) in kept}
         if replay.decoys and target in deviations:  # the golden side's decoys: no necessity run, sufficiency only
             shapes = [n for n in deviations if n != target and deviations[n].shape == deviations[target].shape]
-            extra = {RANDOM_DECOY: moved(target, _random_like(deviations[target], entry.id))}
+            # the random decoy is one more draw of the culprit's null: judged against the culprit's draws
+            extra = {RANDOM_DECOY: moved(target, _random_like(deviations[target], entry.id),
+                                         against=sufficiency[target].null)}
             if shapes:
                 extra[f"{MOVED_DECOY} {shapes[0]}"] = moved(shapes[0], deviations[target])
             golden_decoys = {label: sufficiency_only(replay.arm.kl_focus, kl_noise, found)
