@@ -184,8 +184,9 @@ def test_the_cases_csv_has_the_necessity_share(tmp_path: Path) -> None:
     document["cases"][0].update(subject="gsm8k", key="0",
                                 baselines={"first_cosine_below": None, "largest_jump": None})
     document["cases"][0]["causal"].update(necessity_share=0.83, necessity_cosine=0.61, necessity_rule="direction",
-                                          necessity_recovered=0.4)
+                                          necessity_recovered=0.4, sufficiency_null_max=0.52)
     outputs.write_cases_csv(tmp_path / "cases.csv", document["cases"])
     (row,) = csv.DictReader((tmp_path / "cases.csv").open(encoding="utf-8"))
+    assert row["sufficiency_null_max"] == "0.52"  # sufficiency's null: the random changes' largest cosine
     assert (row["necessity_share"], row["necessity_cosine"], row["necessity_rule"]) == ("0.83", "0.61", "direction")
     assert row["necessity_recovered"] == "0.4"  # the KL fraction, still reported

@@ -351,8 +351,9 @@ def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, su
       falls back to the KL: the patched run loses at least MOST of the test's KL excess over the noise (said in
       the reason). The recovered KL fraction is reported either way;
     - sufficiency: the control arm with only the culprit's deviation added to its output (`sufficiency`) moves the
-      logits the test's way: the cosine of its change with the test's change is at least ALIGNED and its
-      projection on the test's change at least SHARE of that change. Not the KL it reaches: a bf16 network does
+      logits the test's way (`sufficient`): the cosine of its change with the test's change is above every one of
+      NULL_DRAWS random changes of the same size at the same place and at least ALIGNED_FLOOR, and its projection
+      on the test's change at least SHARE of that change. Not the KL it reaches: a bf16 network does
       not add a perturbation's effect to its own noise (around SmolLM2's massive activations bf16's spacing is
       128), so the KL of an aligned change still falls short of the test's on many cases. The reproduced KL
       fraction and the same run in golden's own dtype (`kl_sufficiency_golden`) are reported."""
