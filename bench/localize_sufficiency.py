@@ -2,7 +2,13 @@
 folder (its record, replay and judge folders), so that a sufficiency rule can be chosen on the tuning runs and
 checked on a report run without re-running the bench.
 
-    nice -n 10 python bench/localize_sufficiency.py --workdir W --phase tune --out W/vectors_tune.safetensors
+    nice -n 10 python bench/localize_sufficiency.py --workdir W --phase tune --out W/vectors.safetensors
+    python bench/localize_sufficiency.py --analyse W0/vectors.safetensors W1/vectors.safetensors ...
+
+The second form compares sufficiency rules on those vectors: how often each confirms the true culprits (by the
+test's final KL over the noise) and lets a decoy pass: a random change of the deviation's size at the culprit,
+judged against the other random changes, and the culprit's deviation moved to the next layer's same module,
+judged against random changes there. docs/localize.md says which rule was chosen from it.
 
 Per culprit, at the focus step (float32 over the vocabulary): golden's logits, the control arm's (golden's device
 in the test dtype), a second healthy realization of the control arm (the other attention implementation, the
@@ -25,10 +31,20 @@ RANDOM = 12
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--workdir")
     parser.add_argument("--phase", choices=("tune", "report"), default="tune")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
+    parser.add_argument("--analyse", nargs="+", metavar="VECTORS", help="compare sufficiency rules on these files")
     args = parser.parse_args()
+    if args.analyse:
+        return analyse(args.analyse)
+    if not (args.workdir and args.out):
+        parser.error("--workdir and --out are required (or --analyse)")
+    collect(Path(args.workdir), args.phase, Path(args.out))
+
+
+def collect(work: Path, phase: str, out: Path) -> None:
+    """Write the vectors of every testable culprit of `work`'s `phase` to `out`."""
 
     import torch
 
@@ -41,15 +57,14 @@ def main() -> None:
     from logitsdump.localize.verdict import CaseVerdict
 
     torch.set_num_threads(1)
-    work = Path(args.workdir)
     side = GoldenSide(str(work / "golden.yaml"), device="cpu")
     tensors: dict[str, torch.Tensor] = {}
     meta: list[dict] = []
     started = time.monotonic()
-    for judged in sorted((work / "judge" / args.phase).glob("*/*")):
+    for judged in sorted((work / "judge" / phase).glob("*/*")):
         condition, task = judged.parent.name, judged.name
-        record = files.RecordFolder(work / "record" / args.phase / task)
-        replayed = files.ReplayFolder(work / "replay" / args.phase / condition / task)
+        record = files.RecordFolder(work / "record" / phase / task)
+        replayed = files.ReplayFolder(work / "replay" / phase / condition / task)
         planted = json.loads((replayed.path / "planted.json").read_text(encoding="utf-8"))
         structure = Structure.from_dict(record.header["structure"])
         lm_head = next(c.name for c in structure.candidates if c.module == LM_HEAD)
@@ -98,10 +113,81 @@ def main() -> None:
             print(f"{len(meta)} {key} {target} ({time.monotonic() - started:.0f} s)", flush=True)
     from safetensors.torch import save_file
 
-    out = Path(args.out)
     save_file(tensors, str(out) + ".tmp", metadata={"cases": json.dumps(meta)})
     Path(str(out) + ".tmp").replace(out)
     print(f"{len(meta)} culprits -> {out}", file=sys.stderr)
+
+
+def _changes(path: str) -> list[dict]:
+    """Per culprit of one vectors file: the culprit's, the random decoys' and the moved decoy's (cosine, share)
+    with the test's change, each beside its null (the random changes' cosines it is judged against)."""
+    import torch
+    from safetensors import safe_open
+
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean()
+
+    def against(change: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+        dot = float((change * target).sum())
+        return dot / float(change.norm() * target.norm()), dot / float((target * target).sum())
+
+    items = []
+    with safe_open(path, "pt") as handle:
+        keys = set(handle.keys())
+        for case in json.loads(handle.metadata()["cases"]):
+            key = case["key"]
+
+            def vector(name: str, key: str = key) -> torch.Tensor:
+                return handle.get_tensor(f"{key}:{name}").double()
+
+            control = vector("control")
+            target = centred(vector("test") - control)
+            ratio = case["kl_test"] / case["kl_noise"]
+            draws = [against(centred(vector(f"random{k}") - control), target) for k in range(RANDOM)]
+            items.append(("culprit", ratio, *against(centred(vector("sufficiency") - control), target),
+                          [c for c, _ in draws]))
+            for j, (cosine, share) in enumerate(draws):
+                items.append(("random change", ratio, cosine, share, [c for i, (c, _) in enumerate(draws) if i != j]))
+            if f"{key}:moved" in keys:
+                there = [against(centred(vector(f"moved_random{k}") - control), target)[0] for k in range(RANDOM)]
+                items.append(("moved deviation", ratio, *against(centred(vector("moved") - control), target), there))
+    return items
+
+
+def analyse(paths: list[str]) -> None:
+    """The rules side by side on `paths` (see the module docstring)."""
+    import statistics
+
+    def z(cosine: float, null: list[float]) -> float:
+        return (cosine - statistics.mean(null)) / max(statistics.pstdev(null), 1e-9)
+
+    rules = {
+        "fixed line: cosine >= 0.7, share >= 0.5": lambda c, s, n: c >= 0.7 and s >= 0.5,
+        "cosine above every draw, share >= 0.5": lambda c, s, n: c > max(n) and s >= 0.5,
+        "cosine above every draw and >= 0.5, share >= 0.5": lambda c, s, n: c > max(n) and c >= 0.5 and s >= 0.5,
+        "z over the draws >= 2, share >= 0.5": lambda c, s, n: z(c, n) >= 2 and s >= 0.5,
+        "z over the draws >= 3, share >= 0.5": lambda c, s, n: z(c, n) >= 3 and s >= 0.5,
+        "cosine >= every draw + 0.1, share >= 0.5": lambda c, s, n: c >= max(n) + 0.1 and s >= 0.5,
+    }
+    items = [item for path in paths for item in _changes(path)]
+    roles = ("culprit", "random change", "moved deviation")
+    print("| rule | " + " | ".join(f"{r} passes, {b}" for r in roles for b in ("3-10x", ">= 10x")) + " |")
+    print("|---|" + "---|" * 6)
+    for name, rule in rules.items():
+        cells = []
+        for role in roles:
+            for low, high in ((0, 10), (10, float("inf"))):
+                mine = [rule(c, s, n) for r, ratio, c, s, n in items if r == role and low <= ratio < high]
+                cells.append(f"{sum(mine)}/{len(mine)} ({sum(mine) / len(mine):.0%})" if mine else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    culprits = [(ratio, c, s, max(n)) for r, ratio, c, s, n in items if r == "culprit"]
+    print(f"\n{len(culprits)} culprits; their cosine {min(c for _, c, _, _ in culprits):.2f} to "
+          f"{max(c for _, c, _, _ in culprits):.2f}; the largest random draw beside them "
+          f"{max(m for *_, m in culprits):.2f}")
+    for ratio, cosine, share, top in sorted(culprits):
+        if not (cosine > top and cosine >= 0.5 and share >= 0.5):
+            print(f"  refuted by the chosen rule: KL {ratio:.1f}x the noise, cosine {cosine:.2f}, share {share:.2f}, "
+                  f"the largest random draw {top:.2f}")
 
 
 if __name__ == "__main__":
