@@ -50,6 +50,7 @@ from logitsdump.localize.verdict import (
     judge_heads,
     judge_run,
     sufficiency_only,
+    testable,
 )
 
 
@@ -252,8 +253,9 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
             return cosine, share, logits[-1]
 
         def null(name: str, change: Any) -> tuple[float, ...]:
-            """The cosines of NULL_DRAWS random changes of `change`'s size at `name` (none for a zero change)."""
-            if test_logits is None or not bool(change.abs().max() > 0):
+            """The cosines of NULL_DRAWS random changes of `change`'s size at `name` (none for a zero change, or
+            where the check is untestable: it is not judged there)."""
+            if test_logits is None or not bool(change.abs().max() > 0) or not testable(replay.arm.kl_focus, kl_noise):
                 return ()
             draws = (aligned(name, _random_like(change, f"{entry.id}/{name}/null{k}"))[0] for k in range(NULL_DRAWS))
             return tuple(float(c) for c in draws if c is not None)

@@ -359,7 +359,7 @@ def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, su
       fraction and the same run in golden's own dtype (`kl_sufficiency_golden`) are reported."""
     kl_sufficiency = sufficiency.kl if sufficiency is not None else None
     noise = max(kl_noise if math.isfinite(kl_noise) else 0.0, KL_FLOOR)
-    if not kl_test > NOISE_FACTOR * noise:
+    if not testable(kl_test, kl_noise):
         return Causal(UNTESTABLE, f"the final KL at the focus step ({kl_test:.3g}) is within {NOISE_FACTOR:g}x the "
                       f"noise (the control arm's {kl_noise:.3g}): nothing clear to recover", kl_test, kl_noise,
                       kl_necessity, kl_sufficiency, kl_sufficiency_golden=kl_sufficiency_golden)
@@ -401,6 +401,11 @@ def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, su
                   necessity_rule="direction" if removed is not None else "kl", **_null_fields(sufficiency))
 
 
+def testable(kl_test: float, kl_noise: float) -> bool:
+    """Whether the causal check can be judged: the test's final KL is above NOISE_FACTOR times the noise's."""
+    return kl_test > NOISE_FACTOR * max(kl_noise if math.isfinite(kl_noise) else 0.0, KL_FLOOR)
+
+
 def sufficient(sufficiency: Sufficiency) -> bool:
     """Sufficiency's rule (`causal_check`): the change of the logits goes the test's way, closer to the test's change
     than every random change of its size at the same place (ALIGNED_FLOOR at least), and SHARE of it along it."""
@@ -425,7 +430,7 @@ def sufficiency_only(kl_test: float, kl_noise: float, sufficiency: Sufficiency) 
     """A check on sufficiency alone (a golden-side decoy, which has no necessity run): confirmed or refuted by
     `sufficient`, untestable as in `causal_check`."""
     noise = max(kl_noise if math.isfinite(kl_noise) else 0.0, KL_FLOOR)
-    if not kl_test > NOISE_FACTOR * noise:
+    if not testable(kl_test, kl_noise):
         return Causal(UNTESTABLE, "the final KL is within the noise", kl_test, kl_noise,
                       kl_sufficiency=sufficiency.kl)
     holds = sufficient(sufficiency)
