@@ -15,11 +15,13 @@ dumped step. Three processes, only folders between them, as on two machines:
      heads). The replay runs with decoys (`ReplayOptions.decoys`): the causal check is also run on wrong
      candidates beside each culprit, and the table says how often it refutes them (`causal_<phase>.csv`: the
      figures of every testable check, culprit or decoy).
-Tuning (the verdict constants of `localize.verdict` were chosen on it): gsm8k cases 0-7, the healthy pairs,
-scale-layer x1.1, zero-head and RoPE base 3e4 (seed 0). Report: the other 53 cases (gsm8k 8-21, boolq, mmlu),
-eight local defect families (two of them, scale-q and scale-norm, first run in the report), two global ones and
-the two healthy pairs; docs/localize.md's table is `--seed 4` (both halves of the causal check on the logits'
-change, their lines chosen on the tuning runs at seeds 0-2; the KL rule of necessity printed beside). Baselines
+Tuning: gsm8k cases 0-7, the healthy pairs, scale-layer x1.1, zero-head and RoPE base 3e4 (the verdict constants
+of `localize.verdict` were chosen on these at seed 0), and every local family of the report but the fresh ones (the
+causal check's sufficiency null was chosen on them at seeds 0-2, with `bench/localize_sufficiency.py`). Report: the
+other 53 cases (gsm8k 8-21, boolq, mmlu), ten local defect families (two of them, FRESH, in no tuning run), two
+global ones and the two healthy pairs; docs/localize.md's table is `--seed 5` (necessity on the logits' change,
+sufficiency against its null; the KL rule of necessity printed beside). The isolated passes' cost is also measured
+side by side on the healthy model (`measure_cost`). Baselines
 on the same runs (the test's plain pass): first module with cosine < 0.99 (msprobe, tt-metal), the largest
 accumulated jump, and a threshold on the accumulated error calibrated on the tuning runs' healthy pair of the same
 dtype (2x its largest value per module).
