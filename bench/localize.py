@@ -504,8 +504,8 @@ def summarize(work: Path, phase: str) -> dict:
     layers = structure.layers if structure else LAYERS
     cost_path = work / f"cost_{phase}.json"
     cost = json.loads(cost_path.read_text(encoding="utf-8")) if cost_path.is_file() else []
-    return {"cost": cost, "phase": phase, "conditions": table, "above": ABOVE, "causal_by_excess": by_excess,
-            "causal_halves": halves, "most": MOST,
+    return {"cost": cost, "calibrated": sorted(thresholds), "phase": phase, "conditions": table, "above": ABOVE,
+            "causal_by_excess": by_excess, "causal_halves": halves, "most": MOST,
             "decoys": decoys, "causal_rows": causal_rows,
             "healthy_scores": healthy_scores,
             "bytes_per_token_layer": record_bytes / max(1, tokens * layers), "record_seconds_per_case":
@@ -551,6 +551,7 @@ def print_table(summary: dict) -> None:
         n, culprits, b = c["cases"], c["verdicts"].get("culprit", 0), c["baselines"]
         first = f"{pct(c['exact_all'], n) if local else '-'} / {pct(culprits, n)}"
         rest = [f"{pct(b[k]['exact'], n) if local else '-'} / {pct(b[k]['names_any'], n)}"
+                if k != "calibrated" or c["dtype"] in summary["calibrated"] else "- (no tuning run in this folder)"
                 for k in ("cosine", "jump", "calibrated")]
         say(f"| {name} | {first} | " + " | ".join(rest) + " |")
     say("")
