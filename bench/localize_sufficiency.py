@@ -10,12 +10,11 @@ test's final KL over the noise) and lets a decoy pass: a random change of the de
 judged against the other random changes, and the culprit's deviation moved to the next layer's same module,
 judged against random changes there. docs/localize.md says which rule was chosen from it.
 
-Per culprit, at the focus step (float32 over the vocabulary): golden's logits, the control arm's (golden's device
-in the test dtype), a second healthy realization of the control arm (the other attention implementation, the
-same dtype: what two healthy runs of the test dtype differ by), the test's and the necessity run's (from the
-replay), the control arm's run with the culprit's deviation added (what `localize judge` judges), the same added
-to golden's own run, and RANDOM runs with a change of the deviation's size in random directions (the null a
-wrong deviation of the same size gives).
+Per culprit, at the focus step (float32 over the vocabulary): the control arm's logits (golden's device in the test
+dtype), the test's (from the replay), the control arm's run with the culprit's deviation added (what `localize
+judge` judges), RANDOM runs with a change of the deviation's size in random directions there (the null a wrong
+deviation of the same size gives), and the same deviation and RANDOM random changes at the next layer's same
+module. The measures are `passes.alignment`'s; the chosen rule is `verdict.sufficient`.
 """
 
 from __future__ import annotations
@@ -49,11 +48,11 @@ def collect(work: Path, phase: str, out: Path) -> None:
     import torch
 
     from logitsdump.localize import files, passes
-    from logitsdump.localize.candidates import LM_HEAD, Structure
+    from logitsdump.localize.candidates import Structure
     from logitsdump.localize.compact import rebuild
     from logitsdump.localize.outputs import read_document
     from logitsdump.localize.run_judge import GoldenSide, _deviation, _random_like
-    from logitsdump.localize.run_replay import NECESSITY_LOGITS, TEST_LOGITS, patch_target
+    from logitsdump.localize.run_replay import TEST_LOGITS, patch_target
     from logitsdump.localize.verdict import CaseVerdict
 
     torch.set_num_threads(1)
@@ -67,7 +66,6 @@ def collect(work: Path, phase: str, out: Path) -> None:
         replayed = files.ReplayFolder(work / "replay" / phase / condition / task)
         planted = json.loads((replayed.path / "planted.json").read_text(encoding="utf-8"))
         structure = Structure.from_dict(record.header["structure"])
-        lm_head = next(c.name for c in structure.candidates if c.module == LM_HEAD)
         for case in read_document(judged)["cases"]:
             causal = case.get("causal")
             if not causal or causal["outcome"] not in ("confirmed", "refuted"):
@@ -80,24 +78,19 @@ def collect(work: Path, phase: str, out: Path) -> None:
             golden_sites = rebuild(entry.refs, record.tensors(entry), entry.checksums)
             tokens = list(entry.token_ids)
             arm = side.control(control.dtype, control.attn).model
-            other = side.control(control.dtype, "eager" if control.attn == "sdpa" else "sdpa").model
             deviation = _deviation(arm, tokens, structure, golden_sites, target, kept[f"{target}:out"])
             key = f"{condition}/{task}/{case['id']}"
             found = {
-                "golden": golden_sites[f"{lm_head}:out"][0, -1].float(),
                 "control": passes.prefill(arm, tokens).logits[0, -1].float(),
-                "healthy": passes.prefill(other, tokens).logits[0, -1].float(),
                 "test": kept[TEST_LOGITS].float(),
-                "necessity": kept[NECESSITY_LOGITS.format(name=target)].float(),
                 "sufficiency": passes.patched(arm, tokens, target, deviation, how="add")[0][-1],
-                "sufficiency_golden": passes.patched(side.golden.model, tokens, target, deviation, how="add")[0][-1],
             }
             for k in range(RANDOM):
                 change = _random_like(deviation, f"{case['id']}/{k}")
                 found[f"random{k}"] = passes.patched(arm, tokens, target, change, how="add")[0][-1]
-            moved = next((c.name for c in structure.candidates if c.kind == structure.by_name()[target].kind
-                          and c.module == structure.by_name()[target].module
-                          and c.layer == (structure.by_name()[target].layer or 0) + 1), None)
+            site = structure.by_name()[target]
+            moved = next((c.name for c in structure.candidates if c.kind == site.kind and c.module == site.module
+                          and c.layer == (site.layer or 0) + 1), None)
             if moved is not None:  # the culprit's deviation at the next layer's same module, and its own null
                 found["moved"] = passes.patched(arm, tokens, moved, deviation, how="add")[0][-1]
                 for k in range(RANDOM):
@@ -118,39 +111,32 @@ def collect(work: Path, phase: str, out: Path) -> None:
     print(f"{len(meta)} culprits -> {out}", file=sys.stderr)
 
 
-def _changes(path: str) -> list[dict]:
-    """Per culprit of one vectors file: the culprit's, the random decoys' and the moved decoy's (cosine, share)
-    with the test's change, each beside its null (the random changes' cosines it is judged against)."""
-    import torch
+def _changes(path: str) -> list[tuple[str, float, float, float, list[float]]]:
+    """Per culprit of one vectors file: the culprit's, the random decoys' and the moved decoy's (role, the test's KL
+    over the noise, cosine, share) with the test's change (`passes.alignment`), each beside its null (the random
+    changes' cosines it is judged against)."""
     from safetensors import safe_open
 
-    def centred(x: torch.Tensor) -> torch.Tensor:
-        return x - x.mean()
-
-    def against(change: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-        dot = float((change * target).sum())
-        return dot / float(change.norm() * target.norm()), dot / float((target * target).sum())
+    from logitsdump.localize.passes import alignment
 
     items = []
     with safe_open(path, "pt") as handle:
         keys = set(handle.keys())
         for case in json.loads(handle.metadata()["cases"]):
             key = case["key"]
+            control, test = handle.get_tensor(f"{key}:control"), handle.get_tensor(f"{key}:test")
 
-            def vector(name: str, key: str = key) -> torch.Tensor:
-                return handle.get_tensor(f"{key}:{name}").double()
+            def against(name: str, key: str = key, control=control, test=test) -> tuple[float, float]:
+                return alignment(control, test, handle.get_tensor(f"{key}:{name}"))
 
-            control = vector("control")
-            target = centred(vector("test") - control)
             ratio = case["kl_test"] / case["kl_noise"]
-            draws = [against(centred(vector(f"random{k}") - control), target) for k in range(RANDOM)]
-            items.append(("culprit", ratio, *against(centred(vector("sufficiency") - control), target),
-                          [c for c, _ in draws]))
+            draws = [against(f"random{k}") for k in range(RANDOM)]
+            items.append(("culprit", ratio, *against("sufficiency"), [c for c, _ in draws]))
             for j, (cosine, share) in enumerate(draws):
                 items.append(("random change", ratio, cosine, share, [c for i, (c, _) in enumerate(draws) if i != j]))
             if f"{key}:moved" in keys:
-                there = [against(centred(vector(f"moved_random{k}") - control), target)[0] for k in range(RANDOM)]
-                items.append(("moved deviation", ratio, *against(centred(vector("moved") - control), target), there))
+                there = [against(f"moved_random{k}")[0] for k in range(RANDOM)]
+                items.append(("moved deviation", ratio, *against("moved"), there))
     return items
 
 
@@ -158,13 +144,18 @@ def analyse(paths: list[str]) -> None:
     """The rules side by side on `paths` (see the module docstring)."""
     import statistics
 
+    from logitsdump.localize.verdict import Sufficiency, sufficient
+
+    def chosen(cosine: float, share: float, null: list[float]) -> bool:
+        return sufficient(Sufficiency(0.0, cosine, share, tuple(null)))
+
     def z(cosine: float, null: list[float]) -> float:
         return (cosine - statistics.mean(null)) / max(statistics.pstdev(null), 1e-9)
 
     rules = {
         "fixed line: cosine >= 0.7, share >= 0.5": lambda c, s, n: c >= 0.7 and s >= 0.5,
         "cosine above every draw, share >= 0.5": lambda c, s, n: c > max(n) and s >= 0.5,
-        "cosine above every draw and >= 0.5, share >= 0.5": lambda c, s, n: c > max(n) and c >= 0.5 and s >= 0.5,
+        "cosine above every draw and >= 0.5, share >= 0.5 (verdict.sufficient)": chosen,
         "z over the draws >= 2, share >= 0.5": lambda c, s, n: z(c, n) >= 2 and s >= 0.5,
         "z over the draws >= 3, share >= 0.5": lambda c, s, n: z(c, n) >= 3 and s >= 0.5,
         "cosine >= every draw + 0.1, share >= 0.5": lambda c, s, n: c >= max(n) + 0.1 and s >= 0.5,
@@ -185,7 +176,7 @@ def analyse(paths: list[str]) -> None:
           f"{max(c for _, c, _, _ in culprits):.2f}; the largest random draw beside them "
           f"{max(m for *_, m in culprits):.2f}")
     for ratio, cosine, share, top in sorted(culprits):
-        if not (cosine > top and cosine >= 0.5 and share >= 0.5):
+        if not chosen(cosine, share, [top]):
             print(f"  refuted by the chosen rule: KL {ratio:.1f}x the noise, cosine {cosine:.2f}, share {share:.2f}, "
                   f"the largest random draw {top:.2f}")
 
