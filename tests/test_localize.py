@@ -15,7 +15,7 @@ from logitsdump.errors import DataError
 from logitsdump.localize.run_judge import JudgeOptions, judge
 from logitsdump.localize.run_record import RecordOptions, record
 from logitsdump.localize.run_replay import ReplayOptions, replay
-from logitsdump.localize.verdict import NULL_DRAWS
+from logitsdump.localize.verdict import DITHER_RUNS, NULL_DRAWS
 
 from helpers import run_cli
 
@@ -81,6 +81,9 @@ def test_a_dropped_head_is_found_at_its_layer_module_and_head(golden, tmp_path: 
             assert causal["sufficiency_null_draws"] == NULL_DRAWS
             # necessity on the change of the logits the patch removes (the replay kept the necessity run's logits)
             assert case["causal"]["necessity_rule"] == "direction" and case["causal"]["necessity_share"] >= 0.5
+            # testable: the changes averaged over realizations of the roundoff, the decoys' alike
+            assert causal["dither_runs"] == DITHER_RUNS and "realizations of the roundoff" in causal["reason"]
+            assert {d["dither_runs"] for d in case["decoys"]} == {DITHER_RUNS}
             # the wrong candidates beside it (the next layer's attention, the next module, a random change of the
             # culprit's size) are refuted; the culprit's own change moved one layer on may pass (not asserted);
             # taking out the next layer's own error leaves the test's change where it was
@@ -153,6 +156,36 @@ def test_golden_tensors_rebuild_exactly_from_the_record(golden) -> None:
         assert torch.equal(built[name], tensor), name
     per_layer = entry.stored_bytes / (len(entry.token_ids) * folder.header["structure"]["layers"])
     assert per_layer < 12 * 64 * 4  # four hidden vectors a layer, plus the model-level ones shared
+
+
+def test_averaged_logits_start_with_the_plain_run_and_dither_alike_on_every_call(golden) -> None:
+    import torch
+
+    from logitsdump.localize import passes
+    from logitsdump.localize.files import RecordFolder
+    from logitsdump.localize.models import load
+
+    torch.set_num_threads(1)
+    folder = RecordFolder(golden["record"])
+    tokens = list(folder.case(folder.ids[0]).token_ids)
+    model = load(str(examples.model_config("fp32")), device="cpu", data_type="bf16").model
+    plain = passes.prefill(model, tokens).logits[0, -1].float()
+    mean, first = passes.averaged_logits(model, tokens, "c0000", 4)
+    assert torch.equal(first, plain)  # run 0 is the plain prefill
+    again, _ = passes.averaged_logits(model, tokens, "c0000", 4, first=plain)
+    assert torch.equal(again, mean)  # the same seed dithers alike (what the two machines rely on)
+    assert not torch.equal(mean, plain)  # the dithered runs are other realizations of the roundoff
+    # ... of the roundoff only: one rounding at the input moves the logits by about what bf16 rounding does
+    fp32 = load(str(examples.model_config("fp32")), device="cpu").model
+    reference = passes.prefill(fp32, tokens).logits[0, -1].float()
+    assert (mean - plain).norm() < 2 * (plain - reference).norm()
+    other, _ = passes.averaged_logits(model, tokens, "c0001", 4)
+    assert not torch.equal(other, mean)  # another case, other draws
+    head = next(n for n, _ in model.named_modules() if n.endswith("layers.0.mlp"))
+    zero = torch.zeros(1, len(tokens), model.config.hidden_size)
+    patched, patched_first = passes.averaged_logits(model, tokens, "c0000", 4, name=head, change=zero, how="add")
+    assert torch.equal(patched_first, plain) and torch.equal(patched, mean)  # a zero patch changes nothing
+    assert torch.equal(passes.averaged_logits(model, tokens, "c0000", 1)[0], plain)  # one run: the plain one
 
 
 @pytest.mark.parametrize("defect", [

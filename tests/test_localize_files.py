@@ -166,15 +166,17 @@ def test_a_replay_case_keeps_its_decoys_and_reads_one_without() -> None:
     back = ReplayCase.from_dict(json.loads(json.dumps(case.to_dict())))
     assert back == case and back.decoys[0].names == ("model.layers.4.mlp",)
     older = case.to_dict()
-    del older["decoys"]  # a replay written before decoys existed
-    assert ReplayCase.from_dict(older).decoys == ()
+    del older["decoys"], older["dither_runs"]  # a replay written before decoys and averaging existed
+    assert ReplayCase.from_dict(older).decoys == () and ReplayCase.from_dict(older).dither_runs == 1
+    averaged = ReplayCase("c0001", arm, "bf16", {"kind": "culprit"}, None, None, dither_runs=4)
+    assert ReplayCase.from_dict(json.loads(json.dumps(averaged.to_dict()))).dither_runs == 4
     decoy = Causal("refuted", "why", 0.1, 0.01, names=("model.layers.4.mlp",), decoy="next layer",
-                   necessity_share=0.1, necessity_cosine=0.2, necessity_rule="direction")
+                   necessity_share=0.1, necessity_cosine=0.2, necessity_rule="direction", dither_runs=4)
     assert Causal.from_dict(json.loads(json.dumps(decoy.to_dict()))) == decoy
     before = decoy.to_dict()
-    for key in ("necessity_share", "necessity_cosine", "necessity_rule"):
+    for key in ("necessity_share", "necessity_cosine", "necessity_rule", "dither_runs"):
         del before[key]  # a document judged before necessity was judged on the logits' change
-    assert Causal.from_dict(before).necessity_rule is None
+    assert Causal.from_dict(before).necessity_rule is None and Causal.from_dict(before).dither_runs == 1
 
 
 def test_the_cases_csv_has_the_necessity_share(tmp_path: Path) -> None:
@@ -184,9 +186,10 @@ def test_the_cases_csv_has_the_necessity_share(tmp_path: Path) -> None:
     document["cases"][0].update(subject="gsm8k", key="0",
                                 baselines={"first_cosine_below": None, "largest_jump": None})
     document["cases"][0]["causal"].update(necessity_share=0.83, necessity_cosine=0.61, necessity_rule="direction",
-                                          necessity_recovered=0.4, sufficiency_null_max=0.52)
+                                          necessity_recovered=0.4, sufficiency_null_max=0.52, dither_runs=4)
     outputs.write_cases_csv(tmp_path / "cases.csv", document["cases"])
     (row,) = csv.DictReader((tmp_path / "cases.csv").open(encoding="utf-8"))
     assert row["sufficiency_null_max"] == "0.52"  # sufficiency's null: the random changes' largest cosine
     assert (row["necessity_share"], row["necessity_cosine"], row["necessity_rule"]) == ("0.83", "0.61", "direction")
     assert row["necessity_recovered"] == "0.4"  # the KL fraction, still reported
+    assert row["dither_runs"] == "4"  # how many realizations of the roundoff the changes were averaged over

@@ -31,8 +31,8 @@ CASE_COLUMNS = (
     "id", "subject", "key", "task", "focus_step", "tokens", "verdict", "layer", "module", "head", "score",
     "runner_up", "runner_up_score", "causal", "kl_test", "kl_noise", "kl_necessity", "kl_sufficiency",
     "necessity_recovered", "sufficiency_reproduced", "sufficiency_cosine", "sufficiency_share",
-    "sufficiency_null_max", "necessity_share", "necessity_cosine", "necessity_rule", "first_cosine_below_0.99",
-    "largest_jump", "band_source", "reason",
+    "sufficiency_null_max", "necessity_share", "necessity_cosine", "necessity_rule", "dither_runs",
+    "first_cosine_below_0.99", "largest_jump", "band_source", "reason",
 )
 CANDIDATE_COLUMNS = (
     "id", "label", "name", "layer", "module", "kind", "local_mean", "local_max", "band_mean", "band_max",
@@ -64,7 +64,8 @@ def write_cases_csv(path: Path, cases: Sequence[Mapping[str, Any]]) -> None:
             case.get("kl_noise"), causal.get("kl_necessity"), causal.get("kl_sufficiency"),
             causal.get("necessity_recovered"), causal.get("sufficiency_reproduced"), causal.get("sufficiency_cosine"),
             causal.get("sufficiency_share"), causal.get("sufficiency_null_max"), causal.get("necessity_share"),
-            causal.get("necessity_cosine"), causal.get("necessity_rule"), case["baselines"].get("first_cosine_below"),
+            causal.get("necessity_cosine"), causal.get("necessity_rule"), causal.get("dither_runs"),
+            case["baselines"].get("first_cosine_below"),
             case["baselines"].get("largest_jump"),
             case.get("band_source"), verdict["reason"],
         ])

@@ -9,6 +9,8 @@
   (msprobe's and tt-metal's measure), and the logits;
 - `patched`: one candidate's output changed by the test's own error there (taken out of the test run:
   necessity; added to a healthy run: sufficiency), the logits at the focus position;
+- `averaged_logits`: the logits at the focus position averaged over a few realizations of the roundoff (the plain
+  run, then runs with the embedding's output dithered by one rounding of the dtype), patched or not;
 - `alignment`, `removal`: how a patched run's change of those logits goes along the test's.
 
 A module's input is its first positional tensor, or its `hidden_states` keyword (transformers 5 calls
@@ -157,6 +159,33 @@ def patched(model: Any, ids: Sequence[int], name: str, change: Any, *, how: str 
         add(module.register_forward_hook(_change(change, how), with_kwargs=True))
         out = prefill(model, ids)
     return out.logits[0].float().cpu(), heads.get(heads_at) if heads_at is not None else None
+
+
+def averaged_logits(model: Any, ids: Sequence[int], seed: str, runs: int, *, name: str | None = None,
+                    change: Any = None, how: str = "replace", first: Any = None) -> tuple[Any, Any]:
+    """The last position's logits [vocab] float32 averaged over `runs` realizations of the roundoff, and the first
+    realization's: run 0 is the plain prefill (or `patched` at `name` with `change`, `how`), runs 1.. the same with
+    the input embedding's output multiplied by 1 + eps * u (eps: the model dtype's machine epsilon; u uniform in
+    [-1, 1], drawn on the CPU from `seed` and the run, so that two machines running the same case dither alike).
+    A change of one rounding at the input leaves the defect's effect as it is and draws the bf16 roundoff after it
+    afresh: the average keeps the effect and shrinks the roundoff's part by sqrt(runs). `first`: run 0's logits,
+    already computed (not run again)."""
+    import torch
+
+    def run_once() -> Any:
+        if name is None:
+            return prefill(model, ids).logits[0, -1].float().cpu()
+        return patched(model, ids, name, change, how=how)[0][-1]
+
+    plain_logits = first.float().cpu() if first is not None else run_once()
+    total = plain_logits.double().clone()
+    embedding = model.get_input_embeddings()
+    eps = torch.finfo(embedding.weight.dtype).eps
+    for run in range(1, runs):
+        with _hooks() as add:
+            add(embedding.register_forward_hook(_dither(eps, f"{seed}/dither{run}")))
+            total += run_once().double()
+    return (total / runs).float(), plain_logits
 
 
 def kl_divergence(golden_logits: Any, test_logits: Any) -> float:
@@ -335,6 +364,20 @@ def _change(change: Any, how: str) -> Any:
         for index, piece in zip(parts, pieces, strict=True):
             new[index] = new_part(output[index], piece)
         return tuple(new)
+    return hook
+
+
+def _dither(eps: float, seed: str) -> Any:
+    """A forward hook multiplying a module's output by 1 + eps * u, u uniform in [-1, 1] seeded by `seed`."""
+    import zlib
+
+    import torch
+
+    def hook(_module: Any, _args: tuple, output: Any) -> Any:
+        generator = torch.Generator().manual_seed(zlib.crc32(seed.encode()))
+        u = torch.rand(output.shape, generator=generator, dtype=torch.float32) * 2 - 1
+        factor = 1 + eps * u.to(output.device)
+        return (output.float() * factor).to(output.dtype)
     return hook
 
 

@@ -180,16 +180,20 @@ class ReplayCase:
     #: Decoys (`replay --decoys`): the necessity run at deliberately wrong candidates beside the culprit, which the
     #: causal check should refute (their isolated outputs are in the tensors file too).
     decoys: tuple[Necessity, ...] = ()
+    #: How many realizations of the roundoff the kept logits (the test's, the necessity runs') are averaged over
+    #: (`passes.averaged_logits`; 1: a single run, as every replay before it).
+    dither_runs: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "id": self.id, "arm": self.arm.to_dict(), "control": self.control,
                 "provisional": self.provisional,
                 "necessity": self.necessity.to_dict() if self.necessity else None, "tensors_file": self.tensors_file,
-                "decoys": [d.to_dict() for d in self.decoys]}
+                "decoys": [d.to_dict() for d in self.decoys], "dither_runs": self.dither_runs}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReplayCase:
         return cls(id=str(data["id"]), arm=Arm.from_dict(data["arm"]), control=data.get("control"),
                    provisional=dict(data.get("provisional") or {}),
                    necessity=Necessity.from_dict(data.get("necessity")), tensors_file=data.get("tensors_file"),
-                   decoys=tuple(d for d in (Necessity.from_dict(x) for x in data.get("decoys") or ()) if d))
+                   decoys=tuple(d for d in (Necessity.from_dict(x) for x in data.get("decoys") or ()) if d),
+                   dither_runs=int(data.get("dither_runs") or 1))

@@ -2,12 +2,12 @@
 
 With golden's model YAML (on the golden side) it also runs, for each culprit, the causal check
 (`verdict.causal_check`, both halves on the change of the logits at the focus step from the control arm's run,
-golden's device in the test dtype): necessity, how much of the test's change the replay's necessity run removed
-(on the KL for a replay that kept no necessity logits); sufficiency, the control arm's run with only the
+golden's device in the test dtype; where the replay averaged necessity's logits over realizations of the roundoff,
+the control arm's are averaged alike): necessity, how much of the test's change the replay's necessity run
+removed (on the KL for a replay that kept no necessity logits); sufficiency, the control arm's run with only the
 culprit's deviation added: does it move the logits the way the test's moved (the same in golden's own run is
-reported); the
-same for the replay's decoys plus two of the golden side's own (a random change of the culprit's size, the
-culprit's deviation at the next layer), and, for an attention culprit, the split per head (each head's
+reported); the same for the replay's decoys plus two of the golden side's own (a random change of the culprit's
+size, the culprit's deviation at the next layer), and, for an attention culprit, the split per head (each head's
 contribution through the output projection, against the control arm's per-head band).
 Without it, the verdicts and the necessity check (from the replay) stand alone. `band`: a replay of the same
 record by a known-healthy test set-up, used as the band instead of the control arm (per case where it replayed
@@ -30,15 +30,18 @@ from logitsdump.localize.compact import rebuild
 from logitsdump.localize.judging import HEALTHY_SAME, BandSource, case_verdict, control_source, pooled_source
 from logitsdump.localize.msprobe import culprit_config
 from logitsdump.localize.records import SCHEMA_VERSION, Arm, RecordCase, ReplayCase
-from logitsdump.localize.run_replay import NECESSITY_LOGITS, TEST_LOGITS, patch_target
+from logitsdump.localize.run_replay import NECESSITY_LOGITS, TEST_LOGITS, TEST_LOGITS_AVERAGED, patch_target
 from logitsdump.localize.verdict import (
     ABOVE,
     ALIGNED_FLOOR,
+    CONFIRMED,
     CULPRIT,
     DIFFUSE_LAYERS,
+    DITHER_RUNS,
     MOST,
     NOISE_FACTOR,
     NULL_DRAWS,
+    REFUTED,
     REMOVED,
     SHARE,
     STANDOUT,
@@ -138,7 +141,8 @@ def judge(options: JudgeOptions, say: Callable[[str], None] = print, *,
         "test_provenance": replayed.header.get("provenance"), "golden_provenance": record.header.get("provenance"),
         "constants": {"above": ABOVE, "standout": STANDOUT, "diffuse_layers": DIFFUSE_LAYERS,
                       "noise_factor": NOISE_FACTOR, "most": MOST, "removed": REMOVED,
-                      "aligned_floor": ALIGNED_FLOOR, "null_draws": NULL_DRAWS, "share": SHARE},
+                      "aligned_floor": ALIGNED_FLOOR, "null_draws": NULL_DRAWS, "share": SHARE,
+                      "dither_runs": DITHER_RUNS},
         "confirmed_with_golden_model": side is not None,
         "structure": structure.to_dict(), "run": run.to_dict(), "cases": cases,
     }
@@ -243,8 +247,12 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
         golden_logits = golden_sites[f"{lm_head}:out"][0, -1]
         tokens = list(entry.token_ids)
         arm_model = side.control(control.dtype, control.attn).model
-        base = passes.prefill(arm_model, tokens).logits[0, -1].float().cpu()
+        # sufficiency: single runs (a sufficiency run shares its roundoff before the culprit with the test's plain run
+        # and the control arm's); necessity: the test's and the necessity runs' averaged logits against the control
+        # arm's averaged alike (the same dithers, `passes.averaged_logits`)
+        averaged_base, base = passes.averaged_logits(arm_model, tokens, entry.id, replay.dither_runs)
         test_logits = kept.get(TEST_LOGITS)
+        averaged_test = kept.get(TEST_LOGITS_AVERAGED, test_logits)
 
         def aligned(name: str, change: Any) -> tuple[float | None, float | None, Any]:
             logits, _ = passes.patched(arm_model, tokens, name, change, how="add")
@@ -269,7 +277,7 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
                       for name in runs if f"{name}:out" in kept}
         sufficiency = {name: moved(name, change) for name, change in deviations.items()}
         if test_logits is not None:  # necessity on the same change (a replay before it kept them: on the KL)
-            removals = {name: passes.removal(base, test_logits, kept[NECESSITY_LOGITS.format(name=name)])
+            removals = {name: passes.removal(averaged_base, averaged_test, kept[NECESSITY_LOGITS.format(name=name)])
                         for name in runs if NECESSITY_LOGITS.format(name=name) in kept}
         if replay.decoys and target in deviations:  # the golden side's decoys: no necessity run, sufficiency only
             shapes = [n for n in deviations if n != target and deviations[n].shape == deviations[target].shape]
@@ -290,11 +298,21 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
     checks = {name: causal_check(replay.arm.kl_focus, kl_noise, kl, sufficiency.get(name),
                                  sufficiency_golden if name == target else None, removal=removals.get(name))
               for name, kl in runs.items()}
-    culprit = checks.get(target) or causal_check(replay.arm.kl_focus, kl_noise, None, None)
-    decoys = [dataclasses.replace(c, names=(n,), decoy=_decoy_kind(structure, target, n))
+    culprit = _averaged(checks.get(target) or causal_check(replay.arm.kl_focus, kl_noise, None, None), replay)
+    decoys = [_averaged(dataclasses.replace(c, names=(n,), decoy=_decoy_kind(structure, target, n)), replay)
               for n, c in checks.items() if n != target]
-    decoys += [dataclasses.replace(c, names=(target,), decoy=label) for label, c in golden_decoys.items()]
+    decoys += [_averaged(dataclasses.replace(c, names=(target,), decoy=label), replay)
+               for label, c in golden_decoys.items()]
     return culprit, heads, decoys
+
+
+def _averaged(causal: Causal, replay: ReplayCase) -> Causal:
+    """The check with the replay's count of realizations of the roundoff, said in its reason when more than one."""
+    if replay.dither_runs <= 1 or causal.outcome not in (CONFIRMED, REFUTED):
+        return causal
+    return dataclasses.replace(causal, dither_runs=replay.dither_runs, reason=(
+        f"{causal.reason} (necessity on the changes averaged over {replay.dither_runs} realizations of the "
+        "roundoff)"))
 
 
 #: The golden side's decoys: a deviation of the culprit's size in a random direction, at the culprit; the

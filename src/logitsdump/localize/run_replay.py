@@ -6,8 +6,10 @@ the plain pass (accumulated errors, the final KL at the focus step), the layer-l
 isolated passes. The provisional verdict (the record's control arm as the band: `judging`) picks the
 culprit; the test run is repeated with the culprit's own error (its isolated output minus golden's) taken out
 of its output (necessity), and the culprit's isolated output, the test's and the necessity run's logits at the
-focus step, with its heads' input and output-projection weight for an attention culprit, are kept for the golden
-side's causal check (both halves judged on the change of the logits from the control arm's) and head split.
+focus step (where the check is testable, the necessity run's and a copy of the test's averaged over
+`verdict.DITHER_RUNS` realizations of the roundoff, `passes.averaged_logits`), with its heads' input and
+output-projection weight for an attention culprit, are kept for the golden side's causal check (both halves judged
+on the change of the logits from the control arm's) and head split.
 `decoys`: the necessity run also at two wrong candidates beside the culprit (`decoy_targets`), their outputs and
 logits kept too. Only the replay folder goes back.
 """
@@ -28,7 +30,7 @@ from logitsdump.localize.candidates import LM_HEAD, Structure, output_projection
 from logitsdump.localize.compact import rebuild
 from logitsdump.localize.judging import case_verdict, control_source
 from logitsdump.localize.records import SCHEMA_VERSION, Necessity, RecordCase, ReplayCase
-from logitsdump.localize.verdict import CULPRIT, CaseVerdict
+from logitsdump.localize.verdict import CULPRIT, DITHER_RUNS, CaseVerdict, testable
 
 
 @dataclass(frozen=True)
@@ -131,23 +133,31 @@ def replay_case(entry: RecordCase, folder: files.RecordFolder, model: Any, struc
     kept: dict[str, Any] = {}
     necessity = None
     decoy_runs: list[Necessity] = []
+    runs = 1
     if verdict.kind == CULPRIT:
         target = patch_target(structure, verdict)
+        # a testable check averages its logits over realizations of the roundoff (`verdict.DITHER_RUNS`)
+        if control in entry.controls and testable(arm.kl_focus, entry.controls[control].kl_focus):
+            runs = DITHER_RUNS
         for name in [target, *(decoy_targets(structure, target) if decoys else [])]:
             source = measured.layer if structure.by_name()[name].kind == "layer" else measured.module
             own_error = source.outputs[name].to(golden[f"{name}:out"].device).float() - golden[f"{name}:out"].float()
-            logits, _ = passes.patched(model, tokens, name, own_error, how="subtract")
-            run = Necessity((name,), passes.kl_divergence(golden_logits, logits[-1]))
+            averaged, first = passes.averaged_logits(model, tokens, entry.id, runs, name=name, change=own_error,
+                                                     how="subtract")
+            run = Necessity((name,), passes.kl_divergence(golden_logits, first))
             if name == target:
                 necessity = run
             else:
                 decoy_runs.append(run)
             kept[f"{name}:out"] = source.outputs[name]
-            kept[NECESSITY_LOGITS.format(name=name)] = logits[-1].float().clone()
+            kept[NECESSITY_LOGITS.format(name=name)] = averaged.clone()
         kept[TEST_LOGITS] = measured.plain.logits[-1].float().clone()
+        if runs > 1:
+            kept[TEST_LOGITS_AVERAGED] = passes.averaged_logits(model, tokens, entry.id, runs,
+                                                                first=kept[TEST_LOGITS])[0]
         kept.update(_heads_tensors(model, structure, verdict, measured.module.heads_in))
     case = ReplayCase(entry.id, arm, control, verdict.to_dict(), necessity,
-                      files.CASE_TENSORS.format(id=entry.id) if kept else None, tuple(decoy_runs))
+                      files.CASE_TENSORS.format(id=entry.id) if kept else None, tuple(decoy_runs), runs)
     return kept, case
 
 
@@ -171,9 +181,11 @@ def decoy_targets(structure: Structure, target: str) -> list[str]:
     return found
 
 
-#: The tensors-file keys of the test's logits at the focus step (kept with a culprit), and of the necessity run's at
-#: a patched candidate (the culprit, and each decoy), float32 [vocab] each (192 KB at SmolLM2's 49,152).
+#: The tensors-file keys of the test's logits at the focus step (kept with a culprit: its plain run, and averaged over
+#: `ReplayCase.dither_runs` realizations of the roundoff when that is more than one), and of the necessity run's at a
+#: patched candidate (the culprit, and each decoy; averaged alike), float32 [vocab] each (192 KB at SmolLM2's 49,152).
 TEST_LOGITS = "logits:test"
+TEST_LOGITS_AVERAGED = "logits:test:averaged"
 NECESSITY_LOGITS = "logits:necessity:{name}"
 
 

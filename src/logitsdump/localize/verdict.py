@@ -58,6 +58,12 @@ SHARE = MOST
 #: the true culprits removed 0.73 to 1.06 of it (26 cases), the decoys beside them (a healthy module's roundoff
 #: taken out) at most 0.19 (40 cases).
 REMOVED = MOST
+#: Necessity, where the check is testable, is judged on the test's, the necessity runs' and the control arm's logits
+#: each averaged over this many realizations of the roundoff (`passes.averaged_logits`): near the NOISE_FACTOR line
+#: the test's change of the logits is about half the defect's effect and half a fresh draw of bf16 roundoff after it,
+#: which made necessity a coin flip there. Sufficiency stays on single runs: its run shares the test's plain run's
+#: roundoff before the culprit, which an average would lose. Chosen on the tuning runs (seed 0), docs/localize.md.
+DITHER_RUNS = 4
 #: The smallest noise KL the causal check assumes (a control bit-identical to golden has KL 0).
 KL_FLOOR = 1e-9
 #: Scores are written at most this large (JSON has no infinity).
@@ -324,6 +330,8 @@ class Causal:
     #: "moved to <name>": the golden side's, sufficiency only).
     names: tuple[str, ...] = ()
     decoy: str | None = None
+    #: How many realizations of the roundoff necessity's changes were averaged over (1: single runs).
+    dither_runs: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -344,7 +352,8 @@ def causal_check(kl_test: float, kl_noise: float, kl_necessity: float | None, su
     (NOISE_FACTOR times the control arm's). Both halves are judged on the change of the logits at the focus step
     from the control arm's (golden's device in the test dtype), over the whole vocabulary, centred (`passes`):
     - necessity: the test run with the culprit's own error taken out (`kl_necessity`, and `removal`: (cosine,
-      share) of the change it removes, `passes.removal`) removes at least REMOVED of the test's change along it.
+      share) of the change it removes, `passes.removal`; the test's, the patched and the control arm's logits each
+      averaged over DITHER_RUNS realizations of the roundoff) removes at least REMOVED of the test's change along it.
       Not the KL it comes back to: the patched run keeps the test's bf16 roundoff everywhere else, which drives
       its KL around the noise's by as much as the excess of a case a few times over the noise; that roundoff
       hardly projects on the test's change. Without `removal` (a replay that kept no necessity logits) necessity
