@@ -247,9 +247,9 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
         golden_logits = golden_sites[f"{lm_head}:out"][0, -1]
         tokens = list(entry.token_ids)
         arm_model = side.control(control.dtype, control.attn).model
-        # sufficiency: single runs (a sufficiency run shares its roundoff before the culprit with the test's plain run
-        # and the control arm's); necessity: the test's and the necessity runs' averaged logits against the control
-        # arm's averaged alike (the same dithers, `passes.averaged_logits`)
+        # sufficiency: single runs (a sufficiency run shares the control arm's roundoff up to the culprit, and the
+        # test's too where both sides run the same kernels); necessity: the test's and the necessity runs' averaged
+        # logits against the control arm's averaged alike (the same dithers, `passes.averaged_logits`)
         averaged_base, base = passes.averaged_logits(arm_model, tokens, entry.id, replay.dither_runs)
         test_logits = kept.get(TEST_LOGITS)
         averaged_test = kept.get(TEST_LOGITS_AVERAGED, test_logits)
@@ -301,13 +301,13 @@ def _confirm(entry: RecordCase, replay: ReplayCase, structure: Structure, verdic
     culprit = _averaged(checks.get(target) or causal_check(replay.arm.kl_focus, kl_noise, None, None), replay)
     decoys = [_averaged(dataclasses.replace(c, names=(n,), decoy=_decoy_kind(structure, target, n)), replay)
               for n, c in checks.items() if n != target]
-    decoys += [_averaged(dataclasses.replace(c, names=(target,), decoy=label), replay)
-               for label, c in golden_decoys.items()]
+    decoys += [dataclasses.replace(c, names=(target,), decoy=label) for label, c in golden_decoys.items()]
     return culprit, heads, decoys
 
 
 def _averaged(causal: Causal, replay: ReplayCase) -> Causal:
-    """The check with the replay's count of realizations of the roundoff, said in its reason when more than one."""
+    """A check with necessity, with the replay's count of realizations of the roundoff (said in its reason when more
+    than one)."""
     if replay.dither_runs <= 1 or causal.outcome not in (CONFIRMED, REFUTED):
         return causal
     return dataclasses.replace(causal, dither_runs=replay.dither_runs, reason=(

@@ -61,8 +61,9 @@ REMOVED = MOST
 #: Necessity, where the check is testable, is judged on the test's, the necessity runs' and the control arm's logits
 #: each averaged over this many realizations of the roundoff (`passes.averaged_logits`): near the NOISE_FACTOR line
 #: the test's change of the logits is about half the defect's effect and half a fresh draw of bf16 roundoff after it,
-#: which made necessity a coin flip there. Sufficiency stays on single runs: its run shares the test's plain run's
-#: roundoff before the culprit, which an average would lose. Chosen on the tuning runs (seed 0), docs/localize.md.
+#: which made necessity a coin flip there. Sufficiency stays on single runs: where both sides run the same kernels
+#: its run shares much of the test's plain run's roundoff, which averaging the test alone loses. Chosen on the tuning
+#: runs (seed 0), docs/localize.md.
 DITHER_RUNS = 4
 #: The smallest noise KL the causal check assumes (a control bit-identical to golden has KL 0).
 KL_FLOOR = 1e-9
