@@ -21,11 +21,10 @@ causal check's sufficiency null was chosen on them at seeds 0-2, with `bench/loc
 other 53 cases (gsm8k 8-21, boolq, mmlu), ten local defect families (two of them, FRESH, in no tuning run), two
 global ones and the two healthy pairs; docs/localize.md's table is `--seed 7`, pooled with `--seed 8` (necessity on
 the logits' change averaged over realizations of the roundoff, sufficiency against its null; the KL rule of
-necessity printed beside). The isolated passes' cost is also measured
-side by side on the healthy model (`measure_cost`). Baselines
-on the same runs (the test's plain pass): first module with cosine < 0.99 (msprobe, tt-metal), the largest
-accumulated jump, and a threshold on the accumulated error calibrated on the tuning runs' healthy pair of the same
-dtype (2x its largest value per module).
+necessity printed beside). The isolated passes' cost is also measured side by side on the healthy model
+(`measure_cost`). Baselines on the same runs (the test's plain pass): first module with cosine < 0.99 (msprobe,
+tt-metal), the largest accumulated jump, and a threshold on the accumulated error calibrated on the tuning runs'
+healthy pair of the same dtype (2x its largest value per module).
 """
 
 from __future__ import annotations

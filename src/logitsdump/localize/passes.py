@@ -367,15 +367,21 @@ def _change(change: Any, how: str) -> Any:
     return hook
 
 
-def _dither(eps: float, seed: str) -> Any:
-    """A forward hook multiplying a module's output by 1 + eps * u, u uniform in [-1, 1] seeded by `seed`."""
+def seeded_generator(seed: str) -> Any:
+    """A CPU random generator seeded by a string (a case id, a site): the same draws on every machine."""
     import zlib
 
     import torch
 
+    return torch.Generator().manual_seed(zlib.crc32(seed.encode()))
+
+
+def _dither(eps: float, seed: str) -> Any:
+    """A forward hook multiplying a module's output by 1 + eps * u, u uniform in [-1, 1] seeded by `seed`."""
+    import torch
+
     def hook(_module: Any, _args: tuple, output: Any) -> Any:
-        generator = torch.Generator().manual_seed(zlib.crc32(seed.encode()))
-        u = torch.rand(output.shape, generator=generator, dtype=torch.float32) * 2 - 1
+        u = torch.rand(output.shape, generator=seeded_generator(seed), dtype=torch.float32) * 2 - 1
         factor = 1 + eps * u.to(output.device)
         return (output.float() * factor).to(output.dtype)
     return hook

@@ -327,12 +327,11 @@ def _decoy_kind(structure: Structure, target: str, name: str) -> str:
 
 def _random_like(deviation: Any, seed: str) -> Any:
     """A change of the deviation's size (per token) in a random direction, seeded by the case."""
-    import zlib
-
     import torch
 
-    generator = torch.Generator().manual_seed(zlib.crc32(seed.encode()))
-    noise = torch.randn(deviation.shape, generator=generator, dtype=torch.float32)
+    from logitsdump.localize.passes import seeded_generator
+
+    noise = torch.randn(deviation.shape, generator=seeded_generator(seed), dtype=torch.float32)
     scale = deviation.float().norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     return noise * scale
 
